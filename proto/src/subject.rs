@@ -1,0 +1,112 @@
+//! Bus subjects. The only place in natter that formats a subject string: everything else
+//! calls these builders, so a subject's shape is changed in one place.
+
+use std::fmt;
+
+use crate::{Partition, UserId};
+
+/// A bus subject or subscription pattern (`*` matches one token, `>` the rest).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Subject(String);
+
+impl Subject {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Requests for the owner of one conversation partition: send, receipts, typing.
+    pub fn partition(p: Partition) -> Subject {
+        Subject(format!("natter.msg.p{:03}", p.index()))
+    }
+
+    /// Every partition subject, for an owner that holds them all.
+    pub fn all_partitions() -> Subject {
+        Subject("natter.msg.*".to_owned())
+    }
+
+    /// Everything pushed to the devices of one user.
+    pub fn user(user: UserId) -> Subject {
+        Subject(format!("natter.user.{user}"))
+    }
+
+    /// Sync pages (any messages instance answers; queue group).
+    pub fn sync() -> Subject {
+        Subject("natter.sync".to_owned())
+    }
+
+    /// History pages (any messages instance answers; queue group).
+    pub fn history() -> Subject {
+        Subject("natter.history".to_owned())
+    }
+
+    /// "Is this device still logged in?"
+    pub fn sessions_device() -> Subject {
+        Subject("natter.sessions.device".to_owned())
+    }
+
+    /// "Does this user exist?"
+    pub fn sessions_user() -> Subject {
+        Subject("natter.sessions.user".to_owned())
+    }
+
+    /// Control messages for one edge node (drain).
+    pub fn edge_control(node: &str) -> Subject {
+        Subject(format!("natter.edge.{node}.control"))
+    }
+
+    /// A reply inbox. `prefix` is the bus's own inbox prefix.
+    pub fn inbox(prefix: &str, id: u64) -> Subject {
+        Subject(format!("{prefix}.{id}"))
+    }
+
+    /// Wraps a subject that arrived from the bus itself (e.g. a reply subject).
+    pub fn from_wire(s: impl Into<String>) -> Subject {
+        Subject(s.into())
+    }
+
+    /// Does this pattern match `subject`? NATS rules: tokens split on `.`, `*` matches
+    /// exactly one token, a final `>` matches one or more.
+    pub fn matches(&self, subject: &str) -> bool {
+        let mut pat = self.0.split('.');
+        let mut sub = subject.split('.');
+        loop {
+            match (pat.next(), sub.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(p), Some(s)) if p == s => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    /// True if the subject contains a wildcard token.
+    pub fn is_pattern(&self) -> bool {
+        self.0.split('.').any(|t| t == "*" || t == ">")
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_and_wildcards() {
+        let p = Subject::partition(Partition::new(7).unwrap());
+        assert_eq!(p.as_str(), "natter.msg.p007");
+        assert!(Subject::all_partitions().matches(p.as_str()));
+        assert!(!Subject::all_partitions().matches("natter.msg.p007.x"));
+        assert!(Subject::from_wire("natter.>").matches("natter.user.5"));
+        assert!(!Subject::from_wire("natter.>").matches("natter"));
+        assert!(Subject::user(UserId(5)).matches("natter.user.5"));
+        assert!(!Subject::user(UserId(5)).matches("natter.user.55"));
+        assert!(Subject::all_partitions().is_pattern());
+        assert!(!p.is_pattern());
+    }
+}
