@@ -1,1 +1,184 @@
+//! natter's WebSocket edge: authenticates the upgrade, then runs one task per
+//! connection that turns client frames into bus requests and bus pushes into server
+//! frames. The edge holds no message state: the store is the truth, the bus the fast
+//! path, and a device that misses something resyncs from its cursors.
 
+mod auth;
+mod connection;
+mod session;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::{Query, State, WebSocketUpgrade},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use natter_bus::Bus;
+use natter_proto::codec::WireFormat;
+use natter_sessions::TokenVerifier;
+use serde::Deserialize;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// Edge settings. Defaults suit `natter serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's name on the bus (`natter.edge.<node>.control`).
+    pub node_id: String,
+    /// Frames above this get an error frame (FRAME_TOO_LARGE) and are dropped.
+    pub max_frame_bytes: usize,
+    /// Frames above this close the connection (1009); tungstenite refuses them unread.
+    pub hard_max_frame_bytes: usize,
+    /// Frames waiting for the socket per connection. A client that lets this fill up
+    /// for `send_timeout` is disconnected (it resumes from its cursors).
+    pub outbound_queue: usize,
+    /// How long a push may wait for room in the outbound queue.
+    pub send_timeout: Duration,
+    /// Bus messages buffered per connection before the connection counts as lagging.
+    pub subscription_buffer: usize,
+    /// Requests per connection waiting for a service reply; past this the edge stops
+    /// reading that socket until replies come back (backpressure, nothing dropped).
+    pub max_in_flight: usize,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// How often the server pings.
+    pub ping_interval: Duration,
+    /// How long a request to a service may take before the client gets UNAVAILABLE.
+    pub request_timeout: Duration,
+    /// Bad frames tolerated per connection before it is closed for protocol violation.
+    pub max_bad_frames: u32,
+    /// tungstenite read buffer per connection. Small: most frames are small and every
+    /// idle connection pays for it.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: "edge-1".to_owned(),
+            max_frame_bytes: 128 * 1024,
+            hard_max_frame_bytes: 1024 * 1024,
+            outbound_queue: 256,
+            send_timeout: Duration::from_secs(5),
+            subscription_buffer: 1024,
+            max_in_flight: 64,
+            idle_timeout: Duration::from_secs(90),
+            ping_interval: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            max_bad_frames: 20,
+            read_buffer_bytes: 4 * 1024,
+        }
+    }
+}
+
+/// The edge role: cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    bus: Arc<dyn Bus>,
+    verifier: TokenVerifier,
+    /// Cancelled to drain: connections stop reading, finish their in-flight requests
+    /// and close with 1001.
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    next_connection: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl Edge {
+    pub fn new(config: Config, bus: Arc<dyn Bus>, verifier: TokenVerifier, shutdown: CancellationToken) -> Edge {
+        Edge {
+            inner: Arc::new(Inner {
+                config,
+                bus,
+                verifier,
+                shutdown,
+                tracker: TaskTracker::new(),
+                next_connection: AtomicU64::new(rand::random::<u32>() as u64),
+                open: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The `/v1/ws` route.
+    pub fn router(&self) -> Router {
+        Router::new().route("/v1/ws", get(upgrade)).with_state(self.clone())
+    }
+
+    /// Open connections right now.
+    pub fn open_connections(&self) -> usize {
+        self.inner.open.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every connection task has finished (call after cancelling the
+    /// shutdown token), or `grace` has passed. Returns false on time-out.
+    pub async fn drained(&self, grace: Duration) -> bool {
+        self.inner.tracker.close();
+        tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_ok()
+    }
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    access_token: Option<String>,
+}
+
+async fn upgrade(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    Query(query): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let inner = &edge.inner;
+    if inner.shutdown.is_cancelled() {
+        return auth::reject(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this node is draining");
+    }
+    let identity = match auth::authenticate(inner, &headers, query.access_token.as_deref()).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    // The first subprotocol the client offers that natter speaks; JSON when it offers none,
+    // so a generic WebSocket client can talk to natter without knowing about subprotocols.
+    let offered: Vec<String> = ws
+        .requested_protocols()
+        .filter_map(|p| p.to_str().ok().map(str::to_owned))
+        .collect();
+    let format = offered.iter().find_map(|p| WireFormat::from_subprotocol(p));
+    if format.is_none() && !offered.is_empty() {
+        return auth::reject(
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+            "unsupported subprotocol: use natter.v1.proto or natter.v1.json",
+        );
+    }
+    let format = format.unwrap_or(WireFormat::Json);
+    let mut ws = ws
+        .read_buffer_size(inner.config.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(inner.config.hard_max_frame_bytes * 4)
+        .max_message_size(inner.config.hard_max_frame_bytes)
+        .max_frame_size(inner.config.hard_max_frame_bytes);
+    if !offered.is_empty() {
+        ws.set_selected_protocol(HeaderValue::from_static(format.subprotocol()));
+    }
+    let connection_id = inner.next_connection.fetch_add(1, Ordering::Relaxed);
+    let edge2 = edge.clone();
+    ws.on_upgrade(move |socket| {
+        let task = session::run(edge2.clone(), socket, identity, format, connection_id);
+        // The tracker lets shutdown wait for every connection to close cleanly.
+        edge2.inner.tracker.track_future(task)
+    })
+    .into_response()
+}

@@ -1,1 +1,189 @@
+//! natter-sessions: accounts (argon2id passwords), devices (one per login), JWT access
+//! tokens and rotating refresh tokens, the REST endpoints for them ([`router`]) and the
+//! bus endpoints other roles ask ([`start`]): "is this device still logged in?" and
+//! "does this user exist?".
+//!
+//! State lives in one redb file; the users and the active/revoked state of every device
+//! are also cached in memory so the bus endpoints (hit on every WebSocket connect) and
+//! bearer checks never read the disk.
 
+mod accounts;
+mod api;
+mod bus_service;
+mod cache;
+mod keyfile;
+mod password;
+mod store;
+mod token;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+pub use api::router;
+pub use bus_service::start;
+pub use token::{AuthError, Claims, TokenVerifier};
+
+use natter_proto::{DeviceId, UserId};
+
+/// The JWT issuer (`iss`) of every natter access token.
+pub const ISSUER: &str = "natter";
+/// Shortest accepted HS256 secret, in bytes (RFC 7518 §3.2: at least the hash size).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// How sessions runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds `sessions.redb` and, unless `jwt_secret` is given, `jwt.key`.
+    pub data_dir: PathBuf,
+    /// The HS256 secret (at least [`MIN_SECRET_BYTES`]); when `None` a key is generated
+    /// on first start into `<data_dir>/jwt.key` (mode 0600) and reused afterwards.
+    pub jwt_secret: Option<Vec<u8>>,
+    /// Lifetime of an access token.
+    pub access_ttl: Duration,
+    /// Lifetime of a refresh token (each refresh issues a new one with a fresh lifetime).
+    pub refresh_ttl: Duration,
+    /// Argon2id memory cost in KiB (t=2, p=1).
+    pub argon2_memory_kib: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            jwt_secret: None,
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            argon2_memory_kib: 19_456,
+        }
+    }
+}
+
+/// Why sessions could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("JWT key: {0}")]
+    Key(String),
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("database holds an unreadable record: {0}")]
+    Corrupt(String),
+    #[error("bus: {0}")]
+    Bus(#[from] natter_bus::BusError),
+}
+
+impl From<store::StoreError> for SessionsError {
+    fn from(e: store::StoreError) -> Self {
+        match e {
+            store::StoreError::Db(e) => SessionsError::Db(e),
+            store::StoreError::Corrupt(what) => SessionsError::Corrupt(what),
+        }
+    }
+}
+
+/// The sessions service: accounts, devices and tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Sessions {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: store::Store,
+    cache: RwLock<cache::Cache>,
+    issuer: token::TokenIssuer,
+    verifier: TokenVerifier,
+    hasher: password::Hasher,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    /// Opens (creating if needed) the data directory, the JWT key and the database, and
+    /// loads the user and device cache. Blocking: call it before serving, or from
+    /// `spawn_blocking`.
+    pub fn open(config: Config) -> Result<Sessions, SessionsError> {
+        if config.access_ttl.is_zero() || config.refresh_ttl.is_zero() {
+            return Err(SessionsError::Config(
+                "access_ttl and refresh_ttl must be positive".into(),
+            ));
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| SessionsError::Io {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let secret = match &config.jwt_secret {
+            Some(s) if s.len() < MIN_SECRET_BYTES => {
+                return Err(SessionsError::Key(format!(
+                    "the configured secret has {} bytes; at least {MIN_SECRET_BYTES} are needed",
+                    s.len()
+                )));
+            }
+            Some(s) => s.clone(),
+            None => keyfile::load_or_create(&config.data_dir.join("jwt.key"))?,
+        };
+        let (issuer, verifier) = token::keys(&secret, config.access_ttl);
+        let hasher = password::Hasher::new(config.argon2_memory_kib)
+            .map_err(|e| SessionsError::Config(format!("argon2 parameters: {e}")))?;
+        let store = store::Store::open(&config.data_dir.join("sessions.redb"))?;
+        let cache = cache::Cache::load(&store)?;
+        Ok(Sessions {
+            inner: Arc::new(Inner {
+                store,
+                cache: RwLock::new(cache),
+                issuer,
+                verifier,
+                hasher,
+                access_ttl: config.access_ttl,
+                refresh_ttl: config.refresh_ttl,
+            }),
+        })
+    }
+
+    /// Checks access tokens (signature, expiry, issuer; not revocation). Cheap to clone.
+    pub fn verifier(&self) -> TokenVerifier {
+        self.inner.verifier.clone()
+    }
+
+    /// Is this device of this user logged in (not revoked)? Answered from memory.
+    pub fn is_device_active(&self, user: UserId, device: DeviceId) -> bool {
+        self.inner.cache_read().device_active(user, device)
+    }
+
+    /// Verifies an access token and that its device is still logged in.
+    pub fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims = self.inner.verifier.verify(token)?;
+        if self.is_device_active(claims.user, claims.device) {
+            Ok(claims)
+        } else {
+            Err(AuthError::Revoked)
+        }
+    }
+}
+
+impl Inner {
+    fn cache_read(&self) -> std::sync::RwLockReadGuard<'_, cache::Cache> {
+        // A panic while holding the lock cannot leave the maps half-updated (each update
+        // is one insert), so a poisoned lock is still consistent.
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cache_write(&self) -> std::sync::RwLockWriteGuard<'_, cache::Cache> {
+        self.cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,468 @@
+//! One connected device: its identity, its bus subscription and the one loop that
+//! handles everything that can wake it (a client frame, a bus push, a service reply, the
+//! heartbeat, shutdown). Requests are published in the order the client sent them and
+//! their replies awaited concurrently, so a device can pipeline sends.
+
+use std::{pin::pin, time::Duration};
+
+use axum::extract::ws::WebSocket;
+use bytes::Bytes;
+use futures::{
+    FutureExt, StreamExt,
+    future::BoxFuture,
+    stream::FuturesUnordered,
+};
+use natter_bus::{Bus, BusError, BusEvent};
+use natter_proto::{
+    ConversationId, ErrorCode, Subject, UserId, bus, close_code,
+    v1::{self, ClientFrame, ServerFrame, client_frame::Body as In, server_frame::Body as Out},
+};
+use prost::Message as _;
+use tokio::time::Instant;
+
+use crate::{
+    Edge,
+    auth::Identity,
+    connection::{Inbound, Queue, SlowConsumer, classify, spawn_writer},
+};
+
+/// Everything that can wake a connection task.
+enum Wake {
+    Client(Inbound),
+    Bus(Option<BusEvent>),
+    Reply(Result<Option<ServerFrame>, SlowConsumer>),
+    Heartbeat,
+    Shutdown,
+}
+
+/// Why a connection ends.
+struct End(u16, &'static str);
+
+/// A reply still on its way: yields the frame to send, if any.
+type InFlight = BoxFuture<'static, Result<Option<ServerFrame>, SlowConsumer>>;
+
+/// Sync pages asked of the messages service per request.
+const SYNC_PAGE: u32 = 500;
+
+struct Device {
+    identity: Identity,
+    connection_id: u64,
+    bus: std::sync::Arc<dyn Bus>,
+    queue: Queue,
+    request_timeout: Duration,
+    bad_frames: u32,
+}
+
+pub(crate) async fn run(edge: Edge, socket: WebSocket, identity: Identity, format: natter_proto::codec::WireFormat, connection_id: u64) {
+    let inner = &edge.inner;
+    let config = &inner.config;
+    inner.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (sink, mut stream) = socket.split();
+    let (mut out, writer) = spawn_writer(sink, format, config.outbound_queue, config.send_timeout);
+
+    let user = identity.user;
+    // Subscribe before anything else: whatever is committed from here on reaches this
+    // connection live, and whatever was committed before is in the store for Sync.
+    let subscription = inner.bus.subscribe(&Subject::user(user), config.subscription_buffer).await;
+    let mut device = Device {
+        identity,
+        connection_id,
+        bus: inner.bus.clone(),
+        queue: out.queue.clone(),
+        request_timeout: config.request_timeout,
+        bad_frames: 0,
+    };
+    let end = match subscription {
+        Err(e) => {
+            tracing::warn!(edge.error = %e, "could not subscribe a connection");
+            End(1011, "bus unavailable, try again")
+        }
+        Ok(mut subscription) => {
+            device.announce().await;
+            if device.queue.send(&device.welcome(config)).await.is_err() {
+                End(close_code::SLOW_CONSUMER, "not reading")
+            } else {
+                let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+                let mut shutdown = pin!(inner.shutdown.clone().cancelled_owned());
+                let mut heartbeat = tokio::time::interval(config.ping_interval);
+                heartbeat.reset();
+                let mut last_heard = Instant::now();
+                let end = loop {
+                    let wake = tokio::select! {
+                        read = stream.next(), if in_flight.len() < config.max_in_flight => {
+                            Wake::Client(classify(read, format, config.max_frame_bytes))
+                        }
+                        event = subscription.next() => Wake::Bus(event),
+                        Some(reply) = in_flight.next(), if !in_flight.is_empty() => Wake::Reply(reply),
+                        _ = heartbeat.tick() => Wake::Heartbeat,
+                        _ = &mut shutdown => Wake::Shutdown,
+                    };
+                    let step = match wake {
+                        Wake::Client(inbound) => {
+                            if !matches!(inbound, Inbound::Closed) {
+                                last_heard = Instant::now();
+                            }
+                            device.on_client(inbound, &mut in_flight, config.max_bad_frames).await
+                        }
+                        Wake::Bus(event) => device.on_bus(event).await,
+                        Wake::Reply(Ok(Some(frame))) => device.queue.send(&frame).await.map_err(slow),
+                        Wake::Reply(Ok(None)) => Ok(()),
+                        Wake::Reply(Err(SlowConsumer)) => Err(slow(SlowConsumer)),
+                        Wake::Heartbeat => {
+                            if last_heard.elapsed() > config.idle_timeout {
+                                Err(End(close_code::IDLE_TIMEOUT, "idle timeout"))
+                            } else {
+                                device.queue.ping().map_err(slow)
+                            }
+                        }
+                        Wake::Shutdown => Err(End(close_code::GOING_AWAY, "server shutting down")),
+                    };
+                    if let Err(end) = step {
+                        break end;
+                    }
+                };
+                if end.0 == close_code::GOING_AWAY {
+                    // Drain: requests already published finish and their replies (acks)
+                    // go out before the close frame.
+                    while let Some(reply) = in_flight.next().await {
+                        if let Ok(Some(frame)) = reply
+                            && device.queue.send(&frame).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+                end
+            }
+        }
+    };
+    let End(code, reason) = end;
+    tracing::debug!(edge.user = %user, edge.close_code = code, edge.reason = reason, "connection closing");
+    if matches!(code, close_code::SLOW_CONSUMER | close_code::REVOKED | close_code::REPLACED) {
+        out.close_now(code, reason);
+    } else {
+        out.close(code, reason).await;
+    }
+    // The writer ends by itself once the close frame is out (or its write times out).
+    writer.await.ok();
+    inner.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn slow(_: SlowConsumer) -> End {
+    End(close_code::SLOW_CONSUMER, "client too slow to read; reconnect and sync")
+}
+
+fn reply(id: u64, body: Out) -> ServerFrame {
+    ServerFrame { id, body: Some(body) }
+}
+
+fn error_frame(id: u64, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
+    reply(id, Out::Error(natter_proto::error(code, message)))
+}
+
+fn bus_error(id: u64, service: &str, e: &BusError) -> ServerFrame {
+    tracing::warn!(edge.error = %e, edge.service = service, "request failed on the bus");
+    error_frame(
+        id,
+        ErrorCode::Unavailable,
+        format!("the {service} service did not answer; retrying is safe"),
+    )
+}
+
+/// The conversation a frame names: `conversation_id`, or the direct conversation with `to_user`.
+fn conversation(me: UserId, conversation_id: &str, to_user: u64) -> Result<ConversationId, String> {
+    match (conversation_id.is_empty(), to_user) {
+        (true, 0) => Err("conversation_id or to_user is required".into()),
+        (false, 0) => conversation_id.parse().map_err(|e| format!("conversation_id: {e}")),
+        (true, to) => {
+            let to = UserId::new(to).map_err(|e| format!("to_user: {e}"))?;
+            ConversationId::direct(me, to).map_err(|e| format!("to_user: {e}"))
+        }
+        (false, _) => Err("give conversation_id or to_user, not both".into()),
+    }
+}
+
+impl Device {
+    fn caller(&self) -> bus::Caller {
+        bus::Caller {
+            user_id: self.identity.user.get(),
+            device_id: self.identity.device.get(),
+        }
+    }
+
+    fn welcome(&self, config: &crate::Config) -> ServerFrame {
+        reply(
+            0,
+            Out::Welcome(v1::Welcome {
+                user_id: self.identity.user.get(),
+                device_id: self.identity.device.get(),
+                username: self.identity.username.clone(),
+                server_time_ms: natter_proto::now_ms(),
+                idle_timeout_s: config.idle_timeout.as_secs() as u32,
+                max_frame_bytes: config.max_frame_bytes as u32,
+                server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            }),
+        )
+    }
+
+    /// Tells any older connection of this device, on any edge, to close.
+    async fn announce(&self) {
+        let push = bus::UserPush {
+            body: Some(bus::user_push::Body::DeviceConnected(bus::DeviceConnected {
+                device_id: self.identity.device.get(),
+                connection_id: self.connection_id,
+            })),
+            skip_device: 0,
+        };
+        if let Err(e) = self
+            .bus
+            .publish(&Subject::user(self.identity.user), Bytes::from(push.encode_to_vec()))
+            .await
+        {
+            tracing::warn!(edge.error = %e, "could not announce a connection");
+        }
+    }
+
+    async fn on_client(
+        &mut self,
+        inbound: Inbound,
+        in_flight: &mut FuturesUnordered<InFlight>,
+        max_bad_frames: u32,
+    ) -> Result<(), End> {
+        match inbound {
+            Inbound::Frame(frame) => self.on_frame(frame, in_flight).await,
+            Inbound::Bad(code, message) => {
+                self.bad_frames += 1;
+                if self.bad_frames > max_bad_frames {
+                    return Err(End(close_code::PROTOCOL_VIOLATION, "too many bad frames"));
+                }
+                self.queue.send(&error_frame(0, code, message)).await.map_err(slow)
+            }
+            Inbound::Alive => Ok(()),
+            Inbound::Closed => Err(End(1000, "bye")),
+            Inbound::Fatal(code, reason) => Err(End(code, reason)),
+        }
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame, in_flight: &mut FuturesUnordered<InFlight>) -> Result<(), End> {
+        let id = frame.id;
+        let me = self.identity.user;
+        let immediate = match frame.body {
+            None => Some(error_frame(id, ErrorCode::UnknownFrame, "unknown or missing frame type")),
+            Some(In::Ping(ping)) => Some(reply(
+                id,
+                Out::Pong(v1::Pong {
+                    client_time_ms: ping.client_time_ms,
+                    server_time_ms: natter_proto::now_ms(),
+                }),
+            )),
+            Some(In::Send(mut send)) => match conversation(me, &send.conversation_id, send.to_user) {
+                Err(m) => Some(error_frame(id, ErrorCode::InvalidArgument, m)),
+                Ok(c) => {
+                    send.conversation_id = c.to_string();
+                    send.to_user = 0;
+                    let body = bus::partition_request::Body::Send(send);
+                    self.partition_request(id, &c, body, in_flight).await
+                }
+            },
+            Some(In::Received(r)) => match conversation(me, &r.conversation_id, 0) {
+                Err(m) => Some(error_frame(id, ErrorCode::InvalidArgument, m)),
+                Ok(c) => {
+                    let body = bus::partition_request::Body::Received(r);
+                    self.partition_request(id, &c, body, in_flight).await
+                }
+            },
+            Some(In::Read(r)) => match conversation(me, &r.conversation_id, 0) {
+                Err(m) => Some(error_frame(id, ErrorCode::InvalidArgument, m)),
+                Ok(c) => {
+                    let body = bus::partition_request::Body::Read(r);
+                    self.partition_request(id, &c, body, in_flight).await
+                }
+            },
+            Some(In::Typing(mut t)) => match conversation(me, &t.conversation_id, t.to_user) {
+                Err(m) => Some(error_frame(id, ErrorCode::InvalidArgument, m)),
+                Ok(c) => {
+                    t.conversation_id = c.to_string();
+                    t.to_user = 0;
+                    let request = bus::PartitionRequest {
+                        caller: Some(self.caller()),
+                        body: Some(bus::partition_request::Body::Typing(t)),
+                    };
+                    // Ephemeral: if the bus drops it, nobody is worse off.
+                    match self
+                        .bus
+                        .publish(&Subject::partition(c.partition()), Bytes::from(request.encode_to_vec()))
+                        .await
+                    {
+                        Ok(()) => None,
+                        Err(e) => Some(bus_error(id, "messages", &e)),
+                    }
+                }
+            },
+            Some(In::Sync(sync)) => {
+                in_flight.push(self.sync(id, sync.cursors).boxed());
+                None
+            }
+            Some(In::History(history)) => {
+                let request = bus::HistoryRequest {
+                    caller: Some(self.caller()),
+                    history: Some(history),
+                };
+                match self
+                    .bus
+                    .start_request(&Subject::history(), Bytes::from(request.encode_to_vec()), self.request_timeout)
+                    .await
+                {
+                    Err(e) => Some(bus_error(id, "messages", &e)),
+                    Ok(pending) => {
+                        in_flight.push(
+                            async move {
+                                Ok(Some(match pending.await {
+                                    Err(e) => bus_error(id, "messages", &e),
+                                    Ok(bytes) => match bus::HistoryReply::decode(bytes) {
+                                        Ok(bus::HistoryReply { error: Some(err), .. }) => reply(id, Out::Error(err)),
+                                        Ok(bus::HistoryReply { page: Some(page), .. }) => reply(id, Out::HistoryPage(page)),
+                                        _ => error_frame(id, ErrorCode::Internal, "internal error"),
+                                    },
+                                }))
+                            }
+                            .boxed(),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        match immediate {
+            Some(frame) => self.queue.send(&frame).await.map_err(slow),
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes a request to the conversation's partition owner now (so requests keep
+    /// the client's order) and queues the wait for its reply.
+    async fn partition_request(
+        &self,
+        id: u64,
+        conversation: &ConversationId,
+        body: bus::partition_request::Body,
+        in_flight: &mut FuturesUnordered<InFlight>,
+    ) -> Option<ServerFrame> {
+        let request = bus::PartitionRequest {
+            caller: Some(self.caller()),
+            body: Some(body),
+        };
+        let subject = Subject::partition(conversation.partition());
+        match self
+            .bus
+            .start_request(&subject, Bytes::from(request.encode_to_vec()), self.request_timeout)
+            .await
+        {
+            Err(e) => Some(bus_error(id, "messages", &e)),
+            Ok(pending) => {
+                in_flight.push(
+                    async move {
+                        let frame = match pending.await {
+                            Err(e) => Some(bus_error(id, "messages", &e)),
+                            Ok(bytes) => match bus::PartitionReply::decode(bytes).map(|r| r.body) {
+                                Ok(Some(bus::partition_reply::Body::Ack(ack))) => Some(reply(id, Out::Ack(ack))),
+                                Ok(Some(bus::partition_reply::Body::Error(err))) => Some(reply(id, Out::Error(err))),
+                                // A stored receipt needs no answer: the cursor shows in Receipt pushes.
+                                Ok(Some(bus::partition_reply::Body::Cursor(_))) => None,
+                                Ok(None) | Err(_) => Some(error_frame(id, ErrorCode::Internal, "internal error")),
+                            },
+                        };
+                        Ok(frame)
+                    }
+                    .boxed(),
+                );
+                None
+            }
+        }
+    }
+
+    /// Streams what the device missed: SyncBatch frames, then SyncDone, all with `id`.
+    fn sync(&self, id: u64, mut cursors: Vec<v1::Cursor>) -> impl Future<Output = Result<Option<ServerFrame>, SlowConsumer>> + use<> {
+        let bus = self.bus.clone();
+        let queue = self.queue.clone();
+        let caller = self.caller();
+        let timeout = self.request_timeout;
+        async move {
+            loop {
+                let request = bus::SyncRequest {
+                    caller: Some(caller),
+                    cursors: std::mem::take(&mut cursors),
+                    limit: SYNC_PAGE,
+                };
+                let page = match bus.request(&Subject::sync(), Bytes::from(request.encode_to_vec()), timeout).await {
+                    Err(e) => return Ok(Some(bus_error(id, "messages", &e))),
+                    Ok(bytes) => match bus::SyncReply::decode(bytes) {
+                        Ok(page) => page,
+                        Err(_) => return Ok(Some(error_frame(id, ErrorCode::Internal, "internal error"))),
+                    },
+                };
+                if let Some(err) = page.error {
+                    return Ok(Some(reply(id, Out::Error(err))));
+                }
+                if !page.messages.is_empty() {
+                    let batch = reply(id, Out::SyncBatch(v1::SyncBatch { messages: page.messages }));
+                    queue.send(&batch).await?;
+                }
+                if !page.more {
+                    return Ok(Some(reply(id, Out::SyncDone(v1::SyncDone { heads: page.heads }))));
+                }
+                cursors = page.next;
+            }
+        }
+    }
+
+    async fn on_bus(&mut self, event: Option<BusEvent>) -> Result<(), End> {
+        let msg = match event {
+            None => return Err(End(1011, "bus closed")),
+            Some(BusEvent::Lagged) => return Err(slow(SlowConsumer)),
+            Some(BusEvent::Message(msg)) => msg,
+        };
+        let push = match bus::UserPush::decode(msg.payload) {
+            Ok(push) => push,
+            Err(e) => {
+                tracing::error!(edge.error = %e, "undecodable push on a user subject");
+                return Ok(());
+            }
+        };
+        let me = self.identity.device.get();
+        match push.body {
+            Some(bus::user_push::Body::Frame(frame)) if push.skip_device != me => {
+                match self.queue.format().transcode::<ServerFrame>(frame) {
+                    Ok(encoded) => self.queue.send_encoded(encoded).await.map_err(slow),
+                    Err(e) => {
+                        tracing::error!(edge.error = %e, "undecodable frame in a push");
+                        Ok(())
+                    }
+                }
+            }
+            Some(bus::user_push::Body::DeviceConnected(c)) if c.device_id == me && c.connection_id != self.connection_id => {
+                Err(End(close_code::REPLACED, "this device connected again"))
+            }
+            Some(bus::user_push::Body::DeviceRevoked(device)) if device == me => {
+                Err(End(close_code::REVOKED, "this device logged out"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_targets() {
+        let me = UserId(5);
+        assert_eq!(conversation(me, "", 9).unwrap().as_str(), "d.5.9");
+        assert_eq!(conversation(me, "d.5.9", 0).unwrap().as_str(), "d.5.9");
+        assert!(conversation(me, "", 0).is_err());
+        assert!(conversation(me, "d.5.9", 9).is_err());
+        assert!(conversation(me, "", 5).is_err());
+        assert!(conversation(me, "nonsense", 0).is_err());
+    }
+}

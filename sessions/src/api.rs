@@ -1,0 +1,268 @@
+//! The REST endpoints: accounts, sessions (login, refresh, logout) and user lookup. Ids
+//! are decimal strings in JSON; every error is `{"error":{"code","message"}}` and never
+//! carries internal detail (that goes to the log).
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{
+        DefaultBodyLimit, FromRequest, Path, Request, State,
+        rejection::{JsonRejection, PathRejection},
+    },
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use natter_bus::Bus;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{AuthError, Claims, Sessions, accounts::Grant};
+
+/// Largest accepted request body.
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// An endpoint's failure, as the client sees it.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    InvalidArgument(String),
+    PayloadTooLarge,
+    /// A bearer token that is missing, invalid, expired or revoked.
+    Auth(AuthError),
+    BadCredentials,
+    BadRefreshToken,
+    NotFound(&'static str),
+    Conflict(String),
+    /// Details were logged where it happened.
+    Internal,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match &self {
+            ApiError::InvalidArgument(m) => {
+                (StatusCode::BAD_REQUEST, "invalid_argument", m.to_string())
+            }
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+            ),
+            ApiError::Auth(e) => (StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+            ApiError::BadCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "invalid username or password".to_owned(),
+            ),
+            ApiError::BadRefreshToken => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "invalid or expired refresh token".to_owned(),
+            ),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", (*m).to_owned()),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error".to_owned(),
+            ),
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: &message,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if matches!(self, ApiError::Auth(_)) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// `Json` whose rejections are the contract's errors: 413 past the body limit, 400 for
+/// anything else (bad syntax, wrong fields, no JSON content type).
+struct ApiJson<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge;
+    }
+    let message = match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            "expected Content-Type: application/json".to_owned()
+        }
+        JsonRejection::JsonSyntaxError(_) => "request body is not valid JSON".to_owned(),
+        // serde's message names the field and the expected type of the client's input.
+        JsonRejection::JsonDataError(e) => e.body_text(),
+        _ => "could not read the request body".to_owned(),
+    };
+    ApiError::InvalidArgument(message)
+}
+
+#[derive(Clone)]
+struct AppState {
+    sessions: Sessions,
+    bus: Arc<dyn Bus>,
+}
+
+/// The REST endpoints of the contract (not `/healthz`, not `/v1/ws`):
+/// `POST /v1/accounts`, `POST /v1/sessions`, `POST /v1/sessions/refresh`,
+/// `DELETE /v1/sessions/current`, `GET /v1/users/{username}`. Bodies are capped at 16 KiB.
+pub fn router(sessions: Sessions, bus: Arc<dyn Bus>) -> Router {
+    Router::new()
+        .route("/v1/accounts", post(register))
+        .route("/v1/sessions", post(login))
+        .route("/v1/sessions/refresh", post(refresh))
+        .route("/v1/sessions/current", delete(logout))
+        .route("/v1/users/{username}", get(get_user))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(AppState { sessions, bus })
+}
+
+#[derive(Deserialize)]
+struct RegisterRequest {
+    username: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct UserResponse {
+    user_id: String,
+    username: String,
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    username: String,
+    password: String,
+    device_name: String,
+}
+
+#[derive(Deserialize)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+#[derive(Serialize)]
+struct SessionResponse {
+    user_id: String,
+    device_id: String,
+    username: String,
+    access_token: String,
+    refresh_token: String,
+    access_expires_in_s: u64,
+}
+
+impl From<Grant> for SessionResponse {
+    fn from(g: Grant) -> Self {
+        SessionResponse {
+            user_id: g.user.to_string(),
+            device_id: g.device.to_string(),
+            username: g.username,
+            access_token: g.access_token,
+            refresh_token: g.refresh_token,
+            access_expires_in_s: g.access_expires_in_s,
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>`, verified and checked against revocation.
+fn authenticate(sessions: &Sessions, headers: &HeaderMap) -> Result<Claims, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(ApiError::Auth(AuthError::Missing))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Auth(AuthError::Malformed))?;
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Err(ApiError::Auth(AuthError::Malformed)),
+    };
+    sessions.authenticate(token).map_err(ApiError::Auth)
+}
+
+async fn register(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
+    let (id, username) = state.sessions.register(req.username, req.password).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserResponse {
+            user_id: id.to_string(),
+            username,
+        }),
+    ))
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Json<SessionResponse>, ApiError> {
+    let grant = state
+        .sessions
+        .login(req.username, req.password, req.device_name)
+        .await?;
+    Ok(Json(grant.into()))
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> Result<Json<SessionResponse>, ApiError> {
+    Ok(Json(
+        state.sessions.refresh(req.refresh_token).await?.into(),
+    ))
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+    let claims = authenticate(&state.sessions, &headers)?;
+    state.sessions.logout(claims, state.bus.as_ref()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    username: Result<Path<String>, PathRejection>,
+) -> Result<Json<UserResponse>, ApiError> {
+    authenticate(&state.sessions, &headers)?;
+    // A path segment that does not decode cannot name a user.
+    let Ok(Path(username)) = username else {
+        return Err(ApiError::NotFound("no such user"));
+    };
+    let (id, name) = state
+        .sessions
+        .user_by_name(&username)
+        .ok_or(ApiError::NotFound("no such user"))?;
+    Ok(Json(UserResponse {
+        user_id: id.to_string(),
+        username: name.to_string(),
+    }))
+}
