@@ -1,0 +1,509 @@
+//! The conformance suite of [`MessageStore`]: every implementation's tests run it. Each
+//! check works on fresh random users and conversations, so the stores handed in may share
+//! one backing database (e.g. one ScyllaDB keyspace) and may hold data already. The
+//! functions panic (assert) on a violation.
+//!
+//! ```ignore
+//! conformance::run_all(|| my_store()).await;
+//! conformance::durability_across_reopen(|| open_my_store_at(same_place)).await;
+//! ```
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use natter_proto::{ConversationId, DeviceId, Seq, UserId, v1};
+use rand::Rng as _;
+
+use crate::{CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, StoreError};
+
+/// Runs every check that needs no reopen, each on a store from `make`.
+pub async fn run_all(make: impl Fn() -> Arc<dyn MessageStore>) {
+    append_then_read_in_order(make()).await;
+    append_refuses_gaps_and_duplicates_atomically(make()).await;
+    concurrent_appends_to_one_conversation_admit_one(make()).await;
+    dedupe_lookup(make()).await;
+    user_conversations_track_heads(make()).await;
+    cursors_only_move_forward(make()).await;
+    read_before_pages_backwards(make()).await;
+    concurrent_appends_all_land(make()).await;
+}
+
+fn random_id() -> u64 {
+    rand::rng().random_range(1..(1u64 << 53))
+}
+
+fn user() -> UserId {
+    UserId(random_id())
+}
+
+fn device() -> DeviceId {
+    DeviceId(random_id())
+}
+
+fn direct(a: UserId, b: UserId) -> ConversationId {
+    ConversationId::direct(a, b).expect("two random users are distinct")
+}
+
+fn conversation() -> ConversationId {
+    direct(user(), user())
+}
+
+/// Message `seq` of `conv`, sent by its first member from `dev` with client id `cmid`.
+fn message(conv: &ConversationId, seq: u64, dev: DeviceId, cmid: &str) -> NewMessage {
+    let members = conv.direct_members().expect("direct conversation");
+    NewMessage {
+        message: v1::Message {
+            conversation_id: conv.as_str().to_owned(),
+            seq,
+            message_id: random_id(),
+            sender_user: members[0].get(),
+            sender_device: dev.get(),
+            client_msg_id: cmid.to_owned(),
+            kind: v1::MessageKind::Binary as i32,
+            // Every byte value, and a per-message marker.
+            body: Bytes::from((0..=255u8).chain(seq.to_le_bytes()).collect::<Vec<u8>>()),
+            reply_to_seq: seq.saturating_sub(1),
+            created_at_ms: 1_700_000_000_000 + seq,
+        },
+        members: members.to_vec(),
+    }
+}
+
+fn messages(conv: &ConversationId, seqs: std::ops::RangeInclusive<u64>) -> Vec<NewMessage> {
+    let dev = device();
+    seqs.map(|s| message(conv, s, dev, &format!("c{s}")))
+        .collect()
+}
+
+fn seqs(ms: &[v1::Message]) -> Vec<u64> {
+    ms.iter().map(|m| m.seq).collect()
+}
+
+fn key(nm: &NewMessage) -> DedupeKey {
+    DedupeKey {
+        conversation: nm.message.conversation_id.parse().expect("valid id"),
+        sender_device: DeviceId(nm.message.sender_device),
+        client_msg_id: nm.message.client_msg_id.clone(),
+    }
+}
+
+fn is_conflict<T: std::fmt::Debug>(r: &Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::Conflict(_)))
+}
+
+/// Appended messages come back exactly, in seq order, from any cursor.
+pub async fn append_then_read_in_order(store: Arc<dyn MessageStore>) {
+    let (c, other) = (conversation(), conversation());
+    assert_eq!(store.head(&c).await.expect("head"), Seq::ZERO);
+    assert!(
+        store
+            .read_after(&c, Seq::ZERO, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+
+    let all = messages(&c, 1..=10);
+    store.append(all[..3].to_vec()).await.expect("append 1..=3");
+    // One batch may hold several conversations, interleaved.
+    let mut mixed = all[3..].to_vec();
+    mixed.insert(2, message(&other, 1, device(), "o1"));
+    mixed.push(message(&other, 2, device(), "o2"));
+    store.append(mixed).await.expect("append 4..=10 + other");
+    store
+        .append(Vec::new())
+        .await
+        .expect("empty append is a no-op");
+
+    assert_eq!(store.head(&c).await.expect("head"), Seq(10));
+    assert_eq!(store.head(&other).await.expect("head"), Seq(2));
+    let expected: Vec<v1::Message> = all.iter().map(|nm| nm.message.clone()).collect();
+    assert_eq!(
+        store.read_after(&c, Seq::ZERO, 100).await.expect("read"),
+        expected
+    );
+    let mid = store.read_after(&c, Seq(3), 4).await.expect("read");
+    assert_eq!(seqs(&mid), vec![4, 5, 6, 7]);
+    assert!(
+        store
+            .read_after(&c, Seq(10), 5)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(
+        store
+            .read_after(&c, Seq::ZERO, 0)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(
+        store
+            .read_after(&c, Seq(u64::MAX), 5)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        seqs(&store.read_after(&other, Seq::ZERO, 10).await.expect("read")),
+        vec![1, 2]
+    );
+}
+
+/// A batch with a gap, a repeated seq or a known dedupe key is refused whole.
+pub async fn append_refuses_gaps_and_duplicates_atomically(store: Arc<dyn MessageStore>) {
+    let c = conversation();
+    let dev = device();
+    let first = message(&c, 1, dev, "a");
+    store.append(vec![first.clone()]).await.expect("append 1");
+
+    let gap = vec![message(&c, 2, dev, "b"), message(&c, 4, dev, "d")];
+    assert!(is_conflict(&store.append(gap).await), "gap refused");
+    let starts_late = vec![message(&c, 3, dev, "c")];
+    assert!(
+        is_conflict(&store.append(starts_late).await),
+        "seq past head+1 refused"
+    );
+    let again = vec![message(&c, 1, dev, "z")];
+    assert!(
+        is_conflict(&store.append(again).await),
+        "existing seq refused"
+    );
+    let same_key = vec![message(&c, 2, dev, "a")];
+    assert!(
+        is_conflict(&store.append(same_key).await),
+        "existing dedupe key refused"
+    );
+    let twice_in_batch = vec![message(&c, 2, dev, "x"), message(&c, 3, dev, "x")];
+    assert!(
+        is_conflict(&store.append(twice_in_batch).await),
+        "dedupe key twice refused"
+    );
+    // A refused batch that also touched another conversation left nothing there either.
+    let other = conversation();
+    let mixed = vec![message(&other, 1, dev, "o"), message(&c, 9, dev, "n")];
+    assert!(
+        is_conflict(&store.append(mixed).await),
+        "mixed batch refused"
+    );
+
+    assert_eq!(store.head(&c).await.expect("head"), Seq(1));
+    assert_eq!(store.head(&other).await.expect("head"), Seq::ZERO);
+    let stored = store.read_after(&c, Seq::ZERO, 10).await.expect("read");
+    assert_eq!(stored, vec![first.message]);
+    let members = other.direct_members().expect("direct");
+    assert!(
+        store
+            .user_conversations(members[0])
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let found = store
+        .find_dedupe(vec![DedupeKey {
+            conversation: c.clone(),
+            sender_device: dev,
+            client_msg_id: "b".into(),
+        }])
+        .await
+        .expect("dedupe");
+    assert_eq!(found, vec![None], "refused messages leave no dedupe key");
+    // The log continues normally afterwards.
+    store
+        .append(vec![message(&c, 2, dev, "b")])
+        .await
+        .expect("append 2");
+    assert_eq!(store.head(&c).await.expect("head"), Seq(2));
+}
+
+/// Two writers racing for the same seq: exactly one wins, the other gets Conflict.
+pub async fn concurrent_appends_to_one_conversation_admit_one(store: Arc<dyn MessageStore>) {
+    let c = conversation();
+    for round in 1..=20u64 {
+        let (a, b) = (
+            message(&c, round, device(), "a"),
+            message(&c, round, device(), "b"),
+        );
+        let (ra, rb) = tokio::join!(store.append(vec![a]), store.append(vec![b]));
+        let wins = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: {ra:?} {rb:?}");
+        assert!(is_conflict(&ra) || is_conflict(&rb), "{ra:?} {rb:?}");
+    }
+    let all = store.read_after(&c, Seq::ZERO, 100).await.expect("read");
+    assert_eq!(seqs(&all), (1..=20).collect::<Vec<_>>());
+}
+
+/// Dedupe keys find the original Ack; lookups are batched and keep their order.
+pub async fn dedupe_lookup(store: Arc<dyn MessageStore>) {
+    let c = conversation();
+    let (d1, d2) = (device(), device());
+    let m1 = message(&c, 1, d1, "same");
+    let m2 = message(&c, 2, d2, "same");
+    store
+        .append(vec![m1.clone(), m2.clone()])
+        .await
+        .expect("append");
+    let ack = |nm: &NewMessage| v1::Ack {
+        client_msg_id: nm.message.client_msg_id.clone(),
+        conversation_id: nm.message.conversation_id.clone(),
+        seq: nm.message.seq,
+        message_id: nm.message.message_id,
+        created_at_ms: nm.message.created_at_ms,
+    };
+    let unknown_id = DedupeKey {
+        client_msg_id: "other".into(),
+        ..key(&m1)
+    };
+    let elsewhere = DedupeKey {
+        conversation: conversation(),
+        ..key(&m1)
+    };
+    let found = store
+        .find_dedupe(vec![key(&m2), unknown_id, key(&m1), elsewhere, key(&m2)])
+        .await
+        .expect("dedupe");
+    assert_eq!(
+        found,
+        vec![Some(ack(&m2)), None, Some(ack(&m1)), None, Some(ack(&m2))]
+    );
+    assert!(
+        store
+            .find_dedupe(Vec::new())
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+}
+
+/// Each member lists the conversation with its head; heads only move forward.
+pub async fn user_conversations_track_heads(store: Arc<dyn MessageStore>) {
+    let (alice, bob, carol, dave) = (user(), user(), user(), user());
+    let ab = direct(alice, bob);
+    let ac = direct(alice, carol);
+    store.append(messages(&ab, 1..=3)).await.expect("append ab");
+    store.append(messages(&ac, 1..=1)).await.expect("append ac");
+
+    let mut expected = vec![(ab.clone(), Seq(3)), (ac.clone(), Seq(1))];
+    expected.sort();
+    assert_eq!(
+        store.user_conversations(alice).await.expect("alice"),
+        expected
+    );
+    assert_eq!(
+        store.user_conversations(bob).await.expect("bob"),
+        vec![(ab.clone(), Seq(3))]
+    );
+    assert!(
+        store
+            .user_conversations(dave)
+            .await
+            .expect("dave")
+            .is_empty()
+    );
+
+    // A message listing only some members raises only theirs; max(old, new) for each.
+    let mut only_first = message(&ab, 4, device(), "only");
+    let first = ab.direct_members().expect("direct")[0];
+    only_first.members = vec![first];
+    store.append(vec![only_first]).await.expect("append 4");
+    let heads =
+        |list: Vec<(ConversationId, Seq)>| list.into_iter().find(|(c, _)| *c == ab).map(|(_, s)| s);
+    let second = if first == alice { bob } else { alice };
+    assert_eq!(
+        heads(store.user_conversations(first).await.expect("first")),
+        Some(Seq(4))
+    );
+    assert_eq!(
+        heads(store.user_conversations(second).await.expect("second")),
+        Some(Seq(3))
+    );
+    store.append(messages(&ab, 5..=5)).await.expect("append 5");
+    assert_eq!(
+        heads(store.user_conversations(second).await.expect("second")),
+        Some(Seq(5))
+    );
+}
+
+/// Cursors take the max; READ raises DELIVERED too; devices are independent.
+pub async fn cursors_only_move_forward(store: Arc<dyn MessageStore>) {
+    use v1::ReceiptKind::{Delivered, Read, Unspecified};
+    let (u, d, d2) = (user(), device(), device());
+    let (c1, c2) = (direct(u, user()), direct(u, user()));
+    let adv = |seq, moved| CursorAdvance {
+        seq: Seq(seq),
+        moved,
+    };
+    assert_eq!(store.device_cursors(u, d).await.expect("none"), Vec::new());
+    assert_eq!(
+        store.advance_cursor(u, d, &c1, Delivered, Seq::ZERO).await,
+        Ok(adv(0, false))
+    );
+    assert_eq!(
+        store.advance_cursor(u, d, &c1, Delivered, Seq(5)).await,
+        Ok(adv(5, true))
+    );
+    assert_eq!(
+        store.advance_cursor(u, d, &c1, Delivered, Seq(3)).await,
+        Ok(adv(5, false))
+    );
+    assert_eq!(
+        store.advance_cursor(u, d, &c1, Delivered, Seq(5)).await,
+        Ok(adv(5, false))
+    );
+    assert_eq!(
+        store.advance_cursor(u, d, &c1, Read, Seq(2)).await,
+        Ok(adv(2, true))
+    );
+    assert_eq!(
+        store.advance_cursor(u, d, &c1, Read, Seq(1)).await,
+        Ok(adv(2, false))
+    );
+    assert_eq!(
+        store.advance_cursor(u, d, &c2, Read, Seq(7)).await,
+        Ok(adv(7, true))
+    );
+    assert_eq!(
+        store.advance_cursor(u, d2, &c1, Delivered, Seq(1)).await,
+        Ok(adv(1, true))
+    );
+    assert!(matches!(
+        store.advance_cursor(u, d, &c1, Unspecified, Seq(9)).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    let mut expected = vec![
+        DeviceCursor {
+            conversation: c1.clone(),
+            delivered: Seq(5),
+            read: Seq(2),
+        },
+        DeviceCursor {
+            conversation: c2.clone(),
+            delivered: Seq(7),
+            read: Seq(7),
+        },
+    ];
+    expected.sort_by(|a, b| a.conversation.cmp(&b.conversation));
+    assert_eq!(store.device_cursors(u, d).await.expect("cursors"), expected);
+    assert_eq!(
+        store.device_cursors(u, d2).await.expect("cursors"),
+        vec![DeviceCursor {
+            conversation: c1.clone(),
+            delivered: Seq(1),
+            read: Seq::ZERO,
+        }]
+    );
+    assert!(
+        store
+            .device_cursors(user(), d)
+            .await
+            .expect("other user")
+            .is_empty()
+    );
+}
+
+/// `read_before` pages from the newest backwards, each page ascending.
+pub async fn read_before_pages_backwards(store: Arc<dyn MessageStore>) {
+    let c = conversation();
+    store.append(messages(&c, 1..=25)).await.expect("append");
+    let page = |before, limit| {
+        let store = store.clone();
+        let c = c.clone();
+        async move {
+            seqs(
+                &store
+                    .read_before(&c, Seq(before), limit)
+                    .await
+                    .expect("read"),
+            )
+        }
+    };
+    assert_eq!(page(0, 10).await, (16..=25).collect::<Vec<_>>());
+    assert_eq!(page(16, 10).await, (6..=15).collect::<Vec<_>>());
+    assert_eq!(page(6, 10).await, (1..=5).collect::<Vec<_>>());
+    assert_eq!(page(1, 10).await, Vec::<u64>::new());
+    assert_eq!(page(100, 3).await, vec![23, 24, 25]);
+    assert_eq!(page(0, 0).await, Vec::<u64>::new());
+    assert_eq!(page(0, 1000).await, (1..=25).collect::<Vec<_>>());
+    let empty = conversation();
+    assert!(
+        store
+            .read_before(&empty, Seq::ZERO, 5)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+}
+
+/// Many writers at once (group commit): every append lands, each log gap-free.
+pub async fn concurrent_appends_all_land(store: Arc<dyn MessageStore>) {
+    let convs: Vec<ConversationId> = (0..32).map(|_| conversation()).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in convs.clone() {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let dev = device();
+            for s in 1..=20u64 {
+                store
+                    .append(vec![message(&c, s, dev, &format!("m{s}"))])
+                    .await
+                    .expect("append");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("append task");
+    }
+    for c in &convs {
+        assert_eq!(store.head(c).await.expect("head"), Seq(20));
+        let all = store.read_after(c, Seq::ZERO, 100).await.expect("read");
+        assert_eq!(seqs(&all), (1..=20).collect::<Vec<_>>());
+    }
+}
+
+/// What was acknowledged survives closing and reopening. Every call of `open` must open
+/// the same storage; the suite drops each store before opening the next.
+pub async fn durability_across_reopen(open: impl Fn() -> Arc<dyn MessageStore>) {
+    let (alice, bob) = (user(), user());
+    let c = direct(alice, bob);
+    let d = device();
+    let written = messages(&c, 1..=5);
+    {
+        let store = open();
+        store.append(written.clone()).await.expect("append");
+        store
+            .advance_cursor(bob, d, &c, v1::ReceiptKind::Delivered, Seq(4))
+            .await
+            .expect("cursor");
+    }
+    let store = open();
+    assert_eq!(store.head(&c).await.expect("head"), Seq(5));
+    let expected: Vec<v1::Message> = written.iter().map(|nm| nm.message.clone()).collect();
+    assert_eq!(
+        store.read_after(&c, Seq::ZERO, 10).await.expect("read"),
+        expected
+    );
+    let found = store
+        .find_dedupe(vec![key(&written[2])])
+        .await
+        .expect("dedupe");
+    assert_eq!(found[0].as_ref().map(|a| a.seq), Some(3));
+    assert_eq!(
+        store.user_conversations(alice).await.expect("list"),
+        vec![(c.clone(), Seq(5))]
+    );
+    assert_eq!(
+        store.device_cursors(bob, d).await.expect("cursors"),
+        vec![DeviceCursor {
+            conversation: c.clone(),
+            delivered: Seq(4),
+            read: Seq::ZERO,
+        }]
+    );
+    store
+        .append(messages(&c, 6..=6))
+        .await
+        .expect("append after reopen");
+    assert!(is_conflict(&store.append(messages(&c, 6..=6)).await));
+}

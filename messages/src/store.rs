@@ -1,0 +1,124 @@
+//! The [`MessageStore`] trait: everything the messages service keeps durably (conversation
+//! logs, dedupe keys, each user's conversations, each device's cursors). Implementations:
+//! [`crate::RedbStore`] (embedded); a ScyllaDB store must pass the same
+//! [`crate::conformance`] suite.
+
+use natter_proto::{ConversationId, DeviceId, Seq, UserId, v1};
+
+/// A message ready to be stored: `seq`, `message_id` and `created_at_ms` are assigned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub message: v1::Message,
+    /// Every member of the conversation: each gets the conversation listed with this head.
+    pub members: Vec<UserId>,
+}
+
+/// What makes a send a retry of an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupeKey {
+    pub conversation: ConversationId,
+    pub sender_device: DeviceId,
+    pub client_msg_id: String,
+}
+
+/// Where one device stands in one conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCursor {
+    pub conversation: ConversationId,
+    pub delivered: Seq,
+    pub read: Seq,
+}
+
+/// The result of [`MessageStore::advance_cursor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorAdvance {
+    /// The value the cursor of the asked kind holds now.
+    pub seq: Seq,
+    /// True if this call raised it.
+    pub moved: bool,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine failed (I/O, transaction, ...). Nothing of the call was stored.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// The write contradicts what is stored: a seq that is not head + 1, or a dedupe key
+    /// that already exists. Nothing of the call was stored.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The arguments are malformed (e.g. seq 0, an unparsable conversation id).
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The store is shutting down.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Durable state of the messages service. All methods are safe to call concurrently; the
+/// service keeps one writer per conversation, the store checks it anyway.
+#[async_trait::async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Stores the batch atomically and durably (on disk, fsynced) before returning `Ok`:
+    /// the messages, their dedupe keys (conversation, sender_device, client_msg_id) →
+    /// (seq, message_id, created_at_ms), and for each member the conversation's head in
+    /// their list (max of old and new). Within a batch and against what is stored, the
+    /// messages of each conversation must continue its log gap-free (seq = head + 1, in
+    /// batch order) and their dedupe keys must be new; otherwise the whole batch is refused
+    /// with [`StoreError::Conflict`] and nothing is stored. An empty batch is a no-op.
+    async fn append(&self, batch: Vec<NewMessage>) -> Result<(), StoreError>;
+
+    /// The newest seq of the conversation (0 if it has no messages).
+    async fn head(&self, conversation: &ConversationId) -> Result<Seq, StoreError>;
+
+    /// The original Ack of each key (`None` if unknown), in the order of `keys`, read in
+    /// one snapshot.
+    async fn find_dedupe(&self, keys: Vec<DedupeKey>) -> Result<Vec<Option<v1::Ack>>, StoreError>;
+
+    /// Up to `limit` messages with seq > `after`, ascending.
+    async fn read_after(
+        &self,
+        conversation: &ConversationId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<v1::Message>, StoreError>;
+
+    /// The (up to) `limit` newest messages with seq < `before` (`Seq::ZERO` = no bound),
+    /// returned ascending.
+    async fn read_before(
+        &self,
+        conversation: &ConversationId,
+        before: Seq,
+        limit: usize,
+    ) -> Result<Vec<v1::Message>, StoreError>;
+
+    /// Every conversation the user is a member of that has messages, with its head,
+    /// ordered by conversation id.
+    async fn user_conversations(
+        &self,
+        user: UserId,
+    ) -> Result<Vec<(ConversationId, Seq)>, StoreError>;
+
+    /// Raises the device's cursor of `kind` in the conversation to `seq` (max semantics:
+    /// never lowers it), durably before returning. A READ cursor also raises the DELIVERED
+    /// one (what was read was received). `kind` UNSPECIFIED is [`StoreError::Invalid`].
+    async fn advance_cursor(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        conversation: &ConversationId,
+        kind: v1::ReceiptKind,
+        seq: Seq,
+    ) -> Result<CursorAdvance, StoreError>;
+
+    /// Every cursor of the device, ordered by conversation id.
+    async fn device_cursors(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<Vec<DeviceCursor>, StoreError>;
+}
