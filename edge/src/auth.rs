@@ -62,11 +62,19 @@ pub(crate) async fn authenticate(
         .await
         .map_err(|e| {
             tracing::warn!(edge.error = %e, "sessions service did not answer a device check");
-            reject(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again shortly")
+            reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "try again shortly",
+            )
         })?;
     let status = bus::DeviceStatus::decode(reply).map_err(|e| {
         tracing::error!(edge.error = %e, "undecodable device status from the sessions service");
-        reject(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     })?;
     if !status.active {
         return Err(unauthorized("this device is logged out"));

@@ -30,7 +30,11 @@ pub(crate) enum Inbound {
     Fatal(u16, &'static str),
 }
 
-pub(crate) fn classify(read: Option<Result<Message, axum::Error>>, format: WireFormat, max_frame: usize) -> Inbound {
+pub(crate) fn classify(
+    read: Option<Result<Message, axum::Error>>,
+    format: WireFormat,
+    max_frame: usize,
+) -> Inbound {
     let msg = match read {
         None => return Inbound::Closed,
         Some(Ok(msg)) => msg,
@@ -62,11 +66,15 @@ fn too_large(len: usize, max: usize) -> Inbound {
 fn classify_error(e: axum::Error) -> Inbound {
     let inner = e.into_inner();
     match inner.downcast_ref::<WsError>() {
-        Some(WsError::Utf8(_)) => Inbound::Fatal(close_code::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
+        Some(WsError::Utf8(_)) => {
+            Inbound::Fatal(close_code::INVALID_PAYLOAD, "text frame is not valid UTF-8")
+        }
         Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
             Inbound::Fatal(close_code::TOO_BIG, "frame above the hard size limit")
         }
-        Some(WsError::Protocol(_)) => Inbound::Fatal(close_code::PROTOCOL_VIOLATION, "WebSocket protocol error"),
+        Some(WsError::Protocol(_)) => {
+            Inbound::Fatal(close_code::PROTOCOL_VIOLATION, "WebSocket protocol error")
+        }
         // Reset, broken pipe, already closed: nobody is left to tell.
         _ => Inbound::Closed,
     }
@@ -114,9 +122,10 @@ impl Queue {
 
     /// Sends a server ping (the client's pong proves it is alive).
     pub(crate) fn ping(&self) -> Result<(), SlowConsumer> {
-        self.tx.try_send(Message::Ping(Bytes::new())).map_err(|_| SlowConsumer)
+        self.tx
+            .try_send(Message::Ping(Bytes::new()))
+            .map_err(|_| SlowConsumer)
     }
-
 }
 
 impl Outbound {
@@ -168,15 +177,20 @@ async fn write_loop(
     mut abort: oneshot::Receiver<(u16, &'static str)>,
     write_timeout: Duration,
 ) {
+    // The abort handle is dropped when the connection closes gracefully (its close frame
+    // is queued); only a sent abort means "close now", so stop watching once it is gone.
+    let mut abort_open = true;
     loop {
         tokio::select! {
             biased;
-            closing = &mut abort => {
-                if let Ok((code, reason)) = closing {
-                    let frame = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }));
-                    // Best effort: a client too slow to read may never see it.
-                    tokio::time::timeout(write_timeout, sink.send(frame)).await.ok();
-                }
+            closing = &mut abort, if abort_open => {
+                let Ok((code, reason)) = closing else {
+                    abort_open = false;
+                    continue;
+                };
+                let frame = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }));
+                // Best effort: a client too slow to read may never see it.
+                tokio::time::timeout(write_timeout, sink.send(frame)).await.ok();
                 break;
             }
             next = rx.recv() => {

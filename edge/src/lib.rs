@@ -98,7 +98,12 @@ struct Inner {
 }
 
 impl Edge {
-    pub fn new(config: Config, bus: Arc<dyn Bus>, verifier: TokenVerifier, shutdown: CancellationToken) -> Edge {
+    pub fn new(
+        config: Config,
+        bus: Arc<dyn Bus>,
+        verifier: TokenVerifier,
+        shutdown: CancellationToken,
+    ) -> Edge {
         Edge {
             inner: Arc::new(Inner {
                 config,
@@ -114,7 +119,9 @@ impl Edge {
 
     /// The `/v1/ws` route.
     pub fn router(&self) -> Router {
-        Router::new().route("/v1/ws", get(upgrade)).with_state(self.clone())
+        Router::new()
+            .route("/v1/ws", get(upgrade))
+            .with_state(self.clone())
     }
 
     /// Open connections right now.
@@ -126,7 +133,9 @@ impl Edge {
     /// shutdown token), or `grace` has passed. Returns false on time-out.
     pub async fn drained(&self, grace: Duration) -> bool {
         self.inner.tracker.close();
-        tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_ok()
+        tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_ok()
     }
 }
 
@@ -143,7 +152,11 @@ async fn upgrade(
 ) -> Response {
     let inner = &edge.inner;
     if inner.shutdown.is_cancelled() {
-        return auth::reject(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this node is draining");
+        return auth::reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this node is draining",
+        );
     }
     let identity = match auth::authenticate(inner, &headers, query.access_token.as_deref()).await {
         Ok(identity) => identity,

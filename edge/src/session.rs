@@ -7,11 +7,7 @@ use std::{pin::pin, time::Duration};
 
 use axum::extract::ws::WebSocket;
 use bytes::Bytes;
-use futures::{
-    FutureExt, StreamExt,
-    future::BoxFuture,
-    stream::FuturesUnordered,
-};
+use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use natter_bus::{Bus, BusError, BusEvent};
 use natter_proto::{
     ConversationId, ErrorCode, Subject, UserId, bus, close_code,
@@ -53,17 +49,28 @@ struct Device {
     bad_frames: u32,
 }
 
-pub(crate) async fn run(edge: Edge, socket: WebSocket, identity: Identity, format: natter_proto::codec::WireFormat, connection_id: u64) {
+pub(crate) async fn run(
+    edge: Edge,
+    socket: WebSocket,
+    identity: Identity,
+    format: natter_proto::codec::WireFormat,
+    connection_id: u64,
+) {
     let inner = &edge.inner;
     let config = &inner.config;
-    inner.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    inner
+        .open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (sink, mut stream) = socket.split();
     let (mut out, writer) = spawn_writer(sink, format, config.outbound_queue, config.send_timeout);
 
     let user = identity.user;
     // Subscribe before anything else: whatever is committed from here on reaches this
     // connection live, and whatever was committed before is in the store for Sync.
-    let subscription = inner.bus.subscribe(&Subject::user(user), config.subscription_buffer).await;
+    let subscription = inner
+        .bus
+        .subscribe(&Subject::user(user), config.subscription_buffer)
+        .await;
     let mut device = Device {
         identity,
         connection_id,
@@ -102,10 +109,14 @@ pub(crate) async fn run(edge: Edge, socket: WebSocket, identity: Identity, forma
                             if !matches!(inbound, Inbound::Closed) {
                                 last_heard = Instant::now();
                             }
-                            device.on_client(inbound, &mut in_flight, config.max_bad_frames).await
+                            device
+                                .on_client(inbound, &mut in_flight, config.max_bad_frames)
+                                .await
                         }
                         Wake::Bus(event) => device.on_bus(event).await,
-                        Wake::Reply(Ok(Some(frame))) => device.queue.send(&frame).await.map_err(slow),
+                        Wake::Reply(Ok(Some(frame))) => {
+                            device.queue.send(&frame).await.map_err(slow)
+                        }
                         Wake::Reply(Ok(None)) => Ok(()),
                         Wake::Reply(Err(SlowConsumer)) => Err(slow(SlowConsumer)),
                         Wake::Heartbeat => {
@@ -138,22 +149,33 @@ pub(crate) async fn run(edge: Edge, socket: WebSocket, identity: Identity, forma
     };
     let End(code, reason) = end;
     tracing::debug!(edge.user = %user, edge.close_code = code, edge.reason = reason, "connection closing");
-    if matches!(code, close_code::SLOW_CONSUMER | close_code::REVOKED | close_code::REPLACED) {
+    if matches!(
+        code,
+        close_code::SLOW_CONSUMER | close_code::REVOKED | close_code::REPLACED
+    ) {
         out.close_now(code, reason);
     } else {
         out.close(code, reason).await;
     }
     // The writer ends by itself once the close frame is out (or its write times out).
     writer.await.ok();
-    inner.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    inner
+        .open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn slow(_: SlowConsumer) -> End {
-    End(close_code::SLOW_CONSUMER, "client too slow to read; reconnect and sync")
+    End(
+        close_code::SLOW_CONSUMER,
+        "client too slow to read; reconnect and sync",
+    )
 }
 
 fn reply(id: u64, body: Out) -> ServerFrame {
-    ServerFrame { id, body: Some(body) }
+    ServerFrame {
+        id,
+        body: Some(body),
+    }
 }
 
 fn error_frame(id: u64, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
@@ -173,7 +195,9 @@ fn bus_error(id: u64, service: &str, e: &BusError) -> ServerFrame {
 fn conversation(me: UserId, conversation_id: &str, to_user: u64) -> Result<ConversationId, String> {
     match (conversation_id.is_empty(), to_user) {
         (true, 0) => Err("conversation_id or to_user is required".into()),
-        (false, 0) => conversation_id.parse().map_err(|e| format!("conversation_id: {e}")),
+        (false, 0) => conversation_id
+            .parse()
+            .map_err(|e| format!("conversation_id: {e}")),
         (true, to) => {
             let to = UserId::new(to).map_err(|e| format!("to_user: {e}"))?;
             ConversationId::direct(me, to).map_err(|e| format!("to_user: {e}"))
@@ -208,15 +232,20 @@ impl Device {
     /// Tells any older connection of this device, on any edge, to close.
     async fn announce(&self) {
         let push = bus::UserPush {
-            body: Some(bus::user_push::Body::DeviceConnected(bus::DeviceConnected {
-                device_id: self.identity.device.get(),
-                connection_id: self.connection_id,
-            })),
+            body: Some(bus::user_push::Body::DeviceConnected(
+                bus::DeviceConnected {
+                    device_id: self.identity.device.get(),
+                    connection_id: self.connection_id,
+                },
+            )),
             skip_device: 0,
         };
         if let Err(e) = self
             .bus
-            .publish(&Subject::user(self.identity.user), Bytes::from(push.encode_to_vec()))
+            .publish(
+                &Subject::user(self.identity.user),
+                Bytes::from(push.encode_to_vec()),
+            )
             .await
         {
             tracing::warn!(edge.error = %e, "could not announce a connection");
@@ -236,7 +265,10 @@ impl Device {
                 if self.bad_frames > max_bad_frames {
                     return Err(End(close_code::PROTOCOL_VIOLATION, "too many bad frames"));
                 }
-                self.queue.send(&error_frame(0, code, message)).await.map_err(slow)
+                self.queue
+                    .send(&error_frame(0, code, message))
+                    .await
+                    .map_err(slow)
             }
             Inbound::Alive => Ok(()),
             Inbound::Closed => Err(End(1000, "bye")),
@@ -244,11 +276,19 @@ impl Device {
         }
     }
 
-    async fn on_frame(&mut self, frame: ClientFrame, in_flight: &mut FuturesUnordered<InFlight>) -> Result<(), End> {
+    async fn on_frame(
+        &mut self,
+        frame: ClientFrame,
+        in_flight: &mut FuturesUnordered<InFlight>,
+    ) -> Result<(), End> {
         let id = frame.id;
         let me = self.identity.user;
         let immediate = match frame.body {
-            None => Some(error_frame(id, ErrorCode::UnknownFrame, "unknown or missing frame type")),
+            None => Some(error_frame(
+                id,
+                ErrorCode::UnknownFrame,
+                "unknown or missing frame type",
+            )),
             Some(In::Ping(ping)) => Some(reply(
                 id,
                 Out::Pong(v1::Pong {
@@ -256,7 +296,8 @@ impl Device {
                     server_time_ms: natter_proto::now_ms(),
                 }),
             )),
-            Some(In::Send(mut send)) => match conversation(me, &send.conversation_id, send.to_user) {
+            Some(In::Send(mut send)) => match conversation(me, &send.conversation_id, send.to_user)
+            {
                 Err(m) => Some(error_frame(id, ErrorCode::InvalidArgument, m)),
                 Ok(c) => {
                     send.conversation_id = c.to_string();
@@ -291,7 +332,10 @@ impl Device {
                     // Ephemeral: if the bus drops it, nobody is worse off.
                     match self
                         .bus
-                        .publish(&Subject::partition(c.partition()), Bytes::from(request.encode_to_vec()))
+                        .publish(
+                            &Subject::partition(c.partition()),
+                            Bytes::from(request.encode_to_vec()),
+                        )
                         .await
                     {
                         Ok(()) => None,
@@ -310,7 +354,11 @@ impl Device {
                 };
                 match self
                     .bus
-                    .start_request(&Subject::history(), Bytes::from(request.encode_to_vec()), self.request_timeout)
+                    .start_request(
+                        &Subject::history(),
+                        Bytes::from(request.encode_to_vec()),
+                        self.request_timeout,
+                    )
                     .await
                 {
                     Err(e) => Some(bus_error(id, "messages", &e)),
@@ -320,8 +368,12 @@ impl Device {
                                 Ok(Some(match pending.await {
                                     Err(e) => bus_error(id, "messages", &e),
                                     Ok(bytes) => match bus::HistoryReply::decode(bytes) {
-                                        Ok(bus::HistoryReply { error: Some(err), .. }) => reply(id, Out::Error(err)),
-                                        Ok(bus::HistoryReply { page: Some(page), .. }) => reply(id, Out::HistoryPage(page)),
+                                        Ok(bus::HistoryReply {
+                                            error: Some(err), ..
+                                        }) => reply(id, Out::Error(err)),
+                                        Ok(bus::HistoryReply {
+                                            page: Some(page), ..
+                                        }) => reply(id, Out::HistoryPage(page)),
                                         _ => error_frame(id, ErrorCode::Internal, "internal error"),
                                     },
                                 }))
@@ -355,7 +407,11 @@ impl Device {
         let subject = Subject::partition(conversation.partition());
         match self
             .bus
-            .start_request(&subject, Bytes::from(request.encode_to_vec()), self.request_timeout)
+            .start_request(
+                &subject,
+                Bytes::from(request.encode_to_vec()),
+                self.request_timeout,
+            )
             .await
         {
             Err(e) => Some(bus_error(id, "messages", &e)),
@@ -365,11 +421,17 @@ impl Device {
                         let frame = match pending.await {
                             Err(e) => Some(bus_error(id, "messages", &e)),
                             Ok(bytes) => match bus::PartitionReply::decode(bytes).map(|r| r.body) {
-                                Ok(Some(bus::partition_reply::Body::Ack(ack))) => Some(reply(id, Out::Ack(ack))),
-                                Ok(Some(bus::partition_reply::Body::Error(err))) => Some(reply(id, Out::Error(err))),
+                                Ok(Some(bus::partition_reply::Body::Ack(ack))) => {
+                                    Some(reply(id, Out::Ack(ack)))
+                                }
+                                Ok(Some(bus::partition_reply::Body::Error(err))) => {
+                                    Some(reply(id, Out::Error(err)))
+                                }
                                 // A stored receipt needs no answer: the cursor shows in Receipt pushes.
                                 Ok(Some(bus::partition_reply::Body::Cursor(_))) => None,
-                                Ok(None) | Err(_) => Some(error_frame(id, ErrorCode::Internal, "internal error")),
+                                Ok(None) | Err(_) => {
+                                    Some(error_frame(id, ErrorCode::Internal, "internal error"))
+                                }
                             },
                         };
                         Ok(frame)
@@ -382,7 +444,11 @@ impl Device {
     }
 
     /// Streams what the device missed: SyncBatch frames, then SyncDone, all with `id`.
-    fn sync(&self, id: u64, mut cursors: Vec<v1::Cursor>) -> impl Future<Output = Result<Option<ServerFrame>, SlowConsumer>> + use<> {
+    fn sync(
+        &self,
+        id: u64,
+        mut cursors: Vec<v1::Cursor>,
+    ) -> impl Future<Output = Result<Option<ServerFrame>, SlowConsumer>> + use<> {
         let bus = self.bus.clone();
         let queue = self.queue.clone();
         let caller = self.caller();
@@ -394,22 +460,39 @@ impl Device {
                     cursors: std::mem::take(&mut cursors),
                     limit: SYNC_PAGE,
                 };
-                let page = match bus.request(&Subject::sync(), Bytes::from(request.encode_to_vec()), timeout).await {
+                let page = match bus
+                    .request(
+                        &Subject::sync(),
+                        Bytes::from(request.encode_to_vec()),
+                        timeout,
+                    )
+                    .await
+                {
                     Err(e) => return Ok(Some(bus_error(id, "messages", &e))),
                     Ok(bytes) => match bus::SyncReply::decode(bytes) {
                         Ok(page) => page,
-                        Err(_) => return Ok(Some(error_frame(id, ErrorCode::Internal, "internal error"))),
+                        Err(_) => {
+                            return Ok(Some(error_frame(id, ErrorCode::Internal, "internal error")));
+                        }
                     },
                 };
                 if let Some(err) = page.error {
                     return Ok(Some(reply(id, Out::Error(err))));
                 }
                 if !page.messages.is_empty() {
-                    let batch = reply(id, Out::SyncBatch(v1::SyncBatch { messages: page.messages }));
+                    let batch = reply(
+                        id,
+                        Out::SyncBatch(v1::SyncBatch {
+                            messages: page.messages,
+                        }),
+                    );
                     queue.send(&batch).await?;
                 }
                 if !page.more {
-                    return Ok(Some(reply(id, Out::SyncDone(v1::SyncDone { heads: page.heads }))));
+                    return Ok(Some(reply(
+                        id,
+                        Out::SyncDone(v1::SyncDone { heads: page.heads }),
+                    )));
                 }
                 cursors = page.next;
             }
@@ -440,7 +523,9 @@ impl Device {
                     }
                 }
             }
-            Some(bus::user_push::Body::DeviceConnected(c)) if c.device_id == me && c.connection_id != self.connection_id => {
+            Some(bus::user_push::Body::DeviceConnected(c))
+                if c.device_id == me && c.connection_id != self.connection_id =>
+            {
                 Err(End(close_code::REPLACED, "this device connected again"))
             }
             Some(bus::user_push::Body::DeviceRevoked(device)) if device == me => {

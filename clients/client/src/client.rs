@@ -1,0 +1,1223 @@
+//! The high-level client: one device on one (replaceable) connection.
+//!
+//! Background tasks, per client: a dispatcher (the only place events are produced, so
+//! their order is the order frames arrived), an acker (coalesced `Received` frames), and
+//! per connection a reader and a writer (which also keeps the connection alive with
+//! pings). Requests carry ids from one counter and wait on a oneshot in the pending map;
+//! sends retry with the same `client_msg_id` until acked or their deadline, reconnecting
+//! first when the connection dropped. Every channel is bounded.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _, stream::SplitSink, stream::SplitStream};
+use natter_proto::{
+    ConversationId, DeviceId, ErrorCode, MAX_BODY_BYTES, MAX_CLIENT_MSG_ID_BYTES, Seq, UserId,
+    close_code,
+    codec::WireFormat,
+    v1::{
+        self, ClientFrame, MessageKind, ServerFrame, client_frame::Body as CBody,
+        server_frame::Body as SBody,
+    },
+};
+use rand::Rng as _;
+use tokio::{
+    sync::{Notify, mpsc, oneshot},
+    task::{AbortHandle, JoinHandle},
+    time::Instant,
+};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::{
+    connection::{self, ABNORMAL_CLOSE, Connection, Incoming, WsStream},
+    error::{ClientError, ConnectionError, error_code},
+    inbox::{Inbox, Origin},
+};
+
+/// Frames queued for one connection's writer.
+const WRITE_QUEUE: usize = 1024;
+/// Frames queued from the readers to the dispatcher.
+const INCOMING_QUEUE: usize = 1024;
+
+/// How a [`Client`] behaves. `Default` suits most uses.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Wire encoding (WebSocket subprotocol).
+    pub format: WireFormat,
+    /// Send `Received` for every message [`Client::recv`] hands out (coalesced per
+    /// conversation). On by default.
+    pub auto_ack: bool,
+    /// Hand out this device's own messages too (from Acks and syncs), so the event
+    /// stream is the whole conversation. Off by default: they only count for ordering.
+    pub yield_own: bool,
+    /// Reconnect (and sync) by itself when the connection drops, except after 4001/4002.
+    pub auto_reconnect: bool,
+    /// How long one request waits for its reply.
+    pub request_timeout: Duration,
+    /// How long [`Client::send`] keeps retrying before giving up.
+    pub send_deadline: Duration,
+    /// How long [`Client::sync`] may take, retries included.
+    pub sync_timeout: Duration,
+    /// Events queued for [`Client::recv`]. When full, message delivery waits (and with
+    /// it replies): read events concurrently with awaiting requests.
+    pub event_capacity: usize,
+    /// How long a gap in a conversation may stay open before the client asks Sync for it
+    /// (a message can overtake another for a moment, e.g. our Ack and a peer's push).
+    pub gap_fill_delay: Duration,
+    /// Messages kept past a gap per conversation; more are fetched again by the next sync.
+    pub max_buffered_per_conversation: usize,
+    /// Positions to start from (e.g. persisted by the application). Conversations not
+    /// listed start from the server's stored cursor of this device.
+    pub initial_cursors: Vec<(ConversationId, Seq)>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            format: WireFormat::Proto,
+            auto_ack: true,
+            yield_own: false,
+            auto_reconnect: false,
+            request_timeout: Duration::from_secs(10),
+            send_deadline: Duration::from_secs(60),
+            sync_timeout: Duration::from_secs(60),
+            event_capacity: 4096,
+            gap_fill_delay: Duration::from_millis(200),
+            max_buffered_per_conversation: 10_000,
+            initial_cursors: Vec::new(),
+        }
+    }
+}
+
+/// Counters of what the client had to do, for tests, tools and load tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Requests sent again (same client_msg_id for sends) after a timeout, a retryable
+    /// error or a dropped connection.
+    pub retries: u64,
+    /// New connections after the first.
+    pub reconnects: u64,
+    /// Syncs started to fill a gap in a conversation.
+    pub gap_syncs: u64,
+    /// Receipt, typing or error events dropped because the event queue was full.
+    pub events_dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    retries: AtomicU64,
+    reconnects: AtomicU64,
+    gap_syncs: AtomicU64,
+    events_dropped: AtomicU64,
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The one-to-one conversation with this user.
+    User(UserId),
+    Conversation(ConversationId),
+}
+
+impl From<UserId> for Target {
+    fn from(u: UserId) -> Self {
+        Target::User(u)
+    }
+}
+
+impl From<ConversationId> for Target {
+    fn from(c: ConversationId) -> Self {
+        Target::Conversation(c)
+    }
+}
+
+impl From<&ConversationId> for Target {
+    fn from(c: &ConversationId) -> Self {
+        Target::Conversation(c.clone())
+    }
+}
+
+/// Something that happened, in arrival order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A message, exactly once per (conversation, seq), each conversation in seq order.
+    Message(v1::Message),
+    /// Someone received or read up to a seq.
+    Receipt(v1::Receipt),
+    Typing(v1::TypingEvent),
+    /// An Error frame that answers no pending request (e.g. a refused `Received`).
+    Error {
+        id: u64,
+        error: v1::Error,
+    },
+    /// The connection closed (the server's close code, or 1006 when it just ended).
+    Closed {
+        code: u16,
+        reason: String,
+    },
+    /// A new connection is up (after [`Client::reconnect`] or an automatic reconnect).
+    Reconnected(v1::Welcome),
+}
+
+#[derive(Debug)]
+enum PendingKind {
+    /// Keeps what was sent, to turn the Ack into our own message.
+    Send(v1::Send),
+    Other,
+}
+
+#[derive(Debug)]
+enum Reply {
+    Frame(SBody),
+    Disconnected,
+}
+
+#[derive(Debug)]
+struct Pending {
+    generation: u64,
+    kind: PendingKind,
+    tx: oneshot::Sender<Reply>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// Counts connections; frames of an older one are ignored.
+    generation: u64,
+    writer: Option<mpsc::Sender<WsMessage>>,
+    reader: Option<AbortHandle>,
+    /// Set by 4001/4002: do not reconnect by ourselves.
+    terminal: Option<(u16, String)>,
+}
+
+#[derive(Debug, Default)]
+struct AckState {
+    wanted: HashMap<String, u64>,
+    sent: HashMap<String, u64>,
+}
+
+/// Input of the dispatcher.
+#[derive(Debug)]
+struct FromReader {
+    generation: u64,
+    incoming: Incoming,
+}
+
+/// Why one attempt failed.
+enum Attempt {
+    /// Retrying may help (timeout, dropped connection, server down).
+    Retry(ClientError),
+    Fatal(ClientError),
+}
+
+#[derive(Debug)]
+struct Shared {
+    ws_url: String,
+    token: Mutex<String>,
+    opts: ClientOptions,
+    next_id: Arc<AtomicU64>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    slot: Mutex<Slot>,
+    connect_lock: tokio::sync::Mutex<()>,
+    inbox: Mutex<Inbox>,
+    acks: Mutex<AckState>,
+    ack_notify: Notify,
+    incoming: mpsc::Sender<FromReader>,
+    events: mpsc::Sender<Event>,
+    gap_sync_running: AtomicBool,
+    shut: AtomicBool,
+    welcome: Mutex<v1::Welcome>,
+    counters: Counters,
+}
+
+/// Locks a std mutex, recovering from poisoning (no invariant spans a panic here: every
+/// critical section is a few map operations).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn retryable(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Unavailable | ErrorCode::Internal)
+}
+
+fn disconnected(reason: &str) -> ClientError {
+    ClientError::Connection(ConnectionError::Closed {
+        code: ABNORMAL_CLOSE,
+        reason: reason.into(),
+    })
+}
+
+/// A random `client_msg_id`: 128 bits as 32 hex digits.
+pub fn new_client_msg_id() -> String {
+    let v: u128 = rand::rng().random();
+    format!("{v:032x}")
+}
+
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(25))
+    }
+
+    /// The next delay: doubling up to 1 s, with jitter so clients spread out.
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(1));
+        d.mul_f64(rand::rng().random_range(0.5..1.5))
+    }
+}
+
+impl Shared {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn encode(&self, frame: &ClientFrame) -> WsMessage {
+        connection::encode(self.opts.format, frame)
+    }
+
+    /// The live connection's writer, or `None`; `Err` if closed for good.
+    fn current(&self) -> Result<Option<(u64, mpsc::Sender<WsMessage>)>, Attempt> {
+        let slot = lock(&self.slot);
+        if let Some((code, reason)) = &slot.terminal {
+            return Err(Attempt::Fatal(ClientError::Closed {
+                code: *code,
+                reason: reason.clone(),
+            }));
+        }
+        Ok(slot.writer.clone().map(|w| (slot.generation, w)))
+    }
+
+    fn mark_dead(&self, generation: u64) {
+        let mut slot = lock(&self.slot);
+        if slot.generation == generation {
+            slot.writer = None;
+        }
+    }
+
+    fn fail_pending(&self, pred: impl Fn(&Pending) -> bool) {
+        let failed: Vec<Pending> = {
+            let mut pending = lock(&self.pending);
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| pred(p))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id))
+                .collect()
+        };
+        for p in failed {
+            let _ = p.tx.send(Reply::Disconnected);
+        }
+    }
+
+    /// Makes `conn` the live connection: starts its reader and writer, retires the old one.
+    fn install(self: &Arc<Self>, conn: Connection, welcome: v1::Welcome, first: bool) {
+        let (sink, stream) = conn.into_inner().split();
+        let (wtx, wrx) = mpsc::channel(WRITE_QUEUE);
+        let ping_every = (welcome.idle_timeout_s > 0)
+            .then(|| Duration::from_secs(u64::from(welcome.idle_timeout_s)).div_f64(3.0));
+        tokio::spawn(writer_task(
+            sink,
+            wrx,
+            ping_every,
+            self.next_id.clone(),
+            self.opts.format,
+        ));
+        let (old_writer, old_reader, generation) = {
+            let mut slot = lock(&self.slot);
+            slot.generation += 1;
+            let generation = slot.generation;
+            let reader = tokio::spawn(reader_task(
+                stream,
+                generation,
+                self.opts.format,
+                self.incoming.clone(),
+            ));
+            slot.terminal = None;
+            (
+                slot.writer.replace(wtx),
+                slot.reader.replace(reader.abort_handle()),
+                generation,
+            )
+        };
+        if let Some(r) = old_reader {
+            r.abort();
+        }
+        // Dropping the old writer's queue makes its task send a close frame.
+        drop(old_writer);
+        lock(&self.inbox).set_device(welcome.device_id);
+        *lock(&self.welcome) = welcome.clone();
+        self.fail_pending(|p| p.generation < generation);
+        // Receipts written on the old connection may be lost with it: send them again.
+        lock(&self.acks).sent.clear();
+        self.ack_notify.notify_one();
+        if !first {
+            self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+            let _ = self.events.try_send(Event::Reconnected(welcome));
+        }
+    }
+
+    async fn open_connection(self: &Arc<Self>) -> Result<(), ConnectionError> {
+        let token = lock(&self.token).clone();
+        let (conn, welcome) = Connection::connect(&self.ws_url, &token, self.opts.format).await?;
+        if self.shut.load(Ordering::Relaxed) {
+            return Err(ConnectionError::Closed {
+                code: 1000,
+                reason: "client shut down".into(),
+            });
+        }
+        self.install(conn, welcome, false);
+        Ok(())
+    }
+
+    /// The live connection, connecting first if there is none.
+    async fn ensure_connected(self: &Arc<Self>) -> Result<(u64, mpsc::Sender<WsMessage>), Attempt> {
+        if let Some(c) = self.current()? {
+            return Ok(c);
+        }
+        let guard = self.connect_lock.lock().await;
+        if let Some(c) = self.current()? {
+            return Ok(c);
+        }
+        if self.shut.load(Ordering::Relaxed) {
+            return Err(Attempt::Fatal(ClientError::Shutdown));
+        }
+        self.open_connection().await.map_err(|e| match e {
+            ConnectionError::Rejected {
+                status: 401 | 403, ..
+            }
+            | ConnectionError::Request(_) => Attempt::Fatal(ClientError::Connection(e)),
+            e => Attempt::Retry(ClientError::Connection(e)),
+        })?;
+        drop(guard);
+        // Catch up on what was missed while disconnected, without holding up the caller.
+        self.spawn_resync();
+        self.current()?
+            .ok_or_else(|| Attempt::Retry(disconnected("connection dropped")))
+    }
+
+    /// Syncs in the background. (A plain fn: spawning from inside `ensure_connected`
+    /// would make its future's `Send`-ness depend on itself.)
+    fn spawn_resync(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.sync(false).await {
+                tracing::debug!(error = %e, "sync after reconnecting failed");
+            }
+        });
+    }
+
+    /// One request and its reply.
+    async fn attempt(
+        self: &Arc<Self>,
+        body: CBody,
+        kind: PendingKind,
+        timeout: Duration,
+        may_connect: bool,
+    ) -> Result<SBody, Attempt> {
+        let (generation, writer) = if may_connect {
+            self.ensure_connected().await?
+        } else {
+            self.current()?
+                .ok_or_else(|| Attempt::Fatal(disconnected("not connected")))?
+        };
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(
+            id,
+            Pending {
+                generation,
+                kind,
+                tx,
+            },
+        );
+        let msg = self.encode(&ClientFrame {
+            id,
+            body: Some(body),
+        });
+        if writer.send(msg).await.is_err() {
+            lock(&self.pending).remove(&id);
+            self.mark_dead(generation);
+            return Err(Attempt::Retry(disconnected("connection dropped")));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Reply::Frame(body))) => Ok(body),
+            Ok(Ok(Reply::Disconnected)) | Ok(Err(_)) => {
+                Err(Attempt::Retry(disconnected("connection dropped")))
+            }
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                Err(Attempt::Retry(ClientError::Timeout(timeout)))
+            }
+        }
+    }
+
+    /// Repeats a request until it gets a final answer or `deadline` passes. `make` builds
+    /// the request afresh for each attempt.
+    async fn request_until(
+        self: &Arc<Self>,
+        deadline: Instant,
+        attempt_timeout: Duration,
+        may_connect: bool,
+        make: impl Fn() -> (CBody, PendingKind),
+    ) -> Result<SBody, ClientError> {
+        let mut backoff = Backoff::new();
+        let mut last: Option<ClientError> = None;
+        loop {
+            if self.shut.load(Ordering::Relaxed) {
+                return Err(ClientError::Shutdown);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(last.unwrap_or(ClientError::Timeout(attempt_timeout)));
+            }
+            let (body, kind) = make();
+            match self
+                .attempt(body, kind, left.min(attempt_timeout), may_connect)
+                .await
+            {
+                Ok(SBody::Error(e)) if retryable(error_code(e.code)) => {
+                    last = Some(ClientError::from_frame(&e));
+                }
+                Ok(body) => return Ok(body),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(e)) => last = Some(e),
+            }
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(backoff.next().min(left)).await;
+        }
+    }
+
+    async fn sync(self: &Arc<Self>, may_connect: bool) -> Result<v1::SyncDone, ClientError> {
+        let deadline = Instant::now() + self.opts.sync_timeout;
+        let body = self
+            .request_until(deadline, self.opts.sync_timeout, may_connect, || {
+                let cursors = lock(&self.inbox).cursors();
+                (CBody::Sync(v1::Sync { cursors }), PendingKind::Other)
+            })
+            .await?;
+        match body {
+            SBody::SyncDone(d) => Ok(d),
+            SBody::Error(e) => Err(ClientError::from_frame(&e)),
+            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+        }
+    }
+
+    /// Writes a frame that gets no reply unless it fails.
+    async fn fire(self: &Arc<Self>, body: CBody) -> Result<(), ClientError> {
+        let (generation, writer) = self.ensure_connected().await.map_err(|e| match e {
+            Attempt::Retry(e) | Attempt::Fatal(e) => e,
+        })?;
+        let msg = self.encode(&ClientFrame {
+            id: self.next_id(),
+            body: Some(body),
+        });
+        if writer.send(msg).await.is_err() {
+            self.mark_dead(generation);
+            return Err(disconnected("connection dropped"));
+        }
+        Ok(())
+    }
+
+    fn want_ack(&self, conversation: &str, seq: u64) {
+        {
+            let mut acks = lock(&self.acks);
+            let w = acks.wanted.entry(conversation.to_owned()).or_insert(0);
+            if seq <= *w {
+                return;
+            }
+            *w = seq;
+        }
+        self.ack_notify.notify_one();
+    }
+
+    fn take_pending(&self, id: u64) -> Option<Pending> {
+        if id == 0 {
+            return None;
+        }
+        lock(&self.pending).remove(&id)
+    }
+
+    /// Hands a reply to its waiting request; false if nobody waits for `id`.
+    fn complete(&self, id: u64, body: SBody) -> bool {
+        match self.take_pending(id) {
+            Some(p) => {
+                let _ = p.tx.send(Reply::Frame(body));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Puts messages through the inbox and queues what comes out. Returns whether a gap
+    /// is now open.
+    async fn deliver(&self, messages: Vec<v1::Message>, origin: Origin) -> bool {
+        let mut out = Vec::new();
+        let gap = {
+            let mut inbox = lock(&self.inbox);
+            for m in messages {
+                inbox.accept(m, origin, &mut out);
+            }
+            inbox.has_gaps()
+        };
+        self.emit_messages(out).await;
+        gap
+    }
+
+    async fn emit_messages(&self, out: Vec<v1::Message>) {
+        for m in out {
+            if self.events.send(Event::Message(m)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn try_emit(&self, event: Event) {
+        if let Err(e) = self.events.try_send(event) {
+            self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "event queue full: dropped a receipt, typing or error event");
+        }
+    }
+
+    /// Handles one server frame; returns whether a gap is open.
+    async fn on_frame(self: &Arc<Self>, frame: ServerFrame) -> bool {
+        let id = frame.id;
+        let Some(body) = frame.body else {
+            return false;
+        };
+        match body {
+            SBody::Message(m) => return self.deliver(vec![m], Origin::Live).await,
+            SBody::SyncBatch(b) => return self.deliver(b.messages, Origin::Sync).await,
+            SBody::SyncDone(d) => {
+                let mut out = Vec::new();
+                let gap = {
+                    let mut inbox = lock(&self.inbox);
+                    inbox.apply_heads(&d.heads, &mut out);
+                    inbox.has_gaps()
+                };
+                self.emit_messages(out).await;
+                self.complete(id, SBody::SyncDone(d));
+                return gap;
+            }
+            SBody::Ack(ack) => {
+                let Some(p) = self.take_pending(id) else {
+                    tracing::debug!(id, "an Ack nobody waits for");
+                    return false;
+                };
+                let mut gap = false;
+                if let PendingKind::Send(s) = &p.kind {
+                    let (user, device) = {
+                        let w = lock(&self.welcome);
+                        (w.user_id, w.device_id)
+                    };
+                    let own = v1::Message {
+                        conversation_id: ack.conversation_id.clone(),
+                        seq: ack.seq,
+                        message_id: ack.message_id,
+                        sender_user: user,
+                        sender_device: device,
+                        client_msg_id: ack.client_msg_id.clone(),
+                        kind: s.kind,
+                        body: s.body.clone(),
+                        reply_to_seq: s.reply_to_seq,
+                        created_at_ms: ack.created_at_ms,
+                    };
+                    gap = self.deliver(vec![own], Origin::Live).await;
+                }
+                let _ = p.tx.send(Reply::Frame(SBody::Ack(ack)));
+                return gap;
+            }
+            SBody::Receipt(r) => self.try_emit(Event::Receipt(r)),
+            SBody::Typing(t) => self.try_emit(Event::Typing(t)),
+            SBody::Welcome(_) => {}
+            SBody::Error(e) => {
+                if !self.complete(id, SBody::Error(e.clone())) {
+                    self.try_emit(Event::Error { id, error: e });
+                }
+            }
+            other @ (SBody::HistoryPage(_) | SBody::Pong(_)) => {
+                if !self.complete(id, other) {
+                    tracing::trace!(id, "a reply nobody waits for");
+                }
+            }
+        }
+        false
+    }
+
+    async fn on_closed(self: &Arc<Self>, generation: u64, code: u16, reason: String) {
+        let terminal = {
+            let mut slot = lock(&self.slot);
+            if slot.generation != generation {
+                return;
+            }
+            slot.writer = None;
+            slot.reader = None;
+            if matches!(code, close_code::REVOKED | close_code::REPLACED) {
+                slot.terminal = Some((code, reason.clone()));
+            }
+            slot.terminal.is_some()
+        };
+        self.fail_pending(|p| p.generation <= generation);
+        let _ = self.events.send(Event::Closed { code, reason }).await;
+        if self.opts.auto_reconnect && !terminal {
+            let me = self.clone();
+            tokio::spawn(async move { me.reconnect_loop().await });
+        }
+    }
+
+    async fn reconnect_loop(self: Arc<Self>) {
+        let mut backoff = Backoff::new();
+        loop {
+            if self.shut.load(Ordering::Relaxed) {
+                return;
+            }
+            match self.ensure_connected().await {
+                Ok(_) => return,
+                Err(Attempt::Fatal(e)) => {
+                    tracing::warn!(error = %e, "not reconnecting");
+                    return;
+                }
+                Err(Attempt::Retry(e)) => {
+                    tracing::debug!(error = %e, "reconnect failed; retrying");
+                    tokio::time::sleep(backoff.next()).await;
+                }
+            }
+        }
+    }
+}
+
+async fn writer_task(
+    mut sink: SplitSink<WsStream, WsMessage>,
+    mut rx: mpsc::Receiver<WsMessage>,
+    ping_every: Option<Duration>,
+    next_id: Arc<AtomicU64>,
+    format: WireFormat,
+) {
+    let period = ping_every.unwrap_or(Duration::from_secs(3600));
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    let mut last_write = Instant::now();
+    loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else {
+                    let _ = sink.close().await;
+                    return;
+                };
+                if sink.feed(msg).await.is_err() {
+                    return;
+                }
+                // Batch whatever else is queued into one flush.
+                while let Ok(msg) = rx.try_recv() {
+                    if sink.feed(msg).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                last_write = Instant::now();
+            }
+            _ = ticker.tick(), if ping_every.is_some() => {
+                if last_write.elapsed() >= period {
+                    let ping = ClientFrame {
+                        id: next_id.fetch_add(1, Ordering::Relaxed),
+                        body: Some(CBody::Ping(v1::Ping { client_time_ms: natter_proto::now_ms() })),
+                    };
+                    if sink.send(connection::encode(format, &ping)).await.is_err() {
+                        return;
+                    }
+                    last_write = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+async fn reader_task(
+    mut stream: SplitStream<WsStream>,
+    generation: u64,
+    format: WireFormat,
+    incoming: mpsc::Sender<FromReader>,
+) {
+    loop {
+        let item = match stream.next().await {
+            Some(Ok(msg)) => match connection::decode(format, msg) {
+                Ok(Incoming::Nothing) => continue,
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropped an undecodable server frame");
+                    continue;
+                }
+            },
+            Some(Err(e)) => closed(connection::ended(Some(e))),
+            None => closed(connection::ended(None)),
+        };
+        let last = matches!(item, Incoming::Closed { .. });
+        let sent = incoming
+            .send(FromReader {
+                generation,
+                incoming: item,
+            })
+            .await;
+        if last || sent.is_err() {
+            return;
+        }
+    }
+}
+
+fn closed(e: ConnectionError) -> Incoming {
+    match e {
+        ConnectionError::Closed { code, reason } => Incoming::Closed { code, reason },
+        other => Incoming::Closed {
+            code: ABNORMAL_CLOSE,
+            reason: other.to_string(),
+        },
+    }
+}
+
+async fn dispatcher(shared: Arc<Shared>, mut rx: mpsc::Receiver<FromReader>) {
+    let delay = shared.opts.gap_fill_delay;
+    let mut gap_timer: Option<Instant> = None;
+    loop {
+        let timer = async {
+            match gap_timer {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let gap = tokio::select! {
+            input = rx.recv() => {
+                let Some(FromReader { generation, incoming }) = input else { return };
+                match incoming {
+                    Incoming::Frame(f) => shared.on_frame(f).await,
+                    Incoming::Closed { code, reason } => {
+                        shared.on_closed(generation, code, reason).await;
+                        false
+                    }
+                    Incoming::Nothing => false,
+                }
+            }
+            _ = timer => {
+                gap_timer = None;
+                if lock(&shared.inbox).has_gaps() {
+                    if !shared.gap_sync_running.swap(true, Ordering::AcqRel) {
+                        shared.counters.gap_syncs.fetch_add(1, Ordering::Relaxed);
+                        let me = shared.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = me.sync(false).await {
+                                tracing::debug!(error = %e, "gap-filling sync failed");
+                            }
+                            me.gap_sync_running.store(false, Ordering::Release);
+                        });
+                    }
+                    // Check again later: the sync may not close every gap.
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if gap && gap_timer.is_none() {
+            gap_timer = Some(Instant::now() + delay);
+        }
+    }
+}
+
+async fn acker(shared: Arc<Shared>) {
+    loop {
+        shared.ack_notify.notified().await;
+        let todo: Vec<(String, u64)> = {
+            let acks = lock(&shared.acks);
+            acks.wanted
+                .iter()
+                .filter(|(c, w)| acks.sent.get(*c).is_none_or(|s| s < *w))
+                .map(|(c, w)| (c.clone(), *w))
+                .collect()
+        };
+        for (conversation_id, up_to_seq) in todo {
+            let Ok(Some((_, writer))) = shared.current() else {
+                break;
+            };
+            let msg = shared.encode(&ClientFrame {
+                id: shared.next_id(),
+                body: Some(CBody::Received(v1::Received {
+                    conversation_id: conversation_id.clone(),
+                    up_to_seq,
+                })),
+            });
+            if writer.send(msg).await.is_err() {
+                break;
+            }
+            let mut acks = lock(&shared.acks);
+            let s = acks.sent.entry(conversation_id).or_insert(0);
+            *s = (*s).max(up_to_seq);
+        }
+    }
+}
+
+/// One device of a user, connected. All methods take `&self`: share it with an `Arc`
+/// to send from several tasks while another one calls [`Client::recv`].
+#[derive(Debug)]
+pub struct Client {
+    shared: Arc<Shared>,
+    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Client {
+    /// Connects the device of `access_token` to `ws_url` (e.g. `ws://host/v1/ws`).
+    pub async fn connect(
+        ws_url: &str,
+        access_token: &str,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let (conn, welcome) = Connection::connect(ws_url, access_token, options.format).await?;
+        let (events_tx, events_rx) = mpsc::channel(options.event_capacity.max(16));
+        let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
+        let mut inbox = Inbox::new(
+            welcome.device_id,
+            options.yield_own,
+            options.max_buffered_per_conversation,
+        );
+        let mut ignored = Vec::new();
+        for (conversation, seq) in &options.initial_cursors {
+            inbox.set_cursor(conversation.as_str(), seq.get(), &mut ignored);
+        }
+        let shared = Arc::new(Shared {
+            ws_url: ws_url.to_owned(),
+            token: Mutex::new(access_token.to_owned()),
+            opts: options,
+            next_id: Arc::new(AtomicU64::new(1)),
+            pending: Mutex::new(HashMap::new()),
+            slot: Mutex::new(Slot::default()),
+            connect_lock: tokio::sync::Mutex::new(()),
+            inbox: Mutex::new(inbox),
+            acks: Mutex::new(AckState::default()),
+            ack_notify: Notify::new(),
+            incoming: incoming_tx,
+            events: events_tx,
+            gap_sync_running: AtomicBool::new(false),
+            shut: AtomicBool::new(false),
+            welcome: Mutex::new(welcome.clone()),
+            counters: Counters::default(),
+        });
+        let tasks = vec![
+            tokio::spawn(dispatcher(shared.clone(), incoming_rx)),
+            tokio::spawn(acker(shared.clone())),
+        ];
+        shared.install(conn, welcome, true);
+        Ok(Client {
+            shared,
+            events: tokio::sync::Mutex::new(events_rx),
+            tasks,
+        })
+    }
+
+    /// The Welcome of the current connection.
+    pub fn welcome(&self) -> v1::Welcome {
+        lock(&self.shared.welcome).clone()
+    }
+
+    pub fn user_id(&self) -> UserId {
+        UserId(lock(&self.shared.welcome).user_id)
+    }
+
+    pub fn device_id(&self) -> DeviceId {
+        DeviceId(lock(&self.shared.welcome).device_id)
+    }
+
+    /// True while a connection is up.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.shared.current(), Ok(Some(_)))
+    }
+
+    /// Uses `token` for the next connections (after a refresh).
+    pub fn set_access_token(&self, token: &str) {
+        *lock(&self.shared.token) = token.to_owned();
+    }
+
+    /// The next event; `None` only once the client is shut down.
+    pub async fn recv(&self) -> Option<Event> {
+        let ev = self.events.lock().await.recv().await;
+        self.after_recv(ev.as_ref());
+        ev
+    }
+
+    /// The next event, or `None` if none arrives within `timeout`.
+    pub async fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
+        tokio::time::timeout(timeout, self.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// An event if one is queued.
+    pub fn try_recv(&self) -> Option<Event> {
+        let ev = self.events.try_lock().ok()?.try_recv().ok();
+        self.after_recv(ev.as_ref());
+        ev
+    }
+
+    fn after_recv(&self, ev: Option<&Event>) {
+        if let Some(Event::Message(m)) = ev
+            && self.shared.opts.auto_ack
+        {
+            self.shared.want_ack(&m.conversation_id, m.seq);
+        }
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(
+        &self,
+        target: impl Into<Target>,
+        text: &str,
+    ) -> Result<v1::Ack, ClientError> {
+        self.send(
+            target,
+            MessageKind::Text,
+            Bytes::copy_from_slice(text.as_bytes()),
+            None,
+        )
+        .await
+    }
+
+    /// Sends a message and waits for its Ack. Retries with the same `client_msg_id`
+    /// (random if `None`) on timeouts, UNAVAILABLE/INTERNAL errors and dropped
+    /// connections (reconnecting first) until acked or `send_deadline` passes, so the
+    /// message is stored exactly once however often it is tried.
+    pub async fn send(
+        &self,
+        target: impl Into<Target>,
+        kind: MessageKind,
+        body: impl Into<Bytes>,
+        client_msg_id: Option<String>,
+    ) -> Result<v1::Ack, ClientError> {
+        let mut send = v1::Send {
+            client_msg_id: client_msg_id.unwrap_or_else(new_client_msg_id),
+            kind: kind as i32,
+            body: body.into(),
+            ..Default::default()
+        };
+        match target.into() {
+            Target::User(u) => send.to_user = u.get(),
+            Target::Conversation(c) => send.conversation_id = c.into(),
+        }
+        self.send_frame(send).await
+    }
+
+    /// Like [`Client::send`] with every field of the Send frame under the caller's control
+    /// (e.g. `reply_to_seq`). An empty `client_msg_id` gets a random one.
+    pub async fn send_frame(&self, mut send: v1::Send) -> Result<v1::Ack, ClientError> {
+        if send.client_msg_id.is_empty() {
+            send.client_msg_id = new_client_msg_id();
+        }
+        if send.client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
+            return Err(ClientError::InvalidArgument(format!(
+                "client_msg_id is longer than {MAX_CLIENT_MSG_ID_BYTES} bytes"
+            )));
+        }
+        if send.body.len() > MAX_BODY_BYTES {
+            return Err(ClientError::InvalidArgument(format!(
+                "body is larger than {MAX_BODY_BYTES} bytes"
+            )));
+        }
+        let o = &self.shared.opts;
+        let deadline = Instant::now() + o.send_deadline;
+        let body = self
+            .shared
+            .request_until(deadline, o.request_timeout, true, || {
+                (CBody::Send(send.clone()), PendingKind::Send(send.clone()))
+            })
+            .await?;
+        match body {
+            SBody::Ack(a) => Ok(a),
+            SBody::Error(e) => Err(ClientError::from_frame(&e)),
+            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+        }
+    }
+
+    /// Tells the server (and so the senders) this device has everything up to `up_to`.
+    pub async fn received(
+        &self,
+        conversation: &ConversationId,
+        up_to: Seq,
+    ) -> Result<(), ClientError> {
+        self.shared
+            .fire(CBody::Received(v1::Received {
+                conversation_id: conversation.to_string(),
+                up_to_seq: up_to.get(),
+            }))
+            .await
+    }
+
+    /// Marks everything up to `up_to` as read by the user.
+    pub async fn read(&self, conversation: &ConversationId, up_to: Seq) -> Result<(), ClientError> {
+        self.shared
+            .fire(CBody::Read(v1::Read {
+                conversation_id: conversation.to_string(),
+                up_to_seq: up_to.get(),
+            }))
+            .await
+    }
+
+    /// Shows or clears the typing indicator.
+    pub async fn typing(&self, target: impl Into<Target>, active: bool) -> Result<(), ClientError> {
+        let mut t = v1::Typing {
+            active,
+            ..Default::default()
+        };
+        match target.into() {
+            Target::User(u) => t.to_user = u.get(),
+            Target::Conversation(c) => t.conversation_id = c.into(),
+        }
+        self.shared.fire(CBody::Typing(t)).await
+    }
+
+    /// One page of history older than `before` (`Seq::ZERO`: the newest), oldest first.
+    pub async fn history(
+        &self,
+        conversation: &ConversationId,
+        before: Seq,
+        limit: u32,
+    ) -> Result<v1::HistoryPage, ClientError> {
+        let o = &self.shared.opts;
+        let deadline = Instant::now() + o.request_timeout;
+        let body = self
+            .shared
+            .request_until(deadline, o.request_timeout, true, || {
+                (
+                    CBody::History(v1::History {
+                        conversation_id: conversation.to_string(),
+                        before_seq: before.get(),
+                        limit,
+                    }),
+                    PendingKind::Other,
+                )
+            })
+            .await?;
+        match body {
+            SBody::HistoryPage(p) => Ok(p),
+            SBody::Error(e) => Err(ClientError::from_frame(&e)),
+            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+        }
+    }
+
+    /// Every message of a conversation, oldest first, paging through history.
+    pub async fn full_history(
+        &self,
+        conversation: &ConversationId,
+        page: u32,
+    ) -> Result<Vec<v1::Message>, ClientError> {
+        let mut all = Vec::new();
+        let mut before = Seq::ZERO;
+        loop {
+            let p = self.history(conversation, before, page).await?;
+            let oldest = p.messages.first().map(|m| m.seq);
+            all.splice(0..0, p.messages);
+            match oldest {
+                Some(s) if p.more && s > 1 => before = Seq(s),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// Asks for everything newer than this device's cursors. Resolves at SyncDone, when
+    /// every synced message has been queued as an event (so read events concurrently if
+    /// more than `event_capacity` may arrive).
+    pub async fn sync(&self) -> Result<v1::SyncDone, ClientError> {
+        self.shared.sync(true).await
+    }
+
+    /// A new connection with the same token (the old one is closed), then a sync.
+    pub async fn reconnect(&self) -> Result<v1::SyncDone, ClientError> {
+        {
+            let _guard = self.shared.connect_lock.lock().await;
+            self.shared.open_connection().await?;
+        }
+        self.sync().await
+    }
+
+    /// Round trip time of a Ping.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let started = Instant::now();
+        let o = &self.shared.opts;
+        let body = self
+            .shared
+            .request_until(
+                Instant::now() + o.request_timeout,
+                o.request_timeout,
+                true,
+                || {
+                    (
+                        CBody::Ping(v1::Ping {
+                            client_time_ms: natter_proto::now_ms(),
+                        }),
+                        PendingKind::Other,
+                    )
+                },
+            )
+            .await?;
+        match body {
+            SBody::Pong(_) => Ok(started.elapsed()),
+            SBody::Error(e) => Err(ClientError::from_frame(&e)),
+            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+        }
+    }
+
+    /// This device's position in a conversation (`None`: not known yet).
+    pub fn cursor(&self, conversation: &ConversationId) -> Option<Seq> {
+        lock(&self.shared.inbox)
+            .cursor(conversation.as_str())
+            .map(Seq)
+    }
+
+    /// What the client had to do so far.
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.shared.counters;
+        ClientStats {
+            retries: c.retries.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            gap_syncs: c.gap_syncs.load(Ordering::Relaxed),
+            events_dropped: c.events_dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every known position.
+    pub fn cursors(&self) -> Vec<v1::Cursor> {
+        lock(&self.shared.inbox).cursors()
+    }
+
+    /// Closes the connection and stops the background tasks.
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.shut.store(true, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
+        let (writer, reader) = {
+            let mut slot = lock(&self.shared.slot);
+            slot.terminal = Some((1000, "client closed".into()));
+            (slot.writer.take(), slot.reader.take())
+        };
+        if let Some(r) = reader {
+            r.abort();
+        }
+        drop(writer);
+        self.shared.fail_pending(|_| true);
+    }
+}
