@@ -1,1 +1,267 @@
-fn main() {}
+//! The natter binary: parses configuration, composes the roles and runs them until a
+//! signal. `natter serve` runs every role in one process on embedded defaults.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{Router, http::StatusCode, routing::get};
+use clap::{Parser, Subcommand, ValueEnum};
+use natter_bus::{Bus, InProcessBus};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for bad configuration (EX_USAGE), so supervisors can tell it from a crash.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "natter",
+    version,
+    about = "natter: a real-time messaging backend. One binary, every role."
+)]
+struct Cli {
+    /// Log level or tracing filter (e.g. `info`, `natter_edge=debug,info`).
+    #[arg(long, global = true, env = "NATTER_LOG", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, global = true, env = "NATTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run every role in one process: WebSocket edge, accounts and tokens, messages,
+    /// with an in-process bus and an embedded store under the data directory.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on for HTTP and WebSocket (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the embedded stores and the token signing key live.
+    #[arg(long, env = "NATTER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// File holding the JWT signing secret (clusters share one). Default: generated on
+    /// first start as <data-dir>/jwt.key.
+    #[arg(long, env = "NATTER_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "NATTER_ACCESS_TTL_S", default_value_t = 900)]
+    access_ttl_s: u64,
+    /// Memory cost of password hashing (argon2id), in KiB.
+    #[arg(long, env = "NATTER_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    argon2_memory_kib: u32,
+    /// Seconds a connection may stay silent before it is closed.
+    #[arg(long, env = "NATTER_IDLE_TIMEOUT_S", default_value_t = 90)]
+    idle_timeout_s: u64,
+    /// Seconds to let connections and in-flight requests finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_tracing(&cli) {
+        eprintln!("natter: {e:#}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("natter: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("natter: bad configuration: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("natter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .with_context(|| format!("--log-level `{}`", cli.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    // Configuration first, before binding anything: a bad flag exits 64 with no side effects.
+    let jwt_secret = match &args.jwt_secret_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading --jwt-secret-file {}", path.display()))
+                .map_err(Failure::Config)?,
+        ),
+        None => None,
+    };
+    if let Some(secret) = &jwt_secret
+        && secret.len() < natter_sessions::MIN_SECRET_BYTES
+    {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "--jwt-secret-file must hold at least {} bytes",
+            natter_sessions::MIN_SECRET_BYTES
+        )));
+    }
+    if args.access_ttl_s == 0 || args.idle_timeout_s == 0 {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "--access-ttl-s and --idle-timeout-s must be positive"
+        )));
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
+        .map_err(Failure::Config)?;
+
+    let run = |e: anyhow::Error| Failure::Runtime(e);
+    let services_stop = CancellationToken::new();
+    let edge_stop = CancellationToken::new();
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+
+    let sessions = natter_sessions::Sessions::open(natter_sessions::Config {
+        data_dir: args.data_dir.clone(),
+        jwt_secret,
+        access_ttl: Duration::from_secs(args.access_ttl_s),
+        argon2_memory_kib: args.argon2_memory_kib,
+        ..Default::default()
+    })
+    .context("opening the sessions store")
+    .map_err(run)?;
+    let sessions_task =
+        natter_sessions::start(sessions.clone(), bus.clone(), services_stop.clone())
+            .await
+            .context("starting the sessions service")
+            .map_err(run)?;
+
+    let store = natter_messages::RedbStore::open(&args.data_dir.join("messages.redb"))
+        .context("opening the message store")
+        .map_err(run)?;
+    let messages_task = natter_messages::start(
+        natter_messages::Config::default(),
+        store,
+        bus.clone(),
+        services_stop.clone(),
+    )
+    .await
+    .context("starting the messages service")
+    .map_err(run)?;
+
+    let edge = natter_edge::Edge::new(
+        natter_edge::Config {
+            idle_timeout: Duration::from_secs(args.idle_timeout_s),
+            ..Default::default()
+        },
+        bus.clone(),
+        sessions.verifier(),
+        edge_stop.clone(),
+    );
+    let app = Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .merge(natter_sessions::router(sessions, bus.clone()))
+        .merge(edge.router());
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))
+        .map_err(run)?;
+    let local = listener
+        .local_addr()
+        .context("reading the bound address")
+        .map_err(run)?;
+    tracing::info!(addr = %local, data_dir = %args.data_dir.display(), "natter serving");
+    // Tests and scripts read this line to learn the port.
+    println!("natter listening on http://{local}");
+
+    let http_stop = edge_stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await
+    });
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining connections");
+    // Edges first: connections stop reading, finish in-flight requests (acks go out) and
+    // close with 1001. Services keep running until then so those requests can complete.
+    edge_stop.cancel();
+    let grace = Duration::from_secs(args.drain_grace_s);
+    if !edge.drained(grace).await {
+        tracing::warn!(
+            open = edge.open_connections(),
+            "connections still open after the drain grace"
+        );
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+        Err(_) => tracing::warn!("HTTP server did not stop within the grace period"),
+    }
+    services_stop.cancel();
+    for (name, task) in [("messages", messages_task), ("sessions", sessions_task)] {
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(service = name, error = %e, "service task failed"),
+            Err(_) => tracing::warn!(
+                service = name,
+                "service did not stop within the grace period"
+            ),
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
