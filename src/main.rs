@@ -69,7 +69,16 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not failures; every other parse error is bad config.
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            // Printing to a closed terminal has nothing left to report.
+            e.print().ok();
+            return ExitCode::from(code);
+        }
+    };
     if let Err(e) = init_tracing(&cli) {
         eprintln!("natter: {e:#}");
         return ExitCode::from(EXIT_CONFIG);
