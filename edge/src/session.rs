@@ -472,7 +472,11 @@ impl Device {
                     Ok(bytes) => match bus::SyncReply::decode(bytes) {
                         Ok(page) => page,
                         Err(_) => {
-                            return Ok(Some(error_frame(id, ErrorCode::Internal, "internal error")));
+                            return Ok(Some(error_frame(
+                                id,
+                                ErrorCode::Internal,
+                                "internal error",
+                            )));
                         }
                     },
                 };
