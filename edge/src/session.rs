@@ -206,6 +206,28 @@ fn conversation(me: UserId, conversation_id: &str, to_user: u64) -> Result<Conve
     }
 }
 
+fn partition_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
+    match bus::PartitionReply::decode(bytes).map(|r| r.body) {
+        Ok(Some(bus::partition_reply::Body::Ack(ack))) => Some(reply(id, Out::Ack(ack))),
+        Ok(Some(bus::partition_reply::Body::Error(err))) => Some(reply(id, Out::Error(err))),
+        // A stored receipt needs no answer: the cursor shows in Receipt pushes.
+        Ok(Some(bus::partition_reply::Body::Cursor(_))) => None,
+        Ok(None) | Err(_) => Some(error_frame(id, ErrorCode::Internal, "internal error")),
+    }
+}
+
+fn history_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
+    Some(match bus::HistoryReply::decode(bytes) {
+        Ok(bus::HistoryReply {
+            error: Some(err), ..
+        }) => reply(id, Out::Error(err)),
+        Ok(bus::HistoryReply {
+            page: Some(page), ..
+        }) => reply(id, Out::HistoryPage(page)),
+        _ => error_frame(id, ErrorCode::Internal, "internal error"),
+    })
+}
+
 impl Device {
     fn caller(&self) -> bus::Caller {
         bus::Caller {
@@ -352,37 +374,14 @@ impl Device {
                     caller: Some(self.caller()),
                     history: Some(history),
                 };
-                match self
-                    .bus
-                    .start_request(
-                        &Subject::history(),
-                        Bytes::from(request.encode_to_vec()),
-                        self.request_timeout,
-                    )
-                    .await
-                {
-                    Err(e) => Some(bus_error(id, "messages", &e)),
-                    Ok(pending) => {
-                        in_flight.push(
-                            async move {
-                                Ok(Some(match pending.await {
-                                    Err(e) => bus_error(id, "messages", &e),
-                                    Ok(bytes) => match bus::HistoryReply::decode(bytes) {
-                                        Ok(bus::HistoryReply {
-                                            error: Some(err), ..
-                                        }) => reply(id, Out::Error(err)),
-                                        Ok(bus::HistoryReply {
-                                            page: Some(page), ..
-                                        }) => reply(id, Out::HistoryPage(page)),
-                                        _ => error_frame(id, ErrorCode::Internal, "internal error"),
-                                    },
-                                }))
-                            }
-                            .boxed(),
-                        );
-                        None
-                    }
-                }
+                self.request(
+                    id,
+                    &Subject::history(),
+                    request.encode_to_vec(),
+                    history_reply,
+                    in_flight,
+                )
+                .await
             }
         };
         match immediate {
@@ -391,8 +390,7 @@ impl Device {
         }
     }
 
-    /// Publishes a request to the conversation's partition owner now (so requests keep
-    /// the client's order) and queues the wait for its reply.
+    /// Sends a request to the conversation's partition owner.
     async fn partition_request(
         &self,
         id: u64,
@@ -405,36 +403,40 @@ impl Device {
             body: Some(body),
         };
         let subject = Subject::partition(conversation.partition());
+        self.request(
+            id,
+            &subject,
+            request.encode_to_vec(),
+            partition_reply,
+            in_flight,
+        )
+        .await
+    }
+
+    /// Publishes a request now (so requests keep the client's order) and queues the wait
+    /// for its reply, which `answer` turns into the frame for the client (if any).
+    /// Returns a frame to send at once when the request could not be published.
+    async fn request(
+        &self,
+        id: u64,
+        subject: &Subject,
+        payload: Vec<u8>,
+        answer: fn(u64, Bytes) -> Option<ServerFrame>,
+        in_flight: &mut FuturesUnordered<InFlight>,
+    ) -> Option<ServerFrame> {
         match self
             .bus
-            .start_request(
-                &subject,
-                Bytes::from(request.encode_to_vec()),
-                self.request_timeout,
-            )
+            .start_request(subject, Bytes::from(payload), self.request_timeout)
             .await
         {
             Err(e) => Some(bus_error(id, "messages", &e)),
             Ok(pending) => {
                 in_flight.push(
                     async move {
-                        let frame = match pending.await {
+                        Ok(match pending.await {
                             Err(e) => Some(bus_error(id, "messages", &e)),
-                            Ok(bytes) => match bus::PartitionReply::decode(bytes).map(|r| r.body) {
-                                Ok(Some(bus::partition_reply::Body::Ack(ack))) => {
-                                    Some(reply(id, Out::Ack(ack)))
-                                }
-                                Ok(Some(bus::partition_reply::Body::Error(err))) => {
-                                    Some(reply(id, Out::Error(err)))
-                                }
-                                // A stored receipt needs no answer: the cursor shows in Receipt pushes.
-                                Ok(Some(bus::partition_reply::Body::Cursor(_))) => None,
-                                Ok(None) | Err(_) => {
-                                    Some(error_frame(id, ErrorCode::Internal, "internal error"))
-                                }
-                            },
-                        };
-                        Ok(frame)
+                            Ok(bytes) => answer(id, bytes),
+                        })
                     }
                     .boxed(),
                 );
