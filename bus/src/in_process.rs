@@ -14,9 +14,9 @@ use std::{
 use bytes::Bytes;
 use futures::FutureExt;
 use natter_proto::Subject;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::{Bus, BusError, BusEvent, BusMessage, PendingReply, Subscription};
+use crate::{Bus, BusError, BusEvent, BusMessage, PendingReply, Subscription, queue};
 
 const INBOX_PREFIX: &str = "_INBOX.local";
 
@@ -49,7 +49,7 @@ struct Sub {
     id: u64,
     pattern: Subject,
     group: Option<String>,
-    tx: mpsc::Sender<BusMessage>,
+    tx: queue::Sender<BusMessage>,
     lagged: Arc<AtomicBool>,
 }
 
@@ -94,7 +94,8 @@ impl InProcessBus {
 
     fn add(&self, pattern: &Subject, group: Option<&str>, capacity: usize) -> Subscription {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        // Lean queue: an idle subscriber (a connected device) holds no buffer.
+        let (tx, rx) = queue::bounded(capacity.max(1));
         let lagged = Arc::new(AtomicBool::new(false));
         let sub = Arc::new(Sub {
             id,

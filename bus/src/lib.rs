@@ -3,6 +3,7 @@
 //! a cluster uses NATS. Payloads are opaque bytes (encoded `natter_proto::bus` types).
 
 mod in_process;
+pub mod queue;
 
 use std::{
     pin::Pin,
