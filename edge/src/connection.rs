@@ -1,18 +1,18 @@
 //! Frames in, frames out, and nothing else: turns WebSocket messages into client frames
-//! (or into the error or close they deserve) and runs the writer half of the socket
-//! behind a bounded queue.
+//! (or into the error or close they deserve) and writes server frames, the connection
+//! task's own and those queued for it.
 
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::{SinkExt, stream::SplitSink};
+use futures_util::SinkExt as _;
+use natter_bus::queue;
 use natter_proto::{
     ErrorCode, close_code,
     codec::{Encoded, WireFormat},
     v1::{ClientFrame, ServerFrame},
 };
-use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
 /// What one read from the socket amounts to.
@@ -80,18 +80,13 @@ fn classify_error(e: axum::Error) -> Inbound {
     }
 }
 
-/// A handle on a connection's bounded outbound queue; clones feed the same socket.
+/// A handle on a connection's bounded outbound queue, for work that runs beside the
+/// connection loop (a Sync streaming its pages); clones feed the same socket.
 #[derive(Clone)]
 pub(crate) struct Queue {
     format: WireFormat,
-    tx: mpsc::Sender<Message>,
+    tx: queue::Sender<Message>,
     send_timeout: Duration,
-}
-
-/// The sending half of a connection: the queue plus the right to close the socket.
-pub(crate) struct Outbound {
-    pub(crate) queue: Queue,
-    abort: Option<oneshot::Sender<(u16, &'static str)>>,
 }
 
 /// The queue is full and stayed full (the client is not reading), or the socket is gone.
@@ -99,110 +94,141 @@ pub(crate) struct Outbound {
 pub(crate) struct SlowConsumer;
 
 impl Queue {
+    /// Queues a frame, waiting up to the send timeout for room.
+    pub(crate) async fn send(&self, frame: &ServerFrame) -> Result<(), SlowConsumer> {
+        let msg = message(self.format.encode(frame));
+        match tokio::time::timeout(self.send_timeout, self.tx.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            // Timed out, or the connection is gone: either way stop feeding it.
+            _ => Err(SlowConsumer),
+        }
+    }
+}
+
+fn message(encoded: Encoded) -> Message {
+    match encoded {
+        Encoded::Binary(b) => Message::Binary(b),
+        Encoded::Text(t) => Message::Text(Utf8Bytes::from(t)),
+    }
+}
+
+/// The connection's socket, owned by its one task: the task reads from `ws`, writes its
+/// own frames directly and writes what others queued (`pending`) when it wakes for
+/// them. One task and no writer channel per connection: an idle connection is the
+/// socket, its read buffer and the task's state, nothing else.
+pub(crate) struct Socket {
+    pub(crate) ws: WebSocket,
+    /// Frames queued through [`Queue`] handles, written in order before any frame the
+    /// task writes itself.
+    pub(crate) pending: queue::Receiver<Message>,
+    format: WireFormat,
+    write_timeout: Duration,
+}
+
+/// Wraps `ws` for one connection task; the [`Queue`] feeds it from elsewhere.
+pub(crate) fn socket(
+    ws: WebSocket,
+    format: WireFormat,
+    capacity: usize,
+    write_timeout: Duration,
+) -> (Socket, Queue) {
+    let (tx, pending) = queue::bounded(capacity);
+    (
+        Socket {
+            ws,
+            pending,
+            format,
+            write_timeout,
+        },
+        Queue {
+            format,
+            tx,
+            send_timeout: write_timeout,
+        },
+    )
+}
+
+impl Socket {
     pub(crate) fn format(&self) -> WireFormat {
         self.format
     }
 
-    /// Queues a frame, waiting up to the send timeout for room.
-    pub(crate) async fn send(&self, frame: &ServerFrame) -> Result<(), SlowConsumer> {
-        self.send_encoded(self.format.encode(frame)).await
+    /// Writes a frame (after anything queued), giving up after the write timeout: a
+    /// client that does not read for that long is a slow consumer.
+    pub(crate) async fn send(&mut self, frame: &ServerFrame) -> Result<(), SlowConsumer> {
+        self.write(Some(message(self.format.encode(frame)))).await
     }
 
-    pub(crate) async fn send_encoded(&self, encoded: Encoded) -> Result<(), SlowConsumer> {
-        let msg = match encoded {
-            Encoded::Binary(b) => Message::Binary(b),
-            Encoded::Text(t) => Message::Text(Utf8Bytes::from(t)),
+    pub(crate) async fn send_encoded(&mut self, encoded: Encoded) -> Result<(), SlowConsumer> {
+        self.write(Some(message(encoded))).await
+    }
+
+    /// Sends a server ping (the client's pong proves it is alive).
+    pub(crate) async fn ping(&mut self) -> Result<(), SlowConsumer> {
+        self.write(Some(Message::Ping(Bytes::new()))).await
+    }
+
+    /// Writes `first` (just taken off the queue by the caller) and everything queued
+    /// behind it, with one flush.
+    pub(crate) async fn write_queued(&mut self, first: Message) -> Result<(), SlowConsumer> {
+        let Socket {
+            ws,
+            pending,
+            write_timeout,
+            ..
+        } = self;
+        let all = async {
+            ws.feed(first).await?;
+            while let Some(msg) = pending.try_recv() {
+                ws.feed(msg).await?;
+            }
+            ws.flush().await
         };
-        match tokio::time::timeout(self.send_timeout, self.tx.send(msg)).await {
+        match tokio::time::timeout(*write_timeout, all).await {
             Ok(Ok(())) => Ok(()),
-            // Timed out, or the writer is gone (socket dead): either way stop feeding it.
             _ => Err(SlowConsumer),
         }
     }
 
-    /// Sends a server ping (the client's pong proves it is alive).
-    pub(crate) fn ping(&self) -> Result<(), SlowConsumer> {
-        self.tx
-            .try_send(Message::Ping(Bytes::new()))
-            .map_err(|_| SlowConsumer)
+    /// Writes everything queued, then `last` if given, with one flush.
+    async fn write(&mut self, last: Option<Message>) -> Result<(), SlowConsumer> {
+        let Socket {
+            ws,
+            pending,
+            write_timeout,
+            ..
+        } = self;
+        let all = async {
+            while let Some(msg) = pending.try_recv() {
+                ws.feed(msg).await?;
+            }
+            if let Some(msg) = last {
+                ws.feed(msg).await?;
+            }
+            ws.flush().await
+        };
+        match tokio::time::timeout(*write_timeout, all).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(SlowConsumer),
+        }
     }
-}
 
-impl Outbound {
-    /// Closes after everything already queued has been written.
-    pub(crate) async fn close(mut self, code: u16, reason: &'static str) {
+    /// Closes with `code`: after everything queued (`graceful`), or at once, dropping
+    /// it (slow consumer, revoked token). Best effort: a client too slow to read may
+    /// never see the close frame.
+    pub(crate) async fn close(mut self, code: u16, reason: &'static str, graceful: bool) {
+        if !graceful {
+            while self.pending.try_recv().is_some() {}
+        }
         let frame = Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
         }));
-        let queued = tokio::time::timeout(self.queue.send_timeout, self.queue.tx.send(frame)).await;
-        if !matches!(queued, Ok(Ok(()))) {
-            self.close_now(code, reason);
+        if self.write(Some(frame)).await.is_ok() {
+            // The peer may already be gone; closing a dead socket has nothing to report.
+            tokio::time::timeout(self.write_timeout, self.ws.close())
+                .await
+                .ok();
         }
     }
-
-    /// Closes at once, dropping whatever is queued (slow consumer, revoked token).
-    pub(crate) fn close_now(&mut self, code: u16, reason: &'static str) {
-        if let Some(abort) = self.abort.take() {
-            // The writer may have exited already (socket gone); then there is nothing to close.
-            abort.send((code, reason)).ok();
-        }
-    }
-}
-
-/// Starts the writer task for `sink` and returns its queue.
-pub(crate) fn spawn_writer(
-    sink: SplitSink<WebSocket, Message>,
-    format: WireFormat,
-    capacity: usize,
-    send_timeout: Duration,
-) -> (Outbound, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(capacity);
-    let (abort_tx, abort_rx) = oneshot::channel();
-    let task = tokio::spawn(write_loop(sink, rx, abort_rx, send_timeout));
-    let outbound = Outbound {
-        queue: Queue {
-            format,
-            tx,
-            send_timeout,
-        },
-        abort: Some(abort_tx),
-    };
-    (outbound, task)
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
-    mut abort: oneshot::Receiver<(u16, &'static str)>,
-    write_timeout: Duration,
-) {
-    // The abort handle is dropped when the connection closes gracefully (its close frame
-    // is queued); only a sent abort means "close now", so stop watching once it is gone.
-    let mut abort_open = true;
-    loop {
-        tokio::select! {
-            biased;
-            closing = &mut abort, if abort_open => {
-                let Ok((code, reason)) = closing else {
-                    abort_open = false;
-                    continue;
-                };
-                let frame = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }));
-                // Best effort: a client too slow to read may never see it.
-                tokio::time::timeout(write_timeout, sink.send(frame)).await.ok();
-                break;
-            }
-            next = rx.recv() => {
-                let Some(msg) = next else { break };
-                let is_close = matches!(msg, Message::Close(_));
-                match tokio::time::timeout(write_timeout, sink.send(msg)).await {
-                    Ok(Ok(())) if !is_close => {}
-                    _ => break,
-                }
-            }
-        }
-    }
-    // The peer may already be gone; closing a dead socket has nothing to report.
-    tokio::time::timeout(write_timeout, sink.close()).await.ok();
 }

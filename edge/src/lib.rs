@@ -55,8 +55,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Bad frames tolerated per connection before it is closed for protocol violation.
     pub max_bad_frames: u32,
-    /// tungstenite read buffer per connection. Small: most frames are small and every
-    /// idle connection pays for it.
+    /// tungstenite read buffer per connection, allocated up front and read into at most
+    /// this many bytes at a time. Small: most frames are a few hundred bytes and every
+    /// idle connection pays for it; a larger frame grows the buffer while it is read.
     pub read_buffer_bytes: usize,
 }
 
@@ -74,7 +75,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             max_bad_frames: 20,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 512,
         }
     }
 }

@@ -19,12 +19,14 @@ use tokio::time::Instant;
 use crate::{
     Edge,
     auth::Identity,
-    connection::{Inbound, Queue, SlowConsumer, classify, spawn_writer},
+    connection::{Inbound, Queue, SlowConsumer, Socket, classify, socket},
 };
 
 /// Everything that can wake a connection task.
 enum Wake {
     Client(Inbound),
+    /// A frame queued by a Sync in progress.
+    Queued(axum::extract::ws::Message),
     Bus(Option<BusEvent>),
     Reply(Result<Option<ServerFrame>, SlowConsumer>),
     Heartbeat,
@@ -44,6 +46,7 @@ struct Device {
     identity: Identity,
     connection_id: u64,
     bus: std::sync::Arc<dyn Bus>,
+    /// For Syncs, which stream their pages beside the loop.
     queue: Queue,
     request_timeout: Duration,
     bad_frames: u32,
@@ -51,7 +54,7 @@ struct Device {
 
 pub(crate) async fn run(
     edge: Edge,
-    socket: WebSocket,
+    ws: WebSocket,
     identity: Identity,
     format: natter_proto::codec::WireFormat,
     connection_id: u64,
@@ -61,8 +64,7 @@ pub(crate) async fn run(
     inner
         .open
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (sink, mut stream) = socket.split();
-    let (mut out, writer) = spawn_writer(sink, format, config.outbound_queue, config.send_timeout);
+    let (mut socket, queue) = socket(ws, format, config.outbound_queue, config.send_timeout);
 
     let user = identity.user;
     // Subscribe before anything else: whatever is committed from here on reaches this
@@ -75,7 +77,7 @@ pub(crate) async fn run(
         identity,
         connection_id,
         bus: inner.bus.clone(),
-        queue: out.queue.clone(),
+        queue,
         request_timeout: config.request_timeout,
         bad_frames: 0,
     };
@@ -86,7 +88,8 @@ pub(crate) async fn run(
         }
         Ok(mut subscription) => {
             device.announce().await;
-            if device.queue.send(&device.welcome(config)).await.is_err() {
+            let welcome = device.welcome(config);
+            if socket.send(&welcome).await.is_err() {
                 End(close_code::SLOW_CONSUMER, "not reading")
             } else {
                 let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
@@ -96,9 +99,10 @@ pub(crate) async fn run(
                 let mut last_heard = Instant::now();
                 let end = loop {
                     let wake = tokio::select! {
-                        read = stream.next(), if in_flight.len() < config.max_in_flight => {
+                        read = socket.ws.next(), if in_flight.len() < config.max_in_flight => {
                             Wake::Client(classify(read, format, config.max_frame_bytes))
                         }
+                        Some(queued) = socket.pending.recv() => Wake::Queued(queued),
                         event = subscription.next() => Wake::Bus(event),
                         Some(reply) = in_flight.next(), if !in_flight.is_empty() => Wake::Reply(reply),
                         _ = heartbeat.tick() => Wake::Heartbeat,
@@ -110,20 +114,24 @@ pub(crate) async fn run(
                                 last_heard = Instant::now();
                             }
                             device
-                                .on_client(inbound, &mut in_flight, config.max_bad_frames)
+                                .on_client(
+                                    &mut socket,
+                                    inbound,
+                                    &mut in_flight,
+                                    config.max_bad_frames,
+                                )
                                 .await
                         }
-                        Wake::Bus(event) => device.on_bus(event).await,
-                        Wake::Reply(Ok(Some(frame))) => {
-                            device.queue.send(&frame).await.map_err(slow)
-                        }
+                        Wake::Queued(msg) => socket.write_queued(msg).await.map_err(slow),
+                        Wake::Bus(event) => device.on_bus(&mut socket, event).await,
+                        Wake::Reply(Ok(Some(frame))) => socket.send(&frame).await.map_err(slow),
                         Wake::Reply(Ok(None)) => Ok(()),
                         Wake::Reply(Err(SlowConsumer)) => Err(slow(SlowConsumer)),
                         Wake::Heartbeat => {
                             if last_heard.elapsed() > config.idle_timeout {
                                 Err(End(close_code::IDLE_TIMEOUT, "idle timeout"))
                             } else {
-                                device.queue.ping().map_err(slow)
+                                socket.ping().await.map_err(slow)
                             }
                         }
                         Wake::Shutdown => Err(End(close_code::GOING_AWAY, "server shutting down")),
@@ -135,10 +143,19 @@ pub(crate) async fn run(
                 if end.0 == close_code::GOING_AWAY {
                     // Drain: requests already published finish and their replies (acks)
                     // go out before the close frame.
-                    while let Some(reply) = in_flight.next().await {
-                        if let Ok(Some(frame)) = reply
-                            && device.queue.send(&frame).await.is_err()
-                        {
+                    // Queued Sync pages are written as they come so a Sync can finish.
+                    while !in_flight.is_empty() {
+                        let written = tokio::select! {
+                            Some(reply) = in_flight.next() => match reply {
+                                Ok(Some(frame)) => socket.send(&frame).await,
+                                Ok(None) => Ok(()),
+                                Err(e) => Err(e),
+                            },
+                            Some(queued) = socket.pending.recv() => {
+                                socket.write_queued(queued).await
+                            }
+                        };
+                        if written.is_err() {
                             break;
                         }
                     }
@@ -149,16 +166,11 @@ pub(crate) async fn run(
     };
     let End(code, reason) = end;
     tracing::debug!(edge.user = %user, edge.close_code = code, edge.reason = reason, "connection closing");
-    if matches!(
+    let graceful = !matches!(
         code,
         close_code::SLOW_CONSUMER | close_code::REVOKED | close_code::REPLACED
-    ) {
-        out.close_now(code, reason);
-    } else {
-        out.close(code, reason).await;
-    }
-    // The writer ends by itself once the close frame is out (or its write times out).
-    writer.await.ok();
+    );
+    socket.close(code, reason, graceful).await;
     inner
         .open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -276,18 +288,19 @@ impl Device {
 
     async fn on_client(
         &mut self,
+        socket: &mut Socket,
         inbound: Inbound,
         in_flight: &mut FuturesUnordered<InFlight>,
         max_bad_frames: u32,
     ) -> Result<(), End> {
         match inbound {
-            Inbound::Frame(frame) => self.on_frame(frame, in_flight).await,
+            Inbound::Frame(frame) => self.on_frame(socket, frame, in_flight).await,
             Inbound::Bad(code, message) => {
                 self.bad_frames += 1;
                 if self.bad_frames > max_bad_frames {
                     return Err(End(close_code::PROTOCOL_VIOLATION, "too many bad frames"));
                 }
-                self.queue
+                socket
                     .send(&error_frame(0, code, message))
                     .await
                     .map_err(slow)
@@ -300,6 +313,7 @@ impl Device {
 
     async fn on_frame(
         &mut self,
+        socket: &mut Socket,
         frame: ClientFrame,
         in_flight: &mut FuturesUnordered<InFlight>,
     ) -> Result<(), End> {
@@ -385,7 +399,7 @@ impl Device {
             }
         };
         match immediate {
-            Some(frame) => self.queue.send(&frame).await.map_err(slow),
+            Some(frame) => socket.send(&frame).await.map_err(slow),
             None => Ok(()),
         }
     }
@@ -505,7 +519,7 @@ impl Device {
         }
     }
 
-    async fn on_bus(&mut self, event: Option<BusEvent>) -> Result<(), End> {
+    async fn on_bus(&mut self, socket: &mut Socket, event: Option<BusEvent>) -> Result<(), End> {
         let msg = match event {
             None => return Err(End(1011, "bus closed")),
             Some(BusEvent::Lagged) => return Err(slow(SlowConsumer)),
@@ -521,8 +535,8 @@ impl Device {
         let me = self.identity.device.get();
         match push.body {
             Some(bus::user_push::Body::Frame(frame)) if push.skip_device != me => {
-                match self.queue.format().transcode::<ServerFrame>(frame) {
-                    Ok(encoded) => self.queue.send_encoded(encoded).await.map_err(slow),
+                match socket.format().transcode::<ServerFrame>(frame) {
+                    Ok(encoded) => socket.send_encoded(encoded).await.map_err(slow),
                     Err(e) => {
                         tracing::error!(edge.error = %e, "undecodable frame in a push");
                         Ok(())
