@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use axum::{Router, http::StatusCode, routing::get};
+use axum::{Router, http::StatusCode, routing::get, serve::ListenerExt as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use natter_bus::{Bus, InProcessBus};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,22 @@ struct ServeArgs {
     /// Seconds to let connections and in-flight requests finish on shutdown.
     #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
     drain_grace_s: u64,
+}
+
+/// Pending connections the kernel queues for `accept` (tokio's default is 1,024; a
+/// connect storm of thousands overflows it and clients wait a 1 s SYN retransmit).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the HTTP/WebSocket listener with a deep accept queue.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn main() -> ExitCode {
@@ -200,8 +216,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .merge(natter_sessions::router(sessions, bus.clone()))
         .merge(edge.router());
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = listen(args.listen)
         .with_context(|| format!("binding {}", args.listen))
         .map_err(run)?;
     let local = listener
@@ -214,6 +229,12 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
 
     let http_stop = edge_stop.clone();
     let server = tokio::spawn(async move {
+        // Frames are small and latency-bound: no Nagle delay on any connection.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(http_stop.cancelled_owned())
             .await
