@@ -4,14 +4,14 @@
 //! tests) can tell a revoked device (4001) from a crash (1006). No retries, no state:
 //! [`crate::Client`] builds those on top.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use natter_proto::{
     codec::{Encoded, WireFormat},
     v1::{self, ClientFrame, ServerFrame, server_frame},
 };
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
     tungstenite::{
@@ -19,6 +19,7 @@ use tokio_tungstenite::{
         client::IntoClientRequest as _,
         error::ProtocolError,
         http::{HeaderValue, Request, header},
+        protocol::WebSocketConfig,
     },
 };
 
@@ -32,6 +33,31 @@ pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Close code reported when the connection ended without a close frame.
 pub const ABNORMAL_CLOSE: u16 = 1006;
+
+/// How to open a connection. `Default` suits an app; a load generator holding thousands of
+/// connections wants small buffers and many source addresses.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// WebSocket settings. The default read buffer is small (8 KiB instead of
+    /// tungstenite's 128 KiB, which every connection would allocate and zero-fill);
+    /// larger frames still arrive whole, in more reads.
+    pub websocket: WebSocketConfig,
+    /// Source address of the TCP connection (`None`: the system's choice). On loopback,
+    /// spreading connections over 127.0.0.0/8 gives each address its own ephemeral ports.
+    pub local_addr: Option<IpAddr>,
+    /// How long the TCP connect and the WebSocket upgrade may take together.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            websocket: WebSocketConfig::default().read_buffer_size(8 * 1024),
+            local_addr: None,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Builds the upgrade request: `Authorization: Bearer <token>` when a token is given,
 /// `Sec-WebSocket-Protocol` when a format is given.
@@ -116,6 +142,51 @@ pub(crate) fn ended(err: Option<tungstenite::Error>) -> ConnectionError {
     }
 }
 
+/// Opens the TCP connection for `request` (from `local` when given), without Nagle's
+/// delay: natter's frames are small and latency matters more than packet count.
+async fn tcp_connect(
+    request: &Request<()>,
+    local: Option<IpAddr>,
+) -> Result<TcpStream, ConnectionError> {
+    let uri = request.uri();
+    let host = uri
+        .host()
+        .ok_or_else(|| ConnectionError::Request(format!("{uri}: no host")))?;
+    let port = uri
+        .port_u16()
+        .or(match uri.scheme_str() {
+            Some("wss") => Some(443),
+            Some("ws") => Some(80),
+            _ => None,
+        })
+        .ok_or_else(|| ConnectionError::Request(format!("{uri}: not a ws(s) URL")))?;
+    // IPv6 literals come bracketed in URIs; lookup_host wants them bare.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let io = |e: std::io::Error| ConnectionError::WebSocket(Box::new(tungstenite::Error::Io(e)));
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await.map_err(io)? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(io)?;
+        if let Some(ip) = local.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+            socket.bind((ip, 0).into()).map_err(io)?;
+        }
+        match socket.connect(addr).await {
+            Ok(stream) => {
+                stream.set_nodelay(true).map_err(io)?;
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(io(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no address"))
+    })))
+}
+
 /// A connected, welcomed WebSocket.
 #[derive(Debug)]
 pub struct Connection {
@@ -147,12 +218,57 @@ impl Connection {
         }
     }
 
+    /// Like [`Connection::connect`], with buffer sizes, a source address and a timeout
+    /// chosen by the caller.
+    pub async fn connect_with(
+        ws_url: &str,
+        token: &str,
+        format: WireFormat,
+        options: &ConnectOptions,
+    ) -> Result<(Connection, v1::Welcome), ConnectionError> {
+        let request = ws_request(ws_url, Some(token), Some(format))?;
+        let mut conn = Self::upgrade_with(request, format, options).await?;
+        let first = conn.recv_timeout(WELCOME_TIMEOUT).await?;
+        match first.body {
+            Some(server_frame::Body::Welcome(w)) => Ok((conn, w)),
+            other => Err(ConnectionError::NoWelcome(format!("{other:?}"))),
+        }
+    }
+
     /// Performs the upgrade only, without reading the Welcome.
     pub async fn upgrade(
         request: Request<()>,
         format: WireFormat,
     ) -> Result<Connection, ConnectionError> {
-        match tokio_tungstenite::connect_async(request).await {
+        Self::upgrade_with(request, format, &ConnectOptions::default()).await
+    }
+
+    /// Performs the upgrade with `options`, without reading the Welcome.
+    pub async fn upgrade_with(
+        request: Request<()>,
+        format: WireFormat,
+        options: &ConnectOptions,
+    ) -> Result<Connection, ConnectionError> {
+        let timeout = options.connect_timeout;
+        tokio::time::timeout(timeout, Self::handshake(request, format, options))
+            .await
+            .map_err(|_| ConnectionError::Timeout(timeout))?
+    }
+
+    async fn handshake(
+        request: Request<()>,
+        format: WireFormat,
+        options: &ConnectOptions,
+    ) -> Result<Connection, ConnectionError> {
+        let stream = tcp_connect(&request, options.local_addr).await?;
+        // No TLS here: `wss://` goes through a terminating proxy or load balancer.
+        let handshake = tokio_tungstenite::client_async_with_config(
+            request,
+            MaybeTlsStream::Plain(stream),
+            Some(options.websocket),
+        )
+        .await;
+        match handshake {
             Ok((ws, _response)) => Ok(Connection { ws, format }),
             Err(tungstenite::Error::Http(resp)) => Err(ConnectionError::Rejected {
                 status: resp.status().as_u16(),
@@ -174,6 +290,18 @@ impl Connection {
     pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), ConnectionError> {
         let msg = encode(self.format, frame);
         self.send_raw(msg).await
+    }
+
+    /// Queues a frame without flushing: [`Connection::flush`] writes everything queued in
+    /// as few syscalls as the socket allows.
+    pub async fn feed(&mut self, frame: &ClientFrame) -> Result<(), ConnectionError> {
+        let msg = encode(self.format, frame);
+        self.ws.feed(msg).await.map_err(|e| ended(Some(e)))
+    }
+
+    /// Writes out what [`Connection::feed`] queued.
+    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
+        self.ws.flush().await.map_err(|e| ended(Some(e)))
     }
 
     /// Sends any WebSocket message as is (for tests of malformed input). A raw frame

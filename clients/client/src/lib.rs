@@ -32,7 +32,7 @@ mod http;
 mod inbox;
 
 pub use client::{Client, ClientOptions, ClientStats, Event, Target, new_client_msg_id};
-pub use connection::{Connection, ws_request};
+pub use connection::{ConnectOptions, Connection, ws_request};
 pub use error::{ClientError, ConnectionError, HttpError, error_code};
 pub use http::{Account, HttpClient, Session};
 pub use natter_proto::{
