@@ -1,0 +1,113 @@
+//! What the coordinator and its worker processes say to each other: one JSON object per
+//! line, the plan and controls on the worker's stdin, progress and results on its stdout.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{audit::Tally, stats::Series};
+
+/// One provisioned device: who it is and the token it connects with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cred {
+    pub user_id: u64,
+    pub token: String,
+}
+
+/// What one worker does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Task {
+    /// Connect every device (at most `concurrency` handshakes at once), then hold the
+    /// connections until stopped (`hold`) or close them at once (connect storm).
+    Connect {
+        devices: Vec<Cred>,
+        concurrency: usize,
+        hold: bool,
+    },
+    /// Sender→receiver pairs, each sender keeping `window` messages unacked.
+    Direct {
+        pairs: Vec<(Cred, Cred)>,
+        window: usize,
+    },
+    /// One sender stores `messages` for a receiver that is offline, then the receiver
+    /// connects and syncs.
+    Offline {
+        sender: Cred,
+        receiver: Cred,
+        messages: u64,
+        window: usize,
+    },
+}
+
+/// Everything a worker needs, sent as its first stdin line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub worker: usize,
+    pub ws_url: String,
+    /// `proto` or `json`.
+    pub format: String,
+    /// Source addresses to spread connections over (empty: the system's choice).
+    pub source_ips: Vec<IpAddr>,
+    /// WebSocket read buffer per connection, bytes.
+    pub read_buffer: usize,
+    pub body_bytes: usize,
+    /// Seconds an unanswered request may take before it is retried.
+    pub request_timeout_s: f64,
+    /// Seconds allowed after the measured phase for everything owed to arrive.
+    pub drain_s: f64,
+    pub task: Task,
+}
+
+/// Coordinator → worker, after the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Start the measured phase.
+    Go,
+    /// End the measured phase now (Ctrl-C, or the coordinator's clock): drain and report.
+    Stop,
+}
+
+/// Live counters of a worker, totals since it started.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub connected: u64,
+    pub connect_failed: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub delivered: u64,
+}
+
+/// Worker → coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Report {
+    /// Set up (for `Connect { hold: true }`: every connection is up) and waiting for Go.
+    Ready(Progress),
+    Tick(Progress),
+    Done(Box<Outcome>),
+    /// The worker cannot go on.
+    Failed(String),
+}
+
+/// A worker's results.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    pub tally: Tally,
+    pub progress: Progress,
+    /// Send→arrival (direct), connect→Welcome (connect), send→ack (offline), encoded.
+    pub latency: String,
+    /// Send→ack, encoded.
+    pub ack_latency: String,
+    pub series: Series,
+    /// Seconds from Go to the end of the measured phase (last Welcome for a storm).
+    pub measured_s: f64,
+    /// Offline: seconds from the first send to the last ack.
+    pub store_s: f64,
+    /// Offline: seconds from the receiver's connect to its last message.
+    pub sync_s: f64,
+    pub retries: u64,
+    pub reconnects: u64,
+    /// Error frames and failed connections, with the first few reasons.
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    pub interrupted: bool,
+}

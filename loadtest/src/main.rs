@@ -1,0 +1,218 @@
+//! `natter-loadtest`: drives a natter server with many WebSocket connections, audits every
+//! message (lost, duplicated, misordered), measures latency and throughput, and prints
+//! one JSON summary line. See `natter-loadtest --help` and docs/benchmarks.md.
+
+mod audit;
+mod ipc;
+mod report;
+mod run;
+mod stats;
+mod worker;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+/// Load harness and delivery auditor for natter.
+///
+/// Provisions its own users through the REST API, opens connections from worker
+/// processes (one per 10,000 connections), and prints one JSON line with the results.
+/// Exit code: 0 ok, 1 the run failed its checks (lost, duplicated, misordered or
+/// undelivered messages, failed connections), 2 the run could not be carried out,
+/// 3 the scenario is not available, 130 interrupted (the summary is still printed).
+#[derive(Debug, Parser)]
+#[command(name = "natter-loadtest", version)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    scenario: ScenarioCmd,
+}
+
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// Base URL of the natter server (REST and WebSocket).
+    #[arg(
+        long,
+        global = true,
+        env = "NATTER_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// Process id of the server, to read its RSS and CPU time from /proc (same machine).
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Worker processes (default: one per 10,000 connections).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: Option<u16>,
+    /// Also write summary.json, series.csv and latency/throughput charts (PNG, SVG) here.
+    #[arg(long, global = true)]
+    report: Option<PathBuf>,
+    /// Wire format: the binary protocol (`proto`) or JSON.
+    #[arg(long, global = true, default_value = "proto", value_parser = ["proto", "json"])]
+    format: String,
+    /// Users registered in parallel while provisioning.
+    #[arg(long, global = true, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    provision_concurrency: u16,
+    /// How long a request may stay unanswered before it is retried (same client_msg_id).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// After the measured phase: how long everything owed may take to arrive.
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    drain: Duration,
+    /// Message body size in bytes.
+    #[arg(long, global = true, default_value_t = 100, value_parser = clap::value_parser!(u32).range(4..=65_536))]
+    body_bytes: u32,
+    /// WebSocket read buffer per client connection, bytes (default 1 KiB for idle and
+    /// connect, 16 KiB otherwise).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(256..=1_048_576))]
+    read_buffer: Option<u32>,
+    /// Do not spread connections over 127.0.0.0/8 source addresses on loopback.
+    #[arg(long, global = true)]
+    no_source_spread: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ScenarioCmd {
+    /// Hold C authenticated connections for T; reports server RSS growth per connection.
+    Idle {
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        connections: u32,
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Handshakes in flight at once (all workers together).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+        concurrency: u32,
+    },
+    /// Connect storm: C connections as fast as the server accepts them.
+    Connect {
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        connections: u32,
+        /// Handshakes in flight at once (all workers together).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+        concurrency: u32,
+    },
+    /// U users in sender→receiver pairs, each sender keeping W messages unacked.
+    Direct {
+        #[arg(long, default_value_t = 1000, value_parser = parse_even_users)]
+        users: u32,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        window: u32,
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// N messages to an offline user, who then connects and syncs.
+    Offline {
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        messages: u64,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        window: u32,
+    },
+    /// One sender, M connected group members (needs group conversations).
+    Group {
+        #[arg(long, default_value_t = 500)]
+        members: u32,
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Internal: one worker process (plan on stdin, reports on stdout).
+    #[command(name = "__worker", hide = true)]
+    Worker,
+}
+
+/// Durations like `30s`, `2m`, `500ms`; at most a day.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 2m)"))?;
+    if d > Duration::from_secs(86_400) {
+        return Err(format!("{s:?}: at most 24h"));
+    }
+    Ok(d)
+}
+
+fn parse_even_users(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if n < 2 || !n.is_multiple_of(2) || n > 1_000_000 {
+        return Err(format!(
+            "{n}: users come in pairs: an even number from 2 to 1,000,000"
+        ));
+    }
+    Ok(n)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("natter-loadtest: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let c = cli.common;
+    let common = run::Common {
+        url: c.url,
+        server_pid: c.server_pid,
+        workers: c.workers.map(usize::from),
+        report: c.report,
+        format: c.format,
+        provision_concurrency: c.provision_concurrency.into(),
+        request_timeout: c.request_timeout.max(Duration::from_millis(100)),
+        drain: c.drain,
+        body_bytes: c.body_bytes as usize,
+        read_buffer: c.read_buffer.map(|b| b as usize),
+        spread_sources: !c.no_source_spread,
+    };
+    let scenario = match cli.scenario {
+        ScenarioCmd::Worker => {
+            let code = runtime.block_on(worker::main());
+            // The stdin reader may sit in a blocking read: do not wait for it.
+            runtime.shutdown_background();
+            return code;
+        }
+        ScenarioCmd::Group { .. } => {
+            eprintln!(
+                "natter-loadtest: the group scenario needs group conversations, which this \
+                 natter does not have yet (they come with the groups service). Nothing was run."
+            );
+            return ExitCode::from(3);
+        }
+        ScenarioCmd::Idle {
+            connections,
+            duration,
+            concurrency,
+        } => run::Scenario::Idle {
+            connections: connections as usize,
+            duration,
+            concurrency: concurrency as usize,
+        },
+        ScenarioCmd::Connect {
+            connections,
+            concurrency,
+        } => run::Scenario::Connect {
+            connections: connections as usize,
+            concurrency: concurrency as usize,
+        },
+        ScenarioCmd::Direct {
+            users,
+            window,
+            duration,
+        } => run::Scenario::Direct {
+            users: users as usize,
+            window: window as usize,
+            duration,
+        },
+        ScenarioCmd::Offline { messages, window } => run::Scenario::Offline {
+            messages,
+            window: window as usize,
+        },
+    };
+    let verdict = runtime.block_on(run::run(common, scenario));
+    // Worker pipes and the Ctrl-C listener must not hold the process open.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    ExitCode::from(verdict.exit_code())
+}

@@ -1,0 +1,395 @@
+//! `--report DIR`: the summary as JSON, the per-second series as CSV, and two charts
+//! (latency percentiles, throughput over time) as PNG and SVG for people to look at.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+use hdrhistogram::Histogram;
+use plotters::{
+    coord::Shift,
+    prelude::*,
+    style::{FontStyle, register_font},
+};
+use serde_json::Value;
+
+use crate::stats::{self, Series};
+
+const SIZE: (u32, u32) = (1000, 600);
+const FONT: &str = "sans-serif";
+
+/// plotters draws text with fonts registered by name; DejaVu Sans is compiled in.
+fn fonts() -> Result<(), String> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
+                .map_err(|_| "the built-in font cannot be loaded".to_owned())
+        })
+        .clone()
+}
+
+/// Writes summary.json, series.csv, latency.{png,svg} and throughput.{png,svg} into
+/// `dir` (created if missing). Returns the paths written.
+pub fn write(
+    dir: &Path,
+    summary: &Value,
+    series: &Series,
+    latency: &Histogram<u64>,
+) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    fonts()?;
+    let mut written = Vec::new();
+    let save = |name: &str, bytes: &[u8], written: &mut Vec<PathBuf>| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path);
+        Ok::<(), String>(())
+    };
+    let json = serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?;
+    save("summary.json", format!("{json}\n").as_bytes(), &mut written)?;
+    let per_second = decode_latency(series)?;
+    save(
+        "series.csv",
+        csv(series, &per_second).as_bytes(),
+        &mut written,
+    )?;
+
+    let scenario = summary["scenario"].as_str().unwrap_or("run");
+    for (name, draw) in [
+        ("latency", Chart::Latency),
+        ("throughput", Chart::Throughput),
+    ] {
+        let svg_path = dir.join(format!("{name}.svg"));
+        {
+            let root = SVGBackend::new(&svg_path, SIZE).into_drawing_area();
+            draw.draw(&root, scenario, summary, series, &per_second, latency)
+                .map_err(|e| format!("{}: {e}", svg_path.display()))?;
+            root.present()
+                .map_err(|e| format!("{}: {e}", svg_path.display()))?;
+        }
+        written.push(svg_path);
+        let png_path = dir.join(format!("{name}.png"));
+        {
+            let root = BitMapBackend::new(&png_path, SIZE).into_drawing_area();
+            draw.draw(&root, scenario, summary, series, &per_second, latency)
+                .map_err(|e| format!("{}: {e}", png_path.display()))?;
+            root.present()
+                .map_err(|e| format!("{}: {e}", png_path.display()))?;
+        }
+        written.push(png_path);
+    }
+    Ok(written)
+}
+
+fn decode_latency(series: &Series) -> Result<Vec<Histogram<u64>>, String> {
+    series
+        .latency
+        .iter()
+        .map(|s| stats::decode_histogram(s))
+        .collect()
+}
+
+fn at(v: &[u64], i: usize) -> u64 {
+    v.get(i).copied().unwrap_or(0)
+}
+
+/// One row per second: counts, and that second's latency percentiles.
+fn csv(series: &Series, latency: &[Histogram<u64>]) -> String {
+    let seconds = [
+        series.sent.len(),
+        series.acked.len(),
+        series.delivered.len(),
+        series.connections.len(),
+        latency.len(),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
+    let mut out = String::from("second,sent,acked,delivered,connections,p50_ms,p99_ms,max_ms\n");
+    for s in 0..seconds {
+        let (p50, p99, max) = match latency.get(s) {
+            Some(h) if !h.is_empty() => (
+                stats::ms_at(h, 0.5),
+                stats::ms_at(h, 0.99),
+                h.max() as f64 / 1000.0,
+            ),
+            _ => (0.0, 0.0, 0.0),
+        };
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "{s},{},{},{},{},{p50:.3},{p99:.3},{max:.3}",
+            at(&series.sent, s),
+            at(&series.acked, s),
+            at(&series.delivered, s),
+            at(&series.connections, s),
+        );
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Chart {
+    Latency,
+    Throughput,
+}
+
+type Drawn = Result<(), String>;
+
+impl Chart {
+    fn draw<DB: DrawingBackend>(
+        self,
+        root: &DrawingArea<DB, Shift>,
+        scenario: &str,
+        summary: &Value,
+        series: &Series,
+        per_second: &[Histogram<u64>],
+        latency: &Histogram<u64>,
+    ) -> Drawn {
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        match self {
+            Chart::Latency => latency_chart(root, scenario, summary, latency),
+            Chart::Throughput => throughput_chart(root, scenario, series, per_second),
+        }
+    }
+}
+
+/// Latency by percentile, on a scale that spreads the tail: x = -log10(1 - q), so
+/// 90 %, 99 %, 99.9 % and 99.99 % are evenly spaced.
+fn latency_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    scenario: &str,
+    summary: &Value,
+    h: &Histogram<u64>,
+) -> Drawn {
+    let kind = summary["latency"].as_str().unwrap_or("latency");
+    if h.is_empty() {
+        root.draw(&Text::new(
+            format!("{scenario}: no latency samples"),
+            (40, 40),
+            (FONT, 24).into_font(),
+        ))
+        .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    const MAX_X: f64 = 5.0;
+    let points: Vec<(f64, f64)> = (0..=500)
+        .map(|i| {
+            let x = MAX_X * f64::from(i) / 500.0;
+            let q = (1.0 - 10f64.powf(-x)).min(1.0);
+            (x, stats::ms_at(h, q))
+        })
+        .chain(std::iter::once((MAX_X, h.max() as f64 / 1000.0)))
+        .collect();
+    let top = points.iter().map(|p| p.1).fold(0.0, f64::max).max(0.001) * 1.1;
+    let title = format!(
+        "{scenario}: {kind} (p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, n = {})",
+        stats::ms_at(h, 0.5),
+        stats::ms_at(h, 0.99),
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, (FONT, 20))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..MAX_X, 0.0..top)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("milliseconds")
+        .x_labels(6)
+        .x_label_formatter(&|x| {
+            let pct = 100.0 * (1.0 - 10f64.powf(-x));
+            format!("{}%", trim(pct))
+        })
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(LineSeries::new(points, BLUE.stroke_width(2)))
+        .map_err(|e| e.to_string())?
+        .label(kind)
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font((FONT, 14))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn trim(pct: f64) -> String {
+    let s = format!("{pct:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// Messages per second over time (or connections, for idle and connect) above, each
+/// second's p99 latency below.
+fn throughput_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    scenario: &str,
+    series: &Series,
+    per_second: &[Histogram<u64>],
+) -> Drawn {
+    let messages = series.sent.iter().chain(&series.delivered).any(|&n| n > 0);
+    let lines: Vec<(&str, &[u64], RGBColor)> = if messages {
+        vec![
+            ("sent/s", &series.sent, RGBColor(200, 120, 0)),
+            ("delivered/s", &series.delivered, BLUE),
+        ]
+    } else {
+        vec![("connections/s", &series.connections, BLUE)]
+    };
+    let seconds = lines.iter().map(|l| l.1.len()).max().unwrap_or(0).max(1);
+    let top = lines
+        .iter()
+        .flat_map(|l| l.1.iter().copied())
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64
+        * 1.1;
+    let (upper, lower) = root.split_vertically(SIZE.1 * 62 / 100);
+    let mut chart = ChartBuilder::on(&upper)
+        .caption(format!("{scenario}: throughput per second"), (FONT, 20))
+        .margin(20)
+        .x_label_area_size(35)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..seconds as f64, 0.0..top)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("second")
+        .y_desc("per second")
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (label, values, color) in lines {
+        let points = values
+            .iter()
+            .enumerate()
+            .map(|(s, &n)| (s as f64 + 0.5, n as f64));
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font((FONT, 14))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| e.to_string())?;
+
+    let p99: Vec<(f64, f64)> = per_second
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(s, h)| (s as f64 + 0.5, stats::ms_at(h, 0.99)))
+        .collect();
+    if p99.is_empty() {
+        return Ok(());
+    }
+    let top = p99.iter().map(|p| p.1).fold(0.0, f64::max).max(0.001) * 1.1;
+    let mut chart = ChartBuilder::on(&lower)
+        .caption("p99 latency of each second's deliveries", (FONT, 16))
+        .margin(20)
+        .x_label_area_size(35)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..seconds as f64, 0.0..top)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("second")
+        .y_desc("ms")
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(LineSeries::new(p99, RED.stroke_width(2)))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Series, Histogram<u64>) {
+        let mut all = stats::histogram();
+        let mut latency = Vec::new();
+        for s in 0..3u64 {
+            let mut h = stats::histogram();
+            for v in 1..=100 {
+                stats::record_ns(&mut h, (v + s * 100) * 1_000_000);
+                stats::record_ns(&mut all, (v + s * 100) * 1_000_000);
+            }
+            latency.push(stats::encode_histogram(&h));
+        }
+        let series = Series {
+            sent: vec![100, 100, 100],
+            acked: vec![100, 100, 100],
+            delivered: vec![90, 100, 110],
+            connections: vec![],
+            latency,
+        };
+        (series, all)
+    }
+
+    #[test]
+    fn writes_json_csv_and_charts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (series, all) = sample();
+        let summary = serde_json::json!({"scenario": "direct", "latency": "send_to_arrival"});
+        let paths = write(dir.path(), &summary, &series, &all).expect("report");
+        assert_eq!(paths.len(), 6);
+        let csv = std::fs::read_to_string(dir.path().join("series.csv")).expect("csv");
+        let rows: Vec<&str> = csv.lines().collect();
+        assert_eq!(rows.len(), 4, "{csv}");
+        assert_eq!(
+            rows[0],
+            "second,sent,acked,delivered,connections,p50_ms,p99_ms,max_ms"
+        );
+        assert!(rows[1].starts_with("0,100,100,90,0,"), "{csv}");
+        assert!(rows[3].starts_with("2,100,100,110,0,"), "{csv}");
+        for png in ["latency.png", "throughput.png"] {
+            let bytes = std::fs::read(dir.path().join(png)).expect("png");
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+        }
+        for svg in ["latency.svg", "throughput.svg"] {
+            let text = std::fs::read_to_string(dir.path().join(svg)).expect("svg");
+            assert!(text.contains("<svg") && text.contains("direct"), "{svg}");
+        }
+        let json: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).expect("json"))
+                .expect("valid JSON");
+        assert_eq!(json["scenario"], "direct");
+    }
+
+    #[test]
+    fn an_empty_run_still_gets_a_report() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let summary = serde_json::json!({"scenario": "idle"});
+        let paths = write(
+            dir.path(),
+            &summary,
+            &Series::default(),
+            &stats::histogram(),
+        )
+        .expect("report");
+        assert_eq!(paths.len(), 6);
+        let csv = std::fs::read_to_string(dir.path().join("series.csv")).expect("csv");
+        assert_eq!(csv.lines().count(), 1, "header only: {csv}");
+    }
+}

@@ -1,0 +1,970 @@
+//! A worker process: holds its share of the connections, drives them, audits what they
+//! receive and reports on stdout (see [`crate::ipc`]). The coordinator starts one per
+//! 10,000 connections, since one process may hold only so many open files.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use natter_client::{
+    ConnectOptions, Connection, ConnectionError, ErrorCode, WireFormat,
+    tungstenite::protocol::WebSocketConfig,
+    v1::{self, ClientFrame, ServerFrame, client_frame, server_frame},
+};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    sync::{Semaphore, mpsc, watch},
+};
+
+use crate::{
+    audit::{self, Conversation, Origin, Tally},
+    ipc::{Control, Cred, Outcome, Plan, Progress, Report, Task},
+    stats::{self, Series},
+};
+
+/// Where the run is, as the coordinator said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Setup,
+    Go,
+    Stop,
+}
+
+/// Frame ids: a Send uses its message index + 1, everything else counts from here, so
+/// replies can be told apart.
+const OTHER_IDS: u64 = 1 << 40;
+/// How often a held connection or a pair looks at its timers.
+const TICK: Duration = Duration::from_millis(50);
+/// Reconnect attempts before a connection is given up.
+const RECONNECT_ATTEMPTS: u32 = 20;
+/// At most this many error messages travel back to the coordinator.
+const ERROR_SAMPLES: usize = 5;
+
+/// What every connection of this worker shares.
+struct Ctx {
+    plan: Plan,
+    format: WireFormat,
+    started: Instant,
+    next_ip: AtomicUsize,
+    next_id: AtomicU64,
+    connected: AtomicU64,
+    connect_failed: AtomicU64,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    delivered: AtomicU64,
+    retries: AtomicU64,
+    reconnects: AtomicU64,
+    errors: Mutex<(u64, Vec<String>)>,
+}
+
+impl Ctx {
+    fn now_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    fn options(&self) -> ConnectOptions {
+        let ips = &self.plan.source_ips;
+        let local_addr =
+            (!ips.is_empty()).then(|| ips[self.next_ip.fetch_add(1, Relaxed) % ips.len()]);
+        ConnectOptions {
+            websocket: WebSocketConfig::default().read_buffer_size(self.plan.read_buffer),
+            local_addr,
+            connect_timeout: self.request_timeout().max(Duration::from_secs(10)),
+        }
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.plan.request_timeout_s)
+    }
+
+    fn frame_id(&self) -> u64 {
+        OTHER_IDS + self.next_id.fetch_add(1, Relaxed)
+    }
+
+    fn error(&self, what: impl std::fmt::Display) {
+        let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        e.0 += 1;
+        if e.1.len() < ERROR_SAMPLES {
+            e.1.push(what.to_string());
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        Progress {
+            connected: self.connected.load(Relaxed),
+            connect_failed: self.connect_failed.load(Relaxed),
+            sent: self.sent.load(Relaxed),
+            acked: self.acked.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+        }
+    }
+
+    /// Connects `cred`, counting the connection.
+    async fn connect(&self, cred: &Cred) -> Result<Connection, ConnectionError> {
+        let (conn, _welcome) =
+            Connection::connect_with(&self.plan.ws_url, &cred.token, self.format, &self.options())
+                .await?;
+        self.connected.fetch_add(1, Relaxed);
+        Ok(conn)
+    }
+
+    /// Connects again after a drop, with backoff; `None` when it keeps failing.
+    async fn reconnect(&self, cred: &Cred, why: &ConnectionError) -> Option<Connection> {
+        self.connected.fetch_sub(1, Relaxed);
+        self.reconnects.fetch_add(1, Relaxed);
+        self.error(format_args!("connection dropped: {why}"));
+        let mut wait = Duration::from_millis(50);
+        for _ in 0..RECONNECT_ATTEMPTS {
+            match self.connect(cred).await {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    self.error(format_args!("reconnect: {e}"));
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        None
+    }
+
+    fn outcome(&self) -> Outcome {
+        let (errors, error_samples) = self
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Outcome {
+            progress: self.progress(),
+            retries: self.retries.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            errors,
+            error_samples,
+            ..Outcome::default()
+        }
+    }
+}
+
+/// Writes one report line on stdout (whole lines: the lock is held for the write).
+pub fn emit(report: &Report) {
+    let Ok(line) = serde_json::to_string(report) else {
+        return;
+    };
+    let mut out = std::io::stdout().lock();
+    // A closed stdout means the coordinator is gone; the stdin watcher ends the run.
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+/// Lets this process hold as many files as its hard limit allows.
+fn raise_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
+/// The worker's main: reads its plan from stdin, runs it, reports on stdout.
+pub async fn main() -> std::process::ExitCode {
+    raise_file_limit();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let plan: Plan = match lines.next_line().await {
+        Ok(Some(line)) => match serde_json::from_str(&line) {
+            Ok(p) => p,
+            Err(e) => {
+                emit(&Report::Failed(format!("bad plan: {e}")));
+                return std::process::ExitCode::from(2);
+            }
+        },
+        _ => return std::process::ExitCode::from(2),
+    };
+    let (phase_tx, phase) = watch::channel(Phase::Setup);
+    tokio::spawn(async move {
+        loop {
+            let next = match lines.next_line().await {
+                Ok(Some(line)) => match serde_json::from_str::<Control>(&line) {
+                    Ok(Control::Go) => Phase::Go,
+                    Ok(Control::Stop) => Phase::Stop,
+                    Err(_) => continue,
+                },
+                // The coordinator is gone: stop.
+                _ => Phase::Stop,
+            };
+            let _ = phase_tx.send(next);
+            if next == Phase::Stop {
+                // Keep the sender alive so receivers see Stop, not a closed channel.
+                std::future::pending::<()>().await;
+            }
+        }
+    });
+    let format = if plan.format == "json" {
+        WireFormat::Json
+    } else {
+        WireFormat::Proto
+    };
+    let ctx = Arc::new(Ctx {
+        plan,
+        format,
+        started: Instant::now(),
+        next_ip: AtomicUsize::new(0),
+        next_id: AtomicU64::new(0),
+        connected: AtomicU64::new(0),
+        connect_failed: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+        retries: AtomicU64::new(0),
+        reconnects: AtomicU64::new(0),
+        errors: Mutex::new((0, Vec::new())),
+    });
+    let ticker = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                every.tick().await;
+                emit(&Report::Tick(ctx.progress()));
+            }
+        })
+    };
+    let outcome = match ctx.plan.task.clone() {
+        Task::Connect {
+            devices,
+            concurrency,
+            hold,
+        } => connect_task(ctx.clone(), devices, concurrency, hold, phase).await,
+        Task::Direct { pairs, window } => direct_task(ctx.clone(), pairs, window, phase).await,
+        Task::Offline {
+            sender,
+            receiver,
+            messages,
+            window,
+        } => offline_task(ctx.clone(), sender, receiver, messages, window, phase).await,
+    };
+    ticker.abort();
+    emit(&Report::Done(Box::new(outcome)));
+    std::process::ExitCode::SUCCESS
+}
+
+/// Waits until the phase is at least `want` (Stop counts as past everything).
+async fn reach(phase: &mut watch::Receiver<Phase>, want: Phase) -> Phase {
+    phase
+        .wait_for(|p| *p == want || *p == Phase::Stop)
+        .await
+        .map(|p| *p)
+        .unwrap_or(Phase::Stop)
+}
+
+// ---------------------------------------------------------------------------------------
+// connect / idle
+
+/// Connects every device (bounded concurrency), then holds the connections (pinging so
+/// the server keeps them) until released.
+async fn connect_task(
+    ctx: Arc<Ctx>,
+    devices: Vec<Cred>,
+    concurrency: usize,
+    hold: bool,
+    mut phase: watch::Receiver<Phase>,
+) -> Outcome {
+    if !hold {
+        emit(&Report::Ready(ctx.progress()));
+        if reach(&mut phase, Phase::Go).await == Phase::Stop {
+            let mut o = ctx.outcome();
+            o.interrupted = true;
+            return o;
+        }
+    }
+    let total = devices.len();
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let (release_tx, release) = watch::channel(false);
+    let (done_tx, mut done) = mpsc::unbounded_channel::<Option<u64>>();
+    let storm_start = ctx.now_ns();
+    let mut holders = Vec::with_capacity(total);
+    for cred in devices {
+        let (ctx, gate, done_tx, mut release) =
+            (ctx.clone(), gate.clone(), done_tx.clone(), release.clone());
+        holders.push(tokio::spawn(async move {
+            let conn = {
+                let Ok(_permit) = gate.acquire().await else {
+                    return;
+                };
+                let t0 = ctx.now_ns();
+                match ctx.connect(&cred).await {
+                    Ok(c) => {
+                        let _ = done_tx.send(Some(ctx.now_ns() - t0));
+                        c
+                    }
+                    Err(e) => {
+                        ctx.connect_failed.fetch_add(1, Relaxed);
+                        ctx.error(format_args!("connect: {e}"));
+                        let _ = done_tx.send(None);
+                        return;
+                    }
+                }
+            };
+            hold_connection(&ctx, conn, &mut release).await;
+        }));
+    }
+    drop(done_tx);
+    let mut latency = stats::histogram();
+    let mut welcomed_at = Vec::with_capacity(total);
+    let mut interrupted = false;
+    while welcomed_at.len() + (ctx.connect_failed.load(Relaxed) as usize) < total {
+        tokio::select! {
+            got = done.recv() => match got {
+                Some(Some(ns)) => {
+                    stats::record_ns(&mut latency, ns);
+                    welcomed_at.push(ctx.now_ns());
+                }
+                Some(None) => {}
+                None => break,
+            },
+            _ = reach(&mut phase, Phase::Stop) => {
+                interrupted = true;
+                break;
+            }
+        }
+    }
+    let last_ns = welcomed_at.last().copied().unwrap_or(storm_start);
+    let storm_s = (last_ns - storm_start) as f64 / 1e9;
+    // Storm done, every connection up: the coordinator samples the server, then says
+    // Go (idle: the hold begins) or Stop.
+    if !interrupted {
+        emit(&Report::Ready(ctx.progress()));
+    }
+    let mut held_s = 0.0;
+    if hold && !interrupted && reach(&mut phase, Phase::Go).await == Phase::Go {
+        let t0 = Instant::now();
+        reach(&mut phase, Phase::Stop).await;
+        held_s = stats::secs(t0.elapsed());
+    } else if !interrupted {
+        reach(&mut phase, Phase::Stop).await;
+    }
+    let mut outcome = ctx.outcome();
+    // Everyone closes now; a close that hangs is cut off with the task.
+    let _ = release_tx.send(true);
+    for h in holders {
+        if tokio::time::timeout(Duration::from_secs(10), h)
+            .await
+            .is_err()
+        {
+            ctx.error("a connection did not close within 10 s");
+        }
+    }
+    outcome.latency = stats::encode_histogram(&latency);
+    outcome.measured_s = if hold { held_s } else { storm_s };
+    outcome.sync_s = storm_s;
+    outcome.series.connections = stats::per_second(welcomed_at.into_iter(), storm_start);
+    outcome.interrupted = interrupted;
+    outcome
+}
+
+/// Resolves once the flag is set (or its sender is gone).
+async fn released(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|r| *r).await;
+}
+
+/// Keeps one connection open (answering the server's pings by reading, sending our own
+/// well inside its idle timeout) until `release`.
+async fn hold_connection(ctx: &Ctx, mut conn: Connection, release: &mut watch::Receiver<bool>) {
+    let mut ping = tokio::time::interval(Duration::from_secs(20));
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            got = conn.recv() => {
+                if let Err(e) = got {
+                    ctx.connected.fetch_sub(1, Relaxed);
+                    ctx.error(format_args!("held connection dropped: {e}"));
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                let frame = ClientFrame {
+                    id: ctx.frame_id(),
+                    body: Some(client_frame::Body::Ping(v1::Ping { client_time_ms: 0 })),
+                };
+                if let Err(e) = conn.send(&frame).await {
+                    ctx.connected.fetch_sub(1, Relaxed);
+                    ctx.error(format_args!("held connection dropped: {e}"));
+                    return;
+                }
+            }
+            () = released(release) => break,
+        }
+    }
+    let _ = conn.close().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// direct / offline
+
+/// The sending side of a conversation: a window of unacked messages, retried with the
+/// same `client_msg_id` until acked.
+struct Sender {
+    cred: Cred,
+    to_user: u64,
+    conn: Connection,
+    /// Message index → when it was last written.
+    inflight: BTreeMap<u32, Instant>,
+    conversation_id: String,
+}
+
+impl Sender {
+    fn frame(&self, ctx: &Ctx, index: u32) -> ClientFrame {
+        ClientFrame {
+            id: u64::from(index) + 1,
+            body: Some(client_frame::Body::Send(v1::Send {
+                client_msg_id: audit::client_msg_id(index),
+                to_user: self.to_user,
+                kind: v1::MessageKind::Binary as i32,
+                body: audit::body(index, ctx.plan.body_bytes).into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// Fills the window with new messages (up to `limit` messages in all).
+    async fn fill(
+        &mut self,
+        ctx: &Ctx,
+        conv: &mut Conversation,
+        window: usize,
+        limit: u64,
+    ) -> Result<(), ConnectionError> {
+        let mut fed = false;
+        while self.inflight.len() < window && (conv.sent_count() as u64) < limit {
+            let index = conv.send(ctx.now_ns());
+            self.conn.feed(&self.frame(ctx, index)).await?;
+            self.inflight.insert(index, Instant::now());
+            ctx.sent.fetch_add(1, Relaxed);
+            fed = true;
+        }
+        if fed {
+            self.conn.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes again what has waited longer than the request timeout (`all`: everything).
+    async fn resend(&mut self, ctx: &Ctx, all: bool) -> Result<(), ConnectionError> {
+        let now = Instant::now();
+        let timeout = ctx.request_timeout();
+        let due: Vec<u32> = self
+            .inflight
+            .iter()
+            .filter(|(_, t)| all || now.duration_since(**t) >= timeout)
+            .map(|(i, _)| *i)
+            .collect();
+        for &index in &due {
+            self.conn.feed(&self.frame(ctx, index)).await?;
+            self.inflight.insert(index, now);
+        }
+        if !due.is_empty() {
+            ctx.retries.fetch_add(due.len() as u64, Relaxed);
+            self.conn.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, ctx: &Ctx, conv: &mut Conversation, frame: ServerFrame) {
+        match frame.body {
+            Some(server_frame::Body::Ack(ack)) => {
+                let Ok(index) = ack.client_msg_id.parse::<u32>() else {
+                    ctx.error(format_args!(
+                        "ack for unknown message {:?}",
+                        ack.client_msg_id
+                    ));
+                    return;
+                };
+                conv.ack(index, ack.seq, ack.message_id, ctx.now_ns());
+                if self.inflight.remove(&index).is_some() {
+                    ctx.acked.fetch_add(1, Relaxed);
+                }
+                if self.conversation_id.is_empty() {
+                    self.conversation_id = ack.conversation_id;
+                }
+            }
+            Some(server_frame::Body::Error(e)) => {
+                let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+                ctx.error(format_args!(
+                    "error frame {code:?} for frame {}: {}",
+                    frame.id, e.message
+                ));
+                // Unavailable/internal are retried at the request timeout; anything else
+                // is a refusal that retrying cannot fix: give the message up (it stays
+                // unacked in the tally).
+                if !matches!(code, ErrorCode::Unavailable | ErrorCode::Internal)
+                    && (1..OTHER_IDS).contains(&frame.id)
+                {
+                    self.inflight.remove(&((frame.id - 1) as u32));
+                }
+            }
+            // Receipts, pongs and the like.
+            _ => {}
+        }
+    }
+
+    /// Reconnects and writes every unacked message again; false when it cannot.
+    async fn recover(&mut self, ctx: &Ctx, why: &ConnectionError) -> bool {
+        let Some(conn) = ctx.reconnect(&self.cred, why).await else {
+            return false;
+        };
+        self.conn = conn;
+        self.resend(ctx, true).await.is_ok()
+    }
+}
+
+/// The receiving device: audits every frame and acknowledges with `Received`.
+struct Receiver {
+    cred: Cred,
+    conn: Connection,
+    /// The `up_to_seq` of the last `Received` written.
+    acked_up_to: u64,
+    last_received: Instant,
+    /// Answers to this Sync are still coming.
+    sync_id: Option<u64>,
+}
+
+impl Receiver {
+    fn on_frame(&mut self, ctx: &Ctx, conv: &mut Conversation, frame: ServerFrame) {
+        let before = conv.arrivals().len();
+        let now = ctx.now_ns();
+        match frame.body {
+            Some(server_frame::Body::Message(m)) => {
+                conv.deliver(
+                    0,
+                    Origin::Live,
+                    m.seq,
+                    m.message_id,
+                    &m.client_msg_id,
+                    &m.body,
+                    now,
+                );
+            }
+            Some(server_frame::Body::SyncBatch(b)) => {
+                for m in b.messages {
+                    conv.deliver(
+                        0,
+                        Origin::Sync,
+                        m.seq,
+                        m.message_id,
+                        &m.client_msg_id,
+                        &m.body,
+                        now,
+                    );
+                }
+            }
+            Some(server_frame::Body::SyncDone(_)) if Some(frame.id) == self.sync_id => {
+                self.sync_id = None;
+            }
+            Some(server_frame::Body::Error(e)) => {
+                ctx.error(format_args!(
+                    "error frame for receiver frame {}: {e:?}",
+                    frame.id
+                ));
+                if Some(frame.id) == self.sync_id {
+                    self.sync_id = None;
+                }
+            }
+            _ => {}
+        }
+        let new = conv.arrivals().len() - before;
+        ctx.delivered.fetch_add(new as u64, Relaxed);
+    }
+
+    /// Writes `Received` up to what has arrived in order, when it moved by `every` or
+    /// the last one is older than 100 ms.
+    async fn acknowledge(
+        &mut self,
+        ctx: &Ctx,
+        conv: &Conversation,
+        conversation_id: &str,
+        every: u64,
+    ) -> Result<(), ConnectionError> {
+        let up_to = conv.contiguous(0);
+        if conversation_id.is_empty() || up_to <= self.acked_up_to {
+            return Ok(());
+        }
+        if up_to - self.acked_up_to < every && self.last_received.elapsed() < TICK * 2 {
+            return Ok(());
+        }
+        let frame = ClientFrame {
+            id: ctx.frame_id(),
+            body: Some(client_frame::Body::Received(v1::Received {
+                conversation_id: conversation_id.to_owned(),
+                up_to_seq: up_to,
+            })),
+        };
+        self.conn.send(&frame).await?;
+        self.acked_up_to = up_to;
+        self.last_received = Instant::now();
+        Ok(())
+    }
+
+    /// Asks for everything after what has arrived in order (a new epoch for the auditor).
+    async fn sync(
+        &mut self,
+        ctx: &Ctx,
+        conv: &mut Conversation,
+        conversation_id: &str,
+    ) -> Result<(), ConnectionError> {
+        conv.new_epoch(0);
+        let cursors = if conversation_id.is_empty() {
+            Vec::new()
+        } else {
+            vec![v1::Cursor {
+                conversation_id: conversation_id.to_owned(),
+                seq: conv.contiguous(0),
+            }]
+        };
+        let id = ctx.frame_id();
+        self.sync_id = Some(id);
+        self.conn
+            .send(&ClientFrame {
+                id,
+                body: Some(client_frame::Body::Sync(v1::Sync { cursors })),
+            })
+            .await
+    }
+
+    async fn recover(
+        &mut self,
+        ctx: &Ctx,
+        conv: &mut Conversation,
+        conversation_id: &str,
+        why: &ConnectionError,
+    ) -> bool {
+        let Some(conn) = ctx.reconnect(&self.cred, why).await else {
+            return false;
+        };
+        self.conn = conn;
+        self.acked_up_to = 0;
+        self.sync(ctx, conv, conversation_id).await.is_ok()
+    }
+}
+
+/// Connects `cred` during setup, counting a failure.
+async fn setup_connect(ctx: &Ctx, cred: &Cred) -> Option<Connection> {
+    match ctx.connect(cred).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            ctx.connect_failed.fetch_add(1, Relaxed);
+            ctx.error(format_args!("connect: {e}"));
+            None
+        }
+    }
+}
+
+/// Everything a finished conversation contributes to the outcome.
+struct Audited {
+    tally: Tally,
+    conv: Conversation,
+}
+
+fn fold(ctx: &Ctx, audited: Vec<Audited>, go_ns: u64, measured_s: f64) -> Outcome {
+    let mut o = ctx.outcome();
+    let mut latency = stats::histogram();
+    let mut ack_latency = stats::histogram();
+    let mut per_second: Vec<Histogram<u64>> = Vec::new();
+    let mut series = Series::default();
+    for a in &audited {
+        o.tally.add(&a.tally);
+        for arrival in a.conv.arrivals() {
+            stats::record_ns(&mut latency, arrival.latency_ns);
+            let s = (arrival.at_ns.saturating_sub(go_ns) / 1_000_000_000) as usize;
+            if per_second.len() <= s {
+                per_second.resize_with(s + 1, stats::histogram);
+            }
+            stats::record_ns(&mut per_second[s], arrival.latency_ns);
+        }
+        for (sent, acked) in a.conv.acks() {
+            stats::record_ns(&mut ack_latency, acked - sent);
+        }
+        stats::add_series(&mut series.sent, &stats::per_second(a.conv.sends(), go_ns));
+        stats::add_series(
+            &mut series.acked,
+            &stats::per_second(a.conv.acks().map(|(_, t)| t), go_ns),
+        );
+        stats::add_series(
+            &mut series.delivered,
+            &stats::per_second(a.conv.arrivals().iter().map(|a| a.at_ns), go_ns),
+        );
+    }
+    series.latency = per_second.iter().map(stats::encode_histogram).collect();
+    o.series = series;
+    o.latency = stats::encode_histogram(&latency);
+    o.ack_latency = stats::encode_histogram(&ack_latency);
+    o.measured_s = measured_s;
+    o
+}
+
+/// Sender→receiver pairs, each sender keeping `window` messages unacked.
+async fn direct_task(
+    ctx: Arc<Ctx>,
+    pairs: Vec<(Cred, Cred)>,
+    window: usize,
+    mut phase: watch::Receiver<Phase>,
+) -> Outcome {
+    // Set up every pair before the measured phase.
+    let gate = Arc::new(Semaphore::new(64));
+    let mut setups = Vec::with_capacity(pairs.len());
+    for (s, r) in pairs {
+        let (ctx, gate) = (ctx.clone(), gate.clone());
+        setups.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.ok()?;
+            let sconn = setup_connect(&ctx, &s).await?;
+            let rconn = setup_connect(&ctx, &r).await?;
+            Some((
+                Sender {
+                    to_user: r.user_id,
+                    cred: s,
+                    conn: sconn,
+                    inflight: BTreeMap::new(),
+                    conversation_id: String::new(),
+                },
+                Receiver {
+                    cred: r,
+                    conn: rconn,
+                    acked_up_to: 0,
+                    last_received: Instant::now(),
+                    sync_id: None,
+                },
+            ))
+        }));
+    }
+    let mut ready = Vec::with_capacity(setups.len());
+    for s in setups {
+        if let Ok(Some(pair)) = s.await {
+            ready.push(pair);
+        }
+    }
+    emit(&Report::Ready(ctx.progress()));
+    if reach(&mut phase, Phase::Go).await == Phase::Stop {
+        let mut o = ctx.outcome();
+        o.interrupted = true;
+        return o;
+    }
+    let go_ns = ctx.now_ns();
+    let go = Instant::now();
+    let (end_tx, end) = watch::channel(false);
+    let tasks: Vec<_> = ready
+        .into_iter()
+        .map(|(s, r)| tokio::spawn(run_pair(ctx.clone(), s, r, window, end.clone())))
+        .collect();
+    // The coordinator owns the clock: the measured phase ends at its Stop.
+    reach(&mut phase, Phase::Stop).await;
+    let measured_s = stats::secs(go.elapsed());
+    let _ = end_tx.send(true);
+    let mut audited = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        match t.await {
+            Ok(a) => audited.push(a),
+            Err(e) => ctx.error(format_args!("pair task failed: {e}")),
+        }
+    }
+    fold(&ctx, audited, go_ns, measured_s)
+}
+
+/// Drives one pair until the measured phase ends, then drains: no new messages, until
+/// everything acked has arrived or the drain time is up.
+async fn run_pair(
+    ctx: Arc<Ctx>,
+    mut tx: Sender,
+    mut rx: Receiver,
+    window: usize,
+    mut end: watch::Receiver<bool>,
+) -> Audited {
+    let mut conv = Conversation::new(1);
+    let mut running = true;
+    let mut drain_until = None;
+    let mut tick = tokio::time::interval(TICK);
+    let every = (window as u64 / 2).max(1);
+    loop {
+        if running
+            && let Err(e) = tx.fill(&ctx, &mut conv, window, u64::MAX).await
+            && !tx.recover(&ctx, &e).await
+        {
+            break;
+        }
+        if !running && conv.settled() {
+            break;
+        }
+        tokio::select! {
+            got = rx.conn.recv() => match got {
+                Ok(frame) => {
+                    rx.on_frame(&ctx, &mut conv, frame);
+                    if let Err(e) = rx.acknowledge(&ctx, &conv, &tx.conversation_id, every).await
+                        && !rx.recover(&ctx, &mut conv, &tx.conversation_id, &e).await
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if !rx.recover(&ctx, &mut conv, &tx.conversation_id, &e).await {
+                        break;
+                    }
+                }
+            },
+            got = tx.conn.recv() => match got {
+                Ok(frame) => tx.on_frame(&ctx, &mut conv, frame),
+                Err(e) => {
+                    if !tx.recover(&ctx, &e).await {
+                        break;
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                if drain_until.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                if let Err(e) = tx.resend(&ctx, false).await
+                    && !tx.recover(&ctx, &e).await
+                {
+                    break;
+                }
+                if let Err(e) = rx.acknowledge(&ctx, &conv, &tx.conversation_id, 1).await
+                    && !rx.recover(&ctx, &mut conv, &tx.conversation_id, &e).await
+                {
+                    break;
+                }
+            }
+            () = released(&mut end), if running => {
+                running = false;
+                drain_until = Some(Instant::now() + Duration::from_secs_f64(ctx.plan.drain_s));
+            }
+        }
+    }
+    // The last Received, so the server's cursor matches what arrived.
+    let _ = rx.acknowledge(&ctx, &conv, &tx.conversation_id, 1).await;
+    let _ = tx.conn.close().await;
+    let _ = rx.conn.close().await;
+    Audited {
+        tally: conv.finish(),
+        conv,
+    }
+}
+
+/// One sender stores `messages` for an offline receiver; then the receiver connects and
+/// syncs. Latency is send→ack; `store_s` and `sync_s` time the two phases.
+async fn offline_task(
+    ctx: Arc<Ctx>,
+    scred: Cred,
+    rcred: Cred,
+    messages: u64,
+    window: usize,
+    mut phase: watch::Receiver<Phase>,
+) -> Outcome {
+    let Some(sconn) = setup_connect(&ctx, &scred).await else {
+        return ctx.outcome();
+    };
+    emit(&Report::Ready(ctx.progress()));
+    if reach(&mut phase, Phase::Go).await == Phase::Stop {
+        let mut o = ctx.outcome();
+        o.interrupted = true;
+        return o;
+    }
+    let go_ns = ctx.now_ns();
+    let go = Instant::now();
+    let mut conv = Conversation::new(1);
+    let mut tx = Sender {
+        to_user: rcred.user_id,
+        cred: scred,
+        conn: sconn,
+        inflight: BTreeMap::new(),
+        conversation_id: String::new(),
+    };
+    let mut tick = tokio::time::interval(TICK);
+    let mut interrupted = false;
+    let mut failed = false;
+    while (conv.sent_count() as u64) < messages || !tx.inflight.is_empty() {
+        if let Err(e) = tx.fill(&ctx, &mut conv, window, messages).await
+            && !tx.recover(&ctx, &e).await
+        {
+            failed = true;
+            break;
+        }
+        tokio::select! {
+            got = tx.conn.recv() => match got {
+                Ok(frame) => tx.on_frame(&ctx, &mut conv, frame),
+                Err(e) => if !tx.recover(&ctx, &e).await { failed = true; break; },
+            },
+            _ = tick.tick() => {
+                if let Err(e) = tx.resend(&ctx, false).await
+                    && !tx.recover(&ctx, &e).await
+                {
+                    failed = true;
+                    break;
+                }
+            }
+            _ = reach(&mut phase, Phase::Stop) => {
+                interrupted = true;
+                break;
+            }
+        }
+    }
+    let store_s = stats::secs(go.elapsed());
+    let conversation_id = tx.conversation_id.clone();
+    let _ = tx.conn.close().await;
+    // Sync phase: the receiver comes online and catches up.
+    let mut sync_s = 0.0;
+    if !interrupted && !failed {
+        let t0 = Instant::now();
+        if let Some(conn) = setup_connect(&ctx, &rcred).await {
+            let mut rx = Receiver {
+                cred: rcred,
+                conn,
+                acked_up_to: 0,
+                last_received: Instant::now(),
+                sync_id: None,
+            };
+            let deadline = t0 + Duration::from_secs_f64(ctx.plan.drain_s.max(1.0));
+            // Conversations not named start from the device's stored cursor: none yet.
+            let mut ok = rx.sync(&ctx, &mut conv, "").await.is_ok();
+            let mut rounds = 0;
+            while ok && !conv.settled() && Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    got = tokio::time::timeout(left, rx.conn.recv()) => match got {
+                        Ok(Ok(frame)) => {
+                            rx.on_frame(&ctx, &mut conv, frame);
+                            // A sync that ended short (paged): ask for the rest.
+                            if rx.sync_id.is_none() && !conv.settled() && rounds < 1_000 {
+                                rounds += 1;
+                                ok = rx.sync(&ctx, &mut conv, &conversation_id).await.is_ok();
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            ok = rx.recover(&ctx, &mut conv, &conversation_id, &e).await;
+                        }
+                        Err(_) => break,
+                    },
+                    _ = reach(&mut phase, Phase::Stop) => {
+                        interrupted = true;
+                        break;
+                    }
+                }
+            }
+            sync_s = stats::secs(t0.elapsed());
+            let _ = rx.acknowledge(&ctx, &conv, &conversation_id, 1).await;
+            let _ = rx.conn.close().await;
+        }
+    }
+    let measured_s = stats::secs(go.elapsed());
+    let tally = conv.finish();
+    let mut o = fold(&ctx, vec![Audited { tally, conv }], go_ns, measured_s);
+    // For offline the latency that matters is send→ack; send→arrival includes the time
+    // the receiver was away by design.
+    o.latency = o.ack_latency.clone();
+    o.store_s = store_s;
+    o.sync_s = sync_s;
+    o.interrupted = interrupted;
+    o
+}
