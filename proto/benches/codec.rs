@@ -1,14 +1,19 @@
 //! The frame codec: encoding and decoding the frames of the message path (a client's
-//! Send, the Message push a recipient gets) in both wire formats, 100-byte bodies.
+//! Send, the Message push a recipient gets) in both wire formats (protobuf and proto3
+//! JSON), 100-byte bodies, plus the edge's forwarding of a pushed Message. Rates are
+//! frames per second.
 //!
 //! `cargo bench -p natter-proto --bench codec`
 
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
+};
 use natter_proto::{
     codec::{Encoded, WireFormat},
     v1::{self, ClientFrame, ServerFrame, client_frame, server_frame},
 };
+use serde::{Serialize, de::DeserializeOwned};
 
 fn body() -> Bytes {
     Bytes::from((0..100u8).collect::<Vec<u8>>())
@@ -45,6 +50,30 @@ fn message_frame() -> ServerFrame {
     }
 }
 
+/// Benches decoding `frame` (encoded once, outside the timed part) in `format`.
+fn decode<M>(g: &mut BenchmarkGroup<'_, WallTime>, format: WireFormat, what: &str, frame: &M)
+where
+    M: prost::Message + Serialize + DeserializeOwned + Default,
+{
+    let name = format!("decode {what}/{}", format.subprotocol());
+    match format.encode(frame) {
+        Encoded::Binary(bytes) => g.bench_function(name, |b| {
+            b.iter(|| {
+                format
+                    .decode_binary::<M>(std::hint::black_box(&bytes))
+                    .expect("a frame we encoded decodes")
+            })
+        }),
+        Encoded::Text(text) => g.bench_function(name, |b| {
+            b.iter(|| {
+                format
+                    .decode_text::<M>(std::hint::black_box(&text))
+                    .expect("a frame we encoded decodes")
+            })
+        }),
+    };
+}
+
 fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
@@ -58,26 +87,9 @@ fn codec(c: &mut Criterion) {
         g.bench_function(format!("encode Message/{name}"), |b| {
             b.iter(|| format.encode(std::hint::black_box(&message)))
         });
-        match format.encode(&send) {
-            Encoded::Binary(bytes) => {
-                g.bench_function(format!("decode Send/{name}"), |b| {
-                    b.iter(|| {
-                        format
-                            .decode_binary::<ClientFrame>(std::hint::black_box(&bytes))
-                            .expect("a frame we encoded decodes")
-                    })
-                });
-            }
-            Encoded::Text(text) => {
-                g.bench_function(format!("decode Send/{name}"), |b| {
-                    b.iter(|| {
-                        format
-                            .decode_text::<ClientFrame>(std::hint::black_box(&text))
-                            .expect("a frame we encoded decodes")
-                    })
-                });
-            }
-        }
+        decode::<ClientFrame>(&mut g, format, "Send", &send);
+        // What a client does with every push it receives.
+        decode::<ServerFrame>(&mut g, format, "Message", &message);
         // The edge forwards pushes to binary connections as is and transcodes for JSON.
         let pushed = match WireFormat::Proto.encode(&message) {
             Encoded::Binary(bytes) => bytes,
@@ -97,6 +109,7 @@ fn codec(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default()
+        .sample_size(50)
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
     targets = codec
