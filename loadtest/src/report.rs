@@ -11,7 +11,10 @@ use hdrhistogram::Histogram;
 use plotters::{
     coord::Shift,
     prelude::*,
-    style::{FontStyle, register_font},
+    style::{
+        FontStyle, register_font,
+        text_anchor::{HPos, Pos, VPos},
+    },
 };
 use serde_json::Value;
 
@@ -48,9 +51,11 @@ pub fn write(
         written.push(path);
         Ok::<(), String>(())
     };
-    let json = serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(summary)
+        .map_err(|e| format!("{}: {e}", dir.join("summary.json").display()))?;
     save("summary.json", format!("{json}\n").as_bytes(), &mut written)?;
-    let per_second = decode_latency(series)?;
+    let per_second =
+        decode_latency(series).map_err(|e| format!("{}: {e}", dir.join("series.csv").display()))?;
     save(
         "series.csv",
         csv(series, &per_second).as_bytes(),
@@ -88,7 +93,8 @@ fn decode_latency(series: &Series) -> Result<Vec<Histogram<u64>>, String> {
     series
         .latency
         .iter()
-        .map(|s| stats::decode_histogram(s))
+        .enumerate()
+        .map(|(i, s)| stats::decode_histogram(s).map_err(|e| format!("second {i}: {e}")))
         .collect()
 }
 
@@ -167,22 +173,22 @@ fn latency_chart<DB: DrawingBackend>(
 ) -> Drawn {
     let kind = summary["latency"].as_str().unwrap_or("latency");
     if h.is_empty() {
-        root.draw(&Text::new(
-            format!("{scenario}: no latency samples"),
-            (40, 40),
-            (FONT, 24).into_font(),
-        ))
-        .map_err(|e| e.to_string())?;
-        return Ok(());
+        let area = root
+            .margin(20, 20, 20, 20)
+            .titled(&format!("{scenario}: {kind}"), (FONT, 20))
+            .map_err(|e| e.to_string())?;
+        return note(&area, "no latency samples were recorded in this run");
     }
-    const MAX_X: f64 = 5.0;
+    // The tail goes as far as the samples resolve it: 99 % for a hundred, 99.999 % for
+    // a hundred thousand or more.
+    let max_x = (h.len() as f64).log10().ceil().clamp(2.0, 5.0);
     let points: Vec<(f64, f64)> = (0..=500)
         .map(|i| {
-            let x = MAX_X * f64::from(i) / 500.0;
+            let x = max_x * f64::from(i) / 500.0;
             let q = (1.0 - 10f64.powf(-x)).min(1.0);
             (x, stats::ms_at(h, q))
         })
-        .chain(std::iter::once((MAX_X, h.max() as f64 / 1000.0)))
+        .chain(std::iter::once((max_x, h.max() as f64 / 1000.0)))
         .collect();
     let top = points.iter().map(|p| p.1).fold(0.0, f64::max).max(0.001) * 1.1;
     let title = format!(
@@ -195,15 +201,16 @@ fn latency_chart<DB: DrawingBackend>(
     let mut chart = ChartBuilder::on(root)
         .caption(title, (FONT, 20))
         .margin(20)
+        .margin_right(40)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..MAX_X, 0.0..top)
+        .build_cartesian_2d(0.0..max_x, 0.0..top)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("milliseconds")
-        .x_labels(6)
+        .x_labels(max_x as usize + 1)
         .x_label_formatter(&|x| {
             let pct = 100.0 * (1.0 - 10f64.powf(-x));
             format!("{}%", trim(pct))
@@ -241,56 +248,85 @@ fn throughput_chart<DB: DrawingBackend>(
     per_second: &[Histogram<u64>],
 ) -> Drawn {
     let messages = series.sent.iter().chain(&series.delivered).any(|&n| n > 0);
-    let lines: Vec<(&str, &[u64], RGBColor)> = if messages {
+    // Sent is drawn wide and pale under delivered, so both show where they coincide.
+    let lines: Vec<(&str, &[u64], ShapeStyle)> = if messages {
         vec![
-            ("sent/s", &series.sent, RGBColor(200, 120, 0)),
-            ("delivered/s", &series.delivered, BLUE),
+            (
+                "sent/s",
+                &series.sent,
+                RGBColor(255, 165, 60).stroke_width(6),
+            ),
+            ("delivered/s", &series.delivered, BLUE.stroke_width(2)),
         ]
     } else {
-        vec![("connections/s", &series.connections, BLUE)]
+        vec![(
+            "connections opened/s",
+            &series.connections,
+            BLUE.stroke_width(2),
+        )]
     };
-    let seconds = lines.iter().map(|l| l.1.len()).max().unwrap_or(0).max(1);
-    let top = lines
+    let seconds = lines
+        .iter()
+        .map(|l| l.1.len())
+        .chain(std::iter::once(per_second.len()))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let peak = lines
         .iter()
         .flat_map(|l| l.1.iter().copied())
         .max()
-        .unwrap_or(0)
-        .max(1) as f64
-        * 1.1;
+        .unwrap_or(0);
+    let top = peak.max(1) as f64 * 1.1;
+    // At most one label per whole number, so "{:.0}" never repeats a label.
+    let x_labels = (seconds + 1).min(11);
+    let y_labels = (top as usize + 1).min(10);
     let (upper, lower) = root.split_vertically(SIZE.1 * 62 / 100);
     let mut chart = ChartBuilder::on(&upper)
         .caption(format!("{scenario}: throughput per second"), (FONT, 20))
         .margin(20)
-        .x_label_area_size(35)
+        .x_label_area_size(45)
         .y_label_area_size(80)
         .build_cartesian_2d(0.0..seconds as f64, 0.0..top)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("second")
-        .y_desc("per second")
+        .y_desc(if messages {
+            "messages per second"
+        } else {
+            "connections per second"
+        })
+        .x_labels(x_labels)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_labels(y_labels)
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .label_style((FONT, 14))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (label, values, color) in lines {
+    for (label, values, style) in lines {
         let points = values
             .iter()
             .enumerate()
             .map(|(s, &n)| (s as f64 + 0.5, n as f64));
         chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .draw_series(LineSeries::new(points, style))
             .map_err(|e| e.to_string())?
             .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font((FONT, 14))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| e.to_string())?;
+    if peak == 0 {
+        note(&upper, "nothing was sent, delivered or connected")?;
+    } else {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font((FONT, 14))
+            .position(SeriesLabelPosition::LowerMiddle)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
 
     let p99: Vec<(f64, f64)> = per_second
         .iter()
@@ -299,20 +335,22 @@ fn throughput_chart<DB: DrawingBackend>(
         .map(|(s, h)| (s as f64 + 0.5, stats::ms_at(h, 0.99)))
         .collect();
     if p99.is_empty() {
-        return Ok(());
+        return note(&lower, "no per-second latency samples");
     }
     let top = p99.iter().map(|p| p.1).fold(0.0, f64::max).max(0.001) * 1.1;
     let mut chart = ChartBuilder::on(&lower)
         .caption("p99 latency of each second's deliveries", (FONT, 16))
         .margin(20)
-        .x_label_area_size(35)
+        .x_label_area_size(45)
         .y_label_area_size(80)
         .build_cartesian_2d(0.0..seconds as f64, 0.0..top)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("second")
-        .y_desc("ms")
+        .y_desc("p99 ms")
+        .x_labels(x_labels)
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style((FONT, 14))
         .draw()
         .map_err(|e| e.to_string())?;
@@ -322,10 +360,34 @@ fn throughput_chart<DB: DrawingBackend>(
     Ok(())
 }
 
+/// A line of grey text in the middle of `area`, for a chart with nothing to show.
+fn note<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, text: &str) -> Drawn {
+    let (w, h) = area.dim_in_pixel();
+    let style = TextStyle::from((FONT, 18).into_font())
+        .color(&RGBColor(110, 110, 110))
+        .pos(Pos::new(HPos::Center, VPos::Center));
+    area.draw(&Text::new(
+        text.to_owned(),
+        (w as i32 / 2, h as i32 / 2),
+        style,
+    ))
+    .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const FILES: [&str; 6] = [
+        "summary.json",
+        "series.csv",
+        "latency.svg",
+        "latency.png",
+        "throughput.svg",
+        "throughput.png",
+    ];
+
+    /// Three seconds; second `s` delivers latencies of (1..=100) + 100 s ms.
     fn sample() -> (Series, Histogram<u64>) {
         let mut all = stats::histogram();
         let mut latency = Vec::new();
@@ -340,41 +402,104 @@ mod tests {
         let series = Series {
             sent: vec![100, 100, 100],
             acked: vec![100, 100, 100],
-            delivered: vec![90, 100, 110],
+            // One more second than the others: the drain after sending stopped.
+            delivered: vec![90, 100, 110, 5],
             connections: vec![],
             latency,
         };
         (series, all)
     }
 
+    fn assert_all_files(dir: &Path, paths: &[PathBuf], scenario: &str) {
+        assert_eq!(paths.len(), FILES.len(), "{paths:?}");
+        for name in FILES {
+            let path = dir.join(name);
+            assert!(paths.contains(&path), "{name} not returned: {paths:?}");
+            assert!(path.is_file(), "{name} not written");
+        }
+        for png in ["latency.png", "throughput.png"] {
+            let bytes = std::fs::read(dir.join(png)).expect("png");
+            assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{png}");
+        }
+        for svg in ["latency.svg", "throughput.svg"] {
+            let text = std::fs::read_to_string(dir.join(svg)).expect("svg");
+            assert!(text.contains("<svg"), "{svg}");
+            assert!(text.contains(scenario), "{svg} has no title");
+        }
+    }
+
+    fn floats(row: &str) -> Vec<f64> {
+        row.split(',')
+            .map(|f| f.parse::<f64>().expect("number"))
+            .collect()
+    }
+
     #[test]
     fn writes_json_csv_and_charts() {
         let dir = tempfile::tempdir().expect("tempdir");
+        // A directory that does not exist yet.
+        let out = dir.path().join("a").join("b");
         let (series, all) = sample();
         let summary = serde_json::json!({"scenario": "direct", "latency": "send_to_arrival"});
-        let paths = write(dir.path(), &summary, &series, &all).expect("report");
-        assert_eq!(paths.len(), 6);
-        let csv = std::fs::read_to_string(dir.path().join("series.csv")).expect("csv");
+        let paths = write(&out, &summary, &series, &all).expect("report");
+        assert_all_files(&out, &paths, "direct");
+
+        let csv = std::fs::read_to_string(out.join("series.csv")).expect("csv");
         let rows: Vec<&str> = csv.lines().collect();
-        assert_eq!(rows.len(), 4, "{csv}");
+        assert_eq!(rows.len(), 1 + 4, "header and one row a second: {csv}");
         assert_eq!(
             rows[0],
             "second,sent,acked,delivered,connections,p50_ms,p99_ms,max_ms"
         );
-        assert!(rows[1].starts_with("0,100,100,90,0,"), "{csv}");
-        assert!(rows[3].starts_with("2,100,100,110,0,"), "{csv}");
-        for png in ["latency.png", "throughput.png"] {
-            let bytes = std::fs::read(dir.path().join(png)).expect("png");
-            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+        let near = |a: f64, b: f64| (a - b).abs() <= b * 0.002 + 0.001;
+        for (s, row) in rows[1..4].iter().enumerate() {
+            let f = floats(row);
+            let base = 100.0 * s as f64;
+            assert_eq!(
+                f[..5],
+                [s as f64, 100.0, 100.0, [90.0, 100.0, 110.0][s], 0.0]
+            );
+            assert!(near(f[5], base + 50.0), "p50 of second {s}: {row}");
+            assert!(near(f[6], base + 99.0), "p99 of second {s}: {row}");
+            assert!(near(f[7], base + 100.0), "max of second {s}: {row}");
         }
-        for svg in ["latency.svg", "throughput.svg"] {
-            let text = std::fs::read_to_string(dir.path().join(svg)).expect("svg");
-            assert!(text.contains("<svg") && text.contains("direct"), "{svg}");
-        }
+        // Missing entries are zeros; a second without latency has zero percentiles.
+        assert_eq!(rows[4], "3,0,0,5,0,0.000,0.000,0.000");
+
         let json: Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).expect("json"))
+            serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("json"))
                 .expect("valid JSON");
-        assert_eq!(json["scenario"], "direct");
+        assert_eq!(json, summary);
+        let text = std::fs::read_to_string(out.join("summary.json")).expect("json");
+        assert!(text.contains("\n  \"scenario\""), "pretty-printed: {text}");
+
+        // The latency chart's title has the percentiles.
+        let svg = std::fs::read_to_string(out.join("latency.svg")).expect("svg");
+        assert!(svg.contains("p99 297"), "{svg}");
+
+        // Writing again into the same directory replaces the files.
+        write(&out, &summary, &series, &all).expect("second report");
+    }
+
+    #[test]
+    fn a_connect_run_charts_connections() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let series = Series {
+            connections: vec![500, 1500, 40],
+            ..Series::default()
+        };
+        let mut h = stats::histogram();
+        for ms in 1..=20 {
+            stats::record_ns(&mut h, ms * 1_000_000);
+        }
+        let summary = serde_json::json!({"scenario": "connect", "latency": "connect"});
+        let paths = write(dir.path(), &summary, &series, &h).expect("report");
+        assert_all_files(dir.path(), &paths, "connect");
+        let svg = std::fs::read_to_string(dir.path().join("throughput.svg")).expect("svg");
+        assert!(svg.contains("connections opened/s"), "{svg}");
+        assert!(svg.contains("no per-second latency samples"), "{svg}");
+        let csv = std::fs::read_to_string(dir.path().join("series.csv")).expect("csv");
+        assert_eq!(csv.lines().nth(2), Some("1,0,0,0,1500,0.000,0.000,0.000"));
     }
 
     #[test]
@@ -388,8 +513,44 @@ mod tests {
             &stats::histogram(),
         )
         .expect("report");
-        assert_eq!(paths.len(), 6);
+        assert_all_files(dir.path(), &paths, "idle");
         let csv = std::fs::read_to_string(dir.path().join("series.csv")).expect("csv");
         assert_eq!(csv.lines().count(), 1, "header only: {csv}");
+        let svg = std::fs::read_to_string(dir.path().join("latency.svg")).expect("svg");
+        assert!(svg.contains("no latency samples"), "{svg}");
+    }
+
+    #[test]
+    fn a_summary_without_a_scenario_and_zero_counts_is_fine() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let series = Series {
+            sent: vec![0, 0],
+            connections: vec![0],
+            latency: vec![stats::encode_histogram(&stats::histogram())],
+            ..Series::default()
+        };
+        let paths = write(dir.path(), &Value::Null, &series, &stats::histogram()).expect("report");
+        assert_all_files(dir.path(), &paths, "run");
+        let csv = std::fs::read_to_string(dir.path().join("series.csv")).expect("csv");
+        assert_eq!(csv.lines().count(), 3, "{csv}");
+    }
+
+    #[test]
+    fn failures_name_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").expect("file");
+        let summary = serde_json::json!({"scenario": "direct"});
+        let e = write(&file, &summary, &Series::default(), &stats::histogram())
+            .expect_err("a file is no directory");
+        assert!(e.contains("not-a-dir"), "{e}");
+
+        let bad = Series {
+            latency: vec!["not base64!".to_owned()],
+            ..Series::default()
+        };
+        let out = dir.path().join("out");
+        let e = write(&out, &summary, &bad, &stats::histogram()).expect_err("bad histogram");
+        assert!(e.contains("series.csv") && e.contains("second 0"), "{e}");
     }
 }
