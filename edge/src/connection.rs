@@ -171,27 +171,21 @@ impl Socket {
     /// Writes `first` (just taken off the queue by the caller) and everything queued
     /// behind it, with one flush.
     pub(crate) async fn write_queued(&mut self, first: Message) -> Result<(), SlowConsumer> {
-        let Socket {
-            ws,
-            pending,
-            write_timeout,
-            ..
-        } = self;
-        let all = async {
-            ws.feed(first).await?;
-            while let Some(msg) = pending.try_recv() {
-                ws.feed(msg).await?;
-            }
-            ws.flush().await
-        };
-        match tokio::time::timeout(*write_timeout, all).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(SlowConsumer),
-        }
+        self.write_around(Some(first), None).await
     }
 
     /// Writes everything queued, then `last` if given, with one flush.
     async fn write(&mut self, last: Option<Message>) -> Result<(), SlowConsumer> {
+        self.write_around(None, last).await
+    }
+
+    /// Writes `first`, the queue, then `last`, with one flush, within the write timeout:
+    /// a client that does not read for that long is a slow consumer.
+    async fn write_around(
+        &mut self,
+        first: Option<Message>,
+        last: Option<Message>,
+    ) -> Result<(), SlowConsumer> {
         let Socket {
             ws,
             pending,
@@ -199,6 +193,9 @@ impl Socket {
             ..
         } = self;
         let all = async {
+            if let Some(msg) = first {
+                ws.feed(msg).await?;
+            }
             while let Some(msg) = pending.try_recv() {
                 ws.feed(msg).await?;
             }

@@ -37,8 +37,9 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Frames above this close the connection (1009); tungstenite refuses them unread.
     pub hard_max_frame_bytes: usize,
-    /// Frames waiting for the socket per connection. A client that lets this fill up
-    /// for `send_timeout` is disconnected (it resumes from its cursors).
+    /// Sync pages waiting for the socket per connection (the connection task writes its
+    /// own frames directly, waiting up to `send_timeout` for the socket). A client that
+    /// lets this fill up for `send_timeout` is disconnected (it resumes from its cursors).
     pub outbound_queue: usize,
     /// How long a push may wait for room in the outbound queue.
     pub send_timeout: Duration,

@@ -104,6 +104,8 @@ pub struct Outcome {
     pub store_s: f64,
     /// Offline: seconds from the receiver's connect to its last message.
     pub sync_s: f64,
+    /// Connect/idle: seconds from the first connect to the last Welcome.
+    pub storm_s: f64,
     pub retries: u64,
     pub reconnects: u64,
     /// Error frames and failed connections, with the first few reasons.

@@ -68,25 +68,53 @@ pub fn write(
         ("throughput", Chart::Throughput),
     ] {
         let svg_path = dir.join(format!("{name}.svg"));
-        {
-            let root = SVGBackend::new(&svg_path, SIZE).into_drawing_area();
-            draw.draw(&root, scenario, summary, series, &per_second, latency)
-                .map_err(|e| format!("{}: {e}", svg_path.display()))?;
-            root.present()
-                .map_err(|e| format!("{}: {e}", svg_path.display()))?;
-        }
+        let svg = SVGBackend::new(&svg_path, SIZE);
+        render(
+            svg,
+            &svg_path,
+            draw,
+            scenario,
+            summary,
+            series,
+            &per_second,
+            latency,
+        )?;
         written.push(svg_path);
         let png_path = dir.join(format!("{name}.png"));
-        {
-            let root = BitMapBackend::new(&png_path, SIZE).into_drawing_area();
-            draw.draw(&root, scenario, summary, series, &per_second, latency)
-                .map_err(|e| format!("{}: {e}", png_path.display()))?;
-            root.present()
-                .map_err(|e| format!("{}: {e}", png_path.display()))?;
-        }
+        let png = BitMapBackend::new(&png_path, SIZE);
+        render(
+            png,
+            &png_path,
+            draw,
+            scenario,
+            summary,
+            series,
+            &per_second,
+            latency,
+        )?;
         written.push(png_path);
     }
     Ok(written)
+}
+
+/// Draws `chart` with `backend` and writes it out (to `path`, named in errors).
+#[allow(clippy::too_many_arguments)]
+fn render<DB: DrawingBackend>(
+    backend: DB,
+    path: &Path,
+    chart: Chart,
+    scenario: &str,
+    summary: &Value,
+    series: &Series,
+    per_second: &[Histogram<u64>],
+    latency: &Histogram<u64>,
+) -> Result<(), String> {
+    let root = backend.into_drawing_area();
+    chart
+        .draw(&root, scenario, summary, series, per_second, latency)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    root.present()
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn decode_latency(series: &Series) -> Result<Vec<Histogram<u64>>, String> {

@@ -387,6 +387,7 @@ struct Folded {
     measured_s: f64,
     store_s: f64,
     sync_s: f64,
+    storm_s: f64,
     retries: u64,
     reconnects: u64,
     errors: u64,
@@ -427,6 +428,7 @@ impl Folded {
         self.measured_s = self.measured_s.max(o.measured_s);
         self.store_s = self.store_s.max(o.store_s);
         self.sync_s = self.sync_s.max(o.sync_s);
+        self.storm_s = self.storm_s.max(o.storm_s);
         self.retries += o.retries;
         self.reconnects += o.reconnects;
         self.errors += o.errors;
@@ -716,9 +718,6 @@ async fn drive(
     for o in live.done.iter().flatten() {
         folded.add(o)?;
     }
-    folded
-        .latency_per_second
-        .truncate(folded.series.delivered.len().max(1));
     folded.series.latency = folded
         .latency_per_second
         .iter()
@@ -795,48 +794,14 @@ async fn conduct(
             summary.server_start = sample("all connected");
             control_all(workers, Control::Go).await;
             bars.stage("holding", duration.as_secs() as usize);
-            let t0 = Instant::now();
-            let end = tokio::time::sleep(*duration);
-            tokio::pin!(end);
-            loop {
-                tokio::select! {
-                    () = &mut end => break,
-                    r = next_report(reports, interrupt) => match r {
-                        Some((w, r)) => {
-                            live.apply(w, r, bars)?;
-                            bars.main.set_position(t0.elapsed().as_secs());
-                        }
-                        None => {
-                            summary.interrupted = true;
-                            break;
-                        }
-                    }
-                }
-            }
+            measured_phase(*duration, live, reports, bars, interrupt, summary).await?;
             summary.server_end = sample("end of hold");
         }
         Scenario::Direct { duration, .. } => {
             summary.server_start = sample("start");
             control_all(workers, Control::Go).await;
             bars.stage("sending", duration.as_secs() as usize);
-            let t0 = Instant::now();
-            let end = tokio::time::sleep(*duration);
-            tokio::pin!(end);
-            loop {
-                tokio::select! {
-                    () = &mut end => break,
-                    r = next_report(reports, interrupt) => match r {
-                        Some((w, r)) => {
-                            live.apply(w, r, bars)?;
-                            bars.main.set_position(t0.elapsed().as_secs());
-                        }
-                        None => {
-                            summary.interrupted = true;
-                            break;
-                        }
-                    }
-                }
-            }
+            measured_phase(*duration, live, reports, bars, interrupt, summary).await?;
             summary.server_end = sample("end of the measured phase");
             bars.stage("draining", 0);
         }
@@ -853,6 +818,36 @@ async fn conduct(
     wait_until!(live.all_done());
     summary.server_after = sample("after the drain");
     Ok(())
+}
+
+/// The measured phase: `duration` on the coordinator's clock (Ctrl-C ends it early),
+/// keeping the live view current.
+async fn measured_phase(
+    duration: Duration,
+    live: &mut Live,
+    reports: &mut mpsc::UnboundedReceiver<(usize, Report)>,
+    bars: &Bars,
+    interrupt: &mut Interrupt,
+    summary: &mut Summary,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    let end = tokio::time::sleep(duration);
+    tokio::pin!(end);
+    loop {
+        tokio::select! {
+            () = &mut end => return Ok(()),
+            r = next_report(reports, interrupt) => match r {
+                Some((w, r)) => {
+                    live.apply(w, r, bars)?;
+                    bars.main.set_position(t0.elapsed().as_secs());
+                }
+                None => {
+                    summary.interrupted = true;
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 async fn control_all(workers: &mut [Worker], c: Control) {
@@ -925,7 +920,7 @@ impl Summary {
             "direct" => (per_s(t.delivered, f.measured_s), t.delivered),
             "offline" => (per_s(t.delivered, f.sync_s), t.delivered),
             // Storm or setup: accepted connections per second.
-            _ => (per_s(f.progress.connected, f.sync_s), f.progress.connected),
+            _ => (per_s(f.progress.connected, f.storm_s), f.progress.connected),
         };
         let cpu = |a: Option<ProcSample>, b: Option<ProcSample>| {
             a.zip(b).map(|(a, b)| round3(b.cpu_s - a.cpu_s))
@@ -995,10 +990,10 @@ impl Summary {
                     "server_rss_baseline_bytes",
                     json!(self.server_before.map(|s| s.rss_bytes)),
                 );
-                extra(&mut v, "connect_s", json!(round3(f.sync_s)));
+                extra(&mut v, "connect_s", json!(round3(f.storm_s)));
             }
             "connect" => {
-                extra(&mut v, "storm_s", json!(round3(f.sync_s)));
+                extra(&mut v, "storm_s", json!(round3(f.storm_s)));
                 extra(
                     &mut v,
                     "server_rss_baseline_bytes",
@@ -1061,13 +1056,7 @@ impl Summary {
         extra(&mut v, "ok", json!(verdict == Verdict::Ok));
         println!("{v}");
         if let Some(dir) = &self.report {
-            let mut series = f.series.clone();
-            series.latency = f
-                .latency_per_second
-                .iter()
-                .map(stats::encode_histogram)
-                .collect();
-            match report::write(dir, &v, &series, &latency) {
+            match report::write(dir, &v, &f.series, &latency) {
                 Ok(paths) => {
                     for p in paths {
                         eprintln!("wrote {}", p.display());

@@ -361,7 +361,7 @@ async fn connect_task(
     }
     outcome.latency = stats::encode_histogram(&latency);
     outcome.measured_s = if hold { held_s } else { storm_s };
-    outcome.sync_s = storm_s;
+    outcome.storm_s = storm_s;
     outcome.series.connections = stats::per_second(welcomed_at.into_iter(), storm_start);
     outcome.interrupted = interrupted;
     outcome
@@ -418,6 +418,17 @@ struct Sender {
 }
 
 impl Sender {
+    /// A sender to `to_user` on `conn`, nothing sent yet.
+    fn new(cred: Cred, to_user: u64, conn: Connection) -> Sender {
+        Sender {
+            cred,
+            to_user,
+            conn,
+            inflight: BTreeMap::new(),
+            conversation_id: String::new(),
+        }
+    }
+
     fn frame(&self, ctx: &Ctx, index: u32) -> ClientFrame {
         ClientFrame {
             id: u64::from(index) + 1,
@@ -534,6 +545,17 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// A receiver on `conn`, nothing acknowledged yet.
+    fn new(cred: Cred, conn: Connection) -> Receiver {
+        Receiver {
+            cred,
+            conn,
+            acked_up_to: 0,
+            last_received: Instant::now(),
+            sync_id: None,
+        }
+    }
+
     fn on_frame(&mut self, ctx: &Ctx, conv: &mut Conversation, frame: ServerFrame) {
         let before = conv.arrivals().len();
         let now = ctx.now_ns();
@@ -722,22 +744,7 @@ async fn direct_task(
             let _permit = gate.acquire().await.ok()?;
             let sconn = setup_connect(&ctx, &s).await?;
             let rconn = setup_connect(&ctx, &r).await?;
-            Some((
-                Sender {
-                    to_user: r.user_id,
-                    cred: s,
-                    conn: sconn,
-                    inflight: BTreeMap::new(),
-                    conversation_id: String::new(),
-                },
-                Receiver {
-                    cred: r,
-                    conn: rconn,
-                    acked_up_to: 0,
-                    last_received: Instant::now(),
-                    sync_id: None,
-                },
-            ))
+            Some((Sender::new(s, r.user_id, sconn), Receiver::new(r, rconn)))
         }));
     }
     let mut ready = Vec::with_capacity(setups.len());
@@ -874,13 +881,7 @@ async fn offline_task(
     let go_ns = ctx.now_ns();
     let go = Instant::now();
     let mut conv = Conversation::new(1);
-    let mut tx = Sender {
-        to_user: rcred.user_id,
-        cred: scred,
-        conn: sconn,
-        inflight: BTreeMap::new(),
-        conversation_id: String::new(),
-    };
+    let mut tx = Sender::new(scred, rcred.user_id, sconn);
     let mut tick = tokio::time::interval(TICK);
     let mut interrupted = false;
     let mut failed = false;
@@ -918,13 +919,7 @@ async fn offline_task(
     if !interrupted && !failed {
         let t0 = Instant::now();
         if let Some(conn) = setup_connect(&ctx, &rcred).await {
-            let mut rx = Receiver {
-                cred: rcred,
-                conn,
-                acked_up_to: 0,
-                last_received: Instant::now(),
-                sync_id: None,
-            };
+            let mut rx = Receiver::new(rcred, conn);
             let deadline = t0 + Duration::from_secs_f64(ctx.plan.drain_s.max(1.0));
             // Conversations not named start from the device's stored cursor: none yet.
             let mut ok = rx.sync(&ctx, &mut conv, "").await.is_ok();
