@@ -13,6 +13,8 @@ pub mod conformance;
 mod partition;
 mod queries;
 mod redb_store;
+pub mod remote_store;
+mod scylla_store;
 mod store;
 mod users;
 
@@ -24,6 +26,7 @@ use tokio::{sync::mpsc, task::JoinHandle, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 pub use redb_store::RedbStore;
+pub use scylla_store::ScyllaConfig;
 pub use store::{CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, StoreError};
 
 /// Queue group of the sync and history subscriptions.
