@@ -1,8 +1,9 @@
 //! The bus between natter's roles: one [`Bus`] trait (publish, wildcard subscribe, queue
 //! groups, request/reply) and its implementations. `natter serve` uses [`InProcessBus`];
-//! a cluster uses NATS. Payloads are opaque bytes (encoded `natter_proto::bus` types).
+//! a cluster uses [`NatsBus`]. Payloads are opaque bytes (encoded `natter_proto::bus` types).
 
 mod in_process;
+mod nats;
 pub mod queue;
 
 use std::{
@@ -16,6 +17,7 @@ use futures::{Stream, future::BoxFuture};
 use natter_proto::Subject;
 
 pub use in_process::InProcessBus;
+pub use nats::{NatsBus, NatsConfig};
 
 /// How long a request waits for its reply unless the caller says otherwise.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
