@@ -11,6 +11,7 @@ mod accounts;
 mod api;
 mod bus_service;
 mod cache;
+pub mod directory;
 mod keyfile;
 mod password;
 mod store;

@@ -71,6 +71,21 @@ impl std::fmt::Debug for TokenVerifier {
 }
 
 impl TokenVerifier {
+    /// A verifier for tokens signed with `secret`: how an edge in a cluster checks the
+    /// tokens the sessions role issues (both read the same secret file). The secret must
+    /// hold at least [`crate::MIN_SECRET_BYTES`].
+    pub fn from_secret(secret: &[u8]) -> Result<TokenVerifier, String> {
+        if secret.len() < crate::MIN_SECRET_BYTES {
+            return Err(format!(
+                "the secret has {} bytes; at least {} are needed",
+                secret.len(),
+                crate::MIN_SECRET_BYTES
+            ));
+        }
+        // The TTL only matters to the issuer, which is dropped here.
+        Ok(keys(secret, Duration::from_secs(1)).1)
+    }
+
     /// Signature, algorithm (HS256 only), expiry and issuer. Not revocation.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.is_empty() {
