@@ -26,7 +26,7 @@ use tokio::{sync::mpsc, task::JoinHandle, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 pub use redb_store::RedbStore;
-pub use scylla_store::ScyllaConfig;
+pub use scylla_store::{ScyllaConfig, ScyllaStore};
 pub use store::{CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, StoreError};
 
 /// Queue group of the sync and history subscriptions.

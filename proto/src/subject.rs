@@ -39,6 +39,12 @@ impl Subject {
         Subject("natter.history".to_owned())
     }
 
+    /// Calls of the messages store served by the store role (`StoreRequest`/`StoreReply`;
+    /// queue group, one instance owns the embedded store file).
+    pub fn store() -> Subject {
+        Subject("natter.store".to_owned())
+    }
+
     /// "Is this device still logged in?"
     pub fn sessions_device() -> Subject {
         Subject("natter.sessions.device".to_owned())
@@ -106,6 +112,8 @@ mod tests {
         assert!(!Subject::from_wire("natter.>").matches("natter"));
         assert!(Subject::user(UserId(5)).matches("natter.user.5"));
         assert!(!Subject::user(UserId(5)).matches("natter.user.55"));
+        assert_eq!(Subject::store().as_str(), "natter.store");
+        assert!(!Subject::all_partitions().matches(Subject::store().as_str()));
         assert!(Subject::all_partitions().is_pattern());
         assert!(!p.is_pattern());
     }
