@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Du
 
 use anyhow::Context as _;
 use axum::{Router, http::StatusCode, routing::get, serve::ListenerExt as _};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
+
+mod config;
+mod roles;
 use natter_bus::{Bus, InProcessBus};
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +22,10 @@ const EXIT_CONFIG: u8 = 64;
     about = "natter: a real-time messaging backend. One binary, every role."
 )]
 struct Cli {
+    /// TOML file with settings: top-level keys for every role, `[edge]`, `[messages]`,
+    /// ... tables for one. Flags and NATTER_* variables override it.
+    #[arg(long, global = true, env = "NATTER_CONFIG")]
+    config: Option<PathBuf>,
     /// Log level or tracing filter (e.g. `info`, `natter_edge=debug,info`).
     #[arg(long, global = true, env = "NATTER_LOG", default_value = "info")]
     log_level: String,
@@ -40,6 +47,15 @@ enum Command {
     /// Run every role in one process: WebSocket edge, accounts and tokens, messages,
     /// with an in-process bus and an embedded store under the data directory.
     Serve(ServeArgs),
+    /// Run the WebSocket edge role against NATS (and Redis for the session directory).
+    Edge(roles::EdgeArgs),
+    /// Run the messages role: partitions leased in Redis, store in ScyllaDB (or the
+    /// store role), requests over NATS.
+    Messages(roles::MessagesArgs),
+    /// Run the sessions role: accounts, logins and tokens (REST) and its NATS endpoints.
+    Sessions(roles::SessionsArgs),
+    /// Serve the embedded message store over NATS, for clusters without ScyllaDB.
+    Store(roles::StoreArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -73,7 +89,7 @@ struct ServeArgs {
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds the HTTP/WebSocket listener with a deep accept queue.
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -85,7 +101,16 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = match config::with_file(&Cli::command(), std::env::args_os().collect(), |k| {
+        std::env::var_os(k)
+    }) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("natter: bad configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are not failures; every other parse error is bad config.
@@ -109,6 +134,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Edge(args) => roles::edge(args).await,
+            Command::Messages(args) => roles::messages(args).await,
+            Command::Sessions(args) => roles::sessions(args).await,
+            Command::Store(args) => roles::store(args).await,
         }
     });
     match result {
@@ -127,6 +156,10 @@ fn main() -> ExitCode {
 enum Failure {
     Config(anyhow::Error),
     Runtime(anyhow::Error),
+}
+
+fn config_error(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Config(e.into())
 }
 
 fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
@@ -192,15 +225,17 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let store = natter_messages::RedbStore::open(&args.data_dir.join("messages.redb"))
         .context("opening the message store")
         .map_err(run)?;
-    let messages_task = natter_messages::start(
+    let messages = natter_messages::start(
         natter_messages::Config::default(),
         store,
         bus.clone(),
+        natter_messages::Placement::All,
         services_stop.clone(),
     )
     .await
     .context("starting the messages service")
     .map_err(run)?;
+    let messages_task = messages.task;
 
     let edge = natter_edge::Edge::new(
         natter_edge::Config {
@@ -209,6 +244,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         },
         bus.clone(),
         sessions.verifier(),
+        Arc::new(natter_sessions::directory::MemoryDirectory::new()),
         edge_stop.clone(),
     );
     let app = Router::new()
@@ -273,7 +309,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

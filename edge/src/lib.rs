@@ -5,6 +5,7 @@
 
 mod auth;
 mod connection;
+mod directory;
 mod session;
 
 use std::{
@@ -24,7 +25,7 @@ use axum::{
 };
 use natter_bus::Bus;
 use natter_proto::codec::WireFormat;
-use natter_sessions::TokenVerifier;
+use natter_sessions::{TokenVerifier, directory::SessionDirectory};
 use serde::Deserialize;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -56,6 +57,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Bad frames tolerated per connection before it is closed for protocol violation.
     pub max_bad_frames: u32,
+    /// How long this node's session directory entries live without a heartbeat (it
+    /// heartbeats every third of this): a crashed edge's devices vanish after it.
+    pub directory_ttl: Duration,
     /// tungstenite read buffer per connection, allocated up front and read into at most
     /// this many bytes at a time. Small: most frames are a few hundred bytes and every
     /// idle connection pays for it; a larger frame grows the buffer while it is read.
@@ -77,6 +81,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             max_bad_frames: 20,
             read_buffer_bytes: 512,
+            directory_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -97,15 +102,28 @@ struct Inner {
     tracker: TaskTracker,
     next_connection: AtomicU64,
     open: AtomicUsize,
+    directory: directory::DirectoryNotes,
+    directory_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    directory_stop: CancellationToken,
 }
 
 impl Edge {
+    /// An edge registering its connections in `directory` (which must outlive it).
+    /// Call from within a tokio runtime: it starts the directory writer.
     pub fn new(
         config: Config,
         bus: Arc<dyn Bus>,
         verifier: TokenVerifier,
+        directory: Arc<dyn SessionDirectory>,
         shutdown: CancellationToken,
     ) -> Edge {
+        let directory_stop = CancellationToken::new();
+        let (notes, task) = directory::start(
+            directory,
+            config.node_id.clone(),
+            config.directory_ttl,
+            directory_stop.clone(),
+        );
         Edge {
             inner: Arc::new(Inner {
                 config,
@@ -115,6 +133,9 @@ impl Edge {
                 tracker: TaskTracker::new(),
                 next_connection: AtomicU64::new(rand::random::<u32>() as u64),
                 open: AtomicUsize::new(0),
+                directory: notes,
+                directory_task: std::sync::Mutex::new(Some(task)),
+                directory_stop,
             }),
         }
     }
@@ -135,9 +156,23 @@ impl Edge {
     /// shutdown token), or `grace` has passed. Returns false on time-out.
     pub async fn drained(&self, grace: Duration) -> bool {
         self.inner.tracker.close();
-        tokio::time::timeout(grace, self.inner.tracker.wait())
+        let drained = tokio::time::timeout(grace, self.inner.tracker.wait())
             .await
-            .is_ok()
+            .is_ok();
+        // Leave the session directory once the connections are gone.
+        self.inner.directory_stop.cancel();
+        let task = self
+            .inner
+            .directory_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task
+            && tokio::time::timeout(grace, task).await.is_err()
+        {
+            tracing::warn!("the session directory did not confirm the leave in time");
+        }
+        drained
     }
 }
 

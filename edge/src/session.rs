@@ -88,6 +88,9 @@ pub(crate) async fn run(
         }
         Ok(mut subscription) => {
             device.announce().await;
+            inner
+                .directory
+                .connected(user, device.identity.device, connection_id);
             let welcome = device.welcome(config);
             if socket.send(&welcome).await.is_err() {
                 End(close_code::SLOW_CONSUMER, "not reading")
@@ -171,6 +174,9 @@ pub(crate) async fn run(
         close_code::SLOW_CONSUMER | close_code::REVOKED | close_code::REPLACED
     );
     socket.close(code, reason, graceful).await;
+    inner
+        .directory
+        .closed(user, device.identity.device, connection_id);
     inner
         .open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

@@ -43,7 +43,8 @@ pub enum Task {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub worker: usize,
-    pub ws_url: String,
+    /// Edges to connect to; a user goes to `ws_urls[user_id % len]` first.
+    pub ws_urls: Vec<String>,
     /// `proto` or `json`.
     pub format: String,
     /// Source addresses to spread connections over (empty: the system's choice).

@@ -39,6 +39,11 @@ struct CommonArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     url: String,
+    /// WebSocket URL(s) of the edges, comma separated (default: derived from --url).
+    /// With several, each user connects to the one its id hashes to (as a load balancer
+    /// placing by user would) and falls back to the others when that one is down.
+    #[arg(long, global = true, env = "NATTER_WS_URL", value_delimiter = ',')]
+    ws_url: Vec<String>,
     /// Process id of the server, to read its RSS and CPU time from /proc (same machine).
     #[arg(long, global = true)]
     server_pid: Option<u32>,
@@ -156,6 +161,7 @@ fn main() -> ExitCode {
     let c = cli.common;
     let common = run::Common {
         url: c.url,
+        ws_urls: c.ws_url,
         server_pid: c.server_pid,
         workers: c.workers.map(usize::from),
         report: c.report,

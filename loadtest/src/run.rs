@@ -32,6 +32,8 @@ pub const CONNECTIONS_PER_WORKER: usize = 10_000;
 #[derive(Debug, Clone)]
 pub struct Common {
     pub url: String,
+    /// Edge WebSocket URLs; empty: the one derived from `url`.
+    pub ws_urls: Vec<String>,
     pub server_pid: Option<u32>,
     pub workers: Option<usize>,
     pub report: Option<PathBuf>,
@@ -486,12 +488,15 @@ pub async fn run(common: Common, scenario: Scenario) -> Verdict {
         }
     };
     summary.provision_s = stats::secs(t0.elapsed());
-    let ws_url = http.ws_url();
+    let ws_urls = match common.ws_urls.is_empty() {
+        true => vec![http.ws_url()],
+        false => common.ws_urls.clone(),
+    };
     let verdict = drive(
         &common,
         &scenario,
         creds,
-        &ws_url,
+        &ws_urls,
         probe.as_ref(),
         &bars,
         &mut interrupt,
@@ -585,7 +590,7 @@ async fn drive(
     common: &Common,
     scenario: &Scenario,
     creds: Vec<Cred>,
-    ws_url: &str,
+    ws_urls: &[String],
     probe: Option<&ProcProbe>,
     bars: &Bars,
     interrupt: &mut Interrupt,
@@ -645,9 +650,9 @@ async fn drive(
         .enumerate()
         .map(|(worker, task)| Plan {
             worker,
-            ws_url: ws_url.to_owned(),
+            ws_urls: ws_urls.to_vec(),
             format: common.format.clone(),
-            source_ips: source_ips(ws_url, worker, common.spread_sources),
+            source_ips: source_ips(&ws_urls[0], worker, common.spread_sources),
             read_buffer,
             body_bytes: common.body_bytes,
             request_timeout_s: common.request_timeout.as_secs_f64(),

@@ -107,12 +107,30 @@ impl Ctx {
     }
 
     /// Connects `cred`, counting the connection.
+    /// The user's own edge first (placement by user id), then the others in turn.
     async fn connect(&self, cred: &Cred) -> Result<Connection, ConnectionError> {
-        let (conn, _welcome) =
-            Connection::connect_with(&self.plan.ws_url, &cred.token, self.format, &self.options())
-                .await?;
-        self.connected.fetch_add(1, Relaxed);
-        Ok(conn)
+        let urls = &self.plan.ws_urls;
+        let n = urls.len().max(1);
+        let first = (cred.user_id % n as u64) as usize;
+        let mut last = None;
+        for k in 0..n {
+            let Some(url) = urls.get((first + k) % n) else {
+                break;
+            };
+            match Connection::connect_with(url, &cred.token, self.format, &self.options()).await {
+                Ok((conn, _welcome)) => {
+                    self.connected.fetch_add(1, Relaxed);
+                    return Ok(conn);
+                }
+                Err(
+                    e @ ConnectionError::Rejected {
+                        status: 401 | 403, ..
+                    },
+                ) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ConnectionError::Request("no WebSocket URL".into())))
     }
 
     /// Connects again after a drop, with backoff; `None` when it keeps failing.

@@ -10,6 +10,7 @@
 //! sends are answered with their original Ack, and seqs are gap-free.
 
 pub mod conformance;
+mod ownership;
 mod partition;
 mod queries;
 mod redb_store;
@@ -25,6 +26,7 @@ use natter_proto::{DeviceId, ErrorCode, Partition, Subject, UserId, bus, error, 
 use tokio::{sync::mpsc, task::JoinHandle, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
+pub use ownership::{LeaseConfig, Owned, Placement};
 pub use redb_store::RedbStore;
 pub use scylla_store::{ScyllaConfig, ScyllaStore};
 pub use store::{CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, StoreError};
@@ -32,12 +34,8 @@ pub use store::{CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage
 /// Queue group of the sync and history subscriptions.
 pub const QUEUE_GROUP: &str = "messages";
 
-/// Buffer of the partition subscription (requests waiting for dispatch).
-const PARTITION_SUB_CAPACITY: usize = 65_536;
 /// Buffer of the sync and history subscriptions.
 const QUERY_SUB_CAPACITY: usize = 4096;
-/// Requests queued per partition worker.
-const WORKER_QUEUE: usize = 1024;
 
 /// Settings of the messages service.
 #[derive(Debug, Clone)]
@@ -59,6 +57,8 @@ impl Default for Config {
 pub enum MessagesError {
     #[error("bus: {0}")]
     Bus(#[from] BusError),
+    #[error("partition leases: {0}")]
+    Lease(#[from] ownership::LeaseError),
 }
 
 /// What every task of the service shares.
@@ -68,19 +68,27 @@ pub(crate) struct Shared {
     pub users: users::UserDirectory,
 }
 
-/// Subscribes every partition subject, `Subject::sync()` and `Subject::history()` (queue
-/// group [`QUEUE_GROUP`]), spawns the workers and returns once subscribed. On `shutdown`
-/// the service stops taking requests, finishes the batches in progress (their replies
-/// sent), answers what is still queued with UNAVAILABLE, and the handle completes.
+/// A running messages service.
+pub struct Running {
+    /// Completes once the service has stopped (after `shutdown`).
+    pub task: JoinHandle<()>,
+    /// The partitions this instance owns right now.
+    pub owned: Owned,
+}
+
+/// Starts the service: serves `Subject::sync()` and `Subject::history()` (queue group
+/// [`QUEUE_GROUP`]) and the partitions `placement` gives this instance, each with its own
+/// owner task. Returns once the queries are subscribed (with [`Placement::All`], once
+/// every partition is too). On `shutdown` the service stops taking requests, finishes the
+/// batches in progress (their replies sent), answers what is still buffered with
+/// UNAVAILABLE, hands leased partitions over, and the task completes.
 pub async fn start(
     config: Config,
     store: Arc<dyn MessageStore>,
     bus: Arc<dyn Bus>,
+    placement: Placement,
     shutdown: CancellationToken,
-) -> Result<JoinHandle<()>, MessagesError> {
-    let partitions = bus
-        .subscribe(&Subject::all_partitions(), PARTITION_SUB_CAPACITY)
-        .await?;
+) -> Result<Running, MessagesError> {
     let sync = bus
         .queue_subscribe(&Subject::sync(), QUEUE_GROUP, QUERY_SUB_CAPACITY)
         .await?;
@@ -93,23 +101,36 @@ pub async fn start(
         users: users::UserDirectory::new(bus, config.request_timeout),
     });
     let mut tasks = JoinSet::new();
-    let mut queues = Vec::with_capacity(usize::from(Partition::COUNT));
-    for p in Partition::all() {
-        let (tx, rx) = mpsc::channel(WORKER_QUEUE);
-        queues.push((p, tx));
-        tasks.spawn(partition::run_worker(
-            p,
-            shared.clone(),
-            rx,
-            shutdown.clone(),
-        ));
+    let owned = Owned::default();
+    match placement {
+        Placement::All => {
+            let (ready_tx, mut ready_rx) = mpsc::channel::<()>(usize::from(Partition::COUNT));
+            for p in Partition::all() {
+                let lease = ownership::Lease::forever(shutdown.clone());
+                let shared = shared.clone();
+                let ready = ready_tx.clone();
+                tasks.spawn(async move {
+                    partition::own(p, shared, lease, Some(ready)).await;
+                });
+            }
+            drop(ready_tx);
+            // Every owner has subscribed (or failed and logged why) once all senders
+            // are gone or have reported.
+            let mut n = 0;
+            while n < Partition::COUNT && ready_rx.recv().await.is_some() {
+                n += 1;
+            }
+        }
+        Placement::Leased(lease_config) => {
+            let spawn_shared = shared.clone();
+            let spawn: ownership::SpawnOwner = Arc::new(move |p, lease| {
+                tokio::spawn(partition::own(p, spawn_shared.clone(), lease, None))
+            });
+            let manager =
+                ownership::Manager::new(lease_config, spawn, owned.clone(), shutdown.clone())?;
+            tasks.spawn(manager.run());
+        }
     }
-    tasks.spawn(partition::dispatch(
-        partitions,
-        queues,
-        shared.clone(),
-        shutdown.clone(),
-    ));
     tasks.spawn(queries::serve(
         sync,
         queries::Kind::Sync,
@@ -122,13 +143,14 @@ pub async fn start(
         shared,
         shutdown,
     ));
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(done) = tasks.join_next().await {
             if let Err(e) = done {
                 tracing::error!(error = %e, "a messages task failed");
             }
         }
-    }))
+    });
+    Ok(Running { task, owned })
 }
 
 /// The verified identity attached by the edge.

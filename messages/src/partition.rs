@@ -1,6 +1,6 @@
-//! Partition workers: one task per [`Partition`], fed by one dispatcher that routes each
-//! request on `natter.msg.pNNN` to the worker of that partition. A worker takes what is
-//! queued (up to [`MAX_BATCH`]) and handles it as one batch: sends are validated, deduped
+//! Partition owners: one task per owned [`Partition`], subscribed to that partition's
+//! subject `natter.msg.pNNN`. An owner takes what is queued (up to [`MAX_BATCH`]) and
+//! handles it as one batch: sends are validated, deduped
 //! (in the batch, then against the store), given seqs and stored with ONE `append`; only
 //! then are they acked and pushed. Receipts and typing follow.
 
@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt};
-use natter_bus::{BusEvent, BusMessage, Subscription};
+use natter_bus::{BusEvent, BusMessage};
 use natter_proto::{
     ConversationId, ErrorCode, MAX_BODY_BYTES, MAX_CLIENT_MSG_ID_BYTES, Partition, Seq, Subject,
     UserId,
@@ -19,88 +19,52 @@ use natter_proto::{
 use prost::Message as _;
 use rand::Rng as _;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use crate::{Caller, DedupeKey, NewMessage, Shared, StoreError, caller_of, store_failure};
+use crate::{
+    Caller, DedupeKey, NewMessage, Shared, StoreError, caller_of,
+    ownership::{Lease, MIN_BATCH_VALIDITY},
+    store_failure,
+};
 
 /// Most requests one worker handles as one batch.
 const MAX_BATCH: usize = 512;
 /// Heads cached per worker before the cache is emptied (and reloaded on demand).
 const MAX_CACHED_HEADS: usize = 100_000;
-/// Most buffered requests answered UNAVAILABLE when the dispatcher stops.
+/// Most buffered requests answered UNAVAILABLE when an owner stops.
 const PARTITION_DRAIN_MAX: usize = 65_536;
+/// Requests buffered per partition subscription (past that the bus drops and reports lag).
+const PARTITION_SUB_CAPACITY: usize = 8192;
 /// Message ids are random in [1, 2^53) so JavaScript numbers hold them exactly.
 const MAX_ID: u64 = 1 << 53;
 
-/// Routes partition requests to their worker. Backpressure: a full worker queue blocks
-/// the dispatcher (the bus buffers, then reports lag) rather than growing without bound.
-pub(crate) async fn dispatch(
-    mut sub: Subscription,
-    queues: Vec<(Partition, mpsc::Sender<BusMessage>)>,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    let routes: HashMap<String, mpsc::Sender<BusMessage>> = queues
-        .into_iter()
-        .map(|(p, tx)| (Subject::partition(p).as_str().to_owned(), tx))
-        .collect();
-    loop {
-        let event = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            event = sub.next() => event,
-        };
-        let msg = match event {
-            Some(BusEvent::Message(msg)) => msg,
-            Some(BusEvent::Lagged) => {
-                tracing::warn!("partition subscription lagged: requests were dropped");
-                continue;
-            }
-            None => {
-                tracing::error!("partition subscription ended");
-                break;
-            }
-        };
-        let Some(queue) = routes.get(msg.subject.as_str()) else {
-            reply(
-                &shared,
-                &msg,
-                reply_error(error(ErrorCode::BadFrame, "unknown partition subject")),
-            )
-            .await;
-            continue;
-        };
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                reply(&shared, &msg, unavailable()).await;
-                break;
-            }
-            permit = queue.reserve() => permit,
-        };
-        match permit {
-            Ok(permit) => permit.send(msg),
-            // The worker stopped (shutdown): nobody will handle it.
-            Err(_) => reply(&shared, &msg, unavailable()).await,
-        }
-    }
-    // Requests already buffered for us get a quick UNAVAILABLE instead of a timeout.
-    for _ in 0..PARTITION_DRAIN_MAX {
-        // Unconstrained: a spent coop budget would report the buffer as empty.
-        match tokio::task::unconstrained(sub.next()).now_or_never() {
-            Some(Some(BusEvent::Message(msg))) => reply(&shared, &msg, unavailable()).await,
-            Some(Some(BusEvent::Lagged)) => {}
-            _ => break,
-        }
-    }
-}
-
-pub(crate) async fn run_worker(
+/// Serves one partition while `lease` holds: subscribes its subject, takes what is
+/// queued (up to [`MAX_BATCH`]) and handles it as one batch. A batch in progress always
+/// completes and is answered. When the lease is stopped (shutdown, hand-over) or about to
+/// lapse, the owner unsubscribes and answers what was still buffered with UNAVAILABLE,
+/// which the edge passes on and the client retries (reaching the next owner).
+pub(crate) async fn own(
     partition: Partition,
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<BusMessage>,
-    shutdown: CancellationToken,
+    lease: Arc<Lease>,
+    ready: Option<mpsc::Sender<()>>,
 ) {
+    let subject = Subject::partition(partition);
+    let mut sub = match shared.bus.subscribe(&subject, PARTITION_SUB_CAPACITY).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::error!(partition = partition.index(), error = %e, "cannot subscribe a partition");
+            return;
+        }
+    };
+    tracing::trace!(
+        partition = partition.index(),
+        epoch = lease.epoch,
+        "serving partition"
+    );
+    if let Some(ready) = ready {
+        // The receiver only counts; it may have stopped listening.
+        let _ = ready.send(()).await;
+    }
     let mut worker = Worker {
         partition,
         shared,
@@ -109,27 +73,64 @@ pub(crate) async fn run_worker(
     loop {
         let first = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
-            msg = rx.recv() => match msg {
-                Some(msg) => msg,
-                None => break,
-            },
+            _ = lease.stop.cancelled() => break,
+            event = sub.next() => event,
+        };
+        let first = match first {
+            Some(BusEvent::Message(msg)) => msg,
+            Some(BusEvent::Lagged) => {
+                tracing::warn!(
+                    partition = partition.index(),
+                    "partition subscription lagged: requests were dropped"
+                );
+                continue;
+            }
+            None => {
+                tracing::error!(
+                    partition = partition.index(),
+                    "partition subscription ended"
+                );
+                break;
+            }
         };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(msg) => batch.push(msg),
-                Err(_) => break,
+            // Unconstrained: a spent coop budget would report the buffer as empty.
+            match tokio::task::unconstrained(sub.next()).now_or_never() {
+                Some(Some(BusEvent::Message(msg))) => batch.push(msg),
+                Some(Some(BusEvent::Lagged)) => {}
+                _ => break,
             }
         }
-        // Not raced against shutdown: a batch in progress completes and is answered.
+        if !lease.valid_for(MIN_BATCH_VALIDITY) {
+            // Renewals are failing: stop before another instance may take over.
+            tracing::warn!(
+                partition = partition.index(),
+                epoch = lease.epoch,
+                "lease about to lapse: not serving"
+            );
+            for msg in &batch {
+                reply(&worker.shared, msg, unavailable()).await;
+            }
+            break;
+        }
+        // Not raced against the stop: a batch in progress completes and is answered.
         worker.process(batch).await;
     }
-    // Until None: a dispatcher permit reserved before the close still delivers.
-    rx.close();
-    while let Some(msg) = rx.recv().await {
-        reply(&worker.shared, &msg, unavailable()).await;
+    // Requests already buffered for us get a quick UNAVAILABLE instead of a timeout.
+    for _ in 0..PARTITION_DRAIN_MAX {
+        match tokio::task::unconstrained(sub.next()).now_or_never() {
+            Some(Some(BusEvent::Message(msg))) => reply(&worker.shared, &msg, unavailable()).await,
+            Some(Some(BusEvent::Lagged)) => {}
+            _ => break,
+        }
     }
+    drop(sub);
+    tracing::trace!(
+        partition = partition.index(),
+        epoch = lease.epoch,
+        "stopped serving partition"
+    );
 }
 
 fn unavailable() -> bus::PartitionReply {

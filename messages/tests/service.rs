@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use natter_bus::{Bus, BusError, BusEvent, InProcessBus, Subscription};
 use natter_messages::{
-    Config, CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, RedbStore,
+    Config, CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, Placement, RedbStore,
     StoreError, start,
 };
 use natter_proto::{
@@ -78,9 +78,16 @@ async fn harness_with(
         tokio::spawn(async {})
     };
     let shutdown = CancellationToken::new();
-    let service = start(config, store.clone(), bus.clone(), shutdown.clone())
-        .await
-        .expect("start");
+    let service = start(
+        config,
+        store.clone(),
+        bus.clone(),
+        Placement::All,
+        shutdown.clone(),
+    )
+    .await
+    .expect("start")
+    .task;
     Harness {
         bus,
         store,
@@ -905,11 +912,16 @@ async fn bad_requests_get_stable_codes_and_store_nothing() {
         body: None,
     };
     assert_eq!(code(&h.ask(&ab, bodyless).await), ErrorCode::UnknownFrame);
-    // A subject under natter.msg that is no partition.
+    // A subject under natter.msg that is no partition: nobody serves it (each owner
+    // subscribes exactly its partitions' subjects), so the bus says so at once.
     let r = h
-        .raw(&Subject::from_wire("natter.msg.x"), Bytes::new())
+        .bus
+        .request(&Subject::from_wire("natter.msg.x"), Bytes::new(), WAIT)
         .await;
-    assert_eq!(code(&r), ErrorCode::BadFrame);
+    assert!(
+        matches!(r, Err(natter_bus::BusError::NoResponders(_))),
+        "{r:?}"
+    );
 
     // Only the one valid message was stored.
     assert_eq!(seqs(&h.log(&ab).await), vec![1]);

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses part of this module
 
+pub mod cluster;
+
 use std::{
     collections::HashSet,
     future::Future,

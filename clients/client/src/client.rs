@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -73,6 +73,10 @@ pub struct ClientOptions {
     pub gap_fill_delay: Duration,
     /// Messages kept past a gap per conversation; more are fetched again by the next sync.
     pub max_buffered_per_conversation: usize,
+    /// Other WebSocket URLs of the same service (other edges). When a connection
+    /// cannot be made, the next reconnect tries the next URL in turn, so a device
+    /// whose edge died carries on at another one.
+    pub alternate_urls: Vec<String>,
     /// Positions to start from (e.g. persisted by the application). Conversations not
     /// listed start from the server's stored cursor of this device.
     pub initial_cursors: Vec<(ConversationId, Seq)>,
@@ -91,6 +95,7 @@ impl Default for ClientOptions {
             event_capacity: 4096,
             gap_fill_delay: Duration::from_millis(200),
             max_buffered_per_conversation: 10_000,
+            alternate_urls: Vec::new(),
             initial_cursors: Vec::new(),
         }
     }
@@ -219,6 +224,8 @@ enum Attempt {
 #[derive(Debug)]
 struct Shared {
     ws_url: String,
+    /// Which URL (0 = `ws_url`, then `opts.alternate_urls`) the next connect tries.
+    url_index: AtomicUsize,
     token: Mutex<String>,
     opts: ClientOptions,
     next_id: Arc<AtomicU64>,
@@ -368,7 +375,28 @@ impl Shared {
 
     async fn open_connection(self: &Arc<Self>) -> Result<(), ConnectionError> {
         let token = lock(&self.token).clone();
-        let (conn, welcome) = Connection::connect(&self.ws_url, &token, self.opts.format).await?;
+        let count = 1 + self.opts.alternate_urls.len();
+        let i = self.url_index.load(Ordering::Relaxed) % count;
+        let url = match i {
+            0 => &self.ws_url,
+            n => &self.opts.alternate_urls[n - 1],
+        };
+        let (conn, welcome) = match Connection::connect(url, &token, self.opts.format).await {
+            Ok(c) => c,
+            Err(e) => {
+                // A refused token is refused everywhere; anything else may be this node.
+                if !matches!(
+                    e,
+                    ConnectionError::Rejected {
+                        status: 401 | 403,
+                        ..
+                    }
+                ) {
+                    self.url_index.store((i + 1) % count, Ordering::Relaxed);
+                }
+                return Err(e);
+            }
+        };
         if self.shut.load(Ordering::Relaxed) {
             return Err(ConnectionError::Closed {
                 code: 1000,
@@ -895,6 +923,7 @@ impl Client {
         }
         let shared = Arc::new(Shared {
             ws_url: ws_url.to_owned(),
+            url_index: AtomicUsize::new(0),
             token: Mutex::new(access_token.to_owned()),
             opts: options,
             next_id: Arc::new(AtomicU64::new(1)),

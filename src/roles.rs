@@ -1,0 +1,432 @@
+//! The cluster roles: each runs one part of natter as its own process, talking to the
+//! others over NATS, with partition leases and the session directory in Redis and
+//! messages in ScyllaDB (or in the store role). Every role serves `/healthz` (alive) and
+//! `/readyz` (connected to NATS) on its `--listen` address and stops cleanly on SIGTERM.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{Router, http::StatusCode, routing::get, serve::ListenerExt as _};
+use natter_bus::{Bus, NatsBus, NatsConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Failure, config_error, listen, shutdown_signal};
+
+/// Connection to NATS, shared by every role.
+#[derive(clap::Args, Debug)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma separated.
+    #[arg(long, env = "NATTER_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Messages buffered per NATS subscription before they are dropped (slow consumer).
+    #[arg(
+        long,
+        env = "NATTER_NATS_SUBSCRIPTION_CAPACITY",
+        default_value_t = 4096
+    )]
+    nats_subscription_capacity: usize,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EdgeArgs {
+    /// Address for WebSocket (`/v1/ws`) and health.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Redis URL for the session directory. Without it the directory is local to this
+    /// process (no cluster-wide view of who is connected where).
+    #[arg(long, env = "NATTER_REDIS")]
+    redis: Option<String>,
+    /// This edge's name in the session directory and on the bus (default: $HOSTNAME or
+    /// a random name).
+    #[arg(long, env = "NATTER_NODE_ID")]
+    node_id: Option<String>,
+    /// File holding the JWT secret the sessions role signs with.
+    #[arg(long, env = "NATTER_JWT_SECRET_FILE")]
+    jwt_secret_file: PathBuf,
+    /// Seconds a connection may stay silent before it is closed.
+    #[arg(long, env = "NATTER_IDLE_TIMEOUT_S", default_value_t = 90)]
+    idle_timeout_s: u64,
+    /// Milliseconds this edge's directory entries outlive its last heartbeat.
+    #[arg(long, env = "NATTER_DIRECTORY_TTL_MS", default_value_t = 15_000)]
+    directory_ttl_ms: u64,
+    /// Seconds to let connections and in-flight requests finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MessagesArgs {
+    /// Address for health checks.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8082")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Redis URL for partition leases.
+    #[arg(long, env = "NATTER_REDIS")]
+    redis: String,
+    /// ScyllaDB contact points (`host:port`, comma separated). Without them the
+    /// messages are kept by the store role (`natter store`) over NATS.
+    #[arg(long, env = "NATTER_SCYLLA", value_delimiter = ',')]
+    scylla: Vec<String>,
+    /// Keyspace of natter's tables (created if missing).
+    #[arg(long, env = "NATTER_SCYLLA_KEYSPACE", default_value = "natter")]
+    scylla_keyspace: String,
+    /// Replication factor used when the keyspace is created.
+    #[arg(long, env = "NATTER_SCYLLA_REPLICATION_FACTOR", default_value_t = 3)]
+    scylla_replication_factor: u32,
+    /// Local datacenter (LOCAL_QUORUM, DC-aware routing); unset: any.
+    #[arg(long, env = "NATTER_SCYLLA_LOCAL_DC")]
+    scylla_local_dc: Option<String>,
+    /// Timeout of each store request, in milliseconds.
+    #[arg(long, env = "NATTER_STORE_TIMEOUT_MS", default_value_t = 5_000)]
+    store_timeout_ms: u64,
+    /// This instance's name among the messages instances (default: $HOSTNAME or a
+    /// random name). Must be unique.
+    #[arg(long, env = "NATTER_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// Partition lease lifetime in milliseconds: how long a crashed instance's
+    /// partitions wait before another instance takes them.
+    #[arg(long, env = "NATTER_LEASE_TTL_MS", default_value_t = 10_000)]
+    lease_ttl_ms: u64,
+    /// Seconds to let in-progress batches finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SessionsArgs {
+    /// Address for the accounts and sessions REST API (`/v1/...`) and health.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Where the accounts database lives.
+    #[arg(long, env = "NATTER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// File holding the JWT signing secret (at least 32 bytes; edges read the same).
+    #[arg(long, env = "NATTER_JWT_SECRET_FILE")]
+    jwt_secret_file: PathBuf,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "NATTER_ACCESS_TTL_S", default_value_t = 900)]
+    access_ttl_s: u64,
+    /// Memory cost of password hashing (argon2id), in KiB.
+    #[arg(long, env = "NATTER_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    argon2_memory_kib: u32,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// Address for health checks.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8083")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Where the embedded message store lives.
+    #[arg(long, env = "NATTER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
+/// `$HOSTNAME` (unique per container) or `<role>-<random>`.
+fn default_name(role: &str) -> String {
+    match std::env::var("HOSTNAME") {
+        Ok(h) if !h.is_empty() => h,
+        _ => format!("{role}-{:08x}", rand_u32()),
+    }
+}
+
+fn rand_u32() -> u32 {
+    // Not security relevant: only tells unnamed instances apart.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    t ^ std::process::id().rotate_left(16)
+}
+
+fn read_secret(path: &PathBuf) -> Result<Vec<u8>, Failure> {
+    let secret = std::fs::read(path)
+        .with_context(|| format!("reading --jwt-secret-file {}", path.display()))
+        .map_err(Failure::Config)?;
+    if secret.len() < natter_sessions::MIN_SECRET_BYTES {
+        return Err(config_error(anyhow::anyhow!(
+            "--jwt-secret-file {} must hold at least {} bytes",
+            path.display(),
+            natter_sessions::MIN_SECRET_BYTES
+        )));
+    }
+    Ok(secret)
+}
+
+fn positive(name: &str, value: u64) -> Result<(), Failure> {
+    if value == 0 {
+        return Err(config_error(anyhow::anyhow!("--{name} must be positive")));
+    }
+    Ok(())
+}
+
+async fn connect_nats(args: &NatsArgs, name: String) -> Result<NatsBus, Failure> {
+    if args.nats_subscription_capacity == 0 {
+        return Err(config_error(anyhow::anyhow!(
+            "--nats-subscription-capacity must be positive"
+        )));
+    }
+    NatsBus::connect(NatsConfig {
+        url: args.nats.clone(),
+        name,
+        subscription_capacity: args.nats_subscription_capacity,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("connecting to NATS at {}", args.nats))
+    .map_err(Failure::Runtime)
+}
+
+/// `/healthz` (the process is alive) and `/readyz` (it can reach NATS).
+fn health(bus: NatsBus) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route(
+            "/readyz",
+            get(move || {
+                let up = bus.is_connected();
+                async move {
+                    if up {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "nats unreachable\n")
+                    }
+                }
+            }),
+        )
+}
+
+/// Binds and serves `app` until `stop`; prints the address for scripts and tests.
+async fn serve_http(
+    role: &str,
+    addr: SocketAddr,
+    app: Router,
+    stop: CancellationToken,
+) -> Result<JoinHandle<std::io::Result<()>>, Failure> {
+    let listener = listen(addr)
+        .with_context(|| format!("binding {addr}"))
+        .map_err(Failure::Runtime)?;
+    let local = listener
+        .local_addr()
+        .context("reading the bound address")
+        .map_err(Failure::Runtime)?;
+    tracing::info!(role, addr = %local, "natter serving");
+    // Tests and scripts read this line to learn the port.
+    println!("natter listening on http://{local}");
+    Ok(tokio::spawn(async move {
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    }))
+}
+
+async fn wait(name: &str, task: JoinHandle<impl Sized>, grace: Duration) {
+    match tokio::time::timeout(grace, task).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(task = name, error = %e, "task failed"),
+        Err(_) => tracing::warn!(task = name, "did not stop within the grace period"),
+    }
+}
+
+pub async fn edge(args: EdgeArgs) -> Result<(), Failure> {
+    let secret = read_secret(&args.jwt_secret_file)?;
+    let verifier = natter_sessions::TokenVerifier::from_secret(&secret)
+        .map_err(|e| config_error(anyhow::anyhow!("--jwt-secret-file: {e}")))?;
+    positive("idle-timeout-s", args.idle_timeout_s)?;
+    if args.directory_ttl_ms < 300 {
+        return Err(config_error(anyhow::anyhow!(
+            "--directory-ttl-ms must be at least 300"
+        )));
+    }
+    let node = args.node_id.clone().unwrap_or_else(|| default_name("edge"));
+    let directory: Arc<dyn natter_sessions::directory::SessionDirectory> = match &args.redis {
+        Some(url) => Arc::new(
+            natter_sessions::directory::RedisDirectory::connect(url, "natter")
+                .await
+                .with_context(|| format!("connecting to Redis at {url}"))
+                .map_err(Failure::Runtime)?,
+        ),
+        None => {
+            tracing::warn!("no --redis: the session directory is local to this edge");
+            Arc::new(natter_sessions::directory::MemoryDirectory::new())
+        }
+    };
+    let nats = connect_nats(&args.nats, format!("natter-edge-{node}")).await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let stop = CancellationToken::new();
+    let edge = natter_edge::Edge::new(
+        natter_edge::Config {
+            node_id: node.clone(),
+            idle_timeout: Duration::from_secs(args.idle_timeout_s),
+            directory_ttl: Duration::from_millis(args.directory_ttl_ms),
+            ..Default::default()
+        },
+        bus,
+        verifier,
+        directory,
+        stop.clone(),
+    );
+    let app = health(nats).merge(edge.router());
+    let server = serve_http("edge", args.listen, app, stop.clone()).await?;
+    tracing::info!(node = %node, "edge running");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining connections");
+    stop.cancel();
+    let grace = Duration::from_secs(args.drain_grace_s);
+    if !edge.drained(grace).await {
+        tracing::warn!(
+            open = edge.open_connections(),
+            "connections still open after the drain grace"
+        );
+    }
+    wait("http", server, grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
+    positive("lease-ttl-ms", args.lease_ttl_ms)?;
+    positive("store-timeout-ms", args.store_timeout_ms)?;
+    let instance = args
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| default_name("messages"));
+    let nats = connect_nats(&args.nats, format!("natter-messages-{instance}")).await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let store_timeout = Duration::from_millis(args.store_timeout_ms);
+    let store: Arc<dyn natter_messages::MessageStore> = if args.scylla.is_empty() {
+        tracing::info!("no --scylla: messages are kept by the store role over NATS");
+        natter_messages::remote_store::RemoteStore::new(bus.clone(), store_timeout)
+    } else {
+        natter_messages::ScyllaStore::connect(natter_messages::ScyllaConfig {
+            nodes: args.scylla.clone(),
+            keyspace: args.scylla_keyspace.clone(),
+            replication_factor: args.scylla_replication_factor,
+            local_dc: args.scylla_local_dc.clone(),
+            request_timeout: store_timeout,
+        })
+        .await
+        .with_context(|| format!("connecting to ScyllaDB at {}", args.scylla.join(",")))
+        .map_err(Failure::Runtime)?
+    };
+    let mut lease = natter_messages::LeaseConfig::new(args.redis.clone(), instance.clone());
+    lease.ttl = Duration::from_millis(args.lease_ttl_ms);
+    let stop = CancellationToken::new();
+    let running = natter_messages::start(
+        natter_messages::Config {
+            request_timeout: store_timeout,
+        },
+        store,
+        bus,
+        natter_messages::Placement::Leased(lease),
+        stop.clone(),
+    )
+    .await
+    .context("starting the messages service")
+    .map_err(config_error)?;
+    let http_stop = CancellationToken::new();
+    let owned = running.owned.clone();
+    let app = health(nats).route(
+        "/v1/partitions",
+        get(move || {
+            let owned = owned.snapshot();
+            async move { axum::Json(owned) }
+        }),
+    );
+    let server = serve_http("messages", args.listen, app, http_stop.clone()).await?;
+    tracing::info!(instance = %instance, "messages running");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: handing partitions over");
+    stop.cancel();
+    let grace = Duration::from_secs(args.drain_grace_s);
+    wait("messages", running.task, grace).await;
+    http_stop.cancel();
+    wait("http", server, grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn sessions(args: SessionsArgs) -> Result<(), Failure> {
+    let secret = read_secret(&args.jwt_secret_file)?;
+    positive("access-ttl-s", args.access_ttl_s)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
+        .map_err(Failure::Config)?;
+    let sessions = natter_sessions::Sessions::open(natter_sessions::Config {
+        data_dir: args.data_dir.clone(),
+        jwt_secret: Some(secret),
+        access_ttl: Duration::from_secs(args.access_ttl_s),
+        argon2_memory_kib: args.argon2_memory_kib,
+        ..Default::default()
+    })
+    .context("opening the sessions store")
+    .map_err(Failure::Runtime)?;
+    let nats = connect_nats(&args.nats, "natter-sessions".to_owned()).await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let stop = CancellationToken::new();
+    let service = natter_sessions::start(sessions.clone(), bus.clone(), stop.clone())
+        .await
+        .context("starting the sessions bus endpoints")
+        .map_err(Failure::Runtime)?;
+    let http_stop = CancellationToken::new();
+    let app = health(nats).merge(natter_sessions::router(sessions, bus));
+    let server = serve_http("sessions", args.listen, app, http_stop.clone()).await?;
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let grace = Duration::from_secs(args.drain_grace_s);
+    http_stop.cancel();
+    wait("http", server, grace).await;
+    stop.cancel();
+    wait("sessions", service, grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn store(args: StoreArgs) -> Result<(), Failure> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
+        .map_err(Failure::Config)?;
+    let store = natter_messages::RedbStore::open(&args.data_dir.join("messages.redb"))
+        .context("opening the message store")
+        .map_err(Failure::Runtime)?;
+    let nats = connect_nats(&args.nats, "natter-store".to_owned()).await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let stop = CancellationToken::new();
+    let service = natter_messages::remote_store::serve(store, bus, stop.clone())
+        .await
+        .context("serving the store on the bus")
+        .map_err(Failure::Runtime)?;
+    let http_stop = CancellationToken::new();
+    let server = serve_http("store", args.listen, health(nats), http_stop.clone()).await?;
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let grace = Duration::from_secs(args.drain_grace_s);
+    stop.cancel();
+    wait("store", service, grace).await;
+    http_stop.cancel();
+    wait("http", server, grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}

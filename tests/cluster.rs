@@ -1,0 +1,499 @@
+//! Cluster mode end to end: real `nats-server` and `redis-server` processes, and natter's
+//! roles as separate processes (sessions, store, two messages instances, two edges). The
+//! guarantees of `natter serve` must hold across nodes and while nodes die: acked means
+//! stored, nothing shown twice, one gap-free order per conversation.
+
+mod common;
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use common::{
+    bounded,
+    cluster::{Cluster, Shape},
+    conv, eventually, next_matching, opts,
+};
+use natter_client::{Client, ClientOptions, Event, Seq, UserId, v1, v1::MessageKind};
+use natter_sessions::directory::{RedisDirectory, SessionDirectory};
+use tokio::sync::Mutex;
+
+/// Options for cluster clients: reconnect by themselves (to another edge when theirs
+/// is gone) and keep retrying sends long enough to outlast a lease hand-over.
+fn cluster_opts() -> ClientOptions {
+    ClientOptions {
+        auto_reconnect: true,
+        request_timeout: Duration::from_secs(3),
+        send_deadline: Duration::from_secs(60),
+        ..opts()
+    }
+}
+
+/// Sends `n` numbered messages from `from` to `to`, one after another, each retried with
+/// its own client_msg_id until acked. Returns the acks in order.
+async fn send_numbered(from: &Client, to: UserId, tag: &str, n: usize) -> Vec<v1::Ack> {
+    let mut acks = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{tag}-{i:04}");
+        let ack = from
+            .send(
+                to,
+                MessageKind::Text,
+                format!("{tag} {i}"),
+                Some(id.clone()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("send {id} was never acked: {e}"));
+        assert_eq!(ack.client_msg_id, id);
+        acks.push(ack);
+    }
+    acks
+}
+
+/// Messages from `sender` as the device yields them, until `n` have arrived; asserts
+/// none is yielded twice.
+async fn receive_from(client: &Client, sender: UserId, n: usize, secs: u64) -> Vec<v1::Message> {
+    let mut got: Vec<v1::Message> = Vec::new();
+    let mut seen = HashSet::new();
+    bounded(secs, async {
+        while got.len() < n {
+            match client.recv().await {
+                Some(Event::Message(m)) if m.sender_user == sender.get() => {
+                    assert!(seen.insert(m.seq), "seq {} shown twice", m.seq);
+                    got.push(m);
+                }
+                Some(_) => {}
+                None => panic!("the client shut down"),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// The conversation's whole history as `client` reads it from the server.
+async fn history(client: &Client, a: UserId, b: UserId) -> Vec<v1::Message> {
+    client
+        .full_history(&conv(a, b), 100)
+        .await
+        .expect("history is readable")
+}
+
+/// Every acked message is in the history, once, at its acked seq, and the history is
+/// 1..=n with no gap.
+fn assert_all_acked_stored(history: &[v1::Message], acks: &[v1::Ack]) {
+    let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
+    let expected: Vec<u64> = (1..=history.len() as u64).collect();
+    assert_eq!(seqs, expected, "history must be gap-free");
+    let ids: HashSet<&str> = history.iter().map(|m| m.client_msg_id.as_str()).collect();
+    assert_eq!(ids.len(), history.len(), "a client_msg_id was stored twice");
+    for ack in acks {
+        let m = history
+            .iter()
+            .find(|m| m.seq == ack.seq)
+            .unwrap_or_else(|| panic!("acked seq {} is not stored", ack.seq));
+        assert_eq!(m.client_msg_id, ack.client_msg_id, "seq {}", ack.seq);
+        assert_eq!(m.message_id, ack.message_id, "seq {}", ack.seq);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_edges_chat_with_every_guarantee() {
+    let cluster = Cluster::start(Shape::default()).await;
+    bounded(120, async {
+        // Partitions are spread over both messages instances.
+        let owned = cluster.ownership().await;
+        for (i, o) in owned.iter().enumerate() {
+            let n = o.as_ref().map_or(0, |o| o.len());
+            assert!(n >= 64, "messages-{i} owns only {n} partitions: {owned:?}");
+        }
+
+        let alice = cluster.user("alice").await;
+        let bob = cluster.user("bob").await;
+        let bob2 = cluster.login(&bob.username, "device-2").await;
+        let ca = cluster.connect(&alice, 0, cluster_opts()).await;
+        let cb = cluster.connect(&bob, 1, cluster_opts()).await;
+        let cb2 = cluster.connect(&bob2, 0, cluster_opts()).await;
+
+        // The session directory knows where every device is.
+        let directory = RedisDirectory::connect(&cluster.redis.url(), "natter")
+            .await
+            .expect("directory");
+        eventually(
+            Duration::from_secs(10),
+            "bob's devices in the directory",
+            || {
+                let directory = &directory;
+                async move {
+                    let devices = directory.devices(bob.user_id).await.unwrap_or_default();
+                    let nodes: HashSet<String> = devices.into_iter().map(|d| d.node).collect();
+                    nodes == HashSet::from(["edge-0".to_owned(), "edge-1".to_owned()])
+                }
+            },
+        )
+        .await;
+        let nodes = directory.nodes().await.expect("nodes");
+        assert_eq!(
+            nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(),
+            ["edge-0", "edge-1"]
+        );
+
+        // Both sides send at once, across edges.
+        let (acks_a, acks_b) = tokio::join!(
+            send_numbered(&ca, bob.user_id, "a", 40),
+            send_numbered(&cb, alice.user_id, "b", 40),
+        );
+        // Both of bob's devices (on different edges) get alice's 40, once each, in order.
+        for device in [&cb, &cb2] {
+            let got = receive_from(device, alice.user_id, 40, 30).await;
+            let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+            let acked: Vec<u64> = acks_a.iter().map(|a| a.seq).collect();
+            assert_eq!(seqs, acked, "pushes arrive once, in seq order");
+        }
+        let got = receive_from(&ca, bob.user_id, 40, 30).await;
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            acks_b.iter().map(|a| a.seq).collect::<Vec<_>>()
+        );
+
+        // One order for everyone: the history read through either edge is the same.
+        let all: Vec<v1::Ack> = acks_a.iter().chain(&acks_b).cloned().collect();
+        let ha = history(&ca, alice.user_id, bob.user_id).await;
+        let hb = history(&cb2, alice.user_id, bob.user_id).await;
+        assert_eq!(ha.len(), 80);
+        assert_all_acked_stored(&ha, &all);
+        assert_eq!(ha, hb, "both edges read the same history");
+
+        // A retry (same device, same client_msg_id) through the other edge gets the
+        // original ack, not a second message.
+        let again = cluster.connect(&alice, 1, cluster_opts()).await;
+        let retry = again
+            .send(bob.user_id, MessageKind::Text, "a 0", Some("a-0000".into()))
+            .await
+            .expect("retry acked");
+        assert_eq!(
+            (retry.seq, retry.message_id),
+            (acks_a[0].seq, acks_a[0].message_id)
+        );
+
+        // Receipts cross edges: bob reads everything, alice sees the blue ticks.
+        let last = Seq(80);
+        cb.read(&conv(alice.user_id, bob.user_id), last)
+            .await
+            .expect("read");
+        let receipt = next_matching(&again, Duration::from_secs(10), |ev| match ev {
+            Event::Receipt(r)
+                if r.kind == v1::ReceiptKind::Read as i32 && r.user_id == bob.user_id.get() =>
+            {
+                Some(r.clone())
+            }
+            _ => None,
+        })
+        .await;
+        assert_eq!(receipt.up_to_seq, 80);
+        drop(ca);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_killed_mid_traffic_loses_and_repeats_nothing() {
+    let mut cluster = Cluster::start(Shape::default()).await;
+    bounded(150, async {
+        let alice = cluster.user("alice").await;
+        let bob = cluster.user("bob").await;
+        let ca = Arc::new(cluster.connect(&alice, 0, cluster_opts()).await);
+        let cb = cluster.connect(&bob, 1, cluster_opts()).await;
+
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let sender = {
+            let ca = ca.clone();
+            let acks = acks.clone();
+            let to = bob.user_id;
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    let id = format!("m-{i:04}");
+                    let ack = ca
+                        .send(to, MessageKind::Text, format!("m {i}"), Some(id.clone()))
+                        .await
+                        .unwrap_or_else(|e| panic!("{id} never acked: {e}"));
+                    acks.lock().await.push(ack);
+                }
+            })
+        };
+        eventually(Duration::from_secs(30), "40 acks before the crash", || {
+            let acks = acks.clone();
+            async move { acks.lock().await.len() >= 40 }
+        })
+        .await;
+        cluster.edges[0].kill9().await;
+        sender.await.expect("every send is acked despite the crash");
+        assert!(
+            ca.stats().reconnects >= 1,
+            "alice moved to the other edge: {:?}",
+            ca.stats()
+        );
+
+        let acks = acks.lock().await.clone();
+        let got = receive_from(&cb, alice.user_id, 150, 60).await;
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=150).collect::<Vec<u64>>(),
+            "bob sees each message once, in order"
+        );
+        assert_eq!(
+            got.iter()
+                .map(|m| m.client_msg_id.clone())
+                .collect::<Vec<_>>(),
+            (0..150).map(|i| format!("m-{i:04}")).collect::<Vec<_>>()
+        );
+        let h = history(&cb, alice.user_id, bob.user_id).await;
+        assert_eq!(h.len(), 150);
+        assert_all_acked_stored(&h, &acks);
+
+        // The dead edge's devices leave the directory by themselves (TTL).
+        let directory = RedisDirectory::connect(&cluster.redis.url(), "natter")
+            .await
+            .expect("directory");
+        eventually(
+            Duration::from_secs(15),
+            "edge-0 to leave the directory",
+            || {
+                let directory = &directory;
+                async move {
+                    directory
+                        .nodes()
+                        .await
+                        .map(|n| n.iter().all(|n| n.node != "edge-0"))
+                        .unwrap_or(false)
+                }
+            },
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owner_of_a_busy_conversation_moves_its_partition() {
+    let mut cluster = Cluster::start(Shape::default()).await;
+    bounded(150, async {
+        let alice = cluster.user("alice").await;
+        let bob = cluster.user("bob").await;
+        let ca = Arc::new(cluster.connect(&alice, 0, cluster_opts()).await);
+        let cb = cluster.connect(&bob, 1, cluster_opts()).await;
+        let partition = conv(alice.user_id, bob.user_id).partition().index();
+        let owner = cluster
+            .owner_of(partition)
+            .await
+            .expect("the partition has an owner");
+
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let sender = {
+            let ca = ca.clone();
+            let acks = acks.clone();
+            let to = bob.user_id;
+            tokio::spawn(async move {
+                for i in 0..120 {
+                    let id = format!("m-{i:04}");
+                    let ack = ca
+                        .send(to, MessageKind::Text, format!("m {i}"), Some(id.clone()))
+                        .await
+                        .unwrap_or_else(|e| panic!("{id} never acked: {e}"));
+                    acks.lock().await.push(ack);
+                }
+            })
+        };
+        eventually(Duration::from_secs(30), "30 acks before the crash", || {
+            let acks = acks.clone();
+            async move { acks.lock().await.len() >= 30 }
+        })
+        .await;
+        cluster.messages[owner].kill9().await;
+        sender
+            .await
+            .expect("sending resumes once the lease has run out");
+
+        // The survivor now owns everything, each partition once.
+        cluster.wait_all_partitions_owned().await;
+        let survivor = 1 - owner;
+        assert_eq!(cluster.owner_of(partition).await, Some(survivor));
+
+        let acks = acks.lock().await.clone();
+        let got = receive_from(&cb, alice.user_id, 120, 60).await;
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=120).collect::<Vec<u64>>()
+        );
+        let h = history(&cb, alice.user_id, bob.user_id).await;
+        assert_all_acked_stored(&h, &acks);
+
+        // The instance comes back: partitions are shared again (a clean hand-over) and
+        // the conversation carries on gap-free.
+        cluster.messages[owner].start().await;
+        cluster.wait_balanced().await;
+        let more = send_numbered(&ca, bob.user_id, "after", 20).await;
+        assert_eq!(more.last().map(|a| a.seq), Some(140));
+        let h = history(&cb, alice.user_id, bob.user_id).await;
+        assert_eq!(h.len(), 140);
+        assert_all_acked_stored(&h, &more);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_recovers_from_nats_and_redis_restarts() {
+    let mut cluster = Cluster::start(Shape::default()).await;
+    bounded(180, async {
+        let alice = cluster.user("alice").await;
+        let bob = cluster.user("bob").await;
+        let ca = Arc::new(cluster.connect(&alice, 0, cluster_opts()).await);
+        let cb = cluster.connect(&bob, 1, cluster_opts()).await;
+
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let sender = {
+            let ca = ca.clone();
+            let acks = acks.clone();
+            let to = bob.user_id;
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    let id = format!("m-{i:04}");
+                    let ack = ca
+                        .send(to, MessageKind::Text, format!("m {i}"), Some(id.clone()))
+                        .await
+                        .unwrap_or_else(|e| panic!("{id} never acked: {e}"));
+                    acks.lock().await.push(ack);
+                }
+            })
+        };
+        let wait_acks = |n: usize| {
+            let acks = acks.clone();
+            async move {
+                eventually(Duration::from_secs(60), &format!("{n} acks"), || {
+                    let acks = acks.clone();
+                    async move { acks.lock().await.len() >= n }
+                })
+                .await
+            }
+        };
+        wait_acks(30).await;
+        cluster.nats.kill();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.nats.restart();
+        wait_acks(70).await;
+        cluster.redis.kill();
+        // Longer than the lease validity: owners must stop, then take their partitions
+        // back once Redis returns.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        cluster.redis.restart();
+        sender
+            .await
+            .expect("every send is acked despite the restarts");
+        cluster.wait_all_partitions_owned().await;
+
+        let acks = acks.lock().await.clone();
+        let got = receive_from(&cb, alice.user_id, 150, 90).await;
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=150).collect::<Vec<u64>>()
+        );
+        let h = history(&cb, alice.user_id, bob.user_id).await;
+        assert_eq!(h.len(), 150);
+        assert_all_acked_stored(&h, &acks);
+
+        // The directory catches up with the devices still connected.
+        let directory = RedisDirectory::connect(&cluster.redis.url(), "natter")
+            .await
+            .expect("directory");
+        eventually(Duration::from_secs(20), "bob back in the directory", || {
+            let directory = &directory;
+            async move {
+                directory
+                    .devices(bob.user_id)
+                    .await
+                    .map(|d| d.len() == 1)
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    })
+    .await;
+}
+
+/// `natter-loadtest` of the same build: next to `natter`, or built now.
+fn loadtest_bin() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_BIN_EXE_natter"))
+        .parent()
+        .expect("binary has a directory")
+        .to_owned();
+    let bin = dir.join("natter-loadtest");
+    if !bin.exists() {
+        // `cargo test -p natter` alone does not build the load test.
+        let mut cmd =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args([
+            "build",
+            "--locked",
+            "-p",
+            "natter-loadtest",
+            "--bin",
+            "natter-loadtest",
+        ]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo build --bin natter-loadtest");
+        assert!(status.success(), "cargo build --bin natter-loadtest failed");
+    }
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_tests_direct_scenario_audits_clean_against_the_cluster() {
+    let cluster = Cluster::start(Shape::default()).await;
+    let edges = cluster
+        .edges
+        .iter()
+        .map(|e| e.ws_url())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = bounded(
+        150,
+        tokio::process::Command::new(loadtest_bin())
+            .args(["--url", &cluster.sessions.base_url(), "--ws-url", &edges])
+            .args([
+                "--workers",
+                "2",
+                "direct",
+                "--users",
+                "40",
+                "--duration",
+                "8s",
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("natter-loadtest runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("summary is JSON ({e}): {stdout}\n{stderr}"));
+    eprintln!("cluster direct summary: {summary}");
+    for key in [
+        "lost",
+        "duplicated",
+        "misordered",
+        "gaps",
+        "corrupted",
+        "unacked",
+    ] {
+        assert_eq!(summary[key].as_u64(), Some(0), "{key} in {summary}");
+    }
+    assert!(
+        summary["delivered"].as_u64().unwrap_or(0) > 100,
+        "messages flowed: {summary}"
+    );
+    assert_eq!(summary["ok"], true, "{summary}\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

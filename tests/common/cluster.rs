@@ -1,0 +1,398 @@
+//! A cluster of real processes on loopback: `nats-server` and `redis-server` (started by
+//! natter-testkit on ephemeral ports), and `natter sessions`, `natter store`, N ×
+//! `natter messages` and M × `natter edge`, each its own child process that can be
+//! killed with SIGKILL and restarted on the same port.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use natter_client::{Client, ClientOptions, HttpClient, Session};
+use natter_testkit::{NatsServer, RedisServer};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    process::{Child, Command},
+    time::Instant,
+};
+
+use super::{PASSWORD, unique_name};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One natter role process.
+pub struct Role {
+    pub name: String,
+    args: Vec<String>,
+    dir: PathBuf,
+    child: Option<Child>,
+    addr: Option<SocketAddr>,
+    starts: u32,
+}
+
+impl Role {
+    fn new(name: &str, dir: &Path, args: Vec<String>) -> Role {
+        Role {
+            name: name.to_owned(),
+            args,
+            dir: dir.to_owned(),
+            child: None,
+            addr: None,
+            starts: 0,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("the role has started once")
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr())
+    }
+
+    fn log_path(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("{}-{n}.log", self.name))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts it (on its old port after the first time) and waits for its address line.
+    pub async fn start(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn_once(deadline).await {
+                Ok(addr) => {
+                    self.addr = Some(addr);
+                    return;
+                }
+                Err(e) if Instant::now() < deadline && self.addr.is_some() => {
+                    eprintln!("{}: restart attempt failed ({e}); retrying", self.name);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{} did not start: {e}\n{}", self.name, self.log_tail(60)),
+            }
+        }
+    }
+
+    async fn spawn_once(&mut self, deadline: Instant) -> Result<SocketAddr, String> {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path(self.starts)).map_err(|e| e.to_string())?;
+        let listen = match self.addr {
+            Some(a) => a.to_string(),
+            None => "127.0.0.1:0".to_owned(),
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
+        cmd.args(&self.args)
+            .arg("--listen")
+            .arg(&listen)
+            .env("NATTER_LOG", "info")
+            .env_remove("NATTER_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => {
+                let _ = child.start_kill();
+                let status = child.wait().await.ok();
+                return Err(format!("no listening line ({other:?}); exit {status:?}"));
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = line
+            .strip_prefix("natter listening on http://")
+            .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+            .ok_or_else(|| format!("unexpected first line {line:?}"))?;
+        self.child = Some(child);
+        Ok(addr)
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// SIGTERM, and wait (bounded) for a clean exit.
+    pub async fn terminate(&mut self) {
+        let mut child = self.child.take().expect("a running role");
+        let pid = child.id().expect("a running child has a pid");
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -TERM {pid} failed");
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(Ok(status)) => assert!(status.success(), "{} exited with {status}", self.name),
+            other => panic!("{} did not stop on SIGTERM: {other:?}", self.name),
+        }
+    }
+
+    /// GET a path of its HTTP listener.
+    pub async fn get(&self, path: &str) -> Option<reqwest::Response> {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.base_url()))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log (last lines, start #{}) ----\n{}",
+                self.name,
+                self.starts,
+                self.log_tail(40)
+            );
+        }
+    }
+}
+
+/// The whole cluster.
+pub struct Cluster {
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+    pub sessions: Role,
+    pub store: Role,
+    pub messages: Vec<Role>,
+    pub edges: Vec<Role>,
+    pub http: HttpClient,
+    _dir: tempfile::TempDir,
+}
+
+/// Cluster shape and timings.
+pub struct Shape {
+    pub edges: usize,
+    pub messages: usize,
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            edges: 2,
+            messages: 2,
+            lease_ttl_ms: 2_000,
+        }
+    }
+}
+
+impl Cluster {
+    pub async fn start(shape: Shape) -> Cluster {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let nats = NatsServer::start();
+        let redis = RedisServer::start();
+        let secret = dir.path().join("jwt.key");
+        std::fs::write(&secret, rand::random::<[u8; 32]>()).expect("writing the JWT secret");
+        let secret = secret.display().to_string();
+        let common = |role: &str| vec![role.to_owned(), "--nats".into(), nats.url()];
+
+        let mut args = common("sessions");
+        args.extend([
+            "--data-dir".into(),
+            dir.path().join("sessions").display().to_string(),
+            "--jwt-secret-file".into(),
+            secret.clone(),
+            "--argon2-memory-kib".into(),
+            "256".into(),
+        ]);
+        let mut sessions = Role::new("sessions", dir.path(), args);
+        let mut args = common("store");
+        args.extend([
+            "--data-dir".into(),
+            dir.path().join("store").display().to_string(),
+        ]);
+        let mut store = Role::new("store", dir.path(), args);
+        let mut messages: Vec<Role> = (0..shape.messages)
+            .map(|i| {
+                let mut args = common("messages");
+                args.extend([
+                    "--redis".into(),
+                    redis.url(),
+                    "--instance-id".into(),
+                    format!("messages-{i}"),
+                    "--lease-ttl-ms".into(),
+                    shape.lease_ttl_ms.to_string(),
+                    "--store-timeout-ms".into(),
+                    "3000".into(),
+                ]);
+                Role::new(&format!("messages-{i}"), dir.path(), args)
+            })
+            .collect();
+        let mut edges: Vec<Role> = (0..shape.edges)
+            .map(|i| {
+                let mut args = common("edge");
+                args.extend([
+                    "--redis".into(),
+                    redis.url(),
+                    "--node-id".into(),
+                    format!("edge-{i}"),
+                    "--jwt-secret-file".into(),
+                    secret.clone(),
+                    "--directory-ttl-ms".into(),
+                    "3000".into(),
+                ]);
+                Role::new(&format!("edge-{i}"), dir.path(), args)
+            })
+            .collect();
+        sessions.start().await;
+        store.start().await;
+        for m in &mut messages {
+            m.start().await;
+        }
+        for e in &mut edges {
+            e.start().await;
+        }
+        let http = HttpClient::new(&sessions.base_url()).expect("a valid base URL");
+        let cluster = Cluster {
+            nats,
+            redis,
+            sessions,
+            store,
+            messages,
+            edges,
+            http,
+            _dir: dir,
+        };
+        cluster.wait_balanced().await;
+        cluster
+    }
+
+    /// Waits until each running instance owns its fair share and every partition is
+    /// owned exactly once.
+    pub async fn wait_balanced(&self) {
+        let running = self
+            .messages
+            .iter()
+            .filter(|m| m.is_running())
+            .count()
+            .max(1);
+        let share = 256usize.div_ceil(running);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let owned = self.ownership().await;
+            if owned.iter().flatten().all(|o| o.len() >= share - 1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "partitions not balanced: {:?}",
+                owned
+                    .iter()
+                    .map(|o| o.as_ref().map(|o| o.len()))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.wait_all_partitions_owned().await;
+    }
+
+    /// Partitions owned by each running messages instance, by instance.
+    pub async fn ownership(&self) -> Vec<Option<std::collections::BTreeMap<u16, u64>>> {
+        let mut out = Vec::new();
+        for m in &self.messages {
+            let owned = match m.is_running() {
+                true => match m.get("/v1/partitions").await {
+                    Some(r) => r.json().await.ok(),
+                    None => None,
+                },
+                false => None,
+            };
+            out.push(owned);
+        }
+        out
+    }
+
+    /// Which messages instance owns partition `p` (if one does).
+    pub async fn owner_of(&self, p: u16) -> Option<usize> {
+        self.ownership()
+            .await
+            .iter()
+            .position(|o| o.as_ref().is_some_and(|o| o.contains_key(&p)))
+    }
+
+    /// Waits until every partition has exactly one owner among the running instances.
+    pub async fn wait_all_partitions_owned(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let owned = self.ownership().await;
+            let mut count = vec![0u32; 256];
+            for o in owned.iter().flatten() {
+                for p in o.keys() {
+                    count[usize::from(*p)] += 1;
+                }
+            }
+            if count.iter().all(|&c| c == 1) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "partitions not owned exactly once: {:?}",
+                count
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c != 1)
+                    .take(10)
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Registers a user with a unique name and logs in one device.
+    pub async fn user(&self, prefix: &str) -> Session {
+        let name = unique_name(prefix);
+        self.http
+            .register(&name, PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("register {name}: {e}"));
+        self.login(&name, "device-1").await
+    }
+
+    pub async fn login(&self, username: &str, device: &str) -> Session {
+        self.http
+            .login(username, PASSWORD, device)
+            .await
+            .unwrap_or_else(|e| panic!("login {username}: {e}"))
+    }
+
+    /// Connects a device to edge `i`, with the other edges as alternates.
+    pub async fn connect(&self, session: &Session, i: usize, mut opts: ClientOptions) -> Client {
+        opts.alternate_urls = (1..self.edges.len())
+            .map(|k| self.edges[(i + k) % self.edges.len()].ws_url())
+            .collect();
+        Client::connect(&self.edges[i].ws_url(), &session.access_token, opts)
+            .await
+            .unwrap_or_else(|e| panic!("connect {} to edge {i}: {e}", session.username))
+    }
+}
