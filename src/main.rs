@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use axum::{Router, http::StatusCode, routing::get, serve::ListenerExt as _};
+use axum::{Router, http::StatusCode, routing::get};
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 mod config;
@@ -252,29 +252,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .merge(natter_sessions::router(sessions, bus.clone()))
         .merge(edge.router());
 
-    let listener = listen(args.listen)
-        .with_context(|| format!("binding {}", args.listen))
-        .map_err(run)?;
-    let local = listener
-        .local_addr()
-        .context("reading the bound address")
-        .map_err(run)?;
-    tracing::info!(addr = %local, data_dir = %args.data_dir.display(), "natter serving");
-    // Tests and scripts read this line to learn the port.
-    println!("natter listening on http://{local}");
-
-    let http_stop = edge_stop.clone();
-    let server = tokio::spawn(async move {
-        // Frames are small and latency-bound: no Nagle delay on any connection.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await
-    });
+    tracing::info!(data_dir = %args.data_dir.display(), "natter starting");
+    let server = roles::serve_http("serve", args.listen, app, edge_stop.clone()).await?;
 
     shutdown_signal().await;
     tracing::info!("shutting down: draining connections");

@@ -210,7 +210,7 @@ fn health(bus: NatsBus) -> Router {
 }
 
 /// Binds and serves `app` until `stop`; prints the address for scripts and tests.
-async fn serve_http(
+pub(crate) async fn serve_http(
     role: &str,
     addr: SocketAddr,
     app: Router,
@@ -227,6 +227,7 @@ async fn serve_http(
     // Tests and scripts read this line to learn the port.
     println!("natter listening on http://{local}");
     Ok(tokio::spawn(async move {
+        // Frames are small and latency-bound: no Nagle delay on any connection.
         let listener = listener.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");

@@ -48,6 +48,48 @@ async fn send_numbered(from: &Client, to: UserId, tag: &str, n: usize) -> Vec<v1
     acks
 }
 
+/// A device sending `n` numbered messages (`m-0000`, ...) in the background, one after
+/// another, each retried with its own client_msg_id until acked.
+struct Sender {
+    task: tokio::task::JoinHandle<()>,
+    acks: Arc<Mutex<Vec<v1::Ack>>>,
+}
+
+impl Sender {
+    fn start(from: Arc<Client>, to: UserId, n: usize) -> Sender {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let task = {
+            let acks = acks.clone();
+            tokio::spawn(async move {
+                for i in 0..n {
+                    let id = format!("m-{i:04}");
+                    let ack = from
+                        .send(to, MessageKind::Text, format!("m {i}"), Some(id.clone()))
+                        .await
+                        .unwrap_or_else(|e| panic!("{id} never acked: {e}"));
+                    acks.lock().await.push(ack);
+                }
+            })
+        };
+        Sender { task, acks }
+    }
+
+    /// Waits until at least `n` messages are acked.
+    async fn acked(&self, n: usize) {
+        eventually(Duration::from_secs(60), &format!("{n} acks"), || {
+            let acks = self.acks.clone();
+            async move { acks.lock().await.len() >= n }
+        })
+        .await
+    }
+
+    /// Waits for every send to be acked; the acks in order.
+    async fn finish(self) -> Vec<v1::Ack> {
+        self.task.await.expect("every send is acked");
+        self.acks.lock().await.clone()
+    }
+}
+
 /// Messages from `sender` as the device yields them, until `n` have arrived; asserts
 /// none is yielded twice.
 async fn receive_from(client: &Client, sender: UserId, n: usize, secs: u64) -> Vec<v1::Message> {
@@ -203,36 +245,16 @@ async fn an_edge_killed_mid_traffic_loses_and_repeats_nothing() {
         let ca = Arc::new(cluster.connect(&alice, 0, cluster_opts()).await);
         let cb = cluster.connect(&bob, 1, cluster_opts()).await;
 
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let sender = {
-            let ca = ca.clone();
-            let acks = acks.clone();
-            let to = bob.user_id;
-            tokio::spawn(async move {
-                for i in 0..150 {
-                    let id = format!("m-{i:04}");
-                    let ack = ca
-                        .send(to, MessageKind::Text, format!("m {i}"), Some(id.clone()))
-                        .await
-                        .unwrap_or_else(|e| panic!("{id} never acked: {e}"));
-                    acks.lock().await.push(ack);
-                }
-            })
-        };
-        eventually(Duration::from_secs(30), "40 acks before the crash", || {
-            let acks = acks.clone();
-            async move { acks.lock().await.len() >= 40 }
-        })
-        .await;
+        let sender = Sender::start(ca.clone(), bob.user_id, 150);
+        sender.acked(40).await;
         cluster.edges[0].kill9().await;
-        sender.await.expect("every send is acked despite the crash");
+        let acks = sender.finish().await;
         assert!(
             ca.stats().reconnects >= 1,
             "alice moved to the other edge: {:?}",
             ca.stats()
         );
 
-        let acks = acks.lock().await.clone();
         let got = receive_from(&cb, alice.user_id, 150, 60).await;
         assert_eq!(
             got.iter().map(|m| m.seq).collect::<Vec<_>>(),
@@ -286,38 +308,17 @@ async fn killing_the_owner_of_a_busy_conversation_moves_its_partition() {
             .await
             .expect("the partition has an owner");
 
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let sender = {
-            let ca = ca.clone();
-            let acks = acks.clone();
-            let to = bob.user_id;
-            tokio::spawn(async move {
-                for i in 0..120 {
-                    let id = format!("m-{i:04}");
-                    let ack = ca
-                        .send(to, MessageKind::Text, format!("m {i}"), Some(id.clone()))
-                        .await
-                        .unwrap_or_else(|e| panic!("{id} never acked: {e}"));
-                    acks.lock().await.push(ack);
-                }
-            })
-        };
-        eventually(Duration::from_secs(30), "30 acks before the crash", || {
-            let acks = acks.clone();
-            async move { acks.lock().await.len() >= 30 }
-        })
-        .await;
+        let sender = Sender::start(ca.clone(), bob.user_id, 120);
+        sender.acked(30).await;
         cluster.messages[owner].kill9().await;
-        sender
-            .await
-            .expect("sending resumes once the lease has run out");
+        // Sending resumes once the lease has run out.
+        let acks = sender.finish().await;
 
         // The survivor now owns everything, each partition once.
         cluster.wait_all_partitions_owned().await;
         let survivor = 1 - owner;
         assert_eq!(cluster.owner_of(partition).await, Some(survivor));
 
-        let acks = acks.lock().await.clone();
         let got = receive_from(&cb, alice.user_id, 120, 60).await;
         assert_eq!(
             got.iter().map(|m| m.seq).collect::<Vec<_>>(),
@@ -332,9 +333,17 @@ async fn killing_the_owner_of_a_busy_conversation_moves_its_partition() {
         cluster.wait_balanced().await;
         let more = send_numbered(&ca, bob.user_id, "after", 20).await;
         assert_eq!(more.last().map(|a| a.seq), Some(140));
+
+        // A clean stop (SIGTERM) hands the partitions over instead of letting the
+        // leases run out; the other instance serves them all.
+        cluster.messages[owner].terminate().await;
+        cluster.wait_balanced().await;
+        let last = send_numbered(&ca, bob.user_id, "last", 10).await;
+        assert_eq!(last.last().map(|a| a.seq), Some(150));
         let h = history(&cb, alice.user_id, bob.user_id).await;
-        assert_eq!(h.len(), 140);
+        assert_eq!(h.len(), 150);
         assert_all_acked_stored(&h, &more);
+        assert_all_acked_stored(&h, &last);
     })
     .await;
 }
@@ -348,48 +357,20 @@ async fn the_cluster_recovers_from_nats_and_redis_restarts() {
         let ca = Arc::new(cluster.connect(&alice, 0, cluster_opts()).await);
         let cb = cluster.connect(&bob, 1, cluster_opts()).await;
 
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let sender = {
-            let ca = ca.clone();
-            let acks = acks.clone();
-            let to = bob.user_id;
-            tokio::spawn(async move {
-                for i in 0..150 {
-                    let id = format!("m-{i:04}");
-                    let ack = ca
-                        .send(to, MessageKind::Text, format!("m {i}"), Some(id.clone()))
-                        .await
-                        .unwrap_or_else(|e| panic!("{id} never acked: {e}"));
-                    acks.lock().await.push(ack);
-                }
-            })
-        };
-        let wait_acks = |n: usize| {
-            let acks = acks.clone();
-            async move {
-                eventually(Duration::from_secs(60), &format!("{n} acks"), || {
-                    let acks = acks.clone();
-                    async move { acks.lock().await.len() >= n }
-                })
-                .await
-            }
-        };
-        wait_acks(30).await;
+        let sender = Sender::start(ca.clone(), bob.user_id, 150);
+        sender.acked(30).await;
         cluster.nats.kill();
         tokio::time::sleep(Duration::from_millis(500)).await;
         cluster.nats.restart();
-        wait_acks(70).await;
+        sender.acked(70).await;
         cluster.redis.kill();
         // Longer than the lease validity: owners must stop, then take their partitions
         // back once Redis returns.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         cluster.redis.restart();
-        sender
-            .await
-            .expect("every send is acked despite the restarts");
+        let acks = sender.finish().await;
         cluster.wait_all_partitions_owned().await;
 
-        let acks = acks.lock().await.clone();
         let got = receive_from(&cb, alice.user_id, 150, 90).await;
         assert_eq!(
             got.iter().map(|m| m.seq).collect::<Vec<_>>(),

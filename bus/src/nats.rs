@@ -158,12 +158,9 @@ impl NatsBus {
             .map_err(|e| BusError::Transport(e.to_string()))
     }
 
-    /// Returns once the server has processed everything this client sent before: a
-    /// message to our own inbox comes back only after the server has handled the
-    /// commands ahead of it on the connection (e.g. a new subscription's SUB). This gives
-    /// `subscribe` the in-process bus's guarantee: once it returns, publishes from any
-    /// client reach the subscription.
-    async fn round_trip(&self) -> Result<(), BusError> {
+    /// A fresh reply token, registered: its reply arrives on the receiver until the
+    /// returned [`Waiter`] is dropped.
+    fn wait_for_reply(&self) -> (u64, oneshot::Receiver<Result<Bytes, BusError>>, Waiter) {
         let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.inner
@@ -171,10 +168,20 @@ impl NatsBus {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(token, tx);
-        let _waiter = Waiter {
+        let waiter = Waiter {
             inner: self.inner.clone(),
             token,
         };
+        (token, rx, waiter)
+    }
+
+    /// Returns once the server has processed everything this client sent before: a
+    /// message to our own inbox comes back only after the server has handled the
+    /// commands ahead of it on the connection (e.g. a new subscription's SUB). This gives
+    /// `subscribe` the in-process bus's guarantee: once it returns, publishes from any
+    /// client reach the subscription.
+    async fn round_trip(&self) -> Result<(), BusError> {
+        let (token, rx, _waiter) = self.wait_for_reply();
         self.inner
             .client
             .publish(format!("{}.{token}", self.inner.inbox_prefix), Bytes::new())
@@ -336,17 +343,7 @@ impl Bus for NatsBus {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<PendingReply, BusError> {
-        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(token, tx);
-        let waiter = Waiter {
-            inner: self.inner.clone(),
-            token,
-        };
+        let (token, rx, waiter) = self.wait_for_reply();
         let reply_to = format!("{}.{token}", self.inner.inbox_prefix);
         self.inner
             .client

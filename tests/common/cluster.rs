@@ -217,15 +217,19 @@ impl Cluster {
         let secret = secret.display().to_string();
         let common = |role: &str| vec![role.to_owned(), "--nats".into(), nats.url()];
 
-        let mut args = common("sessions");
-        args.extend([
-            "--data-dir".into(),
-            dir.path().join("sessions").display().to_string(),
-            "--jwt-secret-file".into(),
-            secret.clone(),
-            "--argon2-memory-kib".into(),
-            "256".into(),
-        ]);
+        // Sessions takes its settings from a TOML file, as an operator might.
+        let config = dir.path().join("natter.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[sessions]\ndata-dir = {:?}\njwt_secret_file = {:?}\nargon2-memory-kib = 256\n",
+                dir.path().join("sessions").display().to_string(),
+                secret,
+            ),
+        )
+        .expect("writing natter.toml");
+        let mut args = vec!["--config".to_owned(), config.display().to_string()];
+        args.extend(common("sessions"));
         let mut sessions = Role::new("sessions", dir.path(), args);
         let mut args = common("store");
         args.extend([
