@@ -39,6 +39,8 @@ use crate::{Bus, BusError, BusEvent, BusMessage, PendingReply, Subscription};
 
 /// How long `subscribe` waits for the server to confirm the subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a publish may wait for room in the outgoing buffer.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to connect to NATS.
 #[derive(Debug, Clone)]
@@ -182,11 +184,12 @@ impl NatsBus {
     /// client reach the subscription.
     async fn round_trip(&self) -> Result<(), BusError> {
         let (token, rx, _waiter) = self.wait_for_reply();
-        self.inner
-            .client
-            .publish(format!("{}.{token}", self.inner.inbox_prefix), Bytes::new())
-            .await
-            .map_err(transport)?;
+        bounded(
+            self.inner
+                .client
+                .publish(format!("{}.{token}", self.inner.inbox_prefix), Bytes::new()),
+        )
+        .await?;
         match tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(BusError::Closed),
@@ -296,14 +299,27 @@ fn transport(e: impl std::fmt::Display) -> BusError {
     BusError::Transport(e.to_string())
 }
 
+/// A publish waits for room in the client's outgoing buffer, which does not drain while
+/// NATS is unreachable: give up after [`PUBLISH_TIMEOUT`] so callers fail (and retry)
+/// instead of hanging for the whole outage.
+async fn bounded<E: std::fmt::Display>(
+    publish: impl Future<Output = Result<(), E>>,
+) -> Result<(), BusError> {
+    match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+        Ok(r) => r.map_err(transport),
+        Err(_) => Err(BusError::Timeout(PUBLISH_TIMEOUT)),
+    }
+}
+
 #[async_trait::async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, subject: &Subject, payload: Bytes) -> Result<(), BusError> {
-        self.inner
-            .client
-            .publish(subject.as_str().to_owned(), payload)
-            .await
-            .map_err(transport)
+        bounded(
+            self.inner
+                .client
+                .publish(subject.as_str().to_owned(), payload),
+        )
+        .await
     }
 
     async fn subscribe(
@@ -345,11 +361,12 @@ impl Bus for NatsBus {
     ) -> Result<PendingReply, BusError> {
         let (token, rx, waiter) = self.wait_for_reply();
         let reply_to = format!("{}.{token}", self.inner.inbox_prefix);
-        self.inner
-            .client
-            .publish_with_reply(subject.as_str().to_owned(), reply_to, payload)
-            .await
-            .map_err(transport)?;
+        bounded(self.inner.client.publish_with_reply(
+            subject.as_str().to_owned(),
+            reply_to,
+            payload,
+        ))
+        .await?;
         let subject = subject.as_str().to_owned();
         Ok(async move {
             let _waiter = waiter;

@@ -9,7 +9,8 @@
 //!   `<prefix>:lease:pNNN` = `<instance>/<epoch>`, set with `NX` and a TTL. Taking a
 //!   lease increments `<prefix>:epoch:pNNN`, so each ownership has a number higher than
 //!   every earlier one (it is logged and tells a stale owner from a current one). The
-//!   owner renews every `ttl / 3` with a compare-and-expire script.
+//!   owner renews every `ttl / 3` with a compare-and-expire script (every 200 ms while
+//!   it holds less than its share and is looking for free partitions).
 //! - **Safety.** An owner counts its lease as valid only until `sent + ttl × 0.8`,
 //!   where `sent` is when its last successful renewal was *sent*, so it stops before
 //!   Redis can expire the key and let another instance take it (a 20% margin for clock
@@ -41,6 +42,8 @@ use tokio_util::sync::CancellationToken;
 
 /// A batch does not start with less lease validity than this left.
 pub const MIN_BATCH_VALIDITY: Duration = Duration::from_millis(500);
+/// How soon an instance below its fair share looks for free partitions again.
+const EAGER_TICK: Duration = Duration::from_millis(200);
 /// Timeout of each Redis call of the lease manager.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -298,19 +301,20 @@ impl Manager {
     /// Runs until shutdown, then hands every partition over.
     pub async fn run(mut self) {
         let tick = self.config.ttl / 3;
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(
             instance = %self.config.instance_id,
             ttl_ms = self.config.ttl.as_millis() as u64,
             "partition leases: joining"
         );
         loop {
+            // Below its share an instance looks again soon: partitions another instance
+            // hands over are unowned until someone takes them.
+            let wanting = self.step().await;
+            let next = if wanting { tick.min(EAGER_TICK) } else { tick };
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                _ = interval.tick() => {}
+                _ = tokio::time::sleep(next) => {}
             }
-            self.step().await;
         }
         let all: Vec<u16> = self.held.keys().copied().collect();
         self.hand_over(&all).await;
@@ -330,7 +334,9 @@ impl Manager {
         tracing::info!(instance = %self.config.instance_id, "partition leases: left");
     }
 
-    async fn step(&mut self) {
+    /// One round: membership, renewals, then give or take to reach the fair share.
+    /// Returns true while this instance holds less than its share.
+    async fn step(&mut self) -> bool {
         // Owners whose lease lapsed (renewals failing) have stopped by themselves; so
         // do tasks that ended on their own (e.g. a failed subscription).
         self.forget_lapsed();
@@ -339,7 +345,7 @@ impl Manager {
             Ok(n) => n.max(1),
             Err(e) => {
                 tracing::warn!(error = %e, "lease manager: redis unreachable");
-                return;
+                return false;
             }
         };
         self.renew_all(sent).await;
@@ -362,6 +368,7 @@ impl Manager {
         } else if self.held.len() < share {
             self.take(share - self.held.len(), sent).await;
         }
+        self.held.len() < share
     }
 
     fn forget_lapsed(&mut self) {
