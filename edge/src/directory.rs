@@ -3,7 +3,8 @@
 //! writer task per edge, which applies them in order to its own table (the truth for
 //! this node) and to the shared directory (Redis in a cluster), and heartbeats the node.
 //! When the directory was unreachable or lost this node's entries (a Redis restart, a
-//! lapsed TTL), the writer rewrites them all from its table once it can.
+//! lapsed TTL), the writer rewrites them all from its table once it can. An in-process
+//! directory (`natter serve`) cannot lose entries, so no table is kept for it.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -90,8 +91,12 @@ impl Writer {
         }
     }
 
-    /// Updates the table.
+    /// Updates the table (not kept for an in-process directory, which cannot lose what
+    /// it was told: one entry per connection less).
     fn apply_local(&mut self, note: &Note) {
+        if self.directory.is_local() {
+            return;
+        }
         match *note {
             Note::Connected(user, device, conn) => {
                 self.table.insert((user, device), conn);

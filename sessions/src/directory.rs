@@ -57,7 +57,7 @@
 //! [`Heartbeat::Joined`], which makes the edges register their connections again.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, LazyLock, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -198,6 +198,13 @@ pub trait SessionDirectory: Send + Sync + 'static {
 
     /// Live nodes with their connection counts and last heartbeat, by name.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, DirectoryError>;
+
+    /// True when the directory lives in the caller's process and cannot lose entries
+    /// behind its back (no outage, no restart): callers need not keep their own copy of
+    /// what they registered in order to write it again.
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 fn check_node(node: &str) -> Result<(), DirectoryError> {
@@ -247,10 +254,13 @@ pub struct MemoryDirectory {
     state: Mutex<MemState>,
 }
 
+/// One ordered map of every connected device: compact (B-tree nodes, no per-user table)
+/// because `natter serve` holds one entry per connection. A user's devices are a range;
+/// the per-node views (rare: admin queries, a lapsed node) scan it.
 #[derive(Debug, Default)]
 struct MemState {
     nodes: HashMap<Arc<str>, MemNode>,
-    users: HashMap<UserId, HashMap<DeviceId, MemLoc>>,
+    devices: BTreeMap<(UserId, DeviceId), MemLoc>,
 }
 
 #[derive(Debug)]
@@ -259,7 +269,8 @@ struct MemNode {
     expires: Instant,
     expires_at_ms: u64,
     last_heartbeat_ms: u64,
-    conns: HashMap<(UserId, DeviceId), u64>,
+    /// Entries in `devices` that point at this node.
+    connections: u64,
 }
 
 #[derive(Debug)]
@@ -300,24 +311,16 @@ impl MemState {
         }
     }
 
-    /// Removes the node and every user entry that points at it.
+    /// Removes the node and every entry that points at it.
     fn drop_node(&mut self, node: &str) {
-        let Some(gone) = self.nodes.remove(node) else {
-            return;
-        };
-        for ((user, device), connection) in gone.conns {
-            if let Entry::Occupied(mut devices) = self.users.entry(user) {
-                let ours = devices
-                    .get()
-                    .get(&device)
-                    .is_some_and(|l| *l.node == *node && l.connection == connection);
-                if ours {
-                    devices.get_mut().remove(&device);
-                    if devices.get().is_empty() {
-                        devices.remove();
-                    }
-                }
-            }
+        if self.nodes.remove(node).is_some() {
+            self.devices.retain(|_, l| *l.node != *node);
+        }
+    }
+
+    fn count(&mut self, node: &str, delta: i64) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.connections = n.connections.saturating_add_signed(delta);
         }
     }
 }
@@ -338,28 +341,32 @@ impl SessionDirectory for MemoryDirectory {
             return Err(DirectoryError::NodeNotLive(node.to_owned()));
         };
         let name = here.name.clone();
-        let devices = state.users.entry(user).or_default();
         let mut connected_at_ms = unix_ms();
-        if let Some(old) = devices.get(&device) {
-            if *old.node == *node && old.connection == connection {
+        let mut moved_from = None;
+        match state.devices.get(&(user, device)) {
+            Some(old) if *old.node == *node && old.connection == connection => {
                 connected_at_ms = old.connected_at_ms;
-            } else if *old.node != *node
-                && let Some(other) = state.nodes.get_mut(&old.node)
-                && other.conns.get(&(user, device)) == Some(&old.connection)
-            {
-                other.conns.remove(&(user, device));
             }
+            Some(old) if *old.node == *node => {}
+            Some(old) => moved_from = Some(old.node.clone()),
+            None => {}
         }
-        devices.insert(
-            device,
-            MemLoc {
-                node: name,
-                connection,
-                connected_at_ms,
-            },
-        );
-        if let Some(here) = state.nodes.get_mut(node) {
-            here.conns.insert((user, device), connection);
+        let is_new = state
+            .devices
+            .insert(
+                (user, device),
+                MemLoc {
+                    node: name,
+                    connection,
+                    connected_at_ms,
+                },
+            )
+            .is_none();
+        if let Some(old) = &moved_from {
+            state.count(old, -1);
+        }
+        if is_new || moved_from.is_some() {
+            state.count(node, 1);
         }
         Ok(())
     }
@@ -372,26 +379,14 @@ impl SessionDirectory for MemoryDirectory {
         connection: u64,
     ) -> Result<(), DirectoryError> {
         check_node(node)?;
-        let mut guard = self.state();
-        let state = &mut *guard;
-        let Entry::Occupied(mut devices) = state.users.entry(user) else {
-            return Ok(());
-        };
-        let ours = devices
-            .get()
-            .get(&device)
+        let mut state = self.state();
+        let ours = state
+            .devices
+            .get(&(user, device))
             .is_some_and(|l| *l.node == *node && l.connection == connection);
-        if !ours {
-            return Ok(());
-        }
-        devices.get_mut().remove(&device);
-        if devices.get().is_empty() {
-            devices.remove();
-        }
-        if let Some(here) = state.nodes.get_mut(node)
-            && here.conns.get(&(user, device)) == Some(&connection)
-        {
-            here.conns.remove(&(user, device));
+        if ours {
+            state.devices.remove(&(user, device));
+            state.count(node, -1);
         }
         Ok(())
     }
@@ -419,7 +414,7 @@ impl SessionDirectory for MemoryDirectory {
                         expires,
                         expires_at_ms,
                         last_heartbeat_ms: now_ms,
-                        conns: HashMap::new(),
+                        connections: 0,
                     },
                 );
                 Ok(Heartbeat::Joined)
@@ -435,32 +430,29 @@ impl SessionDirectory for MemoryDirectory {
 
     async fn devices(&self, user: UserId) -> Result<Vec<DeviceLocation>, DirectoryError> {
         let state = self.state();
-        let mut out: Vec<DeviceLocation> = state
-            .users
-            .get(&user)
-            .into_iter()
-            .flatten()
-            .map(|(device, loc)| DeviceLocation {
+        // Sorted by device: the map's order within one user.
+        Ok(state
+            .devices
+            .range((user, DeviceId(0))..=(user, DeviceId(u64::MAX)))
+            .map(|((_, device), loc)| DeviceLocation {
                 device: *device,
                 node: loc.node.to_string(),
                 connection: loc.connection,
                 connected_at_ms: loc.connected_at_ms,
             })
-            .collect();
-        out.sort_by_key(|l| l.device);
-        Ok(out)
+            .collect())
     }
 
     async fn connections(&self, node: &str) -> Result<Vec<(UserId, DeviceId)>, DirectoryError> {
         check_node(node)?;
         let state = self.state();
-        let mut out: Vec<(UserId, DeviceId)> = state
-            .nodes
-            .get(node)
-            .map(|n| n.conns.keys().copied().collect())
-            .unwrap_or_default();
-        out.sort_unstable();
-        Ok(out)
+        // Sorted: the map's order.
+        Ok(state
+            .devices
+            .iter()
+            .filter(|(_, l)| *l.node == *node)
+            .map(|(k, _)| *k)
+            .collect())
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, DirectoryError> {
@@ -470,13 +462,17 @@ impl SessionDirectory for MemoryDirectory {
             .values()
             .map(|n| NodeInfo {
                 node: n.name.to_string(),
-                connections: n.conns.len() as u64,
+                connections: n.connections,
                 last_heartbeat_ms: n.last_heartbeat_ms,
                 expires_at_ms: n.expires_at_ms,
             })
             .collect();
         out.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(out)
+    }
+
+    fn is_local(&self) -> bool {
+        true
     }
 }
 
