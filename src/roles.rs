@@ -333,9 +333,7 @@ pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
     lease.ttl = Duration::from_millis(args.lease_ttl_ms);
     let stop = CancellationToken::new();
     let running = natter_messages::start(
-        natter_messages::Config {
-            request_timeout: store_timeout,
-        },
+        natter_messages::Config::default(),
         store,
         bus,
         natter_messages::Placement::Leased(lease),
