@@ -259,11 +259,10 @@ pub async fn edge(args: EdgeArgs) -> Result<(), Failure> {
     }
     let node = args.node_id.clone().unwrap_or_else(|| default_name("edge"));
     let directory: Arc<dyn natter_sessions::directory::SessionDirectory> = match &args.redis {
+        // Lazy: the edge serves while Redis is still starting; the directory catches up.
         Some(url) => Arc::new(
-            natter_sessions::directory::RedisDirectory::connect(url, "natter")
-                .await
-                .with_context(|| format!("connecting to Redis at {url}"))
-                .map_err(Failure::Runtime)?,
+            natter_sessions::directory::RedisDirectory::connect_lazy(url, "natter")
+                .map_err(|e| config_error(anyhow::anyhow!("--redis: {e}")))?,
         ),
         None => {
             tracing::warn!("no --redis: the session directory is local to this edge");

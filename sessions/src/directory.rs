@@ -769,6 +769,35 @@ impl RedisDirectory {
         })
     }
 
+    /// Like [`RedisDirectory::connect`], but connects on first use, so a caller can start
+    /// while Redis is still down (its calls fail until Redis answers, then work). The
+    /// default timeout bounds every call.
+    pub fn connect_lazy(url: &str, key_prefix: &str) -> Result<RedisDirectory, DirectoryError> {
+        if key_prefix.is_empty() || key_prefix.chars().any(char::is_control) {
+            return Err(DirectoryError::Invalid {
+                what: "key prefix",
+                why: "it is empty or contains a control character".into(),
+            });
+        }
+        let timeout = DEFAULT_TIMEOUT;
+        let addr = redact(url);
+        let client = redis::Client::open(url).map_err(|source| DirectoryError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|source| DirectoryError::Connect { addr, source })?;
+        Ok(RedisDirectory {
+            conn,
+            prefix: Arc::from(key_prefix),
+            timeout,
+        })
+    }
+
     /// Runs one script (EVALSHA; the script is loaded again after a Redis restart) within
     /// the timeout.
     async fn run<T: redis::FromRedisValue>(

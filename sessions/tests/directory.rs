@@ -590,3 +590,41 @@ async fn redis_dead_entries_stay_dead_while_reclaiming_lags() {
         vec![at(DeviceId(7), "doomed", 7)]
     );
 }
+
+#[tokio::test]
+async fn redis_lazy_directory_works_once_redis_is_up() {
+    let mut server = start_redis().await;
+    let url = server.url();
+    let stopped = tokio::task::spawn_blocking(move || {
+        server.kill();
+        server
+    })
+    .await
+    .expect("kill");
+    // Created while Redis is down: no error yet; calls fail (bounded) until it is up.
+    let dir = RedisDirectory::connect_lazy(&url, "natter:lazy").expect("lazy");
+    let started = Instant::now();
+    let e = dir.nodes().await.expect_err("redis is down");
+    assert!(e.is_unavailable(), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let _server = tokio::task::spawn_blocking(move || {
+        let mut server = stopped;
+        server.restart();
+        server
+    })
+    .await
+    .expect("restart");
+    eventually("the lazy directory to reach redis", || {
+        let dir = &dir;
+        async move { dir.heartbeat("n1", LONG).await.is_ok() }
+    })
+    .await;
+    dir.register("n1", UserId(1), DeviceId(2), 3)
+        .await
+        .expect("register");
+    assert_eq!(dir.devices(UserId(1)).await.expect("devices").len(), 1);
+    assert!(matches!(
+        RedisDirectory::connect_lazy(&url, ""),
+        Err(DirectoryError::Invalid { .. })
+    ));
+}
