@@ -399,15 +399,24 @@ async fn the_cluster_recovers_from_nats_and_redis_restarts() {
     .await;
 }
 
-/// `natter-loadtest` of the same build: next to `natter`, or built now.
+/// `natter-loadtest` of the same build: next to `natter`, or built now when it is
+/// missing or older than `natter`.
 fn loadtest_bin() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_BIN_EXE_natter"))
         .parent()
         .expect("binary has a directory")
         .to_owned();
     let bin = dir.join("natter-loadtest");
-    if !bin.exists() {
-        // `cargo test -p natter` alone does not build the load test.
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stale = match (
+        modified(&bin),
+        modified(std::path::Path::new(env!("CARGO_BIN_EXE_natter"))),
+    ) {
+        (Some(lt), Some(n)) => lt < n,
+        _ => true,
+    };
+    if stale {
+        // `cargo test -p natter` alone does not build the load test (or leaves an old one).
         let mut cmd =
             std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args([
