@@ -439,32 +439,36 @@ fn loadtest_bin() -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_load_tests_direct_scenario_audits_clean_against_the_cluster() {
-    let cluster = Cluster::start(Shape::default()).await;
+async fn the_load_tests_direct_scenario_audits_clean_while_a_messages_instance_dies() {
+    let mut cluster = Cluster::start(Shape::default()).await;
     let edges = cluster
         .edges
         .iter()
         .map(|e| e.ws_url())
         .collect::<Vec<_>>()
         .join(",");
-    let out = bounded(
-        150,
-        tokio::process::Command::new(loadtest_bin())
-            .args(["--url", &cluster.sessions.base_url(), "--ws-url", &edges])
-            .args([
-                "--workers",
-                "2",
-                "direct",
-                "--users",
-                "40",
-                "--duration",
-                "8s",
-            ])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("natter-loadtest runs");
+    let mut loadtest = tokio::process::Command::new(loadtest_bin());
+    loadtest
+        .args(["--url", &cluster.sessions.base_url(), "--ws-url", &edges])
+        .args([
+            "--workers",
+            "2",
+            "direct",
+            "--users",
+            "40",
+            "--duration",
+            "8s",
+        ])
+        .kill_on_drop(true);
+    let run = loadtest.output();
+    // Mid-run, a messages instance dies (kill -9) with half the partitions: their
+    // conversations stall until the leases run out, then carry on at the other one.
+    let crash = async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        cluster.messages[0].kill9().await;
+    };
+    let (out, ()) = bounded(150, async { tokio::join!(run, crash) }).await;
+    let out = out.expect("natter-loadtest runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let summary: serde_json::Value = serde_json::from_str(stdout.trim())

@@ -13,8 +13,9 @@
 //! - **corrupted**: a delivered body that is not the body sent.
 //!
 //! At-least-once delivery allows the server to repeat a message across a reconnect or a
-//! sync that overlaps live pushes; those repeats are counted as `redelivered`, which a
-//! client drops and a user never sees.
+//! sync that overlaps live pushes, and to push a message again when its sender retries it
+//! (the retry may be the first sign that the first push was lost); those repeats are
+//! counted as `redelivered`, which a client drops and a user never sees.
 
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +83,9 @@ struct Sent {
     /// Its seq, from the Ack or from a delivery (0 = unknown).
     seq: u64,
     message_id: u64,
+    /// The sender sent it again (no ack in time, or a reconnect): the server pushes a
+    /// retried message again, so a second live push of it is allowed.
+    resent: bool,
 }
 
 /// Which message holds a seq, as far as anyone has told us.
@@ -174,6 +178,7 @@ impl Conversation {
             acked_ns: 0,
             seq: 0,
             message_id: 0,
+            resent: false,
         });
         (self.sent.len() - 1) as u32
     }
@@ -224,6 +229,13 @@ impl Conversation {
         true
     }
 
+    /// The sender sent message `index` again.
+    pub fn resent(&mut self, index: u32) {
+        if let Some(s) = self.sent.get_mut(index as usize) {
+            s.resent = true;
+        }
+    }
+
     /// Starts a new epoch for receiver `r`: after a reconnect, or before a Sync.
     pub fn new_epoch(&mut self, r: usize) {
         if let Some(rx) = self.receivers.get_mut(r) {
@@ -259,22 +271,26 @@ impl Conversation {
         }
         self.bind(index, seq, message_id);
         self.claim(seq, index, message_id);
-        let sent_ns = self.sent[index as usize].sent_ns;
+        let sent = &self.sent[index as usize];
+        let (sent_ns, resent) = (sent.sent_ns, sent.resent);
         let Some(rx) = self.receivers.get_mut(r) else {
             return;
         };
-        let last = match origin {
-            Origin::Live => &mut rx.last_live,
-            Origin::Sync => &mut rx.last_sync,
-        };
-        if seq < *last {
-            self.tally.misordered += 1;
-        }
-        *last = (*last).max(seq);
         let i = (seq - 1) as usize;
         if rx.seen.len() <= i {
             rx.seen.resize(i + 1, 0);
         }
+        // A retried message pushed again arrives after newer ones; a client drops it (it
+        // has the seq), so it is no step backwards in what the user sees.
+        let repush = resent && rx.seen[i] != 0;
+        let last = match origin {
+            Origin::Live => &mut rx.last_live,
+            Origin::Sync => &mut rx.last_sync,
+        };
+        if seq < *last && !repush {
+            self.tally.misordered += 1;
+        }
+        *last = (*last).max(seq);
         let now = mark(rx.epoch, origin);
         match rx.seen[i] {
             0 => {
@@ -289,7 +305,9 @@ impl Conversation {
                     latency_ns: now_ns.saturating_sub(sent_ns),
                 });
             }
-            first if first == now => self.tally.duplicated += 1,
+            // The same epoch and origin twice: a duplicate, unless the sender retried
+            // it (the server pushes a retried message again).
+            first if first == now && !resent => self.tally.duplicated += 1,
             _ => self.tally.redelivered += 1,
         }
     }
@@ -447,6 +465,19 @@ mod tests {
         assert_eq!(t.duplicated, 1);
         assert_eq!(t.delivered, 3, "a duplicate is not a second delivery");
         assert!(!t.clean());
+    }
+
+    #[test]
+    fn a_retried_message_pushed_again_is_a_redelivery() {
+        let mut c = clean(3);
+        c.resent(1);
+        deliver(&mut c, Origin::Live, 1, 2);
+        let t = c.finish();
+        assert_eq!((t.redelivered, t.duplicated, t.misordered), (1, 0, 0));
+        assert!(t.clean());
+        // Only the retried one.
+        deliver(&mut c, Origin::Live, 2, 3);
+        assert_eq!(c.finish().duplicated, 1);
     }
 
     #[test]

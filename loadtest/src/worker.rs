@@ -433,6 +433,8 @@ struct Sender {
     /// Message index → when it was last written.
     inflight: BTreeMap<u32, Instant>,
     conversation_id: String,
+    /// Indexes written again since the auditor last heard of it.
+    resent: Vec<u32>,
 }
 
 impl Sender {
@@ -444,6 +446,14 @@ impl Sender {
             conn,
             inflight: BTreeMap::new(),
             conversation_id: String::new(),
+            resent: Vec::new(),
+        }
+    }
+
+    /// Tells the auditor which messages were sent again since the last call.
+    fn report_resent(&mut self, conv: &mut Conversation) {
+        for index in self.resent.drain(..) {
+            conv.resent(index);
         }
     }
 
@@ -495,6 +505,7 @@ impl Sender {
         for &index in &due {
             self.conn.feed(&self.frame(ctx, index)).await?;
             self.inflight.insert(index, now);
+            self.resent.push(index);
         }
         if !due.is_empty() {
             ctx.retries.fetch_add(due.len() as u64, Relaxed);
@@ -813,6 +824,8 @@ async fn run_pair(
     let mut tick = tokio::time::interval(TICK);
     let every = (window as u64 / 2).max(1);
     loop {
+        // Before any frame that a resend could cause is read.
+        tx.report_resent(&mut conv);
         if running
             && let Err(e) = tx.fill(&ctx, &mut conv, window, u64::MAX).await
             && !tx.recover(&ctx, &e).await
@@ -904,6 +917,7 @@ async fn offline_task(
     let mut interrupted = false;
     let mut failed = false;
     while (conv.sent_count() as u64) < messages || !tx.inflight.is_empty() {
+        tx.report_resent(&mut conv);
         if let Err(e) = tx.fill(&ctx, &mut conv, window, messages).await
             && !tx.recover(&ctx, &e).await
         {

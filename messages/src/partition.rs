@@ -2,7 +2,9 @@
 //! subject `natter.msg.pNNN`. An owner takes what is queued (up to [`MAX_BATCH`]) and
 //! handles it as one batch: sends are validated, deduped
 //! (in the batch, then against the store), given seqs and stored with ONE `append`; only
-//! then are they acked and pushed. Receipts and typing follow.
+//! then are they pushed and then acked (so an ack implies the push was published, even if
+//! the owner dies right after). A retry of a stored message is pushed again before its
+//! original ack. Receipts and typing follow.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -165,6 +167,17 @@ async fn push(shared: &Shared, user: UserId, frame: Bytes, skip_device: u64) {
     {
         // Best effort: devices that miss a push get it from sync.
         tracing::debug!(error = %e, %user, "push not published");
+    }
+}
+
+/// Pushes a stored message to every member's devices (not back to the sending device).
+async fn push_message(shared: &Shared, message: v1::Message, members: &[UserId]) {
+    let sender = UserId(message.sender_user);
+    let sender_device = message.sender_device;
+    let bytes = frame(server_frame::Body::Message(message));
+    for &member in members {
+        let skip = if member == sender { sender_device } else { 0 };
+        push(shared, member, bytes.clone(), skip).await;
     }
 }
 
@@ -467,6 +480,10 @@ impl Worker {
         let mut batch: Vec<NewMessage> = Vec::new();
         for (u, original) in uniques.into_iter().zip(found) {
             if let Some(ack) = original {
+                // A retry: its sender never saw the ack, so the first owner may have died
+                // between commit and push. Push the stored message again (devices drop a
+                // seq they have), then ack: an ack always follows the push.
+                self.repush(&u.send, &ack).await;
                 self.answer(&u, partition_reply::Body::Ack(ack)).await;
                 continue;
             }
@@ -522,25 +539,45 @@ impl Worker {
             self.fail_all(&accepted, store_failure(&e)).await;
             return;
         }
-        for (u, nm) in accepted.iter().zip(&batch) {
-            let m = &nm.message;
-            let ack = v1::Ack {
-                client_msg_id: m.client_msg_id.clone(),
-                conversation_id: m.conversation_id.clone(),
-                seq: m.seq,
-                message_id: m.message_id,
-                created_at_ms: m.created_at_ms,
-            };
+        // Push before acking: a sender that holds an ack knows the push was published,
+        // so an owner dying between the two loses no delivery (a retry re-pushes).
+        let acks: Vec<v1::Ack> = batch
+            .iter()
+            .map(|nm| {
+                let m = &nm.message;
+                v1::Ack {
+                    client_msg_id: m.client_msg_id.clone(),
+                    conversation_id: m.conversation_id.clone(),
+                    seq: m.seq,
+                    message_id: m.message_id,
+                    created_at_ms: m.created_at_ms,
+                }
+            })
+            .collect();
+        for nm in batch {
+            push_message(&self.shared, nm.message, &nm.members).await;
+        }
+        for (u, ack) in accepted.iter().zip(acks) {
             self.answer(u, partition_reply::Body::Ack(ack)).await;
         }
-        for nm in batch {
-            let sender = UserId(nm.message.sender_user);
-            let sender_device = nm.message.sender_device;
-            let bytes = frame(server_frame::Body::Message(nm.message));
-            for member in nm.members {
-                let skip = if member == sender { sender_device } else { 0 };
-                push(&self.shared, member, bytes.clone(), skip).await;
+    }
+
+    /// Pushes the stored message a retried send names to every member again.
+    async fn repush(&self, p: &PendingSend, ack: &v1::Ack) {
+        let stored = self
+            .shared
+            .store
+            .read_after(&p.conv, Seq(ack.seq.saturating_sub(1)), 1)
+            .await;
+        match stored {
+            Ok(mut found) if found.first().is_some_and(|m| m.seq == ack.seq) => {
+                let mut members = vec![p.caller.user, p.other];
+                members.sort();
+                push_message(&self.shared, found.swap_remove(0), &members).await;
             }
+            Ok(_) => tracing::error!(seq = ack.seq, "a deduplicated message is not in the log"),
+            // The ack still goes out; devices get the message by their next sync.
+            Err(e) => tracing::warn!(error = %e, "could not re-push a retried message"),
         }
     }
 
