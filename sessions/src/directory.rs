@@ -223,6 +223,25 @@ fn check_node(node: &str) -> Result<(), DirectoryError> {
     })
 }
 
+fn check_prefix(key_prefix: &str) -> Result<(), DirectoryError> {
+    if key_prefix.is_empty() || key_prefix.chars().any(char::is_control) {
+        return Err(DirectoryError::Invalid {
+            what: "key prefix",
+            why: "it is empty or contains a control character".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Reconnect attempts are spaced at most half a second apart, so calls work again soon
+/// after Redis comes back; a call never waits longer than `timeout`.
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_max_delay(Duration::from_millis(500))
+}
+
 /// The TTL in whole milliseconds (at least 1).
 fn check_ttl(ttl: Duration) -> Result<u64, DirectoryError> {
     if ttl < Duration::from_millis(1) || ttl > MAX_TTL {
@@ -726,12 +745,7 @@ impl RedisDirectory {
         key_prefix: &str,
         timeout: Duration,
     ) -> Result<RedisDirectory, DirectoryError> {
-        if key_prefix.is_empty() || key_prefix.chars().any(char::is_control) {
-            return Err(DirectoryError::Invalid {
-                what: "key prefix",
-                why: "it is empty or contains a control character".into(),
-            });
-        }
+        check_prefix(key_prefix)?;
         if timeout.is_zero() {
             return Err(DirectoryError::Invalid {
                 what: "timeout",
@@ -743,25 +757,21 @@ impl RedisDirectory {
             addr: addr.clone(),
             source,
         })?;
-        // Reconnect attempts are spaced at most half a second apart, so calls work again
-        // soon after Redis comes back; a call never waits longer than `timeout`.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            match tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(source)) => return Err(DirectoryError::Connect { addr, source }),
-                Err(_) => {
-                    return Err(DirectoryError::Timeout {
-                        op: "connect",
-                        after: timeout,
-                    });
-                }
-            };
+        let conn = match tokio::time::timeout(
+            timeout,
+            ConnectionManager::new_with_config(client, manager_config(timeout)),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(source)) => return Err(DirectoryError::Connect { addr, source }),
+            Err(_) => {
+                return Err(DirectoryError::Timeout {
+                    op: "connect",
+                    after: timeout,
+                });
+            }
+        };
         Ok(RedisDirectory {
             conn,
             prefix: Arc::from(key_prefix),
@@ -773,23 +783,14 @@ impl RedisDirectory {
     /// while Redis is still down (its calls fail until Redis answers, then work). The
     /// default timeout bounds every call.
     pub fn connect_lazy(url: &str, key_prefix: &str) -> Result<RedisDirectory, DirectoryError> {
-        if key_prefix.is_empty() || key_prefix.chars().any(char::is_control) {
-            return Err(DirectoryError::Invalid {
-                what: "key prefix",
-                why: "it is empty or contains a control character".into(),
-            });
-        }
+        check_prefix(key_prefix)?;
         let timeout = DEFAULT_TIMEOUT;
         let addr = redact(url);
         let client = redis::Client::open(url).map_err(|source| DirectoryError::Connect {
             addr: addr.clone(),
             source,
         })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config(timeout))
             .map_err(|source| DirectoryError::Connect { addr, source })?;
         Ok(RedisDirectory {
             conn,
