@@ -366,7 +366,7 @@ async fn the_cluster_recovers_from_nats_and_redis_restarts() {
         cluster.redis.kill();
         // Longer than the lease validity: owners must stop, then take their partitions
         // back once Redis returns.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tokio::time::sleep(Duration::from_millis(3000)).await;
         cluster.redis.restart();
         let acks = sender.finish().await;
         cluster.wait_all_partitions_owned().await;
@@ -450,9 +450,15 @@ async fn the_load_tests_direct_scenario_audits_clean_while_a_messages_instance_d
     let mut loadtest = tokio::process::Command::new(loadtest_bin());
     loadtest
         .args(["--url", &cluster.sessions.base_url(), "--ws-url", &edges])
+        // Short retry timer and a long drain: sends caught by the crash are retried
+        // every 2 s until the partitions have moved (the drain ends once all is settled).
         .args([
             "--workers",
             "2",
+            "--request-timeout",
+            "2s",
+            "--drain",
+            "40s",
             "direct",
             "--users",
             "40",

@@ -6,8 +6,9 @@
 //! - **duplicated**: a message a user would see twice: one `client_msg_id` stored under
 //!   two seqs, or one seq pushed twice on one connection where the protocol allows once
 //!   (two live pushes, or twice in one sync);
-//! - **misordered**: live pushes (or one sync's batches) going backwards in seq, or two
-//!   different messages claiming one seq (acks and deliveries must agree on the order);
+//! - **misordered**: live pushes (or one sync's batches) going backwards in seq (except a
+//!   retried message's re-push, which may fill a gap late), or two different messages
+//!   claiming one seq (acks and deliveries must agree on the order);
 //! - **gaps**: a seq below the conversation's highest that no message of ours holds (the
 //!   order must be gap-free);
 //! - **corrupted**: a delivered body that is not the body sent.
@@ -280,9 +281,11 @@ impl Conversation {
         if rx.seen.len() <= i {
             rx.seen.resize(i + 1, 0);
         }
-        // A retried message pushed again arrives after newer ones; a client drops it (it
-        // has the seq), so it is no step backwards in what the user sees.
-        let repush = resent && rx.seen[i] != 0;
+        // A retried message is pushed again when its retry reaches the owner, which can be
+        // after newer messages were pushed: a client drops it if it has the seq, or puts
+        // it in its place (it orders by seq and holds what comes after a gap). Either
+        // way no step backwards in what the user sees.
+        let repush = resent;
         let last = match origin {
             Origin::Live => &mut rx.last_live,
             Origin::Sync => &mut rx.last_sync,
@@ -478,6 +481,30 @@ mod tests {
         // Only the retried one.
         deliver(&mut c, Origin::Live, 2, 3);
         assert_eq!(c.finish().duplicated, 1);
+    }
+
+    #[test]
+    fn a_retried_message_filling_a_gap_late_is_in_order() {
+        let mut c = Conversation::new(1);
+        for i in 0..3u32 {
+            c.send(0);
+            assert!(c.ack(i, u64::from(i) + 1, 1000 + u64::from(i), 1_000));
+        }
+        deliver(&mut c, Origin::Live, 0, 1);
+        deliver(&mut c, Origin::Live, 2, 3);
+        // Seq 2's first push was lost; its retry pushes it after seq 3.
+        c.resent(1);
+        deliver(&mut c, Origin::Live, 1, 2);
+        let t = c.finish();
+        assert_eq!((t.delivered, t.misordered, t.lost), (3, 0, 0));
+        // A message that was not retried going backwards still counts.
+        let mut c = clean(2);
+        c.send(0);
+        assert!(c.ack(2, 3, 1002, 1_000));
+        c.new_epoch(0);
+        deliver(&mut c, Origin::Live, 2, 3);
+        deliver(&mut c, Origin::Live, 1, 2);
+        assert!(c.finish().misordered >= 1);
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl Default for Shape {
         Shape {
             edges: 2,
             messages: 2,
-            lease_ttl_ms: 2_000,
+            lease_ttl_ms: 3_000,
         }
     }
 }
