@@ -5,6 +5,7 @@
 mod in_process;
 mod nats;
 pub mod queue;
+mod serve;
 
 use std::{
     pin::Pin,
@@ -18,6 +19,7 @@ use natter_proto::Subject;
 
 pub use in_process::InProcessBus;
 pub use nats::{NatsBus, NatsConfig};
+pub use serve::serve_requests;
 
 /// How long a request waits for its reply unless the caller says otherwise.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

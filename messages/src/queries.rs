@@ -4,11 +4,9 @@
 use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
-use futures::StreamExt;
-use natter_bus::{BusEvent, BusMessage, Subscription};
+use natter_bus::{BusMessage, Subscription};
 use natter_proto::{ConversationId, ErrorCode, Seq, bus, error, v1};
 use prost::Message as _;
-use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Shared, caller_of, store_failure};
@@ -37,42 +35,17 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT));
-    let mut running = JoinSet::new();
-    loop {
-        let event = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            event = sub.next() => event,
-        };
-        let msg = match event {
-            Some(BusEvent::Message(msg)) => msg,
-            Some(BusEvent::Lagged) => {
-                tracing::warn!(?kind, "query subscription lagged: requests were dropped");
-                continue;
-            }
-            None => break,
-        };
-        if msg.reply.is_none() {
-            continue;
-        }
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        while running.try_join_next().is_some() {}
+    let name = match kind {
+        Kind::Sync => "sync",
+        Kind::History => "history",
+    };
+    // A request taken but not started at shutdown times out at its sender, as do the
+    // buffered ones (dropped with the subscription).
+    let _unstarted = natter_bus::serve_requests(name, &mut sub, MAX_CONCURRENT, &shutdown, |msg| {
         let shared = shared.clone();
-        running.spawn(async move {
-            let _permit = permit;
-            answer(&shared, kind, msg).await;
-        });
-    }
-    drop(sub);
-    while running.join_next().await.is_some() {}
+        async move { answer(&shared, kind, msg).await }
+    })
+    .await;
 }
 
 async fn answer(shared: &Shared, kind: Kind, msg: BusMessage) {

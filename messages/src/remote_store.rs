@@ -64,7 +64,7 @@ use natter_proto::{
 };
 use prost::Message as _;
 use rand::Rng as _;
-use tokio::{sync::Semaphore, task::JoinHandle, task::JoinSet};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, StoreError};
@@ -179,52 +179,16 @@ pub async fn serve(
 }
 
 async fn run(server: Arc<Server>, mut sub: Subscription, shutdown: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut running = JoinSet::new();
-    loop {
-        let event = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            event = sub.next() => event,
-        };
-        let msg = match event {
-            Some(BusEvent::Message(msg)) => msg,
-            Some(BusEvent::Lagged) => {
-                tracing::warn!("store subscription lagged: requests were dropped");
-                continue;
-            }
-            None => {
-                tracing::error!("store subscription ended");
-                break;
-            }
-        };
-        if msg.reply.is_none() {
-            // A store call nobody waits for: its caller cannot learn the outcome.
-            tracing::debug!("store request without a reply subject ignored");
-            continue;
-        }
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                server.send(&msg, error_reply(&StoreError::Closed)).await;
-                break;
-            }
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                // Never closed; stop like a shutdown if it were.
-                Err(_) => break,
-            },
-        };
-        while let Some(done) = running.try_join_next() {
-            log_task_end(done);
-        }
-        let server = server.clone();
-        running.spawn(async move {
-            let _permit = permit;
-            server.answer(msg).await;
-        });
+    let unstarted =
+        natter_bus::serve_requests("store", &mut sub, MAX_IN_FLIGHT, &shutdown, |msg| {
+            let server = server.clone();
+            async move { server.answer(msg).await }
+        })
+        .await;
+    // What was taken or is still buffered gets a fast "closed" rather than a timeout.
+    if let Some(msg) = unstarted {
+        server.send(&msg, error_reply(&StoreError::Closed)).await;
     }
-    // What is already buffered gets a fast "closed" rather than a timeout.
     for _ in 0..SHUTDOWN_DRAIN_MAX {
         match sub.next().now_or_never() {
             Some(Some(BusEvent::Message(msg))) => {
@@ -233,16 +197,6 @@ async fn run(server: Arc<Server>, mut sub: Subscription, shutdown: CancellationT
             Some(Some(BusEvent::Lagged)) => {}
             Some(None) | None => break,
         }
-    }
-    drop(sub);
-    while let Some(done) = running.join_next().await {
-        log_task_end(done);
-    }
-}
-
-fn log_task_end(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        tracing::error!(error = %e, "a store request task failed");
     }
 }
 
