@@ -9,7 +9,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use common::{
     bounded,
-    cluster::{Cluster, Shape},
+    cluster::{Cluster, Pair, Shape},
     conv, eventually, next_matching, opts,
 };
 use natter_client::{Client, ClientOptions, Event, Seq, UserId, v1, v1::MessageKind};
@@ -240,10 +240,7 @@ async fn users_on_different_edges_chat_with_every_guarantee() {
 async fn an_edge_killed_mid_traffic_loses_and_repeats_nothing() {
     let mut cluster = Cluster::start(Shape::default()).await;
     bounded(150, async {
-        let alice = cluster.user("alice").await;
-        let bob = cluster.user("bob").await;
-        let ca = Arc::new(cluster.connect(&alice, 0, cluster_opts()).await);
-        let cb = cluster.connect(&bob, 1, cluster_opts()).await;
+        let Pair { alice, bob, ca, cb } = cluster.alice_and_bob(cluster_opts()).await;
 
         let sender = Sender::start(ca.clone(), bob.user_id, 150);
         sender.acked(40).await;
@@ -298,10 +295,7 @@ async fn an_edge_killed_mid_traffic_loses_and_repeats_nothing() {
 async fn killing_the_owner_of_a_busy_conversation_moves_its_partition() {
     let mut cluster = Cluster::start(Shape::default()).await;
     bounded(150, async {
-        let alice = cluster.user("alice").await;
-        let bob = cluster.user("bob").await;
-        let ca = Arc::new(cluster.connect(&alice, 0, cluster_opts()).await);
-        let cb = cluster.connect(&bob, 1, cluster_opts()).await;
+        let Pair { alice, bob, ca, cb } = cluster.alice_and_bob(cluster_opts()).await;
         let partition = conv(alice.user_id, bob.user_id).partition().index();
         let owner = cluster
             .owner_of(partition)
@@ -352,10 +346,7 @@ async fn killing_the_owner_of_a_busy_conversation_moves_its_partition() {
 async fn the_cluster_recovers_from_nats_and_redis_restarts() {
     let mut cluster = Cluster::start(Shape::default()).await;
     bounded(180, async {
-        let alice = cluster.user("alice").await;
-        let bob = cluster.user("bob").await;
-        let ca = Arc::new(cluster.connect(&alice, 0, cluster_opts()).await);
-        let cb = cluster.connect(&bob, 1, cluster_opts()).await;
+        let Pair { alice, bob, ca, cb } = cluster.alice_and_bob(cluster_opts()).await;
 
         let sender = Sender::start(ca.clone(), bob.user_id, 150);
         sender.acked(30).await;

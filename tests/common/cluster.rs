@@ -7,6 +7,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
+    sync::Arc,
     time::Duration,
 };
 
@@ -18,7 +19,13 @@ use tokio::{
     time::Instant,
 };
 
-use super::{PASSWORD, unique_name};
+/// Two users, each with a connected device.
+pub struct Pair {
+    pub alice: Session,
+    pub bob: Session,
+    pub ca: Arc<Client>,
+    pub cb: Client,
+}
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -375,19 +382,22 @@ impl Cluster {
 
     /// Registers a user with a unique name and logs in one device.
     pub async fn user(&self, prefix: &str) -> Session {
-        let name = unique_name(prefix);
-        self.http
-            .register(&name, PASSWORD)
-            .await
-            .unwrap_or_else(|e| panic!("register {name}: {e}"));
-        self.login(&name, "device-1").await
+        super::register(&self.http, prefix).await
     }
 
+    /// Logs in another device of an existing user.
     pub async fn login(&self, username: &str, device: &str) -> Session {
-        self.http
-            .login(username, PASSWORD, device)
-            .await
-            .unwrap_or_else(|e| panic!("login {username}: {e}"))
+        super::login(&self.http, username, device).await
+    }
+
+    /// Alice and Bob, Alice's device on edge 0 (shared, to send from a task) and Bob's on
+    /// edge 1.
+    pub async fn alice_and_bob(&self, opts: ClientOptions) -> Pair {
+        let alice = self.user("alice").await;
+        let bob = self.user("bob").await;
+        let ca = Arc::new(self.connect(&alice, 0, opts.clone()).await);
+        let cb = self.connect(&bob, 1, opts).await;
+        Pair { alice, bob, ca, cb }
     }
 
     /// Connects a device to edge `i`, with the other edges as alternates.

@@ -225,20 +225,12 @@ impl Server {
 
     /// Registers a user with a unique name and logs in one device.
     pub async fn user(&self, prefix: &str) -> Session {
-        let name = unique_name(prefix);
-        self.http
-            .register(&name, PASSWORD)
-            .await
-            .unwrap_or_else(|e| panic!("register {name}: {e}"));
-        self.login(&name, "device-1").await
+        register(&self.http, prefix).await
     }
 
     /// Logs in another device of an existing user.
     pub async fn login(&self, username: &str, device: &str) -> Session {
-        self.http
-            .login(username, PASSWORD, device)
-            .await
-            .unwrap_or_else(|e| panic!("login {username}: {e}"))
+        login(&self.http, username, device).await
     }
 
     /// Connects a device with `opts`.
@@ -267,6 +259,22 @@ impl Drop for Server {
             );
         }
     }
+}
+
+/// Registers a user with a unique name through `http` and logs in one device.
+pub async fn register(http: &HttpClient, prefix: &str) -> Session {
+    let name = unique_name(prefix);
+    http.register(&name, PASSWORD)
+        .await
+        .unwrap_or_else(|e| panic!("register {name}: {e}"));
+    login(http, &name, "device-1").await
+}
+
+/// Logs in a device of an existing user through `http`.
+pub async fn login(http: &HttpClient, username: &str, device: &str) -> Session {
+    http.login(username, PASSWORD, device)
+        .await
+        .unwrap_or_else(|e| panic!("login {username}: {e}"))
 }
 
 /// A username that no other test uses: `<prefix>_<random hex>`, at most 32 characters.
