@@ -123,7 +123,7 @@ use scylla::{
     },
     deserialize::row::DeserializeRow,
     policies::{load_balancing::DefaultPolicy, retry::DefaultRetryPolicy},
-    response::query_result::QueryResult,
+    response::query_result::{QueryResult, QueryRowsResult},
     serialize::row::SerializeRow,
     statement::{
         Consistency, SerialConsistency,
@@ -926,14 +926,23 @@ impl ScyllaStore {
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
-        let rows = self
-            .session
+        let rows = self.select(statement, values, what).await?;
+        rows.maybe_first_row::<R>().map_err(|e| corrupt(what, e))
+    }
+
+    /// Runs a SELECT and takes its rows (a single page).
+    async fn select(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        what: &str,
+    ) -> Result<QueryRowsResult, StoreError> {
+        self.session
             .execute_unpaged(statement, values)
             .await
             .map_err(|e| storage(what, e))?
             .into_rows_result()
-            .map_err(|e| corrupt(what, e))?;
-        rows.maybe_first_row::<R>().map_err(|e| corrupt(what, e))
+            .map_err(|e| corrupt(what, e))
     }
 
     /// Every row of a single-page result (for statements with a LIMIT).
@@ -946,13 +955,7 @@ impl ScyllaStore {
     where
         R: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
-        let rows = self
-            .session
-            .execute_unpaged(statement, values)
-            .await
-            .map_err(|e| storage(what, e))?
-            .into_rows_result()
-            .map_err(|e| corrupt(what, e))?;
+        let rows = self.select(statement, values, what).await?;
         rows.rows::<R>()
             .map_err(|e| corrupt(what, e))?
             .map(|row| row.map_err(|e| corrupt(what, e)))
