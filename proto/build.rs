@@ -16,6 +16,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut config = prost_build::Config::new();
     // Message bodies and pushed frames stay `Bytes` so fan-out clones are reference counts.
     config.bytes(["."]);
+    // Rare, large bodies are boxed, so every frame (and every enum holding one) stays the
+    // size of a chat message.
+    config.boxed(".natter.v1.ServerFrame.body.group_result");
+    config.boxed(".natter.v1.ServerFrame.body.read_by_result");
+    config.boxed(".natter.v1.ClientFrame.body.group");
+    config.boxed(".natter.v1.Message.event");
     config.compile_fds(fds)?;
 
     pbjson_build::Builder::new()

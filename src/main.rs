@@ -45,7 +45,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run every role in one process: WebSocket edge, accounts and tokens, messages,
-    /// with an in-process bus and an embedded store under the data directory.
+    /// groups, with an in-process bus and embedded stores under the data directory.
     Serve(ServeArgs),
     /// Run the WebSocket edge role against NATS (and Redis for the session directory).
     Edge(roles::EdgeArgs),
@@ -56,6 +56,9 @@ enum Command {
     Sessions(roles::SessionsArgs),
     /// Serve the embedded message store over NATS, for clusters without ScyllaDB.
     Store(roles::StoreArgs),
+    /// Run the groups role: membership, roles, invites and limits, over NATS, with its
+    /// store in ScyllaDB (or embedded, for a single instance).
+    Groups(roles::GroupsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -82,6 +85,9 @@ struct ServeArgs {
     /// Seconds to let connections and in-flight requests finish on shutdown.
     #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
     drain_grace_s: u64,
+    /// Most members a group may have.
+    #[arg(long, env = "NATTER_MAX_GROUP_MEMBERS", default_value_t = 1024)]
+    max_group_members: u32,
 }
 
 /// Pending connections the kernel queues for `accept` (tokio's default is 1,024; a
@@ -138,6 +144,7 @@ fn main() -> ExitCode {
             Command::Messages(args) => roles::messages(args).await,
             Command::Sessions(args) => roles::sessions(args).await,
             Command::Store(args) => roles::store(args).await,
+            Command::Groups(args) => roles::groups(args).await,
         }
     });
     match result {
@@ -193,6 +200,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             natter_sessions::MIN_SECRET_BYTES
         )));
     }
+    if args.max_group_members < 2 {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "--max-group-members must be at least 2"
+        )));
+    }
     if args.access_ttl_s == 0 || args.idle_timeout_s == 0 {
         return Err(Failure::Config(anyhow::anyhow!(
             "--access-ttl-s and --idle-timeout-s must be positive"
@@ -221,6 +233,25 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             .await
             .context("starting the sessions service")
             .map_err(run)?;
+
+    let group_store = natter_groups::RedbGroupStore::open(&args.data_dir.join("groups.redb"))
+        .context("opening the group store")
+        .map_err(run)?;
+    let groups_task = natter_groups::start(
+        natter_groups::Config {
+            limits: natter_groups::Limits {
+                max_members: args.max_group_members,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        group_store,
+        bus.clone(),
+        services_stop.clone(),
+    )
+    .await
+    .context("starting the groups service")
+    .map_err(run)?;
 
     let store = natter_messages::RedbStore::open(&args.data_dir.join("messages.redb"))
         .context("opening the message store")
@@ -274,7 +305,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Err(_) => tracing::warn!("HTTP server did not stop within the grace period"),
     }
     services_stop.cancel();
-    for (name, task) in [("messages", messages_task), ("sessions", sessions_task)] {
+    for (name, task) in [
+        ("messages", messages_task),
+        ("groups", groups_task),
+        ("sessions", sessions_task),
+    ] {
         match tokio::time::timeout(grace, task).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(service = name, error = %e, "service task failed"),

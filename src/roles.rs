@@ -57,18 +57,10 @@ pub struct EdgeArgs {
     drain_grace_s: u64,
 }
 
+/// Where a service keeps its data in ScyllaDB.
 #[derive(clap::Args, Debug)]
-pub struct MessagesArgs {
-    /// Address for health checks.
-    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8082")]
-    listen: SocketAddr,
-    #[command(flatten)]
-    nats: NatsArgs,
-    /// Redis URL for partition leases.
-    #[arg(long, env = "NATTER_REDIS")]
-    redis: String,
-    /// ScyllaDB contact points (`host:port`, comma separated). Without them the
-    /// messages are kept by the store role (`natter store`) over NATS.
+pub struct ScyllaArgs {
+    /// ScyllaDB contact points (`host:port`, comma separated).
     #[arg(long, env = "NATTER_SCYLLA", value_delimiter = ',')]
     scylla: Vec<String>,
     /// Keyspace of natter's tables (created if missing).
@@ -83,6 +75,43 @@ pub struct MessagesArgs {
     /// Timeout of each store request, in milliseconds.
     #[arg(long, env = "NATTER_STORE_TIMEOUT_MS", default_value_t = 5_000)]
     store_timeout_ms: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GroupsArgs {
+    /// Address for health checks.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8084")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Without `--scylla`, groups are kept in an embedded store under `--data-dir`: then
+    /// run exactly one groups instance.
+    #[command(flatten)]
+    scylla: ScyllaArgs,
+    /// Where the embedded group store lives (without `--scylla`).
+    #[arg(long, env = "NATTER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Most members a group may have.
+    #[arg(long, env = "NATTER_MAX_GROUP_MEMBERS", default_value_t = 1024)]
+    max_group_members: u32,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MessagesArgs {
+    /// Address for health checks.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8082")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Redis URL for partition leases.
+    #[arg(long, env = "NATTER_REDIS")]
+    redis: String,
+    /// Without `--scylla`, the messages are kept by the store role (`natter store`) over NATS.
+    #[command(flatten)]
+    scylla: ScyllaArgs,
     /// This instance's name among the messages instances (default: $HOSTNAME or a
     /// random name). Must be unique.
     #[arg(long, env = "NATTER_INSTANCE_ID")]
@@ -305,27 +334,28 @@ pub async fn edge(args: EdgeArgs) -> Result<(), Failure> {
 
 pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
     positive("lease-ttl-ms", args.lease_ttl_ms)?;
-    positive("store-timeout-ms", args.store_timeout_ms)?;
+    positive("store-timeout-ms", args.scylla.store_timeout_ms)?;
     let instance = args
         .instance_id
         .clone()
         .unwrap_or_else(|| default_name("messages"));
     let nats = connect_nats(&args.nats, format!("natter-messages-{instance}")).await?;
     let bus: Arc<dyn Bus> = Arc::new(nats.clone());
-    let store_timeout = Duration::from_millis(args.store_timeout_ms);
-    let store: Arc<dyn natter_messages::MessageStore> = if args.scylla.is_empty() {
+    let sc = &args.scylla;
+    let store_timeout = Duration::from_millis(sc.store_timeout_ms);
+    let store: Arc<dyn natter_messages::MessageStore> = if sc.scylla.is_empty() {
         tracing::info!("no --scylla: messages are kept by the store role over NATS");
         natter_messages::remote_store::RemoteStore::new(bus.clone(), store_timeout)
     } else {
         natter_messages::ScyllaStore::connect(natter_messages::ScyllaConfig {
-            nodes: args.scylla.clone(),
-            keyspace: args.scylla_keyspace.clone(),
-            replication_factor: args.scylla_replication_factor,
-            local_dc: args.scylla_local_dc.clone(),
+            nodes: sc.scylla.clone(),
+            keyspace: sc.scylla_keyspace.clone(),
+            replication_factor: sc.scylla_replication_factor,
+            local_dc: sc.scylla_local_dc.clone(),
             request_timeout: store_timeout,
         })
         .await
-        .with_context(|| format!("connecting to ScyllaDB at {}", args.scylla.join(",")))
+        .with_context(|| format!("connecting to ScyllaDB at {}", sc.scylla.join(",")))
         .map_err(Failure::Runtime)?
     };
     let mut lease = natter_messages::LeaseConfig::new(args.redis.clone(), instance.clone());
@@ -423,6 +453,71 @@ pub async fn store(args: StoreArgs) -> Result<(), Failure> {
     let grace = Duration::from_secs(args.drain_grace_s);
     stop.cancel();
     wait("store", service, grace).await;
+    http_stop.cancel();
+    wait("http", server, grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn groups(args: GroupsArgs) -> Result<(), Failure> {
+    positive("store-timeout-ms", args.scylla.store_timeout_ms)?;
+    if args.max_group_members < 2 {
+        return Err(config_error(anyhow::anyhow!(
+            "--max-group-members must be at least 2"
+        )));
+    }
+    let sc = &args.scylla;
+    let store: Arc<dyn natter_groups::GroupStore> = if sc.scylla.is_empty() {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
+            .map_err(Failure::Config)?;
+        tracing::info!("no --scylla: groups are kept in the embedded store (one instance only)");
+        natter_groups::RedbGroupStore::open(&args.data_dir.join("groups.redb"))
+            .context("opening the group store")
+            .map_err(Failure::Runtime)?
+    } else {
+        natter_groups::ScyllaGroupStore::connect(natter_groups::ScyllaGroupConfig {
+            nodes: sc.scylla.clone(),
+            keyspace: sc.scylla_keyspace.clone(),
+            replication_factor: sc.scylla_replication_factor,
+            local_dc: sc.scylla_local_dc.clone(),
+            request_timeout: Duration::from_millis(sc.store_timeout_ms),
+        })
+        .await
+        .with_context(|| format!("connecting to ScyllaDB at {}", sc.scylla.join(",")))
+        .map_err(Failure::Runtime)?
+    };
+    let nats = connect_nats(
+        &args.nats,
+        format!("natter-groups-{}", default_name("groups")),
+    )
+    .await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let stop = CancellationToken::new();
+    let service = natter_groups::start(
+        natter_groups::Config {
+            limits: natter_groups::Limits {
+                max_members: args.max_group_members,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        store,
+        bus,
+        stop.clone(),
+    )
+    .await
+    .context("starting the groups service")
+    .map_err(Failure::Runtime)?;
+    let http_stop = CancellationToken::new();
+    let server = serve_http("groups", args.listen, health(nats), http_stop.clone()).await?;
+    tracing::info!("groups running");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let grace = Duration::from_secs(args.drain_grace_s);
+    stop.cancel();
+    wait("groups", service, grace).await;
     http_stop.cancel();
     wait("http", server, grace).await;
     tracing::info!("stopped");

@@ -10,8 +10,11 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use natter_bus::{Bus, BusError, BusEvent};
 use natter_proto::{
-    ConversationId, ErrorCode, Subject, UserId, bus, close_code,
-    v1::{self, ClientFrame, ServerFrame, client_frame::Body as In, server_frame::Body as Out},
+    ConversationId, ErrorCode, GroupId, Subject, UserId, bus, close_code,
+    v1::{
+        self, ClientFrame, ServerFrame, client_frame::Body as In, group_request::Op,
+        server_frame::Body as Out,
+    },
 };
 use prost::Message as _;
 use tokio::time::Instant;
@@ -224,9 +227,61 @@ fn conversation(me: UserId, conversation_id: &str, to_user: u64) -> Result<Conve
     }
 }
 
+/// Where a group request goes: queries to any groups instance, changes to the owner of
+/// the group's conversation (which orders them with the chat).
+enum GroupTarget {
+    Query,
+    Owner(GroupId),
+}
+
+fn group_target(me: UserId, request: &v1::GroupRequest) -> Result<GroupTarget, String> {
+    let id = |raw: u64| GroupId::new(raw).map_err(|_| "group_id is required".to_owned());
+    let group = match &request.op {
+        None => return Err("group request has no operation".into()),
+        Some(Op::Get(_) | Op::List(_)) => return Ok(GroupTarget::Query),
+        Some(Op::Create(c)) => {
+            if c.create_id.is_empty() {
+                return Err("create_id is required".into());
+            }
+            GroupId::for_create(me, &c.create_id)
+        }
+        Some(Op::Join(j)) => {
+            GroupId::of_invite(&j.code).ok_or_else(|| "code is not an invite code".to_owned())?
+        }
+        Some(Op::Update(u)) => id(u.group_id)?,
+        Some(Op::AddMembers(a)) => id(a.group_id)?,
+        Some(Op::RemoveMember(r)) => id(r.group_id)?,
+        Some(Op::Leave(l)) => id(l.group_id)?,
+        Some(Op::SetRole(r)) => id(r.group_id)?,
+        Some(Op::TransferOwnership(t)) => id(t.group_id)?,
+        Some(Op::Delete(d)) => id(d.group_id)?,
+        Some(Op::CreateInvite(c)) => id(c.group_id)?,
+        Some(Op::RevokeInvite(r)) => id(r.group_id)?,
+        Some(Op::DecideJoin(d)) => id(d.group_id)?,
+    };
+    Ok(GroupTarget::Owner(group))
+}
+
+fn group_query_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
+    Some(match bus::GroupQueryReply::decode(bytes) {
+        Ok(bus::GroupQueryReply {
+            error: Some(err), ..
+        }) => reply(id, Out::Error(err)),
+        Ok(bus::GroupQueryReply {
+            result: Some(result),
+            ..
+        }) => reply(id, Out::GroupResult(Box::new(result))),
+        _ => error_frame(id, ErrorCode::Internal, "internal error"),
+    })
+}
+
 fn partition_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
     match bus::PartitionReply::decode(bytes).map(|r| r.body) {
         Ok(Some(bus::partition_reply::Body::Ack(ack))) => Some(reply(id, Out::Ack(ack))),
+        Ok(Some(bus::partition_reply::Body::Group(g))) => {
+            Some(reply(id, Out::GroupResult(Box::new(g))))
+        }
+        Ok(Some(bus::partition_reply::Body::ReadBy(r))) => Some(reply(id, Out::ReadByResult(Box::new(r)))),
         Ok(Some(bus::partition_reply::Body::Error(err))) => Some(reply(id, Out::Error(err))),
         // A stored receipt needs no answer: the cursor shows in Receipt pushes.
         Ok(Some(bus::partition_reply::Body::Cursor(_))) => None,
@@ -385,6 +440,39 @@ impl Device {
                     }
                 }
             },
+            Some(In::Group(request)) => match group_target(me, &request) {
+                Err(m) => Some(error_frame(id, ErrorCode::InvalidArgument, m)),
+                Ok(GroupTarget::Query) => {
+                    let query = bus::GroupQuery {
+                        caller: Some(self.caller()),
+                        request: Some(*request),
+                    };
+                    self.request(
+                        id,
+                        &Subject::group_query(),
+                        query.encode_to_vec(),
+                        group_query_reply,
+                        in_flight,
+                    )
+                    .await
+                }
+                Ok(GroupTarget::Owner(group)) => {
+                    let body = bus::partition_request::Body::Group(bus::GroupChange {
+                        group_id: group.get(),
+                        request: Some(*request),
+                    });
+                    let conversation = ConversationId::group(group);
+                    self.partition_request(id, &conversation, body, in_flight)
+                        .await
+                }
+            },
+            Some(In::ReadBy(r)) => match conversation(me, &r.conversation_id, 0) {
+                Err(m) => Some(error_frame(id, ErrorCode::InvalidArgument, m)),
+                Ok(c) => {
+                    let body = bus::partition_request::Body::ReadBy(r);
+                    self.partition_request(id, &c, body, in_flight).await
+                }
+            },
             Some(In::Sync(sync)) => {
                 in_flight.push(self.sync(id, sync.cursors).boxed());
                 None
@@ -444,17 +532,22 @@ impl Device {
         answer: fn(u64, Bytes) -> Option<ServerFrame>,
         in_flight: &mut FuturesUnordered<InFlight>,
     ) -> Option<ServerFrame> {
+        let service = if *subject == Subject::group_query() {
+            "groups"
+        } else {
+            "messages"
+        };
         match self
             .bus
             .start_request(subject, Bytes::from(payload), self.request_timeout)
             .await
         {
-            Err(e) => Some(bus_error(id, "messages", &e)),
+            Err(e) => Some(bus_error(id, service, &e)),
             Ok(pending) => {
                 in_flight.push(
                     async move {
                         Ok(match pending.await {
-                            Err(e) => Some(bus_error(id, "messages", &e)),
+                            Err(e) => Some(bus_error(id, service, &e)),
                             Ok(bytes) => answer(id, bytes),
                         })
                     }

@@ -64,6 +64,7 @@ impl Writer {
                         body: Bytes::from(vec![0x5a; 100]),
                         reply_to_seq: 0,
                         created_at_ms: 1_700_000_000_000,
+                        event: None,
                     },
                     members: members.clone(),
                 }

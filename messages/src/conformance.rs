@@ -14,7 +14,9 @@ use bytes::Bytes;
 use natter_proto::{ConversationId, DeviceId, Seq, UserId, v1};
 use rand::Rng as _;
 
-use crate::{CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, StoreError};
+use crate::{
+    CursorAdvance, DedupeKey, DeviceCursor, MemberCursor, MessageStore, NewMessage, StoreError,
+};
 
 /// Runs every check that needs no reopen, each on a store from `make`.
 pub async fn run_all(make: impl Fn() -> Arc<dyn MessageStore>) {
@@ -26,6 +28,12 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn MessageStore>) {
     cursors_only_move_forward(make()).await;
     read_before_pages_backwards(make()).await;
     concurrent_appends_all_land(make()).await;
+    member_cursors_take_the_max_over_devices(make()).await;
+    member_cursors_read_raises_delivered(make()).await;
+    member_cursors_never_move_back(make()).await;
+    member_cursors_are_per_conversation(make()).await;
+    member_cursors_are_ordered_by_user(make()).await;
+    group_system_messages_keep_their_event(make()).await;
 }
 
 fn random_id() -> u64 {
@@ -64,9 +72,65 @@ fn message(conv: &ConversationId, seq: u64, dev: DeviceId, cmid: &str) -> NewMes
             body: Bytes::from((0..=255u8).chain(seq.to_le_bytes()).collect::<Vec<u8>>()),
             reply_to_seq: seq.saturating_sub(1),
             created_at_ms: 1_700_000_000_000 + seq,
+            event: None,
         },
         members: members.to_vec(),
     }
+}
+
+/// A group conversation's log keeps a system message's event, and group messages list
+/// no members (sync finds group conversations through the groups service).
+pub async fn group_system_messages_keep_their_event(store: Arc<dyn MessageStore>) {
+    let group = natter_proto::GroupId(random_id());
+    let conv = ConversationId::group(group);
+    let actor = user();
+    let event = v1::GroupEvent {
+        kind: v1::GroupEventKind::MembersAdded as i32,
+        actor: actor.get(),
+        users: vec![user().get(), user().get()],
+        name: "Trip ✈".into(),
+        version: 2,
+        settings: Some(v1::GroupSettings {
+            send: v1::GroupPolicy::Admins as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let system = NewMessage {
+        message: v1::Message {
+            conversation_id: conv.as_str().to_owned(),
+            seq: 1,
+            message_id: random_id(),
+            sender_user: actor.get(),
+            sender_device: 1,
+            client_msg_id: "natter.group.v2".into(),
+            kind: v1::MessageKind::System as i32,
+            body: Bytes::new(),
+            reply_to_seq: 0,
+            created_at_ms: 1_700_000_000_000,
+            event: Some(Box::new(event)),
+        },
+        members: Vec::new(),
+    };
+    let mut chat = system.clone();
+    chat.message.seq = 2;
+    chat.message.client_msg_id = "c2".into();
+    chat.message.sender_device = device().get();
+    chat.message.kind = v1::MessageKind::Text as i32;
+    chat.message.body = Bytes::from_static(b"hello group");
+    chat.message.event = None;
+    store
+        .append(vec![system.clone(), chat.clone()])
+        .await
+        .expect("append to a group conversation");
+    let stored = store.read_after(&conv, Seq::ZERO, 10).await.expect("read");
+    assert_eq!(stored, vec![system.message, chat.message]);
+    assert_eq!(store.head(&conv).await.expect("head"), Seq(2));
+    let listed = store.user_conversations(actor).await.expect("list");
+    assert!(
+        listed.iter().all(|(c, _)| c != &conv),
+        "group messages list no members"
+    );
 }
 
 fn messages(conv: &ConversationId, seqs: std::ops::RangeInclusive<u64>) -> Vec<NewMessage> {
@@ -84,6 +148,14 @@ fn key(nm: &NewMessage) -> DedupeKey {
         conversation: nm.message.conversation_id.parse().expect("valid id"),
         sender_device: DeviceId(nm.message.sender_device),
         client_msg_id: nm.message.client_msg_id.clone(),
+    }
+}
+
+fn member(user: UserId, delivered: u64, read: u64) -> MemberCursor {
+    MemberCursor {
+        user,
+        delivered: Seq(delivered),
+        read: Seq(read),
     }
 }
 
@@ -462,6 +534,233 @@ pub async fn concurrent_appends_all_land(store: Arc<dyn MessageStore>) {
     }
 }
 
+/// A user's cursor is the highest of their devices', whichever device got there, also
+/// when many devices advance at once.
+pub async fn member_cursors_take_the_max_over_devices(store: Arc<dyn MessageStore>) {
+    use v1::ReceiptKind::{Delivered, Read};
+    let u = user();
+    let c = direct(u, user());
+    let (phone, laptop) = (device(), device());
+    let advance = |d, kind, seq| {
+        let store = store.clone();
+        let c = c.clone();
+        async move {
+            store
+                .advance_cursor(u, d, &c, kind, Seq(seq))
+                .await
+                .expect("advance");
+        }
+    };
+    advance(phone, Delivered, 5).await;
+    advance(laptop, Delivered, 3).await;
+    advance(laptop, Read, 2).await;
+    assert_eq!(
+        store.member_cursors(&c).await.expect("cursors"),
+        vec![member(u, 5, 2)]
+    );
+    // The device that is behind on DELIVERED can still be the one ahead on READ.
+    advance(laptop, Read, 4).await;
+    assert_eq!(
+        store.member_cursors(&c).await.expect("cursors"),
+        vec![member(u, 5, 4)]
+    );
+    advance(laptop, Delivered, 9).await;
+    assert_eq!(
+        store.member_cursors(&c).await.expect("cursors"),
+        vec![member(u, 9, 4)]
+    );
+    // Sixteen devices at once: the highest seq wins whatever the order of arrival.
+    let many: Vec<DeviceId> = (0..16).map(|_| device()).collect();
+    futures::future::join_all(
+        many.iter()
+            .zip(10u64..)
+            .map(|(&d, seq)| advance(d, Read, seq)),
+    )
+    .await;
+    assert_eq!(
+        store.member_cursors(&c).await.expect("cursors"),
+        vec![member(u, 25, 25)]
+    );
+    futures::future::join_all(
+        many.iter()
+            .zip(30u64..)
+            .map(|(&d, seq)| advance(d, Delivered, seq)),
+    )
+    .await;
+    assert_eq!(
+        store.member_cursors(&c).await.expect("cursors"),
+        vec![member(u, 45, 25)]
+    );
+    // The devices' own cursors are still their own.
+    assert_eq!(
+        store.device_cursors(u, phone).await.expect("phone"),
+        vec![DeviceCursor {
+            conversation: c.clone(),
+            delivered: Seq(5),
+            read: Seq::ZERO,
+        }]
+    );
+}
+
+/// A READ raises the user's DELIVERED too (what was read was received), as it does the
+/// device's; a DELIVERED never raises READ.
+pub async fn member_cursors_read_raises_delivered(store: Arc<dyn MessageStore>) {
+    use v1::ReceiptKind::{Delivered, Read};
+    let (u, v) = (user(), user());
+    let c = direct(u, v);
+    let (d, d2, dv) = (device(), device(), device());
+    store
+        .advance_cursor(u, d, &c, Read, Seq(7))
+        .await
+        .expect("read");
+    store
+        .advance_cursor(v, dv, &c, Delivered, Seq(6))
+        .await
+        .expect("delivered");
+    let mut expected = vec![member(u, 7, 7), member(v, 6, 0)];
+    expected.sort_by_key(|m| m.user);
+    assert_eq!(store.member_cursors(&c).await.expect("cursors"), expected);
+    // Another device's READ past every DELIVERED raises both.
+    store
+        .advance_cursor(u, d2, &c, Delivered, Seq(3))
+        .await
+        .expect("delivered");
+    store
+        .advance_cursor(u, d2, &c, Read, Seq(11))
+        .await
+        .expect("read");
+    // A READ below DELIVERED leaves DELIVERED where it is.
+    store
+        .advance_cursor(v, dv, &c, Read, Seq(2))
+        .await
+        .expect("read");
+    let mut expected = vec![member(u, 11, 11), member(v, 6, 2)];
+    expected.sort_by_key(|m| m.user);
+    assert_eq!(store.member_cursors(&c).await.expect("cursors"), expected);
+}
+
+/// Lower or repeated advances, from the same device or another, and refused calls leave
+/// the user's cursor where it is.
+pub async fn member_cursors_never_move_back(store: Arc<dyn MessageStore>) {
+    use v1::ReceiptKind::{Delivered, Read, Unspecified};
+    let u = user();
+    let c = direct(u, user());
+    let (d, late) = (device(), device());
+    store
+        .advance_cursor(u, d, &c, Delivered, Seq(8))
+        .await
+        .expect("delivered");
+    store
+        .advance_cursor(u, d, &c, Read, Seq(6))
+        .await
+        .expect("read");
+    for (dev, kind, seq) in [
+        (d, Delivered, 2),
+        (d, Read, 1),
+        (d, Read, 6),
+        (d, Delivered, 0),
+        (late, Delivered, 7),
+        (late, Read, 5),
+        (late, Read, 0),
+    ] {
+        store
+            .advance_cursor(u, dev, &c, kind, Seq(seq))
+            .await
+            .expect("advance");
+        assert_eq!(
+            store.member_cursors(&c).await.expect("cursors"),
+            vec![member(u, 8, 6)],
+            "after {kind:?} {seq} from {dev:?}"
+        );
+    }
+    assert!(matches!(
+        store
+            .advance_cursor(u, late, &c, Unspecified, Seq(50))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        store.member_cursors(&c).await.expect("cursors"),
+        vec![member(u, 8, 6)]
+    );
+}
+
+/// Each conversation has its own cursors: advancing in one leaves the others alone, and
+/// a conversation nobody advanced in has none.
+pub async fn member_cursors_are_per_conversation(store: Arc<dyn MessageStore>) {
+    use v1::ReceiptKind::{Delivered, Read};
+    let (u, v, w) = (user(), user(), user());
+    let (uv, uw) = (direct(u, v), direct(u, w));
+    let d = device();
+    assert!(
+        store
+            .member_cursors(&conversation())
+            .await
+            .expect("unknown conversation")
+            .is_empty()
+    );
+    store
+        .advance_cursor(u, d, &uv, Read, Seq(4))
+        .await
+        .expect("read");
+    assert!(
+        store
+            .member_cursors(&uw)
+            .await
+            .expect("untouched conversation")
+            .is_empty()
+    );
+    store
+        .advance_cursor(u, d, &uw, Delivered, Seq(9))
+        .await
+        .expect("delivered");
+    store
+        .advance_cursor(w, device(), &uw, Read, Seq(1))
+        .await
+        .expect("read");
+    assert_eq!(
+        store.member_cursors(&uv).await.expect("uv"),
+        vec![member(u, 4, 4)]
+    );
+    let mut expected = vec![member(u, 9, 0), member(w, 1, 1)];
+    expected.sort_by_key(|m| m.user);
+    assert_eq!(store.member_cursors(&uw).await.expect("uw"), expected);
+    // The same device's cursor in another conversation does not count here.
+    assert_eq!(
+        store.device_cursors(u, d).await.expect("device").len(),
+        2,
+        "one cursor per conversation"
+    );
+}
+
+/// The list is ordered by user id as a number (9 before 10 before 100), whatever the
+/// order the users advanced in.
+pub async fn member_cursors_are_ordered_by_user(store: Arc<dyn MessageStore>) {
+    let c = conversation();
+    // Small ids of different lengths catch an order by text; random ones fill in.
+    let mut users: Vec<UserId> = [100, 9, 10, 1, 99, 1_000_000]
+        .into_iter()
+        .map(UserId)
+        .chain((0..20).map(|_| user()))
+        .collect();
+    for (u, seq) in users.iter().zip(1u64..) {
+        store
+            .advance_cursor(*u, device(), &c, v1::ReceiptKind::Delivered, Seq(seq))
+            .await
+            .expect("advance");
+    }
+    let mut expected: Vec<MemberCursor> = users
+        .iter()
+        .zip(1u64..)
+        .map(|(u, seq)| member(*u, seq, 0))
+        .collect();
+    expected.sort_by_key(|m| m.user);
+    users.sort();
+    users.dedup();
+    assert_eq!(expected.len(), users.len(), "the users are distinct");
+    assert_eq!(store.member_cursors(&c).await.expect("cursors"), expected);
+}
+
 /// What was acknowledged survives closing and reopening. Every call of `open` must open
 /// the same storage; the suite drops each store before opening the next.
 pub async fn durability_across_reopen(open: impl Fn() -> Arc<dyn MessageStore>) {
@@ -476,6 +775,10 @@ pub async fn durability_across_reopen(open: impl Fn() -> Arc<dyn MessageStore>) 
             .advance_cursor(bob, d, &c, v1::ReceiptKind::Delivered, Seq(4))
             .await
             .expect("cursor");
+        store
+            .advance_cursor(bob, device(), &c, v1::ReceiptKind::Read, Seq(2))
+            .await
+            .expect("cursor of another device");
     }
     let store = open();
     assert_eq!(store.head(&c).await.expect("head"), Seq(5));
@@ -500,6 +803,10 @@ pub async fn durability_across_reopen(open: impl Fn() -> Arc<dyn MessageStore>) 
             delivered: Seq(4),
             read: Seq::ZERO,
         }]
+    );
+    assert_eq!(
+        store.member_cursors(&c).await.expect("member cursors"),
+        vec![member(bob, 4, 2)]
     );
     store
         .append(messages(&c, 6..=6))

@@ -10,6 +10,7 @@
 //! sends are answered with their original Ack, and seqs are gap-free.
 
 pub mod conformance;
+mod groups;
 mod ownership;
 mod partition;
 mod queries;
@@ -29,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 pub use ownership::{LeaseConfig, Owned, Placement};
 pub use redb_store::RedbStore;
 pub use scylla_store::{ScyllaConfig, ScyllaStore};
-pub use store::{CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, StoreError};
+pub use store::{
+    CursorAdvance, DedupeKey, DeviceCursor, MemberCursor, MessageStore, NewMessage, StoreError,
+};
 
 /// Queue group of the sync and history subscriptions.
 pub const QUEUE_GROUP: &str = "messages";
@@ -40,7 +43,8 @@ const QUERY_SUB_CAPACITY: usize = 4096;
 /// Settings of the messages service.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Timeout of the service's own bus requests (user lookups at sessions).
+    /// Timeout of the service's own bus requests (user lookups at sessions, group
+    /// states and changes at the groups service).
     pub request_timeout: Duration,
 }
 
@@ -66,6 +70,7 @@ pub(crate) struct Shared {
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn Bus>,
     pub users: users::UserDirectory,
+    pub groups: groups::GroupClient,
 }
 
 /// A running messages service.
@@ -98,7 +103,8 @@ pub async fn start(
     let shared = Arc::new(Shared {
         store,
         bus: bus.clone(),
-        users: users::UserDirectory::new(bus, config.request_timeout),
+        users: users::UserDirectory::new(bus.clone(), config.request_timeout),
+        groups: groups::GroupClient::new(bus, config.request_timeout),
     });
     let mut tasks = JoinSet::new();
     let owned = Owned::default();

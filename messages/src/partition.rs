@@ -5,15 +5,26 @@
 //! then are they pushed and then acked (so an ack implies the push was published, even if
 //! the owner dies right after). A retry of a stored message is pushed again before its
 //! original ack. Receipts and typing follow.
+//!
+//! Groups: the owner of a group's conversation is also where the group's changes take
+//! their place in its order. A change (add, remove, ...) is checked and stored by the
+//! groups service, then written here as a system message at the next seq, and the owner's
+//! cached members switch to the new ones before the next request is handled: a message
+//! is either before a removal in the log (and fanned out to the removed member) or after
+//! it (and not), and a removed member's send after it is refused. Requests of a batch are
+//! handled in arrival order around each change.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt};
 use natter_bus::{BusEvent, BusMessage};
 use natter_proto::{
-    ConversationId, ErrorCode, MAX_BODY_BYTES, MAX_CLIENT_MSG_ID_BYTES, Partition, Seq, Subject,
-    UserId,
+    ConversationId, ConversationKind, ErrorCode, GroupId, MAX_BODY_BYTES, MAX_CLIENT_MSG_ID_BYTES,
+    Partition, Seq, Subject, UserId,
     bus::{self, partition_reply, partition_request, user_push},
     error, now_ms,
     v1::{self, server_frame},
@@ -38,6 +49,13 @@ const PARTITION_DRAIN_MAX: usize = 65_536;
 const PARTITION_SUB_CAPACITY: usize = 8192;
 /// Message ids are random in [1, 2^53) so JavaScript numbers hold them exactly.
 const MAX_ID: u64 = 1 << 53;
+/// Group states cached per worker before the cache is emptied (and reloaded on demand).
+const MAX_CACHED_GROUPS: usize = 10_000;
+/// `client_msg_id`s with this prefix are the server's own (system messages).
+const RESERVED_CLIENT_MSG_ID_PREFIX: &str = "natter.";
+/// The sender device of system messages: their dedupe keys never meet a client's, which
+/// cannot use the reserved prefix.
+const SYSTEM_DEVICE: u64 = 1;
 
 /// Serves one partition while `lease` holds: subscribes its subject, takes what is
 /// queued (up to [`MAX_BATCH`]) and handles it as one batch. A batch in progress always
@@ -71,6 +89,7 @@ pub(crate) async fn own(
         partition,
         shared,
         heads: HashMap::new(),
+        groups: HashMap::new(),
     };
     loop {
         let first = tokio::select! {
@@ -170,14 +189,54 @@ async fn push(shared: &Shared, user: UserId, frame: Bytes, skip_device: u64) {
     }
 }
 
-/// Pushes a stored message to every member's devices (not back to the sending device).
+/// Pushes a stored message to every member's devices (not back to the sending device,
+/// which has the Ack; system messages go to every device). The push is encoded once and
+/// shared by every member but the sender.
 async fn push_message(shared: &Shared, message: v1::Message, members: &[UserId]) {
     let sender = UserId(message.sender_user);
-    let sender_device = message.sender_device;
-    let bytes = frame(server_frame::Body::Message(message));
+    let skip_sender = if message.kind == v1::MessageKind::System as i32 {
+        0
+    } else {
+        message.sender_device
+    };
+    let frame = frame(server_frame::Body::Message(message));
+    let to_all = Bytes::from(
+        bus::UserPush {
+            body: Some(user_push::Body::Frame(frame.clone())),
+            skip_device: 0,
+        }
+        .encode_to_vec(),
+    );
     for &member in members {
-        let skip = if member == sender { sender_device } else { 0 };
-        push(shared, member, bytes.clone(), skip).await;
+        if member == sender && skip_sender != 0 {
+            push(shared, member, frame.clone(), skip_sender).await;
+        } else {
+            publish(shared, member, to_all.clone()).await;
+        }
+    }
+}
+
+async fn publish(shared: &Shared, user: UserId, push: Bytes) {
+    if let Err(e) = shared.bus.publish(&Subject::user(user), push).await {
+        // Best effort: devices that miss a push get it from sync.
+        tracing::debug!(error = %e, %user, "push not published");
+    }
+}
+
+/// The system message that records a group change in the group's conversation.
+fn system_message(group: GroupId, seq: Seq, event: v1::GroupEvent) -> v1::Message {
+    v1::Message {
+        conversation_id: ConversationId::group(group).as_str().to_owned(),
+        seq: seq.get(),
+        message_id: rand::rng().random_range(1..MAX_ID),
+        sender_user: event.actor,
+        sender_device: SYSTEM_DEVICE,
+        client_msg_id: format!("{RESERVED_CLIENT_MSG_ID_PREFIX}group.v{}", event.version),
+        kind: v1::MessageKind::System as i32,
+        body: Bytes::new(),
+        reply_to_seq: 0,
+        created_at_ms: now_ms(),
+        event: Some(Box::new(event)),
     }
 }
 
@@ -191,18 +250,58 @@ fn frame(body: server_frame::Body) -> Bytes {
     )
 }
 
-/// The other member of a direct conversation the caller belongs to.
-fn other_member(conv: &ConversationId, caller: UserId) -> Result<UserId, v1::Error> {
-    let members = conv
-        .direct_members()
-        .ok_or_else(|| error(ErrorCode::NotFound, "unknown conversation kind"))?;
-    match members {
-        [a, b] if a == caller => Ok(b),
-        [a, b] if b == caller => Ok(a),
-        _ => Err(error(
+/// Who else is in a conversation the caller names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    /// The other member of a direct conversation the caller belongs to.
+    Direct(UserId),
+    /// A group: membership is checked against the group's state.
+    Group(GroupId),
+}
+
+fn dest_of(conv: &ConversationId, caller: UserId) -> Result<Dest, v1::Error> {
+    match conv.kind() {
+        ConversationKind::Direct(a, b) if a == caller => Ok(Dest::Direct(b)),
+        ConversationKind::Direct(a, b) if b == caller => Ok(Dest::Direct(a)),
+        ConversationKind::Direct(..) => Err(error(
             ErrorCode::Forbidden,
             "not a member of this conversation",
         )),
+        ConversationKind::Group(g) => Ok(Dest::Group(g)),
+    }
+}
+
+/// A group's state as the owner keeps it.
+struct CachedGroup {
+    state: bus::GroupState,
+    /// Current members, ordered: whom messages fan out to.
+    members: Arc<Vec<UserId>>,
+}
+
+impl CachedGroup {
+    fn new(state: bus::GroupState) -> Self {
+        let members = state.members.iter().map(|m| UserId(m.user_id)).collect();
+        CachedGroup {
+            state,
+            members: Arc::new(members),
+        }
+    }
+
+    fn member(&self, user: UserId) -> Option<&bus::GroupStateMember> {
+        self.state
+            .members
+            .binary_search_by_key(&user.get(), |m| m.user_id)
+            .ok()
+            .map(|i| &self.state.members[i])
+    }
+
+    /// The caller's membership, or why they cannot act in the group's conversation.
+    fn check_member(&self, user: UserId) -> Result<&bus::GroupStateMember, v1::Error> {
+        if self.state.deleted {
+            return Err(error(ErrorCode::NotFound, "the group was deleted"));
+        }
+        self.member(user)
+            .ok_or_else(|| error(ErrorCode::Forbidden, "not a member of this group"))
     }
 }
 
@@ -214,13 +313,13 @@ fn parse_conversation(s: &str) -> Result<ConversationId, v1::Error> {
         .map_err(|e: natter_proto::IdError| error(ErrorCode::InvalidArgument, e.to_string()))
 }
 
-/// The conversation named by exactly one of `conversation_id` / `to_user`, and the other
-/// member (the caller must be one of the two).
+/// The conversation named by exactly one of `conversation_id` / `to_user`, and who else
+/// is in it (for a direct one the caller must be one of the two).
 fn destination(
     caller: Caller,
     conversation_id: &str,
     to_user: u64,
-) -> Result<(ConversationId, UserId), v1::Error> {
+) -> Result<(ConversationId, Dest), v1::Error> {
     match (conversation_id.is_empty(), to_user) {
         (true, 0) | (false, 1..) => Err(error(
             ErrorCode::InvalidArgument,
@@ -233,12 +332,12 @@ fn destination(
             }
             let conv = ConversationId::direct(caller.user, to)
                 .map_err(|e| error(ErrorCode::InvalidArgument, e.to_string()))?;
-            Ok((conv, to))
+            Ok((conv, Dest::Direct(to)))
         }
         (false, 0) => {
             let conv = parse_conversation(conversation_id)?;
-            let other = other_member(&conv, caller.user)?;
-            Ok((conv, other))
+            let dest = dest_of(&conv, caller.user)?;
+            Ok((conv, dest))
         }
     }
 }
@@ -248,7 +347,9 @@ struct PendingSend {
     msg: BusMessage,
     caller: Caller,
     conv: ConversationId,
-    other: UserId,
+    dest: Dest,
+    /// Everyone in the conversation (sender included), filled in once checked.
+    members: Arc<Vec<UserId>>,
     kind: v1::MessageKind,
     send: v1::Send,
 }
@@ -277,12 +378,30 @@ struct ReceiptReq {
     up_to_seq: u64,
 }
 
+/// A request of a batch, decoded.
+enum Item {
+    Plain(Plain),
+    Group(BusMessage, Caller, bus::GroupChange),
+}
+
+/// A request that does not change a group.
+enum Plain {
+    Send(BusMessage, Caller, v1::Send),
+    Receipt(ReceiptReq),
+    Typing(BusMessage, Caller, v1::Typing),
+    ReadBy(BusMessage, Caller, v1::ReadBy),
+}
+
 struct Worker {
     partition: Partition,
     shared: Arc<Shared>,
     /// Head of each conversation this worker has written or read. Valid because this
     /// worker is the only writer of its conversations; dropped on any append failure.
     heads: HashMap<ConversationId, Seq>,
+    /// State of each group whose conversation this worker served. Valid because every
+    /// change to a group passes through this worker (it writes the change's system
+    /// message); dropped when a change's outcome is uncertain.
+    groups: HashMap<GroupId, Arc<CachedGroup>>,
 }
 
 impl Worker {
@@ -290,9 +409,10 @@ impl Worker {
         if self.heads.len() > MAX_CACHED_HEADS {
             self.heads.clear();
         }
-        let mut sends = Vec::new();
-        let mut receipts = Vec::new();
-        let mut typing = Vec::new();
+        if self.groups.len() > MAX_CACHED_GROUPS {
+            self.groups.clear();
+        }
+        let mut items = Vec::with_capacity(batch.len());
         for msg in batch {
             let req = match bus::PartitionRequest::decode(msg.payload.clone()) {
                 Ok(req) => req,
@@ -309,27 +429,68 @@ impl Worker {
                     continue;
                 }
             };
-            match req.body {
-                Some(partition_request::Body::Send(send)) => sends.push((msg, caller, send)),
-                Some(partition_request::Body::Received(r)) => receipts.push(ReceiptReq {
-                    msg,
-                    caller,
-                    kind: v1::ReceiptKind::Delivered,
-                    conversation_id: r.conversation_id,
-                    up_to_seq: r.up_to_seq,
-                }),
-                Some(partition_request::Body::Read(r)) => receipts.push(ReceiptReq {
+            items.push(match req.body {
+                Some(partition_request::Body::Send(send)) => {
+                    Item::Plain(Plain::Send(msg, caller, send))
+                }
+                Some(partition_request::Body::Received(r)) => {
+                    Item::Plain(Plain::Receipt(ReceiptReq {
+                        msg,
+                        caller,
+                        kind: v1::ReceiptKind::Delivered,
+                        conversation_id: r.conversation_id,
+                        up_to_seq: r.up_to_seq,
+                    }))
+                }
+                Some(partition_request::Body::Read(r)) => Item::Plain(Plain::Receipt(ReceiptReq {
                     msg,
                     caller,
                     kind: v1::ReceiptKind::Read,
                     conversation_id: r.conversation_id,
                     up_to_seq: r.up_to_seq,
-                }),
-                Some(partition_request::Body::Typing(t)) => typing.push((msg, caller, t)),
+                })),
+                Some(partition_request::Body::Typing(t)) => {
+                    Item::Plain(Plain::Typing(msg, caller, t))
+                }
+                Some(partition_request::Body::ReadBy(r)) => {
+                    Item::Plain(Plain::ReadBy(msg, caller, r))
+                }
+                Some(partition_request::Body::Group(g)) => Item::Group(msg, caller, g),
                 None => {
                     let e = error(ErrorCode::UnknownFrame, "request has no known body");
                     reply(&self.shared, &msg, reply_error(e)).await;
+                    continue;
                 }
+            });
+        }
+        // Group changes are barriers: what arrived before one is handled with the
+        // membership before it, what arrived after with the membership after it.
+        let mut run = Vec::new();
+        for item in items {
+            match item {
+                Item::Group(msg, caller, change) => {
+                    self.run(std::mem::take(&mut run)).await;
+                    self.group_change(msg, caller, change).await;
+                }
+                Item::Plain(plain) => run.push(plain),
+            }
+        }
+        self.run(run).await;
+    }
+
+    /// Handles requests with no group change among them: sends as one batch, then
+    /// receipts, typing and read-by queries.
+    async fn run(&mut self, items: Vec<Plain>) {
+        let mut sends = Vec::new();
+        let mut receipts = Vec::new();
+        let mut typing = Vec::new();
+        let mut read_by = Vec::new();
+        for item in items {
+            match item {
+                Plain::Send(msg, caller, send) => sends.push((msg, caller, send)),
+                Plain::Receipt(r) => receipts.push(r),
+                Plain::Typing(msg, caller, t) => typing.push((msg, caller, t)),
+                Plain::ReadBy(msg, caller, r) => read_by.push((msg, caller, r)),
             }
         }
         if !sends.is_empty() {
@@ -340,6 +501,13 @@ impl Worker {
         }
         for (msg, caller, t) in typing {
             self.typing(msg, caller, t).await;
+        }
+        for (msg, caller, r) in read_by {
+            let body = match self.read_by(caller, r).await {
+                Ok(result) => partition_reply::Body::ReadBy(result),
+                Err(e) => partition_reply::Body::Error(e),
+            };
+            reply(&self.shared, &msg, bus::PartitionReply { body: Some(body) }).await;
         }
     }
 
@@ -372,12 +540,21 @@ impl Worker {
         &self,
         caller: Caller,
         send: &v1::Send,
-    ) -> Result<(ConversationId, UserId, v1::MessageKind), v1::Error> {
+    ) -> Result<(ConversationId, Dest, v1::MessageKind), v1::Error> {
         let id_len = send.client_msg_id.len();
         if id_len == 0 || id_len > MAX_CLIENT_MSG_ID_BYTES {
             return Err(error(
                 ErrorCode::InvalidArgument,
                 format!("client_msg_id must be 1..={MAX_CLIENT_MSG_ID_BYTES} bytes"),
+            ));
+        }
+        if send
+            .client_msg_id
+            .starts_with(RESERVED_CLIENT_MSG_ID_PREFIX)
+        {
+            return Err(error(
+                ErrorCode::InvalidArgument,
+                format!("client_msg_id must not start with `{RESERVED_CLIENT_MSG_ID_PREFIX}`"),
             ));
         }
         if send.body.len() > MAX_BODY_BYTES {
@@ -388,6 +565,12 @@ impl Worker {
         }
         let kind = match v1::MessageKind::try_from(send.kind) {
             Ok(v1::MessageKind::Unspecified) => v1::MessageKind::Text,
+            Ok(v1::MessageKind::System) => {
+                return Err(error(
+                    ErrorCode::InvalidArgument,
+                    "only the server writes system messages",
+                ));
+            }
             Ok(kind) => kind,
             Err(_) => return Err(error(ErrorCode::InvalidArgument, "unknown kind")),
         };
@@ -397,9 +580,9 @@ impl Worker {
                 "a text body must be UTF-8 (use kind BINARY for bytes)",
             ));
         }
-        let (conv, other) = destination(caller, &send.conversation_id, send.to_user)?;
+        let (conv, dest) = destination(caller, &send.conversation_id, send.to_user)?;
         self.check_partition(&conv)?;
-        Ok((conv, other, kind))
+        Ok((conv, dest, kind))
     }
 
     async fn sends(&mut self, sends: Vec<(BusMessage, Caller, v1::Send)>) {
@@ -407,11 +590,12 @@ impl Worker {
         let mut pending = Vec::with_capacity(sends.len());
         for (msg, caller, send) in sends {
             match self.validate_send(caller, &send) {
-                Ok((conv, other, kind)) => pending.push(PendingSend {
+                Ok((conv, dest, kind)) => pending.push(PendingSend {
                     msg,
                     caller,
                     conv,
-                    other,
+                    dest,
+                    members: Arc::default(),
                     kind,
                     send,
                 }),
@@ -422,28 +606,10 @@ impl Worker {
             return;
         }
 
-        // 2. The other member must exist.
-        let exists = self
-            .shared
-            .users
-            .check_many(pending.iter().map(|p| p.other).collect())
-            .await;
-        let mut checked = Vec::with_capacity(pending.len());
-        for p in pending {
-            match exists.get(&p.other) {
-                Some(Ok(true)) => checked.push(p),
-                Some(Ok(false)) | None => {
-                    let e = error(ErrorCode::NotFound, "no such user");
-                    reply(&self.shared, &p.msg, reply_error(e)).await;
-                }
-                Some(Err(e)) => reply(&self.shared, &p.msg, reply_error(e.clone())).await,
-            }
-        }
-
-        // 3. Retries within the batch join their first occurrence.
-        let mut uniques: Vec<Unique> = Vec::with_capacity(checked.len());
+        // 2. Retries within the batch join their first occurrence.
+        let mut uniques: Vec<Unique> = Vec::with_capacity(pending.len());
         let mut index: HashMap<DedupeKey, usize> = HashMap::new();
-        for p in checked {
+        for p in pending {
             let key = p.dedupe_key();
             match index.get(&key) {
                 Some(&i) => uniques[i].retries.push(p.msg),
@@ -456,11 +622,9 @@ impl Worker {
                 }
             }
         }
-        if uniques.is_empty() {
-            return;
-        }
 
-        // 4. Retries of stored messages get their original Ack.
+        // 3. Retries of stored messages get their original Ack, whatever the sender's
+        // membership is now: the message was accepted when it was first sent.
         let keys = uniques.iter().map(|u| u.send.dedupe_key()).collect();
         let found = match self.shared.store.find_dedupe(keys).await {
             Ok(found) if found.len() == uniques.len() => found,
@@ -474,19 +638,84 @@ impl Worker {
                 return;
             }
         };
+        let mut fresh = Vec::with_capacity(uniques.len());
+        for (mut u, original) in uniques.into_iter().zip(found) {
+            let Some(ack) = original else {
+                fresh.push(u);
+                continue;
+            };
+            // A retry: its sender never saw the ack, so the first owner may have died
+            // between commit and push. Push the stored message again to the members of
+            // now (devices drop a seq they have), then ack: an ack always follows the push.
+            u.send.members = match u.send.dest {
+                Dest::Direct(other) => {
+                    let mut members = vec![u.send.caller.user, other];
+                    members.sort();
+                    Arc::new(members)
+                }
+                Dest::Group(g) => match self.group(g).await {
+                    Ok(group) => group.members.clone(),
+                    Err(_) => Arc::default(),
+                },
+            };
+            self.repush(&u.send, &ack).await;
+            self.answer(&u, partition_reply::Body::Ack(ack)).await;
+        }
+        if fresh.is_empty() {
+            return;
+        }
+
+        // 4. The other member must exist; a group's sender must be a member allowed to
+        // send, and the group's members are whom the message fans out to.
+        let others: Vec<UserId> = fresh
+            .iter()
+            .filter_map(|u| match u.send.dest {
+                Dest::Direct(other) => Some(other),
+                Dest::Group(_) => None,
+            })
+            .collect();
+        let exists = if others.is_empty() {
+            HashMap::new()
+        } else {
+            self.shared.users.check_many(others).await
+        };
+        let mut checked = Vec::with_capacity(fresh.len());
+        for mut u in fresh {
+            let verdict = match u.send.dest {
+                Dest::Direct(other) => match exists.get(&other) {
+                    Some(Ok(true)) => {
+                        let mut members = vec![u.send.caller.user, other];
+                        members.sort();
+                        Ok(Arc::new(members))
+                    }
+                    Some(Ok(false)) | None => Err(error(ErrorCode::NotFound, "no such user")),
+                    Some(Err(e)) => Err(e.clone()),
+                },
+                Dest::Group(g) => self.group(g).await.and_then(|group| {
+                    if group.check_member(u.send.caller.user)?.may_send {
+                        Ok(group.members.clone())
+                    } else {
+                        Err(error(
+                            ErrorCode::Forbidden,
+                            "only admins may send messages to this group",
+                        ))
+                    }
+                }),
+            };
+            match verdict {
+                Ok(members) => {
+                    u.send.members = members;
+                    checked.push(u);
+                }
+                Err(e) => self.answer(&u, partition_reply::Body::Error(e)).await,
+            }
+        }
 
         // 5. Assign seqs.
         let mut accepted: Vec<Unique> = Vec::new();
         let mut batch: Vec<NewMessage> = Vec::new();
-        for (u, original) in uniques.into_iter().zip(found) {
-            if let Some(ack) = original {
-                // A retry: its sender never saw the ack, so the first owner may have died
-                // between commit and push. Push the stored message again (devices drop a
-                // seq they have), then ack: an ack always follows the push.
-                self.repush(&u.send, &ack).await;
-                self.answer(&u, partition_reply::Body::Ack(ack)).await;
-                continue;
-            }
+        let mut fanout: Vec<Arc<Vec<UserId>>> = Vec::new();
+        for u in checked {
             let head = match self.head(&u.send.conv).await {
                 Ok(h) => h,
                 Err(e) => {
@@ -516,9 +745,15 @@ impl Worker {
                 body: p.send.body.clone(),
                 reply_to_seq: p.send.reply_to_seq,
                 created_at_ms: now_ms(),
+                event: None,
             };
-            let mut members = vec![p.caller.user, p.other];
-            members.sort();
+            // A group's members are not listed per message: sync asks the groups
+            // service which groups a user is in and reads their heads.
+            let members = match p.dest {
+                Dest::Direct(_) => p.members.to_vec(),
+                Dest::Group(_) => Vec::new(),
+            };
+            fanout.push(p.members.clone());
             batch.push(NewMessage { message, members });
             accepted.push(u);
         }
@@ -554,8 +789,8 @@ impl Worker {
                 }
             })
             .collect();
-        for nm in batch {
-            push_message(&self.shared, nm.message, &nm.members).await;
+        for (nm, members) in batch.into_iter().zip(fanout) {
+            push_message(&self.shared, nm.message, &members).await;
         }
         for (u, ack) in accepted.iter().zip(acks) {
             self.answer(u, partition_reply::Body::Ack(ack)).await;
@@ -571,9 +806,7 @@ impl Worker {
             .await;
         match stored {
             Ok(mut found) if found.first().is_some_and(|m| m.seq == ack.seq) => {
-                let mut members = vec![p.caller.user, p.other];
-                members.sort();
-                push_message(&self.shared, found.swap_remove(0), &members).await;
+                push_message(&self.shared, found.swap_remove(0), &p.members).await;
             }
             Ok(_) => tracing::error!(seq = ack.seq, "a deduplicated message is not in the log"),
             // The ack still goes out; devices get the message by their next sync.
@@ -597,6 +830,217 @@ impl Worker {
         }
     }
 
+    /// The group's state, from the cache or the groups service. A change the groups
+    /// service stored whose system message is not in the log yet (its owner died in
+    /// between) is written first, so the log and the membership agree again.
+    async fn group(&mut self, group: GroupId) -> Result<Arc<CachedGroup>, v1::Error> {
+        self.group_opt(group)
+            .await?
+            .ok_or_else(|| error(ErrorCode::NotFound, "no such group"))
+    }
+
+    async fn group_opt(&mut self, group: GroupId) -> Result<Option<Arc<CachedGroup>>, v1::Error> {
+        if let Some(g) = self.groups.get(&group) {
+            return Ok(Some(g.clone()));
+        }
+        let Some(state) = self.shared.groups.state(group).await? else {
+            return Ok(None);
+        };
+        let conv = ConversationId::group(group);
+        let head = self.head(&conv).await?;
+        if state.event_seq > head.get() {
+            let event = state.event.clone().unwrap_or_default();
+            if state.event_seq != head.get() + 1 {
+                tracing::error!(
+                    %conv,
+                    event_seq = state.event_seq,
+                    %head,
+                    "a group change is ahead of its conversation by more than one message"
+                );
+                return Err(error(ErrorCode::Internal, "internal error"));
+            }
+            let message = system_message(group, head.next(), event);
+            self.append_system(&conv, message.clone()).await?;
+            let members: Vec<UserId> = state.members.iter().map(|m| UserId(m.user_id)).collect();
+            push_message(&self.shared, message, &members).await;
+        }
+        let cached = Arc::new(CachedGroup::new(state));
+        self.groups.insert(group, cached.clone());
+        Ok(Some(cached))
+    }
+
+    /// Appends one system message at its seq (the head + 1).
+    async fn append_system(
+        &mut self,
+        conv: &ConversationId,
+        message: v1::Message,
+    ) -> Result<(), v1::Error> {
+        let seq = Seq(message.seq);
+        let batch = vec![NewMessage {
+            message,
+            members: Vec::new(),
+        }];
+        match self.shared.store.append(batch).await {
+            Ok(()) => {
+                self.heads.insert(conv.clone(), seq);
+                Ok(())
+            }
+            Err(e) => {
+                self.heads.remove(conv);
+                if let Some(g) = conv.group_id() {
+                    self.groups.remove(&g);
+                }
+                Err(store_failure(&e))
+            }
+        }
+    }
+
+    /// One group change: checked and stored by the groups service, then written as a
+    /// system message at the next seq; from then on the new members apply.
+    async fn group_change(&mut self, msg: BusMessage, caller: Caller, change: bus::GroupChange) {
+        let body = match self.try_group_change(caller, change).await {
+            Ok(result) => partition_reply::Body::Group(result),
+            Err(e) => partition_reply::Body::Error(e),
+        };
+        reply(&self.shared, &msg, bus::PartitionReply { body: Some(body) }).await;
+    }
+
+    async fn try_group_change(
+        &mut self,
+        caller: Caller,
+        change: bus::GroupChange,
+    ) -> Result<v1::GroupResult, v1::Error> {
+        let group = GroupId::new(change.group_id)
+            .map_err(|_| error(ErrorCode::InvalidArgument, "group_id missing"))?;
+        let conv = ConversationId::group(group);
+        self.check_partition(&conv)?;
+        let before = self.group_opt(group).await?;
+        let head = self.head(&conv).await?;
+        let applied = self
+            .shared
+            .groups
+            .apply(bus::GroupApply {
+                caller: Some(bus::Caller {
+                    user_id: caller.user.get(),
+                    device_id: caller.device.get(),
+                }),
+                group_id: group.get(),
+                request: change.request,
+                next_seq: head.next().get(),
+            })
+            .await;
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                // The outcome may be unknown (a timeout): reload the state next time.
+                self.groups.remove(&group);
+                return Err(e);
+            }
+        };
+        let mut result = applied.result.unwrap_or_default();
+        let after = applied.state.map(|s| Arc::new(CachedGroup::new(s)));
+        if let Some(event) = applied.event {
+            let message = system_message(group, head.next(), event);
+            if let Err(e) = self.append_system(&conv, message.clone()).await {
+                // Stored by the groups service but not in the log: the next load of the
+                // group writes it (see `group_opt`).
+                tracing::warn!(%conv, "group change stored, its system message not yet");
+                return Err(e);
+            }
+            result.seq = message.seq;
+            // Everyone before and after the change hears of it: the removed see their
+            // removal, the added their addition.
+            let mut audience: BTreeSet<UserId> = BTreeSet::new();
+            for g in before.iter().chain(after.iter()) {
+                audience.extend(g.members.iter().copied());
+            }
+            let audience: Vec<UserId> = audience.into_iter().collect();
+            push_message(&self.shared, message, &audience).await;
+        }
+        match after {
+            Some(after) => {
+                self.groups.insert(group, after);
+            }
+            None => {
+                self.groups.remove(&group);
+            }
+        }
+        Ok(result)
+    }
+
+    /// Who has received and read message `seq`: cursors of every member who could get it.
+    async fn read_by(
+        &mut self,
+        caller: Caller,
+        r: v1::ReadBy,
+    ) -> Result<v1::ReadByResult, v1::Error> {
+        let conv = parse_conversation(&r.conversation_id)?;
+        let dest = dest_of(&conv, caller.user)?;
+        self.check_partition(&conv)?;
+        // Membership first: a non-member learns nothing, not even how long the log is.
+        let group = match dest {
+            Dest::Group(g) => {
+                let group = self.group(g).await?;
+                group.check_member(caller.user)?;
+                Some(group)
+            }
+            Dest::Direct(_) => None,
+        };
+        let head = self.head(&conv).await?;
+        if r.seq == 0 || r.seq > head.get() {
+            return Err(error(ErrorCode::NotFound, "no message with this seq"));
+        }
+        let message = self
+            .shared
+            .store
+            .read_after(&conv, Seq(r.seq - 1), 1)
+            .await
+            .map_err(|e| store_failure(&e))?
+            .into_iter()
+            .next()
+            .filter(|m| m.seq == r.seq)
+            .ok_or_else(|| error(ErrorCode::NotFound, "no message with this seq"))?;
+        let sender = UserId(message.sender_user);
+        let recipients: Vec<UserId> = match (dest, group) {
+            (_, Some(group)) => group
+                .state
+                .members
+                .iter()
+                .filter(|m| m.joined_seq <= r.seq && m.user_id != sender.get())
+                .map(|m| UserId(m.user_id))
+                .collect(),
+            (Dest::Direct(other), None) => [caller.user, other]
+                .into_iter()
+                .filter(|&u| u != sender)
+                .collect(),
+            (Dest::Group(_), None) => Vec::new(),
+        };
+        let cursors = self
+            .shared
+            .store
+            .member_cursors(&conv)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        let cursors: HashMap<UserId, (Seq, Seq)> = cursors
+            .into_iter()
+            .map(|c| (c.user, (c.delivered, c.read)))
+            .collect();
+        let mut result = v1::ReadByResult {
+            conversation_id: conv.as_str().to_owned(),
+            seq: r.seq,
+            recipients: u32::try_from(recipients.len()).unwrap_or(u32::MAX),
+            ..Default::default()
+        };
+        for u in recipients {
+            match cursors.get(&u) {
+                Some(&(_, read)) if read.get() >= r.seq => result.read.push(u.get()),
+                Some(&(delivered, _)) if delivered.get() >= r.seq => result.delivered.push(u.get()),
+                _ => {}
+            }
+        }
+        Ok(result)
+    }
+
     async fn receipts(&mut self, receipts: Vec<ReceiptReq>) {
         // Validate and clamp each to its conversation's head.
         let mut valid = Vec::with_capacity(receipts.len());
@@ -612,7 +1056,7 @@ impl Worker {
             store.advance_cursor(r.caller.user, r.caller.device, conv, r.kind, *seq)
         }))
         .await;
-        for ((r, conv, other, _), result) in valid.into_iter().zip(results) {
+        for ((r, conv, dest, _), result) in valid.into_iter().zip(results) {
             let advance = match result {
                 Ok(a) => a,
                 Err(e) => {
@@ -640,7 +1084,11 @@ impl Worker {
                     up_to_seq: advance.seq.get(),
                 };
                 let bytes = frame(server_frame::Body::Receipt(receipt));
-                push(&self.shared, other, bytes.clone(), 0).await;
+                // In a group, receipts stay with the reader's own devices: senders ask
+                // who has read a message (ReadBy) instead of receiving every member's.
+                if let Dest::Direct(other) = dest {
+                    push(&self.shared, other, bytes.clone(), 0).await;
+                }
                 push(&self.shared, r.caller.user, bytes, r.caller.device.get()).await;
             }
         }
@@ -649,17 +1097,30 @@ impl Worker {
     async fn check_receipt(
         &mut self,
         r: &ReceiptReq,
-    ) -> Result<(ConversationId, UserId, Seq), v1::Error> {
+    ) -> Result<(ConversationId, Dest, Seq), v1::Error> {
         let conv = parse_conversation(&r.conversation_id)?;
-        let other = other_member(&conv, r.caller.user)?;
+        let dest = dest_of(&conv, r.caller.user)?;
         self.check_partition(&conv)?;
+        if let Dest::Group(g) = dest {
+            self.group(g).await?.check_member(r.caller.user)?;
+        }
         let head = self.head(&conv).await?;
-        Ok((conv, other, Seq(r.up_to_seq.min(head.get()))))
+        Ok((conv, dest, Seq(r.up_to_seq.min(head.get()))))
     }
 
-    async fn typing(&self, msg: BusMessage, caller: Caller, t: v1::Typing) {
-        let (conv, other) = match destination(caller, &t.conversation_id, t.to_user) {
-            Ok(d) => d,
+    async fn typing(&mut self, msg: BusMessage, caller: Caller, t: v1::Typing) {
+        let to = match destination(caller, &t.conversation_id, t.to_user) {
+            Ok((conv, Dest::Direct(other))) => Ok((conv, Arc::new(vec![other]))),
+            Ok((conv, Dest::Group(g))) => match self.group(g).await {
+                Ok(group) => group
+                    .check_member(caller.user)
+                    .map(|_| (conv, group.members.clone())),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let (conv, to) = match to {
+            Ok(to) => to,
             Err(e) => {
                 reply(&self.shared, &msg, reply_error(e)).await;
                 return;
@@ -670,13 +1131,10 @@ impl Worker {
             user_id: caller.user.get(),
             active: t.active,
         };
-        push(
-            &self.shared,
-            other,
-            frame(server_frame::Body::Typing(event)),
-            0,
-        )
-        .await;
+        let bytes = frame(server_frame::Body::Typing(event));
+        for &user in to.iter().filter(|&&u| u != caller.user) {
+            push(&self.shared, user, bytes.clone(), 0).await;
+        }
         reply(&self.shared, &msg, bus::PartitionReply { body: None }).await;
     }
 }

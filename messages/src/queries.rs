@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use natter_bus::{BusMessage, Subscription};
-use natter_proto::{ConversationId, ErrorCode, Seq, bus, error, v1};
+use natter_proto::{ConversationId, ConversationKind, ErrorCode, GroupId, Seq, bus, error, v1};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
@@ -80,11 +80,31 @@ async fn sync_page(shared: &Shared, req: bus::SyncRequest) -> Result<bus::SyncRe
     let caller = caller_of(req.caller)?;
     let limit = page_limit(req.limit, SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT);
     let store = &shared.store;
-    let (conversations, stored) = tokio::join!(
+    let (direct, stored, groups) = tokio::join!(
         store.user_conversations(caller.user),
-        store.device_cursors(caller.user, caller.device)
+        store.device_cursors(caller.user, caller.device),
+        shared.groups.access(caller.user, None)
     );
-    let conversations = conversations.map_err(|e| store_failure(&e))?;
+    let direct = direct.map_err(|e| store_failure(&e))?;
+    // Groups the caller is or was in: their heads come from the log, capped where the
+    // caller left, and nothing before the caller joined is theirs.
+    let groups = groups?;
+    let group_heads = futures::future::join_all(groups.iter().map(|a| {
+        let conv = ConversationId::group(GroupId(a.group_id));
+        async move { store.head(&conv).await.map(|h| (conv, h)) }
+    }))
+    .await;
+    // (conversation, newest seq the caller may read, seq the caller's history starts after)
+    let mut conversations: Vec<(ConversationId, Seq, Seq)> =
+        direct.into_iter().map(|(c, h)| (c, h, Seq::ZERO)).collect();
+    for (a, head) in groups.iter().zip(group_heads) {
+        let (conv, head) = head.map_err(|e| store_failure(&e))?;
+        let cap = match a.left_seq {
+            0 => head,
+            left => head.min(Seq(left)),
+        };
+        conversations.push((conv, cap, Seq(a.joined_seq.saturating_sub(1))));
+    }
     let stored: HashMap<ConversationId, Seq> = stored
         .map_err(|e| store_failure(&e))?
         .into_iter()
@@ -101,12 +121,14 @@ async fn sync_page(shared: &Shared, req: bus::SyncRequest) -> Result<bus::SyncRe
 
     let mut reply = bus::SyncReply::default();
     let mut bytes = 0usize;
-    for (conv, mut head) in conversations {
+    for (conv, mut head, floor) in conversations {
+        let is_group = conv.group_id().is_some();
         let start = given
             .get(&conv)
             .or_else(|| stored.get(&conv))
             .copied()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .max(floor);
         let mut pos = start;
         if head > start {
             let room = limit - reply.messages.len();
@@ -118,6 +140,10 @@ async fn sync_page(shared: &Shared, req: bus::SyncRequest) -> Result<bus::SyncRe
                     .await
                     .map_err(|e| store_failure(&e))?;
                 for m in page {
+                    if is_group && m.seq > head.get() {
+                        // Past where the caller left the group.
+                        break;
+                    }
                     let size = m.encoded_len();
                     if !reply.messages.is_empty() && bytes + size > PAGE_MAX_BYTES {
                         break;
@@ -176,21 +202,41 @@ async fn history_page(
         .conversation_id
         .parse()
         .map_err(|e: natter_proto::IdError| error(ErrorCode::InvalidArgument, e.to_string()))?;
-    let members = conv
-        .direct_members()
-        .ok_or_else(|| error(ErrorCode::NotFound, "unknown conversation kind"))?;
-    if !members.contains(&caller.user) {
-        return Err(error(
-            ErrorCode::Forbidden,
-            "not a member of this conversation",
-        ));
-    }
+    // The seqs the caller may read: all of a direct conversation they are in; of a group,
+    // from when they joined to when they left.
+    let (first, before) = match conv.kind() {
+        ConversationKind::Direct(a, b) if a == caller.user || b == caller.user => {
+            (Seq(1), Seq(h.before_seq))
+        }
+        ConversationKind::Direct(..) => {
+            return Err(error(
+                ErrorCode::Forbidden,
+                "not a member of this conversation",
+            ));
+        }
+        ConversationKind::Group(g) => {
+            let access = shared
+                .groups
+                .access(caller.user, Some(g))
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| error(ErrorCode::Forbidden, "not a member of this group"))?;
+            let before = match (access.left_seq, h.before_seq) {
+                (0, b) => Seq(b),
+                (left, 0) => Seq(left + 1),
+                (left, b) => Seq(b.min(left + 1)),
+            };
+            (Seq(access.joined_seq.max(1)), before)
+        }
+    };
     let limit = page_limit(h.limit, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT);
     let mut messages = shared
         .store
-        .read_before(&conv, Seq(h.before_seq), limit)
+        .read_before(&conv, before, limit)
         .await
         .map_err(|e| store_failure(&e))?;
+    messages.retain(|m| m.seq >= first.get());
     // Keep the newest messages that fit the byte budget (at least one).
     let mut bytes = 0usize;
     let mut keep_from = messages.len();
@@ -203,8 +249,9 @@ async fn history_page(
         keep_from = i;
     }
     messages.drain(..keep_from);
-    // Seqs start at 1 without gaps: older messages exist iff the oldest here is past 1.
-    let more = messages.first().is_some_and(|m| m.seq > 1);
+    // Seqs have no gaps: older messages the caller may read exist iff the oldest here is
+    // past the first of theirs.
+    let more = messages.first().is_some_and(|m| m.seq > first.get());
     Ok(v1::HistoryPage {
         conversation_id: conv.as_str().to_owned(),
         messages,

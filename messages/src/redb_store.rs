@@ -14,11 +14,14 @@ use std::{
 use natter_proto::{ConversationId, DeviceId, Seq, UserId, v1};
 use prost::Message as _;
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    TableHandle as _, WriteTransaction,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, StoreError};
+use crate::store::{
+    CursorAdvance, DedupeKey, DeviceCursor, MemberCursor, MessageStore, NewMessage, StoreError,
+};
 
 /// (conversation, seq) → prost-encoded `v1::Message`.
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -29,6 +32,11 @@ const USER_CONVERSATIONS: TableDefinition<(u64, &str), u64> =
     TableDefinition::new("user_conversations");
 /// (user, device, conversation) → (delivered, read).
 const CURSORS: TableDefinition<(u64, u64, &str), (u64, u64)> = TableDefinition::new("cursors");
+/// (conversation, user) → (delivered, read): the max of the user's rows in [`CURSORS`] for
+/// that conversation, written in the same transaction as they are. Keyed by conversation
+/// first so that "read by" is one range read.
+const MEMBER_CURSORS: TableDefinition<(&str, u64), (u64, u64)> =
+    TableDefinition::new("member_cursors");
 
 /// Writes queued for the writer thread (each carries a whole caller batch).
 const WRITE_QUEUE: usize = 1024;
@@ -91,11 +99,21 @@ impl RedbStore {
         let db = Database::create(path).map_err(storage)?;
         // Create every table up front so read transactions always find them.
         let txn = db.begin_write().map_err(storage)?;
+        // A file written before MEMBER_CURSORS existed has device cursors that the new
+        // table must reflect; it is filled from them once, when it is created.
+        let member_cursors_are_new = !txn
+            .list_tables()
+            .map_err(storage)?
+            .any(|t| t.name() == MEMBER_CURSORS.name());
         {
             txn.open_table(MESSAGES).map_err(storage)?;
             txn.open_table(DEDUPE).map_err(storage)?;
             txn.open_table(USER_CONVERSATIONS).map_err(storage)?;
-            txn.open_table(CURSORS).map_err(storage)?;
+            let cursors = txn.open_table(CURSORS).map_err(storage)?;
+            let mut members = txn.open_table(MEMBER_CURSORS).map_err(storage)?;
+            if member_cursors_are_new {
+                backfill_member_cursors(&cursors, &mut members)?;
+            }
         }
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
@@ -140,6 +158,28 @@ impl Drop for RedbStore {
             let _ = writer.join();
         }
     }
+}
+
+/// Fills an empty MEMBER_CURSORS with the max of each user's device cursors per
+/// conversation.
+fn backfill_member_cursors(
+    cursors: &impl ReadableTable<(u64, u64, &'static str), (u64, u64)>,
+    members: &mut Table<'_, (&'static str, u64), (u64, u64)>,
+) -> Result<(), StoreError> {
+    let mut max: HashMap<(String, u64), (u64, u64)> = HashMap::new();
+    for entry in cursors.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        let (user, _device, conv) = k.value();
+        let (delivered, read) = v.value();
+        let m = max.entry((conv.to_owned(), user)).or_insert((0, 0));
+        *m = (m.0.max(delivered), m.1.max(read));
+    }
+    for ((conv, user), cursor) in &max {
+        members
+            .insert((conv.as_str(), *user), *cursor)
+            .map_err(storage)?;
+    }
+    Ok(())
 }
 
 fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Op>) {
@@ -196,6 +236,7 @@ struct Tables<'t> {
     dedupe: Table<'t, (&'static str, u64, &'static str), (u64, u64, u64)>,
     user_conversations: Table<'t, (u64, &'static str), u64>,
     cursors: Table<'t, (u64, u64, &'static str), (u64, u64)>,
+    member_cursors: Table<'t, (&'static str, u64), (u64, u64)>,
 }
 
 impl<'t> Tables<'t> {
@@ -205,6 +246,7 @@ impl<'t> Tables<'t> {
             dedupe: txn.open_table(DEDUPE).map_err(storage)?,
             user_conversations: txn.open_table(USER_CONVERSATIONS).map_err(storage)?,
             cursors: txn.open_table(CURSORS).map_err(storage)?,
+            member_cursors: txn.open_table(MEMBER_CURSORS).map_err(storage)?,
         })
     }
 }
@@ -364,6 +406,21 @@ fn apply_cursor(
     };
     if new != (delivered, read) {
         t.cursors.insert(key, new).map_err(storage)?;
+    }
+    // Folded in even when the device's cursor did not move: the user's cursor is then
+    // already at least as high, and checking costs one lookup in a write already made.
+    let member_key = (conversation, user);
+    let old = t
+        .member_cursors
+        .get(member_key)
+        .map_err(storage)?
+        .map(|g| g.value())
+        .unwrap_or((0, 0));
+    let raised = (old.0.max(new.0), old.1.max(new.1));
+    if raised != old {
+        t.member_cursors
+            .insert(member_key, raised)
+            .map_err(storage)?;
     }
     Ok(Ok(advance))
 }
@@ -550,5 +607,95 @@ impl MessageStore for RedbStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn member_cursors(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<MemberCursor>, StoreError> {
+        let conv = conversation.as_str().to_owned();
+        self.read(move |txn| {
+            let table = txn.open_table(MEMBER_CURSORS).map_err(storage)?;
+            let range = table
+                .range((conv.as_str(), 0u64)..=(conv.as_str(), u64::MAX))
+                .map_err(storage)?;
+            range
+                .map(|entry| {
+                    let (k, v) = entry.map_err(storage)?;
+                    let (_, user) = k.value();
+                    let (delivered, read) = v.value();
+                    Ok(MemberCursor {
+                        user: UserId(user),
+                        delivered: Seq(delivered),
+                        read: Seq(read),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file written before MEMBER_CURSORS existed gets it filled from its device
+    /// cursors when opened, and the store keeps it up from there.
+    #[tokio::test]
+    async fn member_cursors_are_backfilled_from_an_older_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.redb");
+        let conv = ConversationId::direct(UserId(1), UserId(2)).expect("conv");
+        let other = ConversationId::direct(UserId(1), UserId(3)).expect("conv");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut cursors = txn.open_table(CURSORS).expect("cursors");
+                for (user, device, c, cursor) in [
+                    (1, 10, &conv, (5, 2)),
+                    (1, 11, &conv, (3, 3)),
+                    (2, 20, &conv, (4, 0)),
+                    (1, 10, &other, (9, 9)),
+                ] {
+                    cursors
+                        .insert((user, device, c.as_str()), cursor)
+                        .expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        let cursor = |user, delivered, read| MemberCursor {
+            user: UserId(user),
+            delivered: Seq(delivered),
+            read: Seq(read),
+        };
+        let store = RedbStore::open(&path).expect("open");
+        assert_eq!(
+            store.member_cursors(&conv).await.expect("conv"),
+            vec![cursor(1, 5, 3), cursor(2, 4, 0)]
+        );
+        assert_eq!(
+            store.member_cursors(&other).await.expect("other"),
+            vec![cursor(1, 9, 9)]
+        );
+        store
+            .advance_cursor(
+                UserId(2),
+                DeviceId(21),
+                &conv,
+                v1::ReceiptKind::Read,
+                Seq(6),
+            )
+            .await
+            .expect("advance");
+        drop(store);
+        // What was written since the backfill survives a reopen.
+        let store = RedbStore::open(&path).expect("reopen");
+        assert_eq!(
+            store.member_cursors(&conv).await.expect("conv"),
+            vec![cursor(1, 5, 3), cursor(2, 6, 6)]
+        );
     }
 }

@@ -29,10 +29,11 @@
 //!   - A larger `append` batch is sent as staged parts (held in the store role's memory,
 //!     at most [`STAGING_MAX_BYTES`] in all, forgotten after [`STAGING_TTL`]) followed by
 //!     one final request that appends parts and rest with ONE `append`: still atomic.
-//!   - Larger `find_dedupe` lookups and long `user_conversations` / `device_cursors` lists
-//!     take several requests; each is consistent on its own, the whole is not one
-//!     snapshot (harmless for these monotonic data: heads and cursors only grow, dedupe
-//!     keys only appear, and the partition owner is the only writer of its keys).
+//!   - Larger `find_dedupe` lookups and long `user_conversations` / `device_cursors` /
+//!     `member_cursors` lists take several requests (each asking for what follows the
+//!     last item it got); each is consistent on its own, the whole is not one snapshot
+//!     (harmless for these monotonic data: heads and cursors only grow, dedupe keys only
+//!     appear, and the partition owner is the only writer of its keys).
 //!   - One message whose encoding exceeds the budget cannot cross the wire: `append`
 //!     refuses it with [`StoreError::Invalid`] and stores nothing (the service bounds
 //!     bodies to 64 KiB, far below).
@@ -67,7 +68,9 @@ use rand::Rng as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, StoreError};
+use crate::store::{
+    CursorAdvance, DedupeKey, DeviceCursor, MemberCursor, MessageStore, NewMessage, StoreError,
+};
 
 /// NATS's default `max_payload`: no request or reply of the store role is larger.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -376,6 +379,32 @@ impl Server {
                     out.cursors.push(item);
                 }
                 store_reply::Result::Cursors(out)
+            }
+            Op::MemberCursors(m) => {
+                let conv = parse_conversation(&m.conversation_id)?;
+                let all = store.member_cursors(&conv).await?;
+                let mut out = store_reply::MemberCursors::default();
+                let mut budget = PAYLOAD_BUDGET;
+                // Ordered by user id, so "after" is where the previous page stopped (user
+                // ids are nonzero, so 0 asks for the start).
+                for c in all {
+                    if c.user.get() <= m.after_user {
+                        continue;
+                    }
+                    let item = store_reply::MemberCursor {
+                        user_id: c.user.get(),
+                        delivered: c.delivered.get(),
+                        read: c.read.get(),
+                    };
+                    let size = field_len(item.encoded_len());
+                    if size > budget {
+                        out.more = true;
+                        break;
+                    }
+                    budget -= size;
+                    out.cursors.push(item);
+                }
+                store_reply::Result::MemberCursors(out)
             }
         })
     }
@@ -887,6 +916,48 @@ impl MessageStore for RemoteStore {
                         .conversation_id
                         .parse()
                         .map_err(|e: natter_proto::IdError| StoreError::Corrupt(e.to_string()))?,
+                    delivered: Seq(c.delivered),
+                    read: Seq(c.read),
+                });
+            }
+            if !page.more {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn member_cursors(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<MemberCursor>, StoreError> {
+        let mut out: Vec<MemberCursor> = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |c| c.user.get());
+            let op = Op::MemberCursors(store_request::MemberCursors {
+                conversation_id: conversation.as_str().to_owned(),
+                after_user: after,
+            });
+            let page = match self.call(op).await? {
+                store_reply::Result::MemberCursors(page) => page,
+                _ => return Err(unexpected("member_cursors")),
+            };
+            if page.more && page.cursors.is_empty() {
+                return Err(StoreError::Storage(
+                    "the store role sent an empty page of member cursors with more to come".into(),
+                ));
+            }
+            for c in page.cursors {
+                // Each page must go on strictly after the last user seen, or the next
+                // request would ask for the same page again (and the order would break).
+                let last = out.last().map_or(after, |c| c.user.get());
+                if c.user_id <= last {
+                    return Err(StoreError::Corrupt(format!(
+                        "the store role sent member cursor of user {} after user {last}",
+                        c.user_id
+                    )));
+                }
+                out.push(MemberCursor {
+                    user: UserId(c.user_id),
                     delivered: Seq(c.delivered),
                     read: Seq(c.read),
                 });

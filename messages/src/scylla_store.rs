@@ -15,14 +15,18 @@
 //!   (one read).
 //! - `user_conversations (user_id, conversation_id) → last_seq`.
 //! - `device_cursors ((user_id, device_id), conversation_id) → delivered_seq, read_seq`.
+//! - `member_cursors ((conversation_id), user_id) → delivered_seq, read_seq`: the max of
+//!   each user's device cursors in the conversation, what [`MessageStore::member_cursors`]
+//!   reads (one partition).
 //! - `dedupe ((conversation_id, sender_device, client_msg_id), seq) → message_id,
 //!   created_at_ms`, with a 7-day default TTL: one row per seq an append tried for the key
 //!   (usually one), so a lookup is one partition read.
 //!
-//! `conversation_heads`, `user_conversations` and `device_cursors` are written only
-//! `USING TIMESTAMP <seq>` (never a wall-clock timestamp), which makes every write an
-//! idempotent max: the larger seq wins whatever the order of arrival, and a cursor or head
-//! can never go down.
+//! `conversation_heads`, `user_conversations`, `device_cursors` and `member_cursors` are
+//! written only `USING TIMESTAMP <seq>` (never a wall-clock timestamp), which makes every
+//! write an idempotent max: the larger seq wins whatever the order of arrival, and a cursor
+//! or head can never go down. For `member_cursors` this is also what takes the max over a
+//! user's devices: each device's advance writes the user's row, and the highest seq wins.
 //!
 //! # How `append` is gap-free and duplicate-free
 //!
@@ -91,7 +95,11 @@
 //! - `find_dedupe` reads its keys independently, not in one snapshot.
 //! - `advance_cursor` reads the cursor, then raises it `USING TIMESTAMP seq`: the stored
 //!   value is always the max, but two concurrent calls raising the same cursor may both
-//!   report `moved`.
+//!   report `moved`. The device's row and the user's `member_cursors` row are written in
+//!   one LOGGED batch (two partitions), so both land or neither does, but a reader may see
+//!   one before the other. Nothing is written when the device's cursor does not move, so
+//!   device cursors stored before `member_cursors` existed are reflected there only once
+//!   the device advances again (there is no backfill).
 //!
 //! # Driver settings
 //!
@@ -116,6 +124,7 @@ use std::{
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _, future::BoxFuture, stream};
 use natter_proto::{ConversationId, DeviceId, Seq, UserId, v1};
+use prost::Message as _;
 use scylla::{
     client::{
         execution_profile::ExecutionProfile, pager::NextRowError, session::Session,
@@ -134,7 +143,9 @@ use scylla::{
     value::{CqlValue, Row},
 };
 
-use crate::store::{CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, StoreError};
+use crate::store::{
+    CursorAdvance, DedupeKey, DeviceCursor, MemberCursor, MessageStore, NewMessage, StoreError,
+};
 
 /// How to reach ScyllaDB.
 #[derive(Debug, Clone)]
@@ -487,6 +498,8 @@ struct MessageRow {
     body: Option<Bytes>,
     reply_to_seq: Option<i64>,
     created_at_ms: Option<i64>,
+    /// A system message's group change, prost-encoded `v1::GroupEvent`.
+    event: Option<Bytes>,
 }
 
 impl MessageRow {
@@ -508,6 +521,13 @@ impl MessageRow {
             body: self.body.unwrap_or_default(),
             reply_to_seq: id(self.reply_to_seq, "reply_to_seq")?,
             created_at_ms: id(self.created_at_ms, "created_at_ms")?,
+            event: match self.event {
+                Some(bytes) if !bytes.is_empty() => Some(Box::new(
+                    v1::GroupEvent::decode(bytes)
+                        .map_err(|e| StoreError::Corrupt(format!("group event: {e}")))?,
+                )),
+                _ => None,
+            },
         }))
     }
 }
@@ -673,10 +693,13 @@ struct Statements {
     raise_delivered: PreparedStatement,
     raise_read: PreparedStatement,
     device_cursors: PreparedStatement,
+    raise_member_delivered: PreparedStatement,
+    raise_member_read: PreparedStatement,
+    member_cursors: PreparedStatement,
 }
 
 const MESSAGE_COLUMNS: &str = "seq, message_id, sender_user, sender_device, client_msg_id, \
-                               kind, body, reply_to_seq, created_at_ms";
+                               kind, body, reply_to_seq, created_at_ms, event";
 
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
@@ -731,7 +754,7 @@ impl Statements {
             insert_message: p(
                 format!(
                     "INSERT INTO {ks}.messages (conversation_id, bucket, {MESSAGE_COLUMNS}) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 Kind::Lwt,
             )
@@ -814,6 +837,30 @@ impl Statements {
                 format!(
                     "SELECT conversation_id, delivered_seq, read_seq FROM {ks}.device_cursors \
                      WHERE user_id = ? AND device_id = ?"
+                ),
+                Kind::Read,
+            )
+            .await?,
+            raise_member_delivered: p(
+                format!(
+                    "UPDATE {ks}.member_cursors USING TIMESTAMP ? SET delivered_seq = ? \
+                     WHERE conversation_id = ? AND user_id = ?"
+                ),
+                Kind::Write,
+            )
+            .await?,
+            raise_member_read: p(
+                format!(
+                    "UPDATE {ks}.member_cursors USING TIMESTAMP ? SET delivered_seq = ?, \
+                     read_seq = ? WHERE conversation_id = ? AND user_id = ?"
+                ),
+                Kind::Write,
+            )
+            .await?,
+            member_cursors: p(
+                format!(
+                    "SELECT user_id, delivered_seq, read_seq FROM {ks}.member_cursors \
+                     WHERE conversation_id = ?"
                 ),
                 Kind::Read,
             )
@@ -911,6 +958,30 @@ impl ScyllaStore {
     ) -> Result<(), StoreError> {
         self.session
             .execute_unpaged(statement, values)
+            .await
+            .map_err(|e| storage(what, e))?;
+        Ok(())
+    }
+
+    /// Writes a device's cursor row and its user's `member_cursors` row in one LOGGED
+    /// batch: the batchlog replays a batch whose coordinator failed half-way, so the
+    /// user's row is never left behind the device's for good (a plain second write could
+    /// be lost, and a retried advance finds the device's cursor already raised and writes
+    /// nothing). Each statement carries its own `USING TIMESTAMP`, so the batch is an
+    /// idempotent max and safe to retry.
+    async fn raise_cursors(
+        &self,
+        device: (&PreparedStatement, impl SerializeRow),
+        member: (&PreparedStatement, impl SerializeRow),
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_consistency(Consistency::LocalQuorum);
+        batch.set_is_idempotent(true);
+        batch.append_statement(device.0.clone());
+        batch.append_statement(member.0.clone());
+        self.session
+            .batch(&batch, (device.1, member.1))
             .await
             .map_err(|e| storage(what, e))?;
         Ok(())
@@ -1329,6 +1400,7 @@ impl ScyllaStore {
                 &m.body,
                 to_cql(m.reply_to_seq, "reply_to_seq")?,
                 to_cql(m.created_at_ms, "created_at_ms")?,
+                m.event.as_ref().map(|e| e.encode_to_vec()),
             )));
         }
         match self.session.batch(&statements, values).await {
@@ -1708,18 +1780,26 @@ impl MessageStore for ScyllaStore {
                 moved: seq > delivered,
             },
         };
-        // READ raises DELIVERED too; the timestamps keep each column at its max.
+        // READ raises DELIVERED too; the timestamps keep each column at its max, in the
+        // device's row and in the user's (where the user's other devices write as well,
+        // so the highest seq of any device wins there).
         if kind == v1::ReceiptKind::Read && (seq > read || seq > delivered) {
-            self.execute(
-                &self.st.raise_read,
-                (value, value, value, user, device, conv),
+            self.raise_cursors(
+                (
+                    &self.st.raise_read,
+                    (value, value, value, user, device, conv),
+                ),
+                (
+                    &self.st.raise_member_read,
+                    (value, value, value, conv, user),
+                ),
                 "raising a read cursor",
             )
             .await?;
         } else if kind == v1::ReceiptKind::Delivered && seq > delivered {
-            self.execute(
-                &self.st.raise_delivered,
-                (value, value, user, device, conv),
+            self.raise_cursors(
+                (&self.st.raise_delivered, (value, value, user, device, conv)),
+                (&self.st.raise_member_delivered, (value, value, conv, user)),
                 "raising a delivered cursor",
             )
             .await?;
@@ -1755,6 +1835,27 @@ impl MessageStore for ScyllaStore {
             })
             .collect()
     }
+
+    async fn member_cursors(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<MemberCursor>, StoreError> {
+        const WHAT: &str = "listing a conversation's member cursors";
+        // One partition, clustered by user id: the rows come ordered by user (bigint
+        // order is numeric order, as ids stay below 2^63), fetched page by page.
+        let rows: Vec<(i64, Option<i64>, Option<i64>)> = self
+            .query_paged(&self.st.member_cursors, (conversation.as_str(),), WHAT)
+            .await?;
+        rows.into_iter()
+            .map(|(user, delivered, read)| {
+                Ok(MemberCursor {
+                    user: UserId(from_cql(user, "user id")?),
+                    delivered: Seq(from_cql(delivered.unwrap_or(0), "delivered_seq")?),
+                    read: Seq(from_cql(read.unwrap_or(0), "read_seq")?),
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -1778,6 +1879,7 @@ mod tests {
                 body: Bytes::from(vec![0u8; body_len]),
                 reply_to_seq: 0,
                 created_at_ms: 1_700_000_000_000,
+                event: None,
             },
             members: c.direct_members().expect("direct").to_vec(),
         }
@@ -1943,7 +2045,14 @@ mod tests {
             "{'class': 'SimpleStrategy', 'replication_factor': 3}"
         );
         let statements = schema_statements(SCHEMA_TEMPLATE, "natter_x", &simple, "");
-        assert_eq!(statements.len(), 6, "{statements:#?}");
+        // One statement per CREATE in the template, none lost or split. Counted rather than
+        // fixed: other services (groups) keep their tables in the same file.
+        let creates = SCHEMA_TEMPLATE
+            .lines()
+            .filter(|l| l.starts_with("CREATE "))
+            .count();
+        assert!(creates >= 7, "keyspace and six tables at least: {creates}");
+        assert_eq!(statements.len(), creates, "{statements:#?}");
         assert!(
             statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS natter_x"),
             "{}",
@@ -1955,6 +2064,7 @@ mod tests {
             "conversation_heads",
             "user_conversations",
             "device_cursors",
+            "member_cursors",
             "dedupe",
         ] {
             let create = format!("CREATE TABLE IF NOT EXISTS natter_x.{table} (");

@@ -1,5 +1,6 @@
 //! The [`MessageStore`] trait: everything the messages service keeps durably (conversation
-//! logs, dedupe keys, each user's conversations, each device's cursors). Implementations:
+//! logs, dedupe keys, each user's conversations, each device's cursors and, per
+//! conversation, each user's cursors). Implementations:
 //! [`crate::RedbStore`] (embedded); a ScyllaDB store must pass the same
 //! [`crate::conformance`] suite.
 
@@ -25,6 +26,16 @@ pub struct DedupeKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceCursor {
     pub conversation: ConversationId,
+    pub delivered: Seq,
+    pub read: Seq,
+}
+
+/// Where one user stands in one conversation: the highest cursor of any of their devices.
+/// Kept by [`MessageStore::advance_cursor`] so that "read by" needs one read per
+/// conversation, not one per device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberCursor {
+    pub user: UserId,
     pub delivered: Seq,
     pub read: Seq,
 }
@@ -105,7 +116,10 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Raises the device's cursor of `kind` in the conversation to `seq` (max semantics:
     /// never lowers it), durably before returning. A READ cursor also raises the DELIVERED
-    /// one (what was read was received). `kind` UNSPECIFIED is [`StoreError::Invalid`].
+    /// one (what was read was received). The user's [`MemberCursor`] of the conversation
+    /// is raised the same way (to the max over their devices), in the same write. `kind`
+    /// UNSPECIFIED is [`StoreError::Invalid`]. The returned [`CursorAdvance`] is about the
+    /// device's cursor.
     async fn advance_cursor(
         &self,
         user: UserId,
@@ -121,4 +135,11 @@ pub trait MessageStore: Send + Sync + 'static {
         user: UserId,
         device: DeviceId,
     ) -> Result<Vec<DeviceCursor>, StoreError>;
+
+    /// Every user with a cursor in the conversation (the max over their devices), ordered
+    /// by user id.
+    async fn member_cursors(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<Vec<MemberCursor>, StoreError>;
 }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use natter_bus::{Bus, BusError, InProcessBus, PendingReply, Subscription};
 use natter_messages::{
-    DedupeKey, MessageStore, NewMessage, RedbStore, StoreError, conformance,
+    DedupeKey, MemberCursor, MessageStore, NewMessage, RedbStore, StoreError, conformance,
     remote_store::{self, MAX_PAYLOAD_BYTES, RemoteStore},
 };
 use natter_proto::{ConversationId, DeviceId, Seq, Subject, UserId, bus, v1};
@@ -297,6 +297,7 @@ fn new_message(conv: &ConversationId, seq: u64, body_bytes: usize) -> NewMessage
             body: Bytes::from(vec![(seq % 251) as u8; body_bytes]),
             reply_to_seq: 0,
             created_at_ms: 1_700_000_000_000 + seq,
+            event: None,
         },
         members: members.to_vec(),
     }
@@ -463,5 +464,64 @@ async fn payloads_stay_under_the_nats_limit_and_callers_can_page() {
     assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
     assert_eq!(store.head(&huge).await, Ok(Seq::ZERO));
 
+    role.stop().await;
+}
+
+/// More member cursors in one conversation than one reply carries: `member_cursors` asks
+/// again after the last user it got, and the pages add up to the whole list, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn member_cursors_page_past_one_reply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let measured = Arc::new(MeasuredBus::default());
+    let bus: Arc<dyn Bus> = measured.clone();
+    let role = Role::start(&dir.path().join("m.redb"), bus.clone()).await;
+    let store = RemoteStore::new(bus.clone(), Duration::from_secs(120));
+    let conv = ConversationId::direct(wide_user(), wide_user()).expect("conv");
+
+    // 20-digit users and seqs above 2^60 make an item 33 bytes on the wire, so about
+    // 28,000 fit one reply: 30,000 take two.
+    let mut users = std::collections::BTreeSet::new();
+    while users.len() < 30_000 {
+        users.insert(wide_user());
+    }
+    let base = 1u64 << 60;
+    futures::stream::iter(users.iter().zip(base..))
+        .map(|(&u, seq)| {
+            let store = store.clone();
+            let conv = conv.clone();
+            async move {
+                store
+                    .advance_cursor(u, DeviceId(7), &conv, v1::ReceiptKind::Read, Seq(seq))
+                    .await
+            }
+        })
+        .buffer_unordered(256)
+        .for_each(|r| async move {
+            assert!(r.expect("advance").moved);
+        })
+        .await;
+
+    let before = measured.requests.load(Ordering::Relaxed);
+    let listed = store.member_cursors(&conv).await.expect("member cursors");
+    let pages = measured.requests.load(Ordering::Relaxed) - before;
+    assert_eq!(pages, 2, "the list took {pages} requests");
+    let expected: Vec<MemberCursor> = users
+        .iter()
+        .zip(base..)
+        .map(|(&user, seq)| MemberCursor {
+            user,
+            delivered: Seq(seq),
+            read: Seq(seq),
+        })
+        .collect();
+    assert_eq!(listed.len(), expected.len());
+    assert!(listed == expected, "the pages add up to the list, in order");
+    let largest = measured.largest.load(Ordering::Relaxed);
+    assert!(largest <= MAX_PAYLOAD_BYTES, "largest payload {largest}");
+    assert!(largest > 800 * 1024, "a page was nearly full: {largest}");
+
+    // A conversation without cursors is one request and an empty list.
+    let empty = ConversationId::direct(wide_user(), wide_user()).expect("conv");
+    assert_eq!(store.member_cursors(&empty).await, Ok(Vec::new()));
     role.stop().await;
 }

@@ -125,6 +125,7 @@ fn message(c: &ConversationId, seq: u64) -> NewMessage {
             body: Bytes::from(seq.to_le_bytes().to_vec()),
             reply_to_seq: 0,
             created_at_ms: 1_700_000_000_000 + seq,
+            event: None,
         },
         members: c.direct_members().expect("direct").to_vec(),
     }

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use natter_bus::{Bus, BusError, BusEvent, InProcessBus, Subscription};
 use natter_messages::{
-    Config, CursorAdvance, DedupeKey, DeviceCursor, MessageStore, NewMessage, Placement, RedbStore,
-    StoreError, start,
+    Config, CursorAdvance, DedupeKey, DeviceCursor, MemberCursor, MessageStore, NewMessage,
+    Placement, RedbStore, StoreError, start,
 };
 use natter_proto::{
     ConversationId, DeviceId, ErrorCode, MAX_BODY_BYTES, Partition, Seq, Subject, UserId,
@@ -1085,6 +1085,9 @@ impl MessageStore for Flaky {
         d: DeviceId,
     ) -> Result<Vec<DeviceCursor>, StoreError> {
         self.inner.device_cursors(u, d).await
+    }
+    async fn member_cursors(&self, c: &ConversationId) -> Result<Vec<MemberCursor>, StoreError> {
+        self.inner.member_cursors(c).await
     }
 }
 

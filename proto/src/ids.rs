@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub enum IdError {
     #[error("conversation id is empty")]
     Empty,
-    #[error("conversation id `{0}` is malformed (expected `d.<user>.<user>`)")]
+    #[error("conversation id `{0}` is malformed (expected `d.<user>.<user>` or `g.<group>`)")]
     Malformed(String),
     #[error("a direct conversation needs two different users")]
     SameUser,
@@ -55,6 +55,43 @@ u64_id!(
     /// A message's global id. Random, never 0.
     MessageId, "message id"
 );
+u64_id!(
+    /// A group. Derived from its creator and the creator's `create_id` (so a retried
+    /// create names the same group), below 2^53 so JavaScript numbers hold it exactly.
+    GroupId, "group id"
+);
+
+/// Group ids stay below this (JavaScript's exact integer range).
+const MAX_GROUP_ID: u64 = 1 << 53;
+
+impl GroupId {
+    /// The id of the group `creator` creates with `create_id`: retrying a create with the
+    /// same `create_id` names the same group. FNV-1a, stable across versions.
+    pub fn for_create(creator: UserId, create_id: &str) -> GroupId {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let creator = creator.get().to_le_bytes();
+        for b in creator.iter().chain(b"/").chain(create_id.as_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Never 0: the range is [1, 2^53).
+        GroupId(h % (MAX_GROUP_ID - 1) + 1)
+    }
+
+    /// The group an invite code belongs to: codes are `<group id>-<secret>`, so any
+    /// edge routes a join to the group's owner without a lookup. `None` for anything else.
+    pub fn of_invite(code: &str) -> Option<GroupId> {
+        let (id, secret) = code.split_once('-')?;
+        if secret.is_empty() || id.is_empty() || id.starts_with('0') || id.len() > 16 {
+            return None;
+        }
+        if !id.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let raw: u64 = id.parse().ok()?;
+        (raw < MAX_GROUP_ID).then_some(GroupId(raw))
+    }
+}
 
 /// Position of a message in its conversation: 1, 2, 3, ... with no gaps. 0 means "before
 /// the first message".
@@ -81,7 +118,7 @@ impl fmt::Display for Seq {
 }
 
 /// A conversation. One-to-one conversations are `d.<low user>.<high user>`, derived from
-/// the two users so that either side reaches the same one. (Groups will add `g.<id>`.)
+/// the two users so that either side reaches the same one; a group's is `g.<group id>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ConversationId(String);
@@ -91,6 +128,8 @@ pub struct ConversationId(String);
 pub enum ConversationKind {
     /// Two users; the pair is in the id.
     Direct(UserId, UserId),
+    /// A group; its members are kept by the groups service.
+    Group(GroupId),
 }
 
 impl ConversationId {
@@ -101,6 +140,11 @@ impl ConversationId {
         }
         let (lo, hi) = if a < b { (a, b) } else { (b, a) };
         Ok(Self(format!("d.{lo}.{hi}")))
+    }
+
+    /// The conversation of a group.
+    pub fn group(group: GroupId) -> Self {
+        Self(format!("g.{group}"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -119,6 +163,15 @@ impl ConversationId {
     pub fn direct_members(&self) -> Option<[UserId; 2]> {
         match self.kind() {
             ConversationKind::Direct(a, b) => Some([a, b]),
+            ConversationKind::Group(_) => None,
+        }
+    }
+
+    /// The group of a group conversation.
+    pub fn group_id(&self) -> Option<GroupId> {
+        match self.kind() {
+            ConversationKind::Group(g) => Some(g),
+            ConversationKind::Direct(..) => None,
         }
     }
 
@@ -133,18 +186,24 @@ fn parse(s: &str) -> Result<ConversationKind, IdError> {
         return Err(IdError::Empty);
     }
     let malformed = || IdError::Malformed(s.chars().take(80).collect());
+    // Canonical decimal only: no sign, no leading zeros, so one conversation has one id.
+    let num = |p: &str| -> Result<u64, IdError> {
+        if p.is_empty() || p.starts_with('0') || !p.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(malformed());
+        }
+        p.parse::<u64>().map_err(|_| malformed())
+    };
     let mut parts = s.split('.');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("g"), Some(g), None, None) => {
+            let raw = num(g)?;
+            if raw >= MAX_GROUP_ID {
+                return Err(malformed());
+            }
+            Ok(ConversationKind::Group(GroupId::new(raw)?))
+        }
         (Some("d"), Some(a), Some(b), None) => {
-            let num = |p: &str| -> Result<UserId, IdError> {
-                // Canonical decimal only: no sign, no leading zeros, so one pair has one id.
-                if p.is_empty() || p.starts_with('0') || !p.bytes().all(|c| c.is_ascii_digit()) {
-                    return Err(malformed());
-                }
-                let raw = p.parse::<u64>().map_err(|_| malformed())?;
-                UserId::new(raw)
-            };
-            let (a, b) = (num(a)?, num(b)?);
+            let (a, b) = (UserId::new(num(a)?)?, UserId::new(num(b)?)?);
             if a >= b {
                 return Err(if a == b {
                     IdError::SameUser
@@ -257,6 +316,34 @@ mod tests {
         // Known value: changing the hash would move every conversation to another owner.
         assert_eq!(Partition::of(&c), Partition::of(&"d.1.2".parse().unwrap()));
         assert_eq!(Partition::all().count(), 256);
+    }
+
+    #[test]
+    fn group_ids_round_trip_and_are_validated() {
+        let g = GroupId::for_create(UserId(7), "first");
+        assert_eq!(g, GroupId::for_create(UserId(7), "first"));
+        assert_ne!(g, GroupId::for_create(UserId(7), "second"));
+        assert_ne!(g, GroupId::for_create(UserId(8), "first"));
+        assert!(g.get() > 0 && g.get() < MAX_GROUP_ID);
+        let c = ConversationId::group(g);
+        assert_eq!(c.as_str(), format!("g.{g}"));
+        assert_eq!(c.as_str().parse::<ConversationId>().unwrap(), c);
+        assert_eq!(c.group_id(), Some(g));
+        assert_eq!(c.direct_members(), None);
+        for bad in ["g.", "g.0", "g.01", "g.1.2", "g.x", "g.9007199254740992"] {
+            assert!(bad.parse::<ConversationId>().is_err(), "{bad}");
+        }
+        assert_eq!(GroupId::of_invite("42-abc"), Some(GroupId(42)));
+        for bad in [
+            "42",
+            "42-",
+            "-abc",
+            "042-abc",
+            "x-abc",
+            "9007199254740992-a",
+        ] {
+            assert_eq!(GroupId::of_invite(bad), None, "{bad}");
+        }
     }
 
     #[test]

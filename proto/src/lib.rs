@@ -24,7 +24,9 @@ pub mod bus {
     pub use v1::*;
 }
 
-pub use ids::{ConversationId, DeviceId, IdError, MessageId, Partition, Seq, UserId};
+pub use ids::{
+    ConversationId, ConversationKind, DeviceId, GroupId, IdError, MessageId, Partition, Seq, UserId,
+};
 pub use subject::Subject;
 pub use v1::ErrorCode;
 

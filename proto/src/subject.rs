@@ -45,6 +45,27 @@ impl Subject {
         Subject("natter.store".to_owned())
     }
 
+    /// Groups service: check and store one change, from the owner of the group's
+    /// conversation (`GroupApply`).
+    pub fn group_apply() -> Subject {
+        Subject("natter.group.apply".to_owned())
+    }
+
+    /// Groups service: what a conversation owner needs of a group (`GroupStateRequest`).
+    pub fn group_state() -> Subject {
+        Subject("natter.group.state".to_owned())
+    }
+
+    /// Groups service: get and list (`GroupQuery`).
+    pub fn group_query() -> Subject {
+        Subject("natter.group.query".to_owned())
+    }
+
+    /// Groups service: which group history a user may read (`GroupAccessRequest`).
+    pub fn group_access() -> Subject {
+        Subject("natter.group.access".to_owned())
+    }
+
     /// "Is this device still logged in?"
     pub fn sessions_device() -> Subject {
         Subject("natter.sessions.device".to_owned())

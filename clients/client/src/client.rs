@@ -659,6 +659,7 @@ impl Shared {
                         body: s.body.clone(),
                         reply_to_seq: s.reply_to_seq,
                         created_at_ms: ack.created_at_ms,
+                        event: None,
                     };
                     gap = self.deliver(vec![own], Origin::Live).await;
                 }
@@ -673,7 +674,10 @@ impl Shared {
                     self.try_emit(Event::Error { id, error: e });
                 }
             }
-            other @ (SBody::HistoryPage(_) | SBody::Pong(_)) => {
+            other @ (SBody::HistoryPage(_)
+            | SBody::Pong(_)
+            | SBody::GroupResult(_)
+            | SBody::ReadByResult(_)) => {
                 if !self.complete(id, other) {
                     tracing::trace!(id, "a reply nobody waits for");
                 }
@@ -1136,6 +1140,76 @@ impl Client {
             .await?;
         match body {
             SBody::HistoryPage(p) => Ok(p),
+            SBody::Error(e) => Err(ClientError::from_frame(&e)),
+            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+        }
+    }
+
+    /// One group operation (create, add members, remove, leave, set role, invite, join,
+    /// get, list, ...). Retried like a send while the server is unreachable: every
+    /// operation is safe to repeat except `create_invite`, which may then make two links.
+    pub async fn group(&self, op: v1::group_request::Op) -> Result<v1::GroupResult, ClientError> {
+        let o = &self.shared.opts;
+        let deadline = Instant::now() + o.request_timeout;
+        let body = self
+            .shared
+            .request_until(deadline, o.request_timeout, true, || {
+                (
+                    CBody::Group(Box::new(v1::GroupRequest {
+                        op: Some(op.clone()),
+                    })),
+                    PendingKind::Other,
+                )
+            })
+            .await?;
+        match body {
+            SBody::GroupResult(r) => Ok(*r),
+            SBody::Error(e) => Err(ClientError::from_frame(&e)),
+            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+        }
+    }
+
+    /// Creates a group named `name` with `members` (and this user as owner).
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: &[UserId],
+    ) -> Result<v1::GroupInfo, ClientError> {
+        let result = self
+            .group(v1::group_request::Op::Create(v1::GroupCreate {
+                create_id: new_client_msg_id(),
+                name: name.to_owned(),
+                members: members.iter().map(|u| u.get()).collect(),
+                ..Default::default()
+            }))
+            .await?;
+        result
+            .group
+            .ok_or_else(|| ClientError::UnexpectedReply("a created group without its info".into()))
+    }
+
+    /// Who has received and read message `seq` of a conversation.
+    pub async fn read_by(
+        &self,
+        conversation: &ConversationId,
+        seq: Seq,
+    ) -> Result<v1::ReadByResult, ClientError> {
+        let o = &self.shared.opts;
+        let deadline = Instant::now() + o.request_timeout;
+        let body = self
+            .shared
+            .request_until(deadline, o.request_timeout, true, || {
+                (
+                    CBody::ReadBy(v1::ReadBy {
+                        conversation_id: conversation.to_string(),
+                        seq: seq.get(),
+                    }),
+                    PendingKind::Other,
+                )
+            })
+            .await?;
+        match body {
+            SBody::ReadByResult(r) => Ok(*r),
             SBody::Error(e) => Err(ClientError::from_frame(&e)),
             other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
         }

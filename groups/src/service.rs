@@ -1,0 +1,403 @@
+//! The groups service on the bus: `natter.group.apply` (a change, from the owner of the
+//! group's conversation), `natter.group.state` (what that owner needs to fan out),
+//! `natter.group.query` (get and list, from edges) and `natter.group.access` (what part of
+//! a group's history a user may read, from sync and history). Any number of instances
+//! may serve them (queue group [`QUEUE_GROUP`]); the store's compare-and-set on the
+//! group's version keeps concurrent changes from overwriting each other.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use natter_bus::{Bus, BusError, BusMessage, Subscription};
+use natter_proto::{
+    ErrorCode, GroupId, Subject, UserId,
+    bus::{self, GroupRecord},
+    error, now_ms,
+    v1::{self, group_request::Op},
+};
+use prost::Message as _;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    GroupStore, StoreError,
+    rules::{self, Context, Limits},
+};
+
+/// Queue group of every groups subscription.
+pub const QUEUE_GROUP: &str = "groups";
+/// Requests buffered per subscription.
+const SUB_CAPACITY: usize = 4096;
+/// Requests handled concurrently per subscription.
+const MAX_CONCURRENT: usize = 64;
+/// Groups loaded concurrently for one list.
+const LIST_CONCURRENCY: usize = 16;
+/// Users looked up at sessions concurrently.
+const LOOKUP_CONCURRENCY: usize = 64;
+/// Most users one create or add may name (beyond that the group is full anyway).
+const MAX_USERS_PER_CHANGE: usize = 4096;
+
+/// Settings of the groups service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub limits: Limits,
+    /// Timeout of the service's own bus requests (user lookups at sessions).
+    pub request_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: Limits::default(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Shared {
+    config: Config,
+    store: Arc<dyn GroupStore>,
+    bus: Arc<dyn Bus>,
+}
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Apply,
+    State,
+    Query,
+    Access,
+}
+
+/// Starts the groups service. Returns once every subject is subscribed; the task
+/// completes after `shutdown`, when the requests in progress are answered.
+pub async fn start(
+    config: Config,
+    store: Arc<dyn GroupStore>,
+    bus: Arc<dyn Bus>,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>, BusError> {
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        bus: bus.clone(),
+    });
+    let mut subs = Vec::new();
+    for (subject, endpoint) in [
+        (Subject::group_apply(), Endpoint::Apply),
+        (Subject::group_state(), Endpoint::State),
+        (Subject::group_query(), Endpoint::Query),
+        (Subject::group_access(), Endpoint::Access),
+    ] {
+        let sub = bus
+            .queue_subscribe(&subject, QUEUE_GROUP, SUB_CAPACITY)
+            .await?;
+        subs.push((sub, endpoint));
+    }
+    Ok(tokio::spawn(async move {
+        let serving = subs
+            .into_iter()
+            .map(|(sub, endpoint)| serve(sub, endpoint, shared.clone(), shutdown.clone()));
+        futures::future::join_all(serving).await;
+    }))
+}
+
+async fn serve(
+    mut sub: Subscription,
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let name = match endpoint {
+        Endpoint::Apply => "groups.apply",
+        Endpoint::State => "groups.state",
+        Endpoint::Query => "groups.query",
+        Endpoint::Access => "groups.access",
+    };
+    // A request taken but not started at shutdown times out at its sender, which retries.
+    let _unstarted = natter_bus::serve_requests(name, &mut sub, MAX_CONCURRENT, &shutdown, |msg| {
+        let shared = shared.clone();
+        async move { answer(&shared, endpoint, msg).await }
+    })
+    .await;
+}
+
+async fn answer(shared: &Shared, endpoint: Endpoint, msg: BusMessage) {
+    let payload = msg.payload.clone();
+    let reply = match endpoint {
+        Endpoint::Apply => apply(shared, payload).await.encode_to_vec(),
+        Endpoint::State => state(shared, payload).await.encode_to_vec(),
+        Endpoint::Query => query(shared, payload).await.encode_to_vec(),
+        Endpoint::Access => access(shared, payload).await.encode_to_vec(),
+    };
+    if let Err(e) = natter_bus::reply(shared.bus.as_ref(), &msg, Bytes::from(reply)).await {
+        tracing::debug!(error = %e, "groups reply not delivered");
+    }
+}
+
+/// Maps a store failure to a client error without leaking internals (logged here).
+fn store_failure(e: &StoreError) -> v1::Error {
+    match e {
+        StoreError::Conflict(_) => {
+            error(ErrorCode::Conflict, "the group changed concurrently; retry")
+        }
+        StoreError::Closed => error(ErrorCode::Unavailable, "service shutting down, retry"),
+        _ => {
+            tracing::error!(error = %e, "group store failure");
+            error(ErrorCode::Internal, "storage failure, retry")
+        }
+    }
+}
+
+fn caller_of(c: Option<bus::Caller>) -> Result<UserId, v1::Error> {
+    let c = c.ok_or_else(|| error(ErrorCode::InvalidArgument, "caller missing"))?;
+    UserId::new(c.user_id).map_err(|_| error(ErrorCode::InvalidArgument, "caller missing"))
+}
+
+fn group_of(raw: u64) -> Result<GroupId, v1::Error> {
+    GroupId::new(raw).map_err(|_| error(ErrorCode::InvalidArgument, "group_id missing"))
+}
+
+async fn load(shared: &Shared, group: GroupId) -> Result<Option<GroupRecord>, v1::Error> {
+    shared
+        .store
+        .load(group)
+        .await
+        .map_err(|e| store_failure(&e))
+}
+
+async fn apply(shared: &Shared, payload: Bytes) -> bus::GroupApplyReply {
+    match try_apply(shared, payload).await {
+        Ok(reply) => reply,
+        Err(e) => bus::GroupApplyReply {
+            error: Some(e),
+            ..Default::default()
+        },
+    }
+}
+
+async fn try_apply(shared: &Shared, payload: Bytes) -> Result<bus::GroupApplyReply, v1::Error> {
+    let req = bus::GroupApply::decode(payload)
+        .map_err(|_| error(ErrorCode::BadFrame, "undecodable GroupApply"))?;
+    let caller = caller_of(req.caller)?;
+    let group = group_of(req.group_id)?;
+    let op = req
+        .request
+        .and_then(|r| r.op)
+        .ok_or_else(|| error(ErrorCode::InvalidArgument, "group request has no operation"))?;
+    if req.next_seq == 0 {
+        return Err(error(ErrorCode::InvalidArgument, "next_seq missing"));
+    }
+    let record = load(shared, group).await?;
+    let named: &[u64] = match &op {
+        Op::Create(c) => &c.members,
+        Op::AddMembers(a) => &a.users,
+        _ => &[],
+    };
+    if named.len() > MAX_USERS_PER_CHANGE {
+        return Err(error(
+            ErrorCode::InvalidArgument,
+            format!("at most {MAX_USERS_PER_CHANGE} users per request"),
+        ));
+    }
+    let known = users_exist(shared, named, record.as_ref()).await?;
+    let cx = Context {
+        caller,
+        group,
+        next_seq: req.next_seq,
+        now_ms: now_ms(),
+        limits: &shared.config.limits,
+    };
+    let outcome = rules::apply(record.as_ref(), &op, &cx, &|u| {
+        known.get(&u).copied().unwrap_or(false)
+    })?;
+    let stored = match outcome.record {
+        Some(next) => {
+            shared
+                .store
+                .save(&next, record.as_ref())
+                .await
+                .map_err(|e| store_failure(&e))?;
+            Some(next)
+        }
+        None => record,
+    };
+    Ok(bus::GroupApplyReply {
+        error: None,
+        state: stored.as_ref().map(rules::state),
+        event: outcome.event,
+        result: Some(outcome.result),
+    })
+}
+
+/// Whether each user named in a create or add exists, asked of sessions concurrently
+/// (members of the group are known to exist and not asked).
+async fn users_exist(
+    shared: &Shared,
+    users: &[u64],
+    record: Option<&GroupRecord>,
+) -> Result<HashMap<UserId, bool>, v1::Error> {
+    let members: Vec<u64> = record
+        .and_then(|r| r.info.as_ref())
+        .map(|i| i.members.iter().map(|m| m.user_id).collect())
+        .unwrap_or_default();
+    let mut ask: Vec<UserId> = users
+        .iter()
+        .filter(|u| members.binary_search(u).is_err())
+        .filter_map(|&u| UserId::new(u).ok())
+        .collect();
+    ask.sort_unstable();
+    ask.dedup();
+    let mut out = HashMap::with_capacity(ask.len());
+    // In bounded rounds (a stream combinator here would make the future not `Send`).
+    for chunk in ask.chunks(LOOKUP_CONCURRENCY) {
+        let answers = futures::future::join_all(chunk.iter().map(|&u| lookup(shared, u))).await;
+        for (&u, answer) in chunk.iter().zip(answers) {
+            out.insert(u, answer?);
+        }
+    }
+    Ok(out)
+}
+
+async fn lookup(shared: &Shared, user: UserId) -> Result<bool, v1::Error> {
+    let unavailable = || error(ErrorCode::Unavailable, "user directory unavailable, retry");
+    let req = bus::UserLookup {
+        user_id: user.get(),
+        username: String::new(),
+    };
+    let reply = shared
+        .bus
+        .request(
+            &Subject::sessions_user(),
+            Bytes::from(req.encode_to_vec()),
+            shared.config.request_timeout,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "user lookup at sessions failed");
+            unavailable()
+        })?;
+    let info = bus::UserInfo::decode(reply).map_err(|_| unavailable())?;
+    Ok(info.exists && info.user_id == user.get())
+}
+
+async fn state(shared: &Shared, payload: Bytes) -> bus::GroupStateReply {
+    let result = async {
+        let req = bus::GroupStateRequest::decode(payload)
+            .map_err(|_| error(ErrorCode::BadFrame, "undecodable GroupStateRequest"))?;
+        let record = load(shared, group_of(req.group_id)?).await?;
+        Ok::<_, v1::Error>(record.as_ref().map(rules::state))
+    }
+    .await;
+    match result {
+        Ok(state) => bus::GroupStateReply { error: None, state },
+        Err(e) => bus::GroupStateReply {
+            error: Some(e),
+            state: None,
+        },
+    }
+}
+
+async fn query(shared: &Shared, payload: Bytes) -> bus::GroupQueryReply {
+    match try_query(shared, payload).await {
+        Ok(result) => bus::GroupQueryReply {
+            error: None,
+            result: Some(result),
+        },
+        Err(e) => bus::GroupQueryReply {
+            error: Some(e),
+            result: None,
+        },
+    }
+}
+
+async fn try_query(shared: &Shared, payload: Bytes) -> Result<v1::GroupResult, v1::Error> {
+    let req = bus::GroupQuery::decode(payload)
+        .map_err(|_| error(ErrorCode::BadFrame, "undecodable GroupQuery"))?;
+    let caller = caller_of(req.caller)?;
+    match req.request.and_then(|r| r.op) {
+        Some(Op::Get(get)) => {
+            let record = load(shared, group_of(get.group_id)?)
+                .await?
+                .ok_or_else(|| error(ErrorCode::NotFound, "no such group"))?;
+            match rules::access(&record, caller) {
+                Some(a) if a.left_seq == 0 => Ok(v1::GroupResult {
+                    group: Some(rules::view(&record, caller, &shared.config.limits)),
+                    ..Default::default()
+                }),
+                _ => Err(error(ErrorCode::Forbidden, "not a member of this group")),
+            }
+        }
+        Some(Op::List(_)) => {
+            let mine = shared
+                .store
+                .user_groups(caller)
+                .await
+                .map_err(|e| store_failure(&e))?;
+            let current: Vec<GroupId> = mine
+                .into_iter()
+                .filter(|a| a.left_seq == 0)
+                .map(|a| GroupId(a.group_id))
+                .collect();
+            let mut loaded = Vec::with_capacity(current.len());
+            for chunk in current.chunks(LIST_CONCURRENCY) {
+                let store = &shared.store;
+                loaded
+                    .extend(futures::future::join_all(chunk.iter().map(|&g| store.load(g))).await);
+            }
+            let mut groups = Vec::new();
+            for record in loaded {
+                match record.map_err(|e| store_failure(&e))? {
+                    // The index may run ahead of a record (see the store): skip those.
+                    Some(r) if rules::access(&r, caller).is_some_and(|a| a.left_seq == 0) => {
+                        groups.push(rules::view(&r, caller, &shared.config.limits));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(v1::GroupResult {
+                groups,
+                ..Default::default()
+            })
+        }
+        Some(_) => Err(error(
+            ErrorCode::InvalidArgument,
+            "only get and list are queries; changes go to the conversation's owner",
+        )),
+        None => Err(error(
+            ErrorCode::InvalidArgument,
+            "group request has no operation",
+        )),
+    }
+}
+
+async fn access(shared: &Shared, payload: Bytes) -> bus::GroupAccessReply {
+    let result = async {
+        let req = bus::GroupAccessRequest::decode(payload)
+            .map_err(|_| error(ErrorCode::BadFrame, "undecodable GroupAccessRequest"))?;
+        let user = UserId::new(req.user_id)
+            .map_err(|_| error(ErrorCode::InvalidArgument, "user_id missing"))?;
+        if req.group_id == 0 {
+            return shared
+                .store
+                .user_groups(user)
+                .await
+                .map_err(|e| store_failure(&e));
+        }
+        let record = load(shared, group_of(req.group_id)?).await?;
+        Ok(record
+            .and_then(|r| rules::access(&r, user))
+            .into_iter()
+            .collect())
+    }
+    .await;
+    match result {
+        Ok(access) => bus::GroupAccessReply {
+            error: None,
+            access,
+        },
+        Err(e) => bus::GroupAccessReply {
+            error: Some(e),
+            access: Vec::new(),
+        },
+    }
+}
