@@ -488,3 +488,123 @@ async fn the_load_tests_direct_scenario_audits_clean_while_a_messages_instance_d
     assert_eq!(summary["ok"], true, "{summary}\n{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// The next message of `conv` on `c` (waits up to `secs`).
+async fn next_in(c: &Client, conv: &str, secs: u64) -> v1::Message {
+    next_matching(c, Duration::from_secs(secs), |ev| match ev {
+        Event::Message(m) if m.conversation_id == conv => Some(m.clone()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_spread_over_two_edges_keeps_one_order_through_an_owner_kill() {
+    let cluster = Cluster::start(Shape::default()).await;
+    bounded(150, async {
+        // Six members, alternating between the two edges; groups and messages run as
+        // separate roles.
+        let mut sessions = Vec::new();
+        let mut clients = Vec::new();
+        // Each device also yields its own messages (from their acks), so every member
+        // sees the whole conversation.
+        let own = ClientOptions {
+            yield_own: true,
+            ..cluster_opts()
+        };
+        for i in 0..6 {
+            let s = cluster.user(&format!("m{i}")).await;
+            clients.push(Arc::new(cluster.connect(&s, i % 2, own.clone()).await));
+            sessions.push(s);
+        }
+        let others: Vec<UserId> = sessions[1..].iter().map(|s| s.user_id).collect();
+        let info = clients[0]
+            .create_group("spread", &others)
+            .await
+            .expect("create");
+        let conv = info.conversation_id.clone();
+        for c in &clients {
+            assert_eq!(
+                next_in(c, &conv, 10).await.seq,
+                1,
+                "everyone sees the creation"
+            );
+        }
+
+        // Three members on both edges send at once.
+        let conv_id: natter_client::ConversationId = conv.parse().expect("conversation id");
+        let senders: Vec<_> = (0..3)
+            .map(|k| {
+                let c = clients[k].clone();
+                let conv_id = conv_id.clone();
+                tokio::spawn(async move {
+                    for i in 0..20 {
+                        c.send_text(&conv_id, &format!("s{k} {i}"))
+                            .await
+                            .unwrap_or_else(|e| panic!("s{k} {i}: {e}"));
+                    }
+                })
+            })
+            .collect();
+        for s in senders {
+            s.await.expect("sender task");
+        }
+        // Every member's device sees the same 60 messages, in the same order (its own
+        // come from acks), gap-free after the creation.
+        let mut orders = Vec::new();
+        for c in &clients {
+            let mut seqs = Vec::new();
+            while seqs.len() < 60 {
+                let m = next_in(c, &conv, 30).await;
+                seqs.push((m.seq, m.message_id));
+            }
+            orders.push(seqs);
+        }
+        assert!(orders.windows(2).all(|w| w[0] == w[1]), "one order for all");
+        let seqs: Vec<u64> = orders[0].iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (2..=61).collect::<Vec<_>>());
+
+        // The owner removes member 5; then the messages instance that owns the group's
+        // conversation is killed. The next owner loads the group from the groups role:
+        // member 5 stays cut off.
+        let removed = clients[0]
+            .group(v1::group_request::Op::RemoveMember(v1::GroupRemoveMember {
+                group_id: info.group_id,
+                user_id: sessions[5].user_id.get(),
+                ban: false,
+            }))
+            .await
+            .expect("remove");
+        assert_eq!(removed.seq, 62);
+        assert_eq!(next_in(&clients[5], &conv, 10).await.seq, 62);
+        let p = conv_id.partition().index();
+        let owner = cluster.owner_of(p).await.expect("an owner");
+        let mut cluster = cluster;
+        cluster.messages[owner].kill9().await;
+        let after = clients[1]
+            .send_text(&conv_id, "after the kill")
+            .await
+            .expect("acked by the next owner");
+        assert_eq!(after.seq, 63);
+        for (i, c) in clients.iter().enumerate().take(5) {
+            let m = next_in(c, &conv, 30).await;
+            assert_eq!(m.seq, 62, "member {i} sees the removal");
+            assert_eq!(next_in(c, &conv, 30).await.seq, 63, "member {i}");
+        }
+        let refused = clients[5]
+            .send_text(&conv_id, "still here?")
+            .await
+            .expect_err("a removed member cannot send");
+        assert_eq!(
+            refused.server_code(),
+            Some(natter_client::ErrorCode::Forbidden)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while let Some(ev) = clients[5].try_recv() {
+            if let Event::Message(m) = ev {
+                assert!(m.conversation_id != conv || m.seq <= 62, "{m:?}");
+            }
+        }
+    })
+    .await;
+}

@@ -1,7 +1,7 @@
 //! A cluster of real processes on loopback: `nats-server` and `redis-server` (started by
-//! natter-testkit on ephemeral ports), and `natter sessions`, `natter store`, N ×
-//! `natter messages` and M × `natter edge`, each its own child process that can be
-//! killed with SIGKILL and restarted on the same port.
+//! natter-testkit on ephemeral ports), and `natter sessions`, `natter store`,
+//! `natter groups`, N × `natter messages` and M × `natter edge`, each its own child
+//! process that can be killed with SIGKILL and restarted on the same port.
 
 use std::{
     net::SocketAddr,
@@ -191,6 +191,7 @@ pub struct Cluster {
     pub redis: RedisServer,
     pub sessions: Role,
     pub store: Role,
+    pub groups: Role,
     pub messages: Vec<Role>,
     pub edges: Vec<Role>,
     pub http: HttpClient,
@@ -244,6 +245,12 @@ impl Cluster {
             dir.path().join("store").display().to_string(),
         ]);
         let mut store = Role::new("store", dir.path(), args);
+        let mut args = common("groups");
+        args.extend([
+            "--data-dir".into(),
+            dir.path().join("groups").display().to_string(),
+        ]);
+        let mut groups = Role::new("groups", dir.path(), args);
         let mut messages: Vec<Role> = (0..shape.messages)
             .map(|i| {
                 let mut args = common("messages");
@@ -278,6 +285,7 @@ impl Cluster {
             .collect();
         sessions.start().await;
         store.start().await;
+        groups.start().await;
         for m in &mut messages {
             m.start().await;
         }
@@ -290,6 +298,7 @@ impl Cluster {
             redis,
             sessions,
             store,
+            groups,
             messages,
             edges,
             http,
