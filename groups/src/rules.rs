@@ -265,8 +265,11 @@ pub(crate) fn apply(
                 next.changed = true;
                 Ok(next.finish())
             }
-            // A repeated delete (e.g. a retry after a timeout) finds its work done.
+            // A repeated delete or leave (e.g. a retry after a timeout) finds its work done.
             (Op::Delete(_), Some(_)) => Ok(Draft::new(record, cx).finish()),
+            (Op::Leave(_), None) if record.former.iter().any(|f| f.user_id == cx.caller.get()) => {
+                Ok(Draft::new(record, cx).finish())
+            }
             _ => Err(not_found("the group was deleted")),
         };
     }
@@ -1395,6 +1398,15 @@ mod tests {
         .unwrap();
         assert!(last.info.as_ref().unwrap().deleted);
         assert!(last.info.as_ref().unwrap().members.is_empty());
+        let again = run(
+            Some(&last),
+            MEMBER,
+            Op::Leave(v1::GroupLeave { group_id: gid(&g) }),
+            6,
+            &l,
+        )
+        .expect("a retried last leave");
+        assert!(again.record.is_none());
     }
 
     #[test]
