@@ -173,11 +173,18 @@ fn user(raw: u64, field: &str) -> Result<UserId, v1::Error> {
     UserId::new(raw).map_err(|_| invalid(format!("{field} must be a nonzero user id")))
 }
 
-/// The view of a group a user gets: admins see invites, pending joins and bans.
-/// `max_members` is the limit that applies now (the server's setting).
-pub(crate) fn view(record: &GroupRecord, viewer: UserId, limits: &Limits) -> GroupInfo {
+/// The view of a group a user gets at `now_ms`: admins see live invites, pending joins
+/// and bans. `max_members` is the limit that applies now (the server's setting).
+pub(crate) fn view(
+    record: &GroupRecord,
+    viewer: UserId,
+    limits: &Limits,
+    now_ms: u64,
+) -> GroupInfo {
     let mut info = record.info.clone().unwrap_or_default();
     info.max_members = limits.max_members;
+    info.invites
+        .retain(|i| i.expires_at_ms == 0 || i.expires_at_ms > now_ms);
     let admin = role_of(&info, viewer).is_some_and(is_admin);
     if !admin {
         info.invites.clear();
@@ -332,7 +339,7 @@ fn create_group(
                 record: None,
                 event: None,
                 result: GroupResult {
-                    group: Some(view(existing, cx.caller, cx.limits)),
+                    group: Some(view(existing, cx.caller, cx.limits, cx.now_ms)),
                     ..Default::default()
                 },
             });
@@ -420,7 +427,7 @@ fn create_group(
     };
     Ok(Outcome {
         result: GroupResult {
-            group: Some(view(&record, cx.caller, cx.limits)),
+            group: Some(view(&record, cx.caller, cx.limits, cx.now_ms)),
             ..Default::default()
         },
         record: Some(record),
@@ -939,7 +946,7 @@ impl<'a> Draft<'a> {
     fn finish(mut self) -> Outcome {
         let caller = self.cx.caller;
         if !self.changed {
-            self.result.group = Some(view(&self.record, caller, self.cx.limits));
+            self.result.group = Some(view(&self.record, caller, self.cx.limits, self.cx.now_ms));
             return Outcome {
                 record: None,
                 event: None,
@@ -954,7 +961,7 @@ impl<'a> Draft<'a> {
             self.record.event_seq = self.cx.next_seq;
             self.record.event = Some(event.clone());
         }
-        self.result.group = Some(view(&self.record, caller, self.cx.limits));
+        self.result.group = Some(view(&self.record, caller, self.cx.limits, self.cx.now_ms));
         Outcome {
             record: Some(self.record),
             event: self.event,

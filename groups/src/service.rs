@@ -321,7 +321,12 @@ async fn try_query(shared: &Shared, payload: Bytes) -> Result<v1::GroupResult, v
                 .ok_or_else(|| error(ErrorCode::NotFound, "no such group"))?;
             match rules::access(&record, caller) {
                 Some(a) if a.left_seq == 0 => Ok(v1::GroupResult {
-                    group: Some(rules::view(&record, caller, &shared.config.limits)),
+                    group: Some(rules::view(
+                        &record,
+                        caller,
+                        &shared.config.limits,
+                        now_ms(),
+                    )),
                     ..Default::default()
                 }),
                 _ => Err(error(ErrorCode::Forbidden, "not a member of this group")),
@@ -349,7 +354,7 @@ async fn try_query(shared: &Shared, payload: Bytes) -> Result<v1::GroupResult, v
                 match record.map_err(|e| store_failure(&e))? {
                     // The index may run ahead of a record (see the store): skip those.
                     Some(r) if rules::access(&r, caller).is_some_and(|a| a.left_seq == 0) => {
-                        groups.push(rules::view(&r, caller, &shared.config.limits));
+                        groups.push(rules::view(&r, caller, &shared.config.limits, now_ms()));
                     }
                     _ => {}
                 }
