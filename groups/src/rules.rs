@@ -273,7 +273,7 @@ pub(crate) fn apply(
                 Ok(next.finish())
             }
             // A repeated delete or leave (e.g. a retry after a timeout) finds its work done.
-            (Op::Delete(_), Some(_)) => Ok(Draft::new(record, cx).finish()),
+            (Op::Delete(_), Some(GroupRole::Owner)) => Ok(Draft::new(record, cx).finish()),
             (Op::Leave(_), None) if record.former.iter().any(|f| f.user_id == cx.caller.get()) => {
                 Ok(Draft::new(record, cx).finish())
             }
@@ -1450,6 +1450,14 @@ mod tests {
         )
         .expect("a repeated delete");
         assert!(again.record.is_none());
+        let by_member = run(
+            Some(&deleted),
+            MEMBER,
+            Op::Delete(v1::GroupDelete { group_id: id }),
+            4,
+            &l,
+        );
+        assert_eq!(code(by_member), ErrorCode::NotFound);
         let left = run(
             Some(&deleted),
             MEMBER,
