@@ -5,9 +5,9 @@
 //! # Schema
 //!
 //! `deploy/cql/schema.cql` (the "groups" part), embedded and run statement by statement
-//! (all `IF NOT EXISTS`) by [`ScyllaGroupStore::connect`], exactly as natter-messages'
-//! `ScyllaStore` runs it: the whole file, so whichever store connects first creates the
-//! keyspace's complete schema, and both see one definition of it.
+//! (all `IF NOT EXISTS`) by [`ScyllaGroupStore::connect`] through natter-cql, exactly as
+//! natter-messages' `ScyllaStore` runs it: the whole file, so whichever store connects
+//! first creates the keyspace's complete schema, and both see one definition of it.
 //!
 //! - `groups (group_id) → version, record, indexed_version, unindexed_drops`: `record` is
 //!   the prost-encoded `GroupRecord`, `version` its `info.version` (what the lightweight
@@ -33,7 +33,8 @@
 //!    `Conflict` and writes nothing else. When the outcome is unknown (a timeout), a
 //!    LOCAL_SERIAL read tells whether this very record is stored.
 //! 5. Write the index entries and remove the dropped ones (LOCAL_QUORUM, at most
-//!    [`MAX_IN_FLIGHT`] at a time), then set `indexed_version` to the new version.
+//!    [`natter_cql::MAX_IN_FLIGHT`] at a time), then set `indexed_version` to the new
+//!    version.
 //!
 //! ## The index window, and how the next save closes it
 //!
@@ -61,102 +62,45 @@
 //!
 //! # Driver settings
 //!
-//! As in natter-messages' `ScyllaStore`: statements prepared once at connect; default
-//! load balancing policy, token-aware, restricted to `local_dc` when it is set;
-//! LOCAL_QUORUM reads and writes, LOCAL_SERIAL for lightweight transactions and serial
-//! reads; the configured request timeout; the default retry policy, which retries only
-//! statements marked idempotent (reads and the timestamped writes, never a lightweight
-//! transaction). On ScyllaDB versions whose tablets do not support lightweight
-//! transactions, the keyspace is created with tablets disabled.
+//! natter-cql's, as for natter-messages' `ScyllaStore`: statements prepared once at
+//! connect; default load balancing policy, token-aware, restricted to `local_dc` when it
+//! is set; LOCAL_QUORUM reads and writes, LOCAL_SERIAL for lightweight transactions and
+//! serial reads; the configured request timeout; the default retry policy, which retries
+//! only statements marked idempotent (reads and the timestamped writes, never a
+//! lightweight transaction). On ScyllaDB versions whose tablets do not support
+//! lightweight transactions, the keyspace is created with tablets disabled.
 
-use std::{collections::HashSet, fmt, fmt::Display, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc};
 
 use bytes::Bytes;
-use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _, future::BoxFuture, stream};
+use futures::{FutureExt as _, future::BoxFuture};
+use natter_cql::{
+    Kind, Read, ReadStatement, bounded_ok, corrupt, execute, from_cql, lwt_applied, prepare,
+    query_opt, query_paged, storage, to_cql,
+};
 use natter_proto::{
     GroupId, UserId,
     bus::{GroupAccess, GroupRecord},
 };
 use prost::Message as _;
-use scylla::{
-    client::{
-        execution_profile::ExecutionProfile, pager::NextRowError, session::Session,
-        session_builder::SessionBuilder,
-    },
-    deserialize::row::DeserializeRow,
-    policies::{load_balancing::DefaultPolicy, retry::DefaultRetryPolicy},
-    response::query_result::QueryResult,
-    serialize::row::SerializeRow,
-    statement::{
-        Consistency, SerialConsistency, prepared::PreparedStatement, unprepared::Statement,
-    },
-    value::{CqlValue, Row},
-};
+use scylla::{client::session::Session, statement::prepared::PreparedStatement};
 
 use crate::store::{
     CheckedSave, GroupStore, IndexChanges, IndexEntries, StoreError, check_save, index_changes,
 };
 
-/// How to reach ScyllaDB (the same fields as natter-messages' `ScyllaConfig`, so one
-/// configuration section can fill both).
-#[derive(Debug, Clone)]
-pub struct ScyllaGroupConfig {
-    /// Contact points, `host:port`.
-    pub nodes: Vec<String>,
-    /// Keyspace holding natter's tables (created if missing). Lowercase letters, digits
-    /// and `_`, starting with a letter, at most 48 characters.
-    pub keyspace: String,
-    /// Replication factor used when the keyspace is created.
-    pub replication_factor: u32,
-    /// Datacenter for LOCAL_QUORUM and DC-aware routing (None: any).
-    pub local_dc: Option<String>,
-    /// Per-request timeout.
-    pub request_timeout: Duration,
-}
+/// How to reach ScyllaDB: natter-cql's config, the very type natter-messages exports as
+/// `ScyllaConfig`, so one configuration section fills both.
+pub use natter_cql::ScyllaConfig as ScyllaGroupConfig;
 
-/// The schema template, shared with natter-messages (placeholders: see the file).
-const SCHEMA_TEMPLATE: &str = include_str!("../../deploy/cql/schema.cql");
-
-/// Most requests one save keeps in flight.
-const MAX_IN_FLIGHT: usize = 64;
-/// Least time a schema statement may take (schema agreement can be slow).
-const DDL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest keyspace name CQL accepts.
-const MAX_KEYSPACE_LEN: usize = 48;
-
-/// Runs `tasks`, at most [`MAX_IN_FLIGHT`] at a time; every task runs and the first
-/// error (in order) wins. (Boxed so that no closure is held across an await: that keeps
-/// the futures provably `Send` for `async_trait`.)
-async fn bounded_ok(tasks: Vec<BoxFuture<'_, Result<(), StoreError>>>) -> Result<(), StoreError> {
-    let results: Vec<Result<(), StoreError>> =
-        stream::iter(tasks).buffered(MAX_IN_FLIGHT).collect().await;
-    results.into_iter().collect()
-}
-
-fn storage(context: impl Display, e: impl Display) -> StoreError {
-    StoreError::Storage(format!("scylla: {context}: {e}"))
-}
-
-fn corrupt(context: impl Display, e: impl Display) -> StoreError {
-    StoreError::Corrupt(format!("scylla: {context}: {e}"))
-}
-
-fn next_row_error(context: &str, e: NextRowError) -> StoreError {
-    match e {
-        NextRowError::RowDeserializationError(e) => corrupt(context, e),
-        other => storage(context, other),
+impl From<natter_cql::Error> for StoreError {
+    fn from(e: natter_cql::Error) -> Self {
+        match e {
+            natter_cql::Error::Storage(e) => StoreError::Storage(e),
+            natter_cql::Error::Invalid(e) => StoreError::Invalid(e),
+            natter_cql::Error::Corrupt(e) => StoreError::Corrupt(e),
+        }
     }
-}
-
-/// A value for a bigint column; natter's ids, seqs and versions stay below 2^63.
-fn to_cql(value: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value)
-        .map_err(|_| StoreError::Invalid(format!("{what} {value} does not fit a CQL bigint")))
-}
-
-/// A stored bigint read back as an id, seq or version.
-fn from_cql(value: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("stored {what} {value} < 0")))
 }
 
 /// [`check_save`], plus what only this store needs: every number fits a bigint.
@@ -173,112 +117,6 @@ fn check_save_cql(
         to_cql(left, "left_seq")?;
     }
     Ok(checked)
-}
-
-// ---------------------------------------------------------------------------------------
-// Schema (the same rules as natter-messages' ScyllaStore, which reads the same file)
-
-/// Refuses keyspace names that would need quoting (or could inject CQL).
-fn validate_keyspace(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_KEYSPACE_LEN
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "keyspace `{name}`: use 1 to {MAX_KEYSPACE_LEN} lowercase letters, digits or `_`, \
-             starting with a letter"
-        )))
-    }
-}
-
-fn validate_config(config: &ScyllaGroupConfig) -> Result<(), StoreError> {
-    validate_keyspace(&config.keyspace)?;
-    if config.nodes.is_empty() {
-        return Err(StoreError::Invalid("no ScyllaDB node configured".into()));
-    }
-    if config.replication_factor == 0 {
-        return Err(StoreError::Invalid(
-            "replication factor must be at least 1".into(),
-        ));
-    }
-    if config.local_dc.as_deref().is_some_and(str::is_empty) {
-        return Err(StoreError::Invalid("local_dc is empty".into()));
-    }
-    Ok(())
-}
-
-/// The keyspace's replication map, as a CQL map literal.
-fn replication_map(replication_factor: u32, local_dc: Option<&str>) -> String {
-    match local_dc {
-        Some(dc) => format!(
-            "{{'class': 'NetworkTopologyStrategy', '{}': {replication_factor}}}",
-            dc.replace('\'', "''")
-        ),
-        None => {
-            format!("{{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}")
-        }
-    }
-}
-
-/// The statements of `template` (comments dropped, split at `;`), placeholders filled in.
-fn schema_statements(
-    template: &str,
-    keyspace: &str,
-    replication: &str,
-    keyspace_options: &str,
-) -> Vec<String> {
-    let code: Vec<&str> = template
-        .lines()
-        .map(|line| line.find("--").map_or(line, |at| &line[..at]))
-        .collect();
-    code.join("\n")
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.replace("{{keyspace}}", keyspace)
-                .replace("{{replication}}", replication)
-                .replace("{{keyspace_options}}", keyspace_options)
-        })
-        .collect()
-}
-
-/// The extra keyspace option this cluster needs for lightweight transactions.
-async fn keyspace_options(session: &Session) -> &'static str {
-    let features = session
-        .query_unpaged(
-            "SELECT supported_features FROM system.local WHERE key = 'local'",
-            (),
-        )
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.into_rows_result().map_err(|e| e.to_string()))
-        .and_then(|rows| {
-            rows.maybe_first_row::<(Option<String>,)>()
-                .map_err(|e| e.to_string())
-        });
-    match features {
-        Ok(row) => {
-            let features = row.and_then(|(f,)| f).unwrap_or_default();
-            let features: HashSet<&str> = features.split(',').collect();
-            if features.contains("TABLETS") && !features.contains("LWT_WITH_TABLETS") {
-                " AND tablets = {'enabled': false}"
-            } else {
-                ""
-            }
-        }
-        Err(e) => {
-            // Not ScyllaDB (Cassandra has no such column), or the node did not answer:
-            // create the keyspace with the server's defaults.
-            tracing::debug!(error = %e, "could not read the cluster's features");
-            ""
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -316,63 +154,10 @@ fn plan_index(old: &IndexEntries, new: &IndexEntries, state: &IndexState) -> Ind
 // ---------------------------------------------------------------------------------------
 // Prepared statements
 
-/// How a statement is run.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    /// LOCAL_QUORUM, retried on another replica if need be.
-    Read,
-    /// LOCAL_SERIAL.
-    SerialRead,
-    /// LOCAL_QUORUM, safe to retry (timestamped).
-    Write,
-    /// A lightweight transaction: LOCAL_QUORUM commit, LOCAL_SERIAL Paxos, never retried.
-    Lwt,
-}
-
-fn configure(statement: &mut PreparedStatement, kind: Kind) {
-    match kind {
-        Kind::Read | Kind::Write => {
-            statement.set_consistency(Consistency::LocalQuorum);
-            statement.set_is_idempotent(true);
-        }
-        Kind::SerialRead => {
-            statement.set_consistency(Consistency::LocalSerial);
-            statement.set_is_idempotent(true);
-        }
-        Kind::Lwt => {
-            statement.set_consistency(Consistency::LocalQuorum);
-            statement.set_serial_consistency(Some(SerialConsistency::LocalSerial));
-            statement.set_is_idempotent(false);
-        }
-    }
-}
-
-async fn prepare(
-    session: &Session,
-    cql: String,
-    kind: Kind,
-) -> Result<PreparedStatement, StoreError> {
-    let mut statement = session
-        .prepare(Statement::new(cql.clone()))
-        .await
-        .map_err(|e| storage(format_args!("preparing `{cql}`"), e))?;
-    configure(&mut statement, kind);
-    Ok(statement)
-}
-
-/// The same statement, run at LOCAL_SERIAL.
-fn serial(statement: &PreparedStatement) -> PreparedStatement {
-    let mut s = statement.clone();
-    configure(&mut s, Kind::SerialRead);
-    s
-}
-
 /// Every statement the store runs after connecting.
 struct Statements {
-    load: PreparedStatement,
-    load_serial: PreparedStatement,
-    index_state: PreparedStatement,
-    index_state_serial: PreparedStatement,
+    load: ReadStatement,
+    index_state: ReadStatement,
     create: PreparedStatement,
     update: PreparedStatement,
     mark_indexed: PreparedStatement,
@@ -384,23 +169,21 @@ struct Statements {
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
         let p = |cql: String, kind| prepare(session, cql, kind);
-        let load = p(
+        let load = ReadStatement::prepare(
+            session,
             format!("SELECT version, record FROM {ks}.groups WHERE group_id = ?"),
-            Kind::Read,
         )
         .await?;
-        let index_state = p(
+        let index_state = ReadStatement::prepare(
+            session,
             format!(
                 "SELECT version, indexed_version, unindexed_drops FROM {ks}.groups \
                  WHERE group_id = ?"
             ),
-            Kind::Read,
         )
         .await?;
         Ok(Statements {
-            load_serial: serial(&load),
             load,
-            index_state_serial: serial(&index_state),
             index_state,
             create: p(
                 format!(
@@ -454,33 +237,6 @@ impl Statements {
     }
 }
 
-/// Whether a lightweight transaction applied, from its `[applied]` column.
-fn lwt_applied(result: QueryResult) -> Result<bool, StoreError> {
-    const WHAT: &str = "lightweight transaction result";
-    let rows = result.into_rows_result().map_err(|e| corrupt(WHAT, e))?;
-    let (column, _) = rows
-        .column_specs()
-        .get_by_name("[applied]")
-        .ok_or_else(|| corrupt(WHAT, "no [applied] column"))?;
-    let first = rows
-        .maybe_first_row::<Row>()
-        .map_err(|e| corrupt(WHAT, e))?
-        .ok_or_else(|| corrupt(WHAT, "no row"))?;
-    match first.columns.get(column) {
-        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
-        other => Err(corrupt(WHAT, format_args!("[applied] is {other:?}"))),
-    }
-}
-
-/// Which consistency a read of a group's row uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Read {
-    /// LOCAL_QUORUM: sees every completed commit.
-    Quorum,
-    /// LOCAL_SERIAL: also completes (or rules out) a commit still in flight.
-    Serial,
-}
-
 // ---------------------------------------------------------------------------------------
 // The store
 
@@ -505,76 +261,13 @@ impl ScyllaGroupStore {
     /// prepares every statement. Fails with [`StoreError::Invalid`] on a bad config and
     /// [`StoreError::Storage`] if the cluster cannot be reached or refuses the schema.
     pub async fn connect(config: ScyllaGroupConfig) -> Result<Arc<ScyllaGroupStore>, StoreError> {
-        validate_config(&config)?;
-        let mut policy = DefaultPolicy::builder().token_aware(true);
-        if let Some(dc) = &config.local_dc {
-            policy = policy
-                .prefer_datacenter(dc.clone())
-                .permit_dc_failover(false);
-        }
-        let profile = ExecutionProfile::builder()
-            .consistency(Consistency::LocalQuorum)
-            .serial_consistency(Some(SerialConsistency::LocalSerial))
-            .request_timeout(Some(config.request_timeout))
-            .load_balancing_policy(policy.build())
-            .retry_policy(Arc::new(DefaultRetryPolicy::new()))
-            .build();
-        let session = SessionBuilder::new()
-            .known_nodes(&config.nodes)
-            .default_execution_profile_handle(profile.into_handle())
-            .build()
-            .await
-            .map_err(|e| storage(format_args!("connecting to {:?}", config.nodes), e))?;
-
-        let replication = replication_map(config.replication_factor, config.local_dc.as_deref());
-        let options = keyspace_options(&session).await;
-        for cql in schema_statements(SCHEMA_TEMPLATE, &config.keyspace, &replication, options) {
-            let mut statement = Statement::new(cql.clone());
-            statement.set_request_timeout(Some(config.request_timeout.max(DDL_TIMEOUT)));
-            session
-                .query_unpaged(statement, ())
-                .await
-                .map_err(|e| storage(format_args!("running `{cql}`"), e))?;
-        }
+        let session = natter_cql::connect(&config).await?;
         let st = Statements::prepare(&session, &config.keyspace).await?;
         Ok(Arc::new(ScyllaGroupStore {
             session,
             keyspace: config.keyspace,
             st,
         }))
-    }
-
-    async fn execute(
-        &self,
-        statement: &PreparedStatement,
-        values: impl SerializeRow,
-        what: &str,
-    ) -> Result<(), StoreError> {
-        self.session
-            .execute_unpaged(statement, values)
-            .await
-            .map_err(|e| storage(what, e))?;
-        Ok(())
-    }
-
-    /// The first row of a single-page result.
-    async fn query_opt<R>(
-        &self,
-        statement: &PreparedStatement,
-        values: impl SerializeRow,
-        what: &str,
-    ) -> Result<Option<R>, StoreError>
-    where
-        R: for<'f, 'm> DeserializeRow<'f, 'm>,
-    {
-        self.session
-            .execute_unpaged(statement, values)
-            .await
-            .map_err(|e| storage(what, e))?
-            .into_rows_result()
-            .map_err(|e| corrupt(what, e))?
-            .maybe_first_row::<R>()
-            .map_err(|e| corrupt(what, e))
     }
 
     /// The stored version and encoded record of a group.
@@ -584,12 +277,9 @@ impl ScyllaGroupStore {
         read: Read,
     ) -> Result<Option<(u64, Bytes)>, StoreError> {
         const WHAT: &str = "reading a group";
-        let statement = match read {
-            Read::Quorum => &self.st.load,
-            Read::Serial => &self.st.load_serial,
-        };
+        let statement = self.st.load.at(read);
         let row: Option<(Option<i64>, Option<Bytes>)> =
-            self.query_opt(statement, (group,), WHAT).await?;
+            query_opt(&self.session, statement, (group,), WHAT).await?;
         match row {
             None => Ok(None),
             Some((Some(version), Some(record))) => {
@@ -598,7 +288,8 @@ impl ScyllaGroupStore {
             Some(_) => Err(corrupt(
                 WHAT,
                 format_args!("group {group} has a row without version or record"),
-            )),
+            )
+            .into()),
         }
     }
 
@@ -608,8 +299,8 @@ impl ScyllaGroupStore {
         const WHAT: &str = "reading a group's index state";
         type StateRow = (Option<i64>, Option<i64>, Option<Vec<i64>>);
         let mut row: Option<StateRow> = None;
-        for statement in [&self.st.index_state, &self.st.index_state_serial] {
-            row = self.query_opt(statement, (group,), WHAT).await?;
+        for read in [Read::Quorum, Read::Serial] {
+            row = query_opt(&self.session, self.st.index_state.at(read), (group,), WHAT).await?;
             if let Some((Some(version), _, _)) = row
                 && from_cql(version, "group version")? == expected
             {
@@ -680,7 +371,7 @@ impl ScyllaGroupStore {
             }
         };
         match result {
-            Ok(result) => lwt_applied(result),
+            Ok(result) => Ok(lwt_applied(result)?),
             Err(e) => {
                 let failed = storage(
                     format_args!(
@@ -702,7 +393,7 @@ impl ScyllaGroupStore {
                         );
                         Ok(true)
                     }
-                    _ => Err(failed),
+                    _ => Err(failed.into()),
                 }
             }
         }
@@ -716,7 +407,7 @@ impl ScyllaGroupStore {
     ) -> Result<(), StoreError> {
         let group = to_cql(checked.group, "group id")?;
         let at = to_cql(checked.version, "version")?;
-        let mut tasks: Vec<BoxFuture<'_, Result<(), StoreError>>> =
+        let mut tasks: Vec<BoxFuture<'_, Result<(), natter_cql::Error>>> =
             Vec::with_capacity(plan.writes.len() + plan.removals.len());
         for &(user, (joined, left)) in &plan.writes {
             let values = (
@@ -727,24 +418,36 @@ impl ScyllaGroupStore {
                 at,
             );
             tasks.push(
-                self.execute(&self.st.put_entry, values, "writing a user's group")
-                    .boxed(),
+                execute(
+                    &self.session,
+                    &self.st.put_entry,
+                    values,
+                    "writing a user's group",
+                )
+                .boxed(),
             );
         }
         for &user in &plan.removals {
             let values = (at, to_cql(user, "user id")?, group);
             tasks.push(
-                self.execute(&self.st.remove_entry, values, "removing a user's group")
-                    .boxed(),
+                execute(
+                    &self.session,
+                    &self.st.remove_entry,
+                    values,
+                    "removing a user's group",
+                )
+                .boxed(),
             );
         }
         bounded_ok(tasks).await?;
-        self.execute(
+        execute(
+            &self.session,
             &self.st.mark_indexed,
             (at, at, group),
             "marking a group's index complete",
         )
-        .await
+        .await?;
+        Ok(())
     }
 }
 
@@ -764,7 +467,8 @@ impl GroupStore for ScyllaGroupStore {
             return Err(corrupt(
                 format_args!("group {group}"),
                 format_args!("row version {version}, record version {recorded:?}"),
-            ));
+            )
+            .into());
         }
         Ok(Some(record))
     }
@@ -808,29 +512,23 @@ impl GroupStore for ScyllaGroupStore {
     }
 
     async fn user_groups(&self, user: UserId) -> Result<Vec<GroupAccess>, StoreError> {
-        const WHAT: &str = "reading a user's groups";
-        let mut rows = self
-            .session
-            .execute_iter(
-                self.st.user_groups.clone(),
-                (to_cql(user.get(), "user id")?,),
-            )
-            .await
-            .map_err(|e| storage(WHAT, e))?
-            .rows_stream::<(i64, Option<i64>, Option<i64>)>()
-            .map_err(|e| corrupt(WHAT, e))?;
-        let mut out = Vec::new();
-        while let Some((group, joined, left)) =
-            rows.try_next().await.map_err(|e| next_row_error(WHAT, e))?
-        {
-            out.push(GroupAccess {
-                group_id: from_cql(group, "group id")?,
-                joined_seq: from_cql(joined.unwrap_or(0), "joined_seq")?,
-                left_seq: from_cql(left.unwrap_or(0), "left_seq")?,
-                user_id: user.get(),
-            });
-        }
-        Ok(out)
+        let rows: Vec<(i64, Option<i64>, Option<i64>)> = query_paged(
+            &self.session,
+            &self.st.user_groups,
+            (to_cql(user.get(), "user id")?,),
+            "reading a user's groups",
+        )
+        .await?;
+        rows.into_iter()
+            .map(|(group, joined, left)| {
+                Ok(GroupAccess {
+                    group_id: from_cql(group, "group id")?,
+                    joined_seq: from_cql(joined.unwrap_or(0), "joined_seq")?,
+                    left_seq: from_cql(left.unwrap_or(0), "left_seq")?,
+                    user_id: user.get(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -905,54 +603,5 @@ mod tests {
                 Err(StoreError::Invalid(_))
             ));
         }
-    }
-
-    #[test]
-    fn schema_holds_the_groups_tables() {
-        let simple = replication_map(1, None);
-        let statements = schema_statements(SCHEMA_TEMPLATE, "natter_x", &simple, "");
-        assert!(statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS natter_x"));
-        let groups = statements
-            .iter()
-            .find(|s| s.starts_with("CREATE TABLE IF NOT EXISTS natter_x.groups ("))
-            .expect("groups table");
-        for column in [
-            "group_id bigint PRIMARY KEY",
-            "version bigint",
-            "record blob",
-            "indexed_version bigint",
-            "unindexed_drops frozen<set<bigint>>",
-        ] {
-            assert!(groups.contains(column), "{column} in {groups}");
-        }
-        let index = statements
-            .iter()
-            .find(|s| s.starts_with("CREATE TABLE IF NOT EXISTS natter_x.user_groups ("))
-            .expect("user_groups table");
-        assert!(index.contains("PRIMARY KEY (user_id, group_id)"), "{index}");
-        for s in &statements {
-            assert!(!s.contains("{{") && !s.contains("--"), "{s}");
-        }
-    }
-
-    #[test]
-    fn keyspace_names_and_configs_are_checked() {
-        let config = |keyspace: &str| ScyllaGroupConfig {
-            nodes: vec!["127.0.0.1:9042".into()],
-            keyspace: keyspace.into(),
-            replication_factor: 1,
-            local_dc: None,
-            request_timeout: Duration::from_secs(5),
-        };
-        assert!(validate_config(&config("natter")).is_ok());
-        for bad in ["", "Natter", "1natter", "nat-ter", "natter; DROP"] {
-            assert!(validate_config(&config(bad)).is_err(), "{bad}");
-        }
-        let mut no_nodes = config("natter");
-        no_nodes.nodes.clear();
-        assert!(validate_config(&no_nodes).is_err());
-        let mut empty_dc = config("natter");
-        empty_dc.local_dc = Some(String::new());
-        assert!(validate_config(&empty_dc).is_err());
     }
 }

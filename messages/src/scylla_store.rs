@@ -4,9 +4,9 @@
 //!
 //! # Schema
 //!
-//! `deploy/cql/schema.cql`, embedded and run statement by statement (all `IF NOT EXISTS`)
-//! by [`ScyllaStore::connect`], with the keyspace name and replication from
-//! [`ScyllaConfig`] filled in (`NetworkTopologyStrategy` in `local_dc` when it is set,
+//! `deploy/cql/schema.cql`, embedded in natter-cql and run statement by statement (all
+//! `IF NOT EXISTS`) by [`ScyllaStore::connect`], with the keyspace name and replication
+//! from [`ScyllaConfig`] filled in (`NetworkTopologyStrategy` in `local_dc` when it is set,
 //! else `SimpleStrategy`):
 //!
 //! - `messages ((conversation_id, bucket), seq)`, `bucket = seq / 10 000`: the fields of
@@ -103,12 +103,12 @@
 //!
 //! # Driver settings
 //!
-//! Every statement on the hot path is prepared once at connect. Default load balancing
-//! policy, token-aware, restricted to `local_dc` when it is set; LOCAL_QUORUM for reads
-//! and writes, LOCAL_SERIAL for lightweight transactions and serial reads; the configured
-//! request timeout; the default retry policy, which retries only statements marked
-//! idempotent (reads and the plain or timestamped writes, never a lightweight
-//! transaction).
+//! natter-cql's (see its docs): every statement on the hot path is prepared once at
+//! connect; default load balancing policy, token-aware, restricted to `local_dc` when it
+//! is set; LOCAL_QUORUM for reads and writes, LOCAL_SERIAL for lightweight transactions
+//! and serial reads; the configured request timeout; the default retry policy, which
+//! retries only statements marked idempotent (reads and the plain or timestamped writes,
+//! never a lightweight transaction).
 //!
 //! On ScyllaDB versions whose tablets do not support lightweight transactions (6.0 up to
 //! 2025.3), the keyspace is created with tablets disabled (cluster feature `TABLETS`
@@ -116,55 +116,43 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fmt::{self, Display},
+    fmt,
     sync::Arc,
-    time::Duration,
 };
 
 use bytes::Bytes;
-use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _, future::BoxFuture, stream};
+use futures::FutureExt as _;
+use natter_cql::{
+    Kind, Read, ReadStatement, bounded, bounded_ok, corrupt, execute, from_cql, lwt_applied,
+    prepare, query_all, query_opt, query_paged, storage, to_cql,
+};
 use natter_proto::{ConversationId, DeviceId, Seq, UserId, v1};
 use prost::Message as _;
 use scylla::{
-    client::{
-        execution_profile::ExecutionProfile, pager::NextRowError, session::Session,
-        session_builder::SessionBuilder,
-    },
-    deserialize::row::DeserializeRow,
-    policies::{load_balancing::DefaultPolicy, retry::DefaultRetryPolicy},
-    response::query_result::{QueryResult, QueryRowsResult},
+    client::session::Session,
     serialize::row::SerializeRow,
     statement::{
         Consistency, SerialConsistency,
         batch::{Batch, BatchType},
         prepared::PreparedStatement,
-        unprepared::Statement,
     },
-    value::{CqlValue, Row},
 };
 
 use crate::store::{
     CursorAdvance, DedupeKey, DeviceCursor, MemberCursor, MessageStore, NewMessage, StoreError,
 };
 
-/// How to reach ScyllaDB.
-#[derive(Debug, Clone)]
-pub struct ScyllaConfig {
-    /// Contact points, `host:port`.
-    pub nodes: Vec<String>,
-    /// Keyspace holding natter's tables (created if missing). Lowercase letters, digits
-    /// and `_`, starting with a letter, at most 48 characters.
-    pub keyspace: String,
-    /// Replication factor used when the keyspace is created.
-    pub replication_factor: u32,
-    /// Datacenter for LOCAL_QUORUM and DC-aware routing (None: any).
-    pub local_dc: Option<String>,
-    /// Per-request timeout.
-    pub request_timeout: std::time::Duration,
-}
+pub use natter_cql::ScyllaConfig;
 
-/// The schema template (see the module docs for its placeholders).
-const SCHEMA_TEMPLATE: &str = include_str!("../../deploy/cql/schema.cql");
+impl From<natter_cql::Error> for StoreError {
+    fn from(e: natter_cql::Error) -> Self {
+        match e {
+            natter_cql::Error::Storage(e) => StoreError::Storage(e),
+            natter_cql::Error::Invalid(e) => StoreError::Invalid(e),
+            natter_cql::Error::Corrupt(e) => StoreError::Corrupt(e),
+        }
+    }
+}
 
 /// Seqs per `messages` partition: `bucket = seq / BUCKET_SIZE`.
 const BUCKET_SIZE: u64 = 10_000;
@@ -175,56 +163,10 @@ const MAX_CHUNK_MESSAGES: usize = 256;
 const MAX_CHUNK_BYTES: usize = 256 * 1024;
 /// What a message row costs besides its body and text columns (ids, keys, framing).
 const ROW_OVERHEAD_BYTES: usize = 128;
-/// Most requests one call keeps in flight.
-const MAX_IN_FLIGHT: usize = 64;
 /// Most rows one read of the log asks for.
 const PAGE_ROWS: usize = 1000;
-/// Least time a schema statement may take (schema agreement can be slow).
-const DDL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest keyspace name CQL accepts.
-const MAX_KEYSPACE_LEN: usize = 48;
 /// The largest seq (or id) a bigint column holds.
 const MAX_SEQ: u64 = i64::MAX as u64;
-
-/// Runs `tasks`, at most [`MAX_IN_FLIGHT`] at a time, and answers in their order.
-/// (Boxed so that no closure is held across an await: that keeps the futures provably
-/// `Send` for `async_trait`.)
-async fn bounded<T>(tasks: Vec<BoxFuture<'_, T>>) -> Vec<T> {
-    stream::iter(tasks).buffered(MAX_IN_FLIGHT).collect().await
-}
-
-/// [`bounded`] for fallible tasks: every task runs; the first error (in order) wins.
-async fn bounded_ok<T>(
-    tasks: Vec<BoxFuture<'_, Result<T, StoreError>>>,
-) -> Result<Vec<T>, StoreError> {
-    bounded(tasks).await.into_iter().collect()
-}
-
-fn storage(context: impl Display, e: impl Display) -> StoreError {
-    StoreError::Storage(format!("scylla: {context}: {e}"))
-}
-
-fn corrupt(context: impl Display, e: impl Display) -> StoreError {
-    StoreError::Corrupt(format!("scylla: {context}: {e}"))
-}
-
-fn next_row_error(context: &str, e: NextRowError) -> StoreError {
-    match e {
-        NextRowError::RowDeserializationError(e) => corrupt(context, e),
-        other => storage(context, other),
-    }
-}
-
-/// A value for a bigint column; natter's ids and seqs stay below 2^63.
-fn to_cql(value: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value)
-        .map_err(|_| StoreError::Invalid(format!("{what} {value} does not fit a CQL bigint")))
-}
-
-/// A stored bigint read back as an id or seq.
-fn from_cql(value: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("stored {what} {value} < 0")))
-}
 
 fn bucket_of(seq: u64) -> u64 {
     seq / BUCKET_SIZE
@@ -249,112 +191,6 @@ fn expected_head(seq: u64) -> Option<u64> {
         None
     } else {
         Some(seq - 1)
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Schema
-
-/// Refuses keyspace names that would need quoting (or could inject CQL).
-fn validate_keyspace(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_KEYSPACE_LEN
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "keyspace `{name}`: use 1 to {MAX_KEYSPACE_LEN} lowercase letters, digits or `_`, \
-             starting with a letter"
-        )))
-    }
-}
-
-fn validate_config(config: &ScyllaConfig) -> Result<(), StoreError> {
-    validate_keyspace(&config.keyspace)?;
-    if config.nodes.is_empty() {
-        return Err(StoreError::Invalid("no ScyllaDB node configured".into()));
-    }
-    if config.replication_factor == 0 {
-        return Err(StoreError::Invalid(
-            "replication factor must be at least 1".into(),
-        ));
-    }
-    if config.local_dc.as_deref().is_some_and(str::is_empty) {
-        return Err(StoreError::Invalid("local_dc is empty".into()));
-    }
-    Ok(())
-}
-
-/// The keyspace's replication map, as a CQL map literal.
-fn replication_map(replication_factor: u32, local_dc: Option<&str>) -> String {
-    match local_dc {
-        Some(dc) => format!(
-            "{{'class': 'NetworkTopologyStrategy', '{}': {replication_factor}}}",
-            dc.replace('\'', "''")
-        ),
-        None => {
-            format!("{{'class': 'SimpleStrategy', 'replication_factor': {replication_factor}}}")
-        }
-    }
-}
-
-/// The statements of `template` (comments dropped, split at `;`), placeholders filled in.
-fn schema_statements(
-    template: &str,
-    keyspace: &str,
-    replication: &str,
-    keyspace_options: &str,
-) -> Vec<String> {
-    let code: Vec<&str> = template
-        .lines()
-        .map(|line| line.find("--").map_or(line, |at| &line[..at]))
-        .collect();
-    code.join("\n")
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.replace("{{keyspace}}", keyspace)
-                .replace("{{replication}}", replication)
-                .replace("{{keyspace_options}}", keyspace_options)
-        })
-        .collect()
-}
-
-/// The extra keyspace option this cluster needs for lightweight transactions.
-async fn keyspace_options(session: &Session) -> &'static str {
-    let features = session
-        .query_unpaged(
-            "SELECT supported_features FROM system.local WHERE key = 'local'",
-            (),
-        )
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.into_rows_result().map_err(|e| e.to_string()))
-        .and_then(|rows| {
-            rows.maybe_first_row::<(Option<String>,)>()
-                .map_err(|e| e.to_string())
-        });
-    match features {
-        Ok(row) => {
-            let features = row.and_then(|(f,)| f).unwrap_or_default();
-            let features: HashSet<&str> = features.split(',').collect();
-            if features.contains("TABLETS") && !features.contains("LWT_WITH_TABLETS") {
-                " AND tablets = {'enabled': false}"
-            } else {
-                ""
-            }
-        }
-        Err(e) => {
-            // Not ScyllaDB (Cassandra has no such column), or the node did not answer:
-            // create the keyspace with the server's defaults.
-            tracing::debug!(error = %e, "could not read the cluster's features");
-            ""
-        }
     }
 }
 
@@ -579,15 +415,6 @@ impl<'a> KeyRef<'a> {
 /// Bound values of one statement of a batch (the statements differ in shape).
 type BoundValues<'a> = Box<dyn SerializeRow + Send + Sync + 'a>;
 
-/// Which consistency a read of the log uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Read {
-    /// LOCAL_QUORUM: sees every completed commit.
-    Quorum,
-    /// LOCAL_SERIAL: also completes (or rules out) a commit still in flight.
-    Serial,
-}
-
 /// How a conversation's commits in one call ended.
 #[derive(Debug)]
 struct CommitOutcome {
@@ -621,70 +448,17 @@ enum FollowUp<'a> {
 // ---------------------------------------------------------------------------------------
 // Prepared statements
 
-/// How a statement is run.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    /// LOCAL_QUORUM, retried on another replica if need be.
-    Read,
-    /// LOCAL_SERIAL.
-    SerialRead,
-    /// LOCAL_QUORUM, safe to retry (timestamped or idempotent).
-    Write,
-    /// A lightweight transaction: LOCAL_QUORUM commit, LOCAL_SERIAL Paxos, never retried.
-    Lwt,
-}
-
-fn configure(statement: &mut PreparedStatement, kind: Kind) {
-    match kind {
-        Kind::Read | Kind::Write => {
-            statement.set_consistency(Consistency::LocalQuorum);
-            statement.set_is_idempotent(true);
-        }
-        Kind::SerialRead => {
-            statement.set_consistency(Consistency::LocalSerial);
-            statement.set_is_idempotent(true);
-        }
-        Kind::Lwt => {
-            statement.set_consistency(Consistency::LocalQuorum);
-            statement.set_serial_consistency(Some(SerialConsistency::LocalSerial));
-            statement.set_is_idempotent(false);
-        }
-    }
-}
-
-async fn prepare(
-    session: &Session,
-    cql: String,
-    kind: Kind,
-) -> Result<PreparedStatement, StoreError> {
-    let mut statement = session
-        .prepare(Statement::new(cql.clone()))
-        .await
-        .map_err(|e| storage(format_args!("preparing `{cql}`"), e))?;
-    configure(&mut statement, kind);
-    Ok(statement)
-}
-
-/// The same statement, run at LOCAL_SERIAL.
-fn serial(statement: &PreparedStatement) -> PreparedStatement {
-    let mut s = statement.clone();
-    configure(&mut s, Kind::SerialRead);
-    s
-}
-
 /// Every statement the store runs after connecting.
 struct Statements {
     head_hint: PreparedStatement,
     raise_head_hint: PreparedStatement,
-    bucket_head: PreparedStatement,
-    bucket_head_serial: PreparedStatement,
+    bucket_head: ReadStatement,
     claim_head: PreparedStatement,
     claim_empty_bucket: PreparedStatement,
     insert_message: PreparedStatement,
     messages_after: PreparedStatement,
     messages_before: PreparedStatement,
-    message_key: PreparedStatement,
-    message_key_serial: PreparedStatement,
+    message_key: ReadStatement,
     dedupe_seqs: PreparedStatement,
     write_dedupe: PreparedStatement,
     raise_user_conversation: PreparedStatement,
@@ -704,19 +478,19 @@ const MESSAGE_COLUMNS: &str = "seq, message_id, sender_user, sender_device, clie
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
         let p = |cql: String, kind| prepare(session, cql, kind);
-        let bucket_head = p(
+        let bucket_head = ReadStatement::prepare(
+            session,
             format!(
                 "SELECT head FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? LIMIT 1"
             ),
-            Kind::Read,
         )
         .await?;
-        let message_key = p(
+        let message_key = ReadStatement::prepare(
+            session,
             format!(
                 "SELECT message_id, sender_device, client_msg_id, created_at_ms FROM {ks}.messages \
                  WHERE conversation_id = ? AND bucket = ? AND seq = ?"
             ),
-            Kind::Read,
         )
         .await?;
         Ok(Statements {
@@ -733,7 +507,6 @@ impl Statements {
                 Kind::Write,
             )
             .await?,
-            bucket_head_serial: serial(&bucket_head),
             bucket_head,
             claim_head: p(
                 format!(
@@ -775,7 +548,6 @@ impl Statements {
                 Kind::Read,
             )
             .await?,
-            message_key_serial: serial(&message_key),
             message_key,
             dedupe_seqs: p(
                 format!(
@@ -869,24 +641,6 @@ impl Statements {
     }
 }
 
-/// Whether a lightweight transaction applied, from its `[applied]` column.
-fn lwt_applied(result: QueryResult) -> Result<bool, StoreError> {
-    const WHAT: &str = "lightweight transaction result";
-    let rows = result.into_rows_result().map_err(|e| corrupt(WHAT, e))?;
-    let (column, _) = rows
-        .column_specs()
-        .get_by_name("[applied]")
-        .ok_or_else(|| corrupt(WHAT, "no [applied] column"))?;
-    let first = rows
-        .maybe_first_row::<Row>()
-        .map_err(|e| corrupt(WHAT, e))?
-        .ok_or_else(|| corrupt(WHAT, "no row"))?;
-    match first.columns.get(column) {
-        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
-        other => Err(corrupt(WHAT, format_args!("[applied] is {other:?}"))),
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The store
 
@@ -911,56 +665,13 @@ impl ScyllaStore {
     /// prepares every statement. Fails with [`StoreError::Invalid`] on a bad config and
     /// [`StoreError::Storage`] if the cluster cannot be reached or refuses the schema.
     pub async fn connect(config: ScyllaConfig) -> Result<Arc<ScyllaStore>, StoreError> {
-        validate_config(&config)?;
-        let mut policy = DefaultPolicy::builder().token_aware(true);
-        if let Some(dc) = &config.local_dc {
-            policy = policy
-                .prefer_datacenter(dc.clone())
-                .permit_dc_failover(false);
-        }
-        let profile = ExecutionProfile::builder()
-            .consistency(Consistency::LocalQuorum)
-            .serial_consistency(Some(SerialConsistency::LocalSerial))
-            .request_timeout(Some(config.request_timeout))
-            .load_balancing_policy(policy.build())
-            .retry_policy(Arc::new(DefaultRetryPolicy::new()))
-            .build();
-        let session = SessionBuilder::new()
-            .known_nodes(&config.nodes)
-            .default_execution_profile_handle(profile.into_handle())
-            .build()
-            .await
-            .map_err(|e| storage(format_args!("connecting to {:?}", config.nodes), e))?;
-
-        let replication = replication_map(config.replication_factor, config.local_dc.as_deref());
-        let options = keyspace_options(&session).await;
-        for cql in schema_statements(SCHEMA_TEMPLATE, &config.keyspace, &replication, options) {
-            let mut statement = Statement::new(cql.clone());
-            statement.set_request_timeout(Some(config.request_timeout.max(DDL_TIMEOUT)));
-            session
-                .query_unpaged(statement, ())
-                .await
-                .map_err(|e| storage(format_args!("running `{cql}`"), e))?;
-        }
+        let session = natter_cql::connect(&config).await?;
         let st = Statements::prepare(&session, &config.keyspace).await?;
         Ok(Arc::new(ScyllaStore {
             session,
             keyspace: config.keyspace,
             st,
         }))
-    }
-
-    async fn execute(
-        &self,
-        statement: &PreparedStatement,
-        values: impl SerializeRow,
-        what: &str,
-    ) -> Result<(), StoreError> {
-        self.session
-            .execute_unpaged(statement, values)
-            .await
-            .map_err(|e| storage(what, e))?;
-        Ok(())
     }
 
     /// Writes a device's cursor row and its user's `member_cursors` row in one LOGGED
@@ -987,96 +698,32 @@ impl ScyllaStore {
         Ok(())
     }
 
-    /// The first row of a single-page result.
-    async fn query_opt<R>(
-        &self,
-        statement: &PreparedStatement,
-        values: impl SerializeRow,
-        what: &str,
-    ) -> Result<Option<R>, StoreError>
-    where
-        R: for<'f, 'm> DeserializeRow<'f, 'm>,
-    {
-        let rows = self.select(statement, values, what).await?;
-        rows.maybe_first_row::<R>().map_err(|e| corrupt(what, e))
-    }
-
-    /// Runs a SELECT and takes its rows (a single page).
-    async fn select(
-        &self,
-        statement: &PreparedStatement,
-        values: impl SerializeRow,
-        what: &str,
-    ) -> Result<QueryRowsResult, StoreError> {
-        self.session
-            .execute_unpaged(statement, values)
-            .await
-            .map_err(|e| storage(what, e))?
-            .into_rows_result()
-            .map_err(|e| corrupt(what, e))
-    }
-
-    /// Every row of a single-page result (for statements with a LIMIT).
-    async fn query_all<R>(
-        &self,
-        statement: &PreparedStatement,
-        values: impl SerializeRow,
-        what: &str,
-    ) -> Result<Vec<R>, StoreError>
-    where
-        R: for<'f, 'm> DeserializeRow<'f, 'm>,
-    {
-        let rows = self.select(statement, values, what).await?;
-        rows.rows::<R>()
-            .map_err(|e| corrupt(what, e))?
-            .map(|row| row.map_err(|e| corrupt(what, e)))
-            .collect()
-    }
-
-    /// Every row of a result of any size, fetched page by page.
-    async fn query_paged<R>(
-        &self,
-        statement: &PreparedStatement,
-        values: impl SerializeRow,
-        what: &str,
-    ) -> Result<Vec<R>, StoreError>
-    where
-        R: for<'f, 'm> DeserializeRow<'f, 'm>,
-    {
-        let mut rows = self
-            .session
-            .execute_iter(statement.clone(), values)
-            .await
-            .map_err(|e| storage(what, e))?
-            .rows_stream::<R>()
-            .map_err(|e| corrupt(what, e))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.try_next().await.map_err(|e| next_row_error(what, e))? {
-            out.push(row);
-        }
-        Ok(out)
-    }
-
     // -- heads --------------------------------------------------------------------------
 
     async fn head_hint(&self, conversation: &str) -> Result<u64, StoreError> {
-        let row: Option<(Option<i64>,)> = self
-            .query_opt(&self.st.head_hint, (conversation,), "reading a head")
-            .await?;
+        let row: Option<(Option<i64>,)> = query_opt(
+            &self.session,
+            &self.st.head_hint,
+            (conversation,),
+            "reading a head",
+        )
+        .await?;
         match row.and_then(|(head,)| head) {
-            Some(head) => from_cql(head, "head"),
+            Some(head) => Ok(from_cql(head, "head")?),
             None => Ok(0),
         }
     }
 
     async fn raise_head_hint(&self, conversation: &str, head: u64) -> Result<(), StoreError> {
         let head = to_cql(head, "head")?;
-        self.execute(
+        execute(
+            &self.session,
             &self.st.raise_head_hint,
             (head, head, conversation),
             "raising a head",
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     /// The static head of one bucket partition (`None`: the bucket is empty).
@@ -1086,20 +733,18 @@ impl ScyllaStore {
         bucket: u64,
         read: Read,
     ) -> Result<Option<u64>, StoreError> {
-        let statement = match read {
-            Read::Quorum => &self.st.bucket_head,
-            Read::Serial => &self.st.bucket_head_serial,
-        };
-        let row: Option<(Option<i64>,)> = self
-            .query_opt(
-                statement,
-                (conversation, to_cql(bucket, "bucket")?),
-                "reading a bucket's head",
-            )
-            .await?;
-        row.and_then(|(head,)| head)
+        let statement = self.st.bucket_head.at(read);
+        let row: Option<(Option<i64>,)> = query_opt(
+            &self.session,
+            statement,
+            (conversation, to_cql(bucket, "bucket")?),
+            "reading a bucket's head",
+        )
+        .await?;
+        Ok(row
+            .and_then(|(head,)| head)
             .map(|head| from_cql(head, "bucket head"))
-            .transpose()
+            .transpose()?)
     }
 
     /// The true head, from the static heads, starting at the bucket of `from` (a head
@@ -1202,21 +847,18 @@ impl ScyllaStore {
         read: Read,
     ) -> Result<Option<StoredKey>, StoreError> {
         const WHAT: &str = "reading a message's key";
-        let statement = match read {
-            Read::Quorum => &self.st.message_key,
-            Read::Serial => &self.st.message_key_serial,
-        };
-        let row: Option<MessageKeyRow> = self
-            .query_opt(
-                statement,
-                (
-                    conversation,
-                    to_cql(bucket_of(seq), "bucket")?,
-                    to_cql(seq, "seq")?,
-                ),
-                WHAT,
-            )
-            .await?;
+        let statement = self.st.message_key.at(read);
+        let row: Option<MessageKeyRow> = query_opt(
+            &self.session,
+            statement,
+            (
+                conversation,
+                to_cql(bucket_of(seq), "bucket")?,
+                to_cql(seq, "seq")?,
+            ),
+            WHAT,
+        )
+        .await?;
         match row {
             None => Ok(None),
             Some(MessageKeyRow {
@@ -1233,24 +875,25 @@ impl ScyllaStore {
             Some(_) => Err(corrupt(
                 WHAT,
                 format_args!("message {conversation}/{seq} lacks its ids"),
-            )),
+            )
+            .into()),
         }
     }
 
     /// The original Ack of a send, verified against the log (see the module docs).
     async fn lookup_dedupe(&self, key: KeyRef<'_>) -> Result<Option<v1::Ack>, StoreError> {
         const WHAT: &str = "reading a dedupe key";
-        let rows: Vec<(Option<i64>,)> = self
-            .query_all(
-                &self.st.dedupe_seqs,
-                (
-                    key.conversation,
-                    to_cql(key.sender_device, "sender_device")?,
-                    key.client_msg_id,
-                ),
-                WHAT,
-            )
-            .await?;
+        let rows: Vec<(Option<i64>,)> = query_all(
+            &self.session,
+            &self.st.dedupe_seqs,
+            (
+                key.conversation,
+                to_cql(key.sender_device, "sender_device")?,
+                key.client_msg_id,
+            ),
+            WHAT,
+        )
+        .await?;
         let mut seqs = Vec::with_capacity(rows.len());
         for (seq,) in rows {
             seqs.push(from_cql(
@@ -1287,7 +930,8 @@ impl ScyllaStore {
     }
 
     async fn write_dedupe(&self, m: &v1::Message) -> Result<(), StoreError> {
-        self.execute(
+        execute(
+            &self.session,
             &self.st.write_dedupe,
             (
                 m.conversation_id.as_str(),
@@ -1299,7 +943,8 @@ impl ScyllaStore {
             ),
             "writing a dedupe key",
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     // -- append -------------------------------------------------------------------------
@@ -1327,7 +972,7 @@ impl ScyllaStore {
                         let ok = self
                             .head_precedes_checked(p.conversation, p.first_seq)
                             .await?;
-                        Ok((p.conversation, p.first_seq, ok))
+                        Ok::<_, StoreError>((p.conversation, p.first_seq, ok))
                     }
                     .boxed()
                 })
@@ -1404,15 +1049,16 @@ impl ScyllaStore {
             )));
         }
         match self.session.batch(&statements, values).await {
-            Ok(result) => lwt_applied(result),
+            Ok(result) => Ok(lwt_applied(result)?),
             Err(e) => {
-                let failed = storage(
+                let failed: StoreError = storage(
                     format_args!(
                         "committing {conversation} {}..={}",
                         chunk.first_seq, chunk.last_seq
                     ),
                     e,
-                );
+                )
+                .into();
                 // The outcome is unknown: the transaction may have been applied. A serial
                 // read finds it if it was. If it is still running on the server it may
                 // land later; the call then reports the failure, and the dedupe rows
@@ -1470,12 +1116,14 @@ impl ScyllaStore {
                 seq,
             } => {
                 let seq = to_cql(seq, "seq")?;
-                self.execute(
+                execute(
+                    &self.session,
                     &self.st.raise_user_conversation,
                     (seq, seq, to_cql(user, "user id")?, conversation),
                     "listing a conversation",
                 )
-                .await
+                .await?;
+                Ok(())
             }
         }
     }
@@ -1590,18 +1238,18 @@ impl ScyllaStore {
     ) -> Result<Vec<v1::Message>, StoreError> {
         let limit = i32::try_from(limit.min(PAGE_ROWS))
             .map_err(|_| StoreError::Invalid(format!("page of {limit} rows")))?;
-        let rows: Vec<MessageRow> = self
-            .query_all(
-                statement,
-                (
-                    conversation,
-                    to_cql(bucket, "bucket")?,
-                    to_cql(bound, "seq")?,
-                    limit,
-                ),
-                "reading messages",
-            )
-            .await?;
+        let rows: Vec<MessageRow> = query_all(
+            &self.session,
+            statement,
+            (
+                conversation,
+                to_cql(bucket, "bucket")?,
+                to_cql(bound, "seq")?,
+                limit,
+            ),
+            "reading messages",
+        )
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             if let Some(m) = row.into_message(conversation)? {
@@ -1664,7 +1312,7 @@ impl MessageStore for ScyllaStore {
             let got = page.len();
             for m in page {
                 if m.seq <= cursor {
-                    return Err(corrupt("reading messages", "rows out of order"));
+                    return Err(corrupt("reading messages", "rows out of order").into());
                 }
                 cursor = m.seq;
                 out.push(m);
@@ -1702,7 +1350,7 @@ impl MessageStore for ScyllaStore {
             let got = page.len();
             for m in page {
                 if m.seq > upper || m.seq == 0 {
-                    return Err(corrupt("reading messages", "rows out of order"));
+                    return Err(corrupt("reading messages", "rows out of order").into());
                 }
                 upper = m.seq - 1;
                 out.push(m);
@@ -1724,13 +1372,13 @@ impl MessageStore for ScyllaStore {
         user: UserId,
     ) -> Result<Vec<(ConversationId, Seq)>, StoreError> {
         const WHAT: &str = "listing a user's conversations";
-        let rows: Vec<(String, Option<i64>)> = self
-            .query_paged(
-                &self.st.user_conversations,
-                (to_cql(user.get(), "user id")?,),
-                WHAT,
-            )
-            .await?;
+        let rows: Vec<(String, Option<i64>)> = query_paged(
+            &self.session,
+            &self.st.user_conversations,
+            (to_cql(user.get(), "user id")?,),
+            WHAT,
+        )
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for (conversation, last_seq) in rows {
             let Some(last_seq) = last_seq else { continue };
@@ -1759,9 +1407,13 @@ impl MessageStore for ScyllaStore {
         );
         let value = to_cql(seq.get(), "seq")?;
         let conv = conversation.as_str();
-        let row: Option<(Option<i64>, Option<i64>)> = self
-            .query_opt(&self.st.cursor, (user, device, conv), "reading a cursor")
-            .await?;
+        let row: Option<(Option<i64>, Option<i64>)> = query_opt(
+            &self.session,
+            &self.st.cursor,
+            (user, device, conv),
+            "reading a cursor",
+        )
+        .await?;
         let (delivered, read) = match row {
             Some((delivered, read)) => (
                 from_cql(delivered.unwrap_or(0), "delivered_seq")?,
@@ -1813,16 +1465,16 @@ impl MessageStore for ScyllaStore {
         device: DeviceId,
     ) -> Result<Vec<DeviceCursor>, StoreError> {
         const WHAT: &str = "listing a device's cursors";
-        let rows: Vec<(String, Option<i64>, Option<i64>)> = self
-            .query_paged(
-                &self.st.device_cursors,
-                (
-                    to_cql(user.get(), "user id")?,
-                    to_cql(device.get(), "device id")?,
-                ),
-                WHAT,
-            )
-            .await?;
+        let rows: Vec<(String, Option<i64>, Option<i64>)> = query_paged(
+            &self.session,
+            &self.st.device_cursors,
+            (
+                to_cql(user.get(), "user id")?,
+                to_cql(device.get(), "device id")?,
+            ),
+            WHAT,
+        )
+        .await?;
         rows.into_iter()
             .map(|(conversation, delivered, read)| {
                 Ok(DeviceCursor {
@@ -1843,9 +1495,13 @@ impl MessageStore for ScyllaStore {
         const WHAT: &str = "listing a conversation's member cursors";
         // One partition, clustered by user id: the rows come ordered by user (bigint
         // order is numeric order, as ids stay below 2^63), fetched page by page.
-        let rows: Vec<(i64, Option<i64>, Option<i64>)> = self
-            .query_paged(&self.st.member_cursors, (conversation.as_str(),), WHAT)
-            .await?;
+        let rows: Vec<(i64, Option<i64>, Option<i64>)> = query_paged(
+            &self.session,
+            &self.st.member_cursors,
+            (conversation.as_str(),),
+            WHAT,
+        )
+        .await?;
         rows.into_iter()
             .map(|(user, delivered, read)| {
                 Ok(MemberCursor {
@@ -2035,119 +1691,5 @@ mod tests {
         assert!(invalid(|nm| nm.message.seq = u64::MAX));
         assert!(invalid(|nm| nm.members.push(UserId(u64::MAX))));
         assert_eq!(plan_append(&[]).expect("empty"), Vec::new());
-    }
-
-    #[test]
-    fn schema_is_templated_with_the_keyspace_and_replication() {
-        let simple = replication_map(3, None);
-        assert_eq!(
-            simple,
-            "{'class': 'SimpleStrategy', 'replication_factor': 3}"
-        );
-        let statements = schema_statements(SCHEMA_TEMPLATE, "natter_x", &simple, "");
-        // One statement per CREATE in the template, none lost or split. Counted rather than
-        // fixed: other services (groups) keep their tables in the same file.
-        let creates = SCHEMA_TEMPLATE
-            .lines()
-            .filter(|l| l.starts_with("CREATE "))
-            .count();
-        assert!(creates >= 7, "keyspace and six tables at least: {creates}");
-        assert_eq!(statements.len(), creates, "{statements:#?}");
-        assert!(
-            statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS natter_x"),
-            "{}",
-            statements[0]
-        );
-        assert!(statements[0].contains("'replication_factor': 3"));
-        for table in [
-            "messages",
-            "conversation_heads",
-            "user_conversations",
-            "device_cursors",
-            "member_cursors",
-            "dedupe",
-        ] {
-            let create = format!("CREATE TABLE IF NOT EXISTS natter_x.{table} (");
-            assert!(
-                statements.iter().any(|s| s.starts_with(&create)),
-                "{table} missing"
-            );
-        }
-        for s in &statements {
-            assert!(!s.contains("{{") && !s.contains("--"), "{s}");
-        }
-        assert!(statements.iter().any(|s| s.contains("head bigint STATIC")));
-        assert!(
-            statements
-                .iter()
-                .any(|s| s.contains("default_time_to_live = 604800"))
-        );
-
-        let nts = replication_map(2, Some("eu'west"));
-        assert_eq!(nts, "{'class': 'NetworkTopologyStrategy', 'eu''west': 2}");
-        let options = " AND tablets = {'enabled': false}";
-        let statements = schema_statements(SCHEMA_TEMPLATE, "natter", &nts, options);
-        assert!(
-            statements[0].ends_with("durable_writes = true AND tablets = {'enabled': false}"),
-            "{}",
-            statements[0]
-        );
-        assert!(statements[0].contains("NetworkTopologyStrategy"));
-    }
-
-    #[test]
-    fn keyspace_names_are_checked() {
-        for good in ["natter", "natter_test_0123abcd", "n"] {
-            assert!(validate_keyspace(good).is_ok(), "{good}");
-        }
-        let too_long = "n".repeat(MAX_KEYSPACE_LEN + 1);
-        for bad in [
-            "",
-            "Natter",
-            "1natter",
-            "_natter",
-            "nat-ter",
-            "natter; DROP",
-            too_long.as_str(),
-        ] {
-            assert!(
-                matches!(validate_keyspace(bad), Err(StoreError::Invalid(_))),
-                "{bad}"
-            );
-        }
-        let config = ScyllaConfig {
-            nodes: vec!["127.0.0.1:9042".into()],
-            keyspace: "natter".into(),
-            replication_factor: 1,
-            local_dc: None,
-            request_timeout: Duration::from_secs(5),
-        };
-        assert!(validate_config(&config).is_ok());
-        let no_nodes = ScyllaConfig {
-            nodes: Vec::new(),
-            ..config.clone()
-        };
-        assert!(validate_config(&no_nodes).is_err());
-        let rf0 = ScyllaConfig {
-            replication_factor: 0,
-            ..config.clone()
-        };
-        assert!(validate_config(&rf0).is_err());
-        let empty_dc = ScyllaConfig {
-            local_dc: Some(String::new()),
-            ..config
-        };
-        assert!(validate_config(&empty_dc).is_err());
-    }
-
-    #[test]
-    fn ids_must_fit_a_bigint() {
-        assert_eq!(to_cql(MAX_SEQ, "seq"), Ok(i64::MAX));
-        assert!(matches!(
-            to_cql(MAX_SEQ + 1, "seq"),
-            Err(StoreError::Invalid(_))
-        ));
-        assert_eq!(from_cql(5, "seq"), Ok(5));
-        assert!(matches!(from_cql(-1, "seq"), Err(StoreError::Corrupt(_))));
     }
 }
