@@ -13,6 +13,10 @@
 //!   order must be gap-free);
 //! - **corrupted**: a delivered body that is not the body sent.
 //!
+//! A conversation may hold messages the harness did not send (a group's system messages:
+//! "created", "members added"): they are [`Conversation::foreign`], fill their seqs for
+//! the order and the receivers' cursors, and count for nothing else.
+//!
 //! At-least-once delivery allows the server to repeat a message across a reconnect or a
 //! sync that overlaps live pushes, and to push a message again when its sender retries it
 //! (the retry may be the first sign that the first push was lost); those repeats are
@@ -47,6 +51,9 @@ pub struct Tally {
     pub redelivered: u64,
     /// Sent, never acked, never delivered by the end (in flight when the run stopped).
     pub unacked: u64,
+    /// Deliveries owed: every acked message to every receiving device.
+    #[serde(default)]
+    pub owed: u64,
 }
 
 impl Tally {
@@ -62,6 +69,7 @@ impl Tally {
         self.corrupted += o.corrupted;
         self.redelivered += o.redelivered;
         self.unacked += o.unacked;
+        self.owed += o.owed;
     }
 
     /// True when no invariant was broken.
@@ -95,6 +103,9 @@ struct Slot {
     message_id: u64,
     index: u32,
 }
+
+/// The `index` of a slot held by a message the harness did not send (a system message).
+const FOREIGN: u32 = u32::MAX;
 
 /// How a receiver first saw a seq: 0 = not seen, else `(epoch << 1 | origin) + 1`.
 type Mark = u32;
@@ -132,6 +143,8 @@ pub struct Conversation {
     receivers: Vec<Receiver>,
     tally: Tally,
     arrivals: Vec<Arrival>,
+    /// Messages with an ack (so `settled` need not scan them all).
+    acked: usize,
 }
 
 /// The body the harness sends as message `index`: the index, then a fixed pattern, so a
@@ -169,6 +182,7 @@ impl Conversation {
             receivers: (0..receivers).map(|_| Receiver::default()).collect(),
             tally: Tally::default(),
             arrivals: Vec::new(),
+            acked: 0,
         }
     }
 
@@ -200,7 +214,40 @@ impl Conversation {
                 self.slots[i] = Some(Slot { message_id, index });
             }
             Some(s) if s.index == index && s.message_id == message_id => {}
+            // Foreign messages are known by seq alone (a pre-claimed one has no id).
+            Some(s) if s.index == FOREIGN && index == FOREIGN => {}
             Some(_) => self.tally.misordered += 1,
+        }
+    }
+
+    /// Seqs `1..=up_to` hold messages the harness did not send (a group's first system
+    /// messages, whose seqs its creation reported).
+    pub fn foreign_up_to(&mut self, up_to: u64) {
+        for seq in 1..=up_to {
+            self.claim(seq, FOREIGN, 0);
+        }
+    }
+
+    /// Receiver `r` got a message the harness did not send (a system message) at `seq`:
+    /// it holds that seq and moves the receiver's cursor, and is no delivery of ours.
+    pub fn foreign(&mut self, r: usize, seq: u64, message_id: u64) {
+        if seq == 0 {
+            self.tally.misordered += 1;
+            return;
+        }
+        self.claim(seq, FOREIGN, message_id);
+        let Some(rx) = self.receivers.get_mut(r) else {
+            return;
+        };
+        let i = (seq - 1) as usize;
+        if rx.seen.len() <= i {
+            rx.seen.resize(i + 1, 0);
+        }
+        if rx.seen[i] == 0 {
+            rx.seen[i] = mark(rx.epoch, Origin::Live);
+            while rx.seen.get(rx.contiguous as usize).is_some_and(|&m| m != 0) {
+                rx.contiguous += 1;
+            }
         }
     }
 
@@ -224,6 +271,7 @@ impl Conversation {
         }
         if self.sent[index as usize].acked_ns == 0 {
             self.sent[index as usize].acked_ns = now_ns;
+            self.acked += 1;
         }
         self.bind(index, seq, message_id);
         self.claim(seq, index, message_id);
@@ -345,8 +393,13 @@ impl Conversation {
     /// receiver holding as many deliveries as there are messages.
     pub fn settled(&self) -> bool {
         let n = self.sent.len() as u64;
-        self.receivers.iter().all(|rx| rx.delivered >= n)
-            && self.sent.iter().all(|s| s.acked_ns != 0)
+        self.receivers.iter().all(|rx| rx.delivered >= n) && self.acked == self.sent.len()
+    }
+
+    /// `settled` for one receiver: every message acked and all of them delivered to `r`.
+    pub fn receiver_settled(&self, r: usize) -> bool {
+        let n = self.sent.len() as u64;
+        self.acked == self.sent.len() && self.receivers.get(r).is_none_or(|rx| rx.delivered >= n)
     }
 
     /// First deliveries, in the order they happened.
@@ -372,6 +425,7 @@ impl Conversation {
         let mut t = self.tally;
         t.sent = self.sent.len() as u64;
         t.acked = self.sent.iter().filter(|s| s.acked_ns != 0).count() as u64;
+        t.owed = t.acked * self.receivers.len() as u64;
         for s in &self.sent {
             if s.acked_ns != 0 {
                 for rx in &self.receivers {
@@ -615,6 +669,65 @@ mod tests {
         c.deliver(0, Origin::Live, 1, 1000, "not a number", &body(0, 100), 2);
         assert!(!c.ack(9, 1, 1, 1));
         assert_eq!(c.finish().misordered, 3);
+    }
+
+    #[test]
+    fn a_group_owes_every_message_to_every_member_and_skips_system_messages() {
+        // Seq 1 is the group's "created" system message; ours are seqs 2 and 3.
+        let mut c = Conversation::new(3);
+        c.foreign_up_to(1);
+        for r in 0..3 {
+            c.foreign(r, 1, 77);
+        }
+        for i in 0..2u32 {
+            c.send(0);
+            assert!(c.ack(i, u64::from(i) + 2, 1000 + u64::from(i), 1));
+        }
+        for r in 0..3 {
+            assert_eq!(c.contiguous(r), 1, "the system message moves the cursor");
+            assert!(!c.receiver_settled(r));
+        }
+        for r in 0..3 {
+            for i in 0..2u32 {
+                c.deliver(
+                    r,
+                    Origin::Live,
+                    u64::from(i) + 2,
+                    1000 + u64::from(i),
+                    &client_msg_id(i),
+                    &body(i, 100),
+                    9,
+                );
+            }
+        }
+        assert!(c.settled());
+        let t = c.finish();
+        assert_eq!((t.sent, t.acked, t.delivered, t.owed), (2, 2, 6, 6));
+        assert!(t.clean() && t.gaps == 0, "{t:?}");
+        assert_eq!(c.arrivals().len(), 6, "system messages are not arrivals");
+        assert_eq!(c.contiguous(2), 3);
+        // A member that missed one message: lost once, for that member only.
+        let mut c = Conversation::new(2);
+        c.foreign_up_to(1);
+        c.send(0);
+        c.ack(0, 2, 1000, 1);
+        c.deliver(0, Origin::Live, 2, 1000, "0", &body(0, 100), 9);
+        assert!(c.receiver_settled(0) && !c.receiver_settled(1));
+        let t = c.finish();
+        assert_eq!((t.delivered, t.lost, t.owed), (1, 1, 2));
+        // The same member getting it twice live is a duplicate.
+        let mut c = Conversation::new(2);
+        c.send(0);
+        c.ack(0, 1, 1000, 1);
+        c.deliver(1, Origin::Live, 1, 1000, "0", &body(0, 100), 9);
+        c.deliver(1, Origin::Live, 1, 1000, "0", &body(0, 100), 9);
+        assert_eq!(c.finish().duplicated, 1);
+        // A system message claiming the seq of one of ours is misordered.
+        let mut c = Conversation::new(1);
+        c.send(0);
+        c.ack(0, 1, 1000, 1);
+        c.foreign(0, 1, 55);
+        assert_eq!(c.finish().misordered, 1);
     }
 
     #[test]

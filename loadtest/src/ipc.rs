@@ -37,6 +37,14 @@ pub enum Task {
         messages: u64,
         window: usize,
     },
+    /// One sender and every other device a member of one group: `rate` messages a
+    /// second (at most `window` unacked), each owed to every member device.
+    Group {
+        sender: Cred,
+        members: Vec<Cred>,
+        rate: f64,
+        window: usize,
+    },
 }
 
 /// Everything a worker needs, sent as its first stdin line.
@@ -94,7 +102,7 @@ pub enum Report {
 pub struct Outcome {
     pub tally: Tally,
     pub progress: Progress,
-    /// Send→arrival (direct), connect→Welcome (connect), send→ack (offline), encoded.
+    /// Send→arrival (direct, group: every member device's delivery), connect→Welcome (connect), send→ack (offline), encoded.
     pub latency: String,
     /// Send→ack, encoded.
     pub ack_latency: String,

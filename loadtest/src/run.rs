@@ -68,6 +68,13 @@ pub enum Scenario {
         messages: u64,
         window: usize,
     },
+    /// One sender and `members - 1` other members of one group.
+    Group {
+        members: usize,
+        rate: u32,
+        window: usize,
+        duration: Duration,
+    },
 }
 
 impl Scenario {
@@ -77,6 +84,7 @@ impl Scenario {
             Scenario::Connect { .. } => "connect",
             Scenario::Direct { .. } => "direct",
             Scenario::Offline { .. } => "offline",
+            Scenario::Group { .. } => "group",
         }
     }
 
@@ -88,13 +96,14 @@ impl Scenario {
             }
             Scenario::Direct { users, .. } => *users,
             Scenario::Offline { .. } => 2,
+            Scenario::Group { members, .. } => *members,
         }
     }
 
     fn latency_kind(&self) -> &'static str {
         match self {
             Scenario::Idle { .. } | Scenario::Connect { .. } => "connect_to_welcome",
-            Scenario::Direct { .. } => "send_to_arrival",
+            Scenario::Direct { .. } | Scenario::Group { .. } => "send_to_arrival",
             Scenario::Offline { .. } => "send_to_ack",
         }
     }
@@ -597,10 +606,20 @@ async fn drive(
     summary: &mut Summary,
 ) -> Result<Folded, String> {
     let connections = creds.len();
-    let workers = common
-        .workers
-        .unwrap_or_else(|| connections.div_ceil(CONNECTIONS_PER_WORKER))
-        .clamp(1, connections.max(1));
+    let workers = match scenario {
+        // One process holds the whole group: its one audit sees the sender's clock and
+        // every member's arrivals (a group is far below a worker's 10,000 connections).
+        Scenario::Group { .. } => {
+            if common.workers.is_some_and(|w| w > 1) {
+                eprintln!("natter-loadtest: group runs in one worker process; --workers ignored");
+            }
+            1
+        }
+        _ => common
+            .workers
+            .unwrap_or_else(|| connections.div_ceil(CONNECTIONS_PER_WORKER))
+            .clamp(1, connections.max(1)),
+    };
     let read_buffer = common.read_buffer.unwrap_or(match scenario {
         // Held connections receive little: keep the client small too.
         Scenario::Idle { .. } | Scenario::Connect { .. } => 1024,
@@ -641,6 +660,18 @@ async fn drive(
                 sender,
                 receiver,
                 messages: *messages,
+                window: *window,
+            }]
+        }
+        Scenario::Group { rate, window, .. } => {
+            let mut it = creds.into_iter();
+            let Some(sender) = it.next() else {
+                return Err("provisioning returned too few users".into());
+            };
+            vec![Task::Group {
+                sender,
+                members: it.collect(),
+                rate: f64::from(*rate),
                 window: *window,
             }]
         }
@@ -758,7 +789,7 @@ async fn conduct(
 ) -> Result<(), String> {
     let setup_conns = match scenario {
         Scenario::Idle { .. } => connections,
-        Scenario::Direct { .. } => connections,
+        Scenario::Direct { .. } | Scenario::Group { .. } => connections,
         Scenario::Connect { .. } | Scenario::Offline { .. } => 0,
     };
     bars.stage("connecting", setup_conns);
@@ -802,7 +833,7 @@ async fn conduct(
             measured_phase(*duration, live, reports, bars, interrupt, summary).await?;
             summary.server_end = sample("end of hold");
         }
-        Scenario::Direct { duration, .. } => {
+        Scenario::Direct { duration, .. } | Scenario::Group { duration, .. } => {
             summary.server_start = sample("start");
             control_all(workers, Control::Go).await;
             bars.stage("sending", duration.as_secs() as usize);
@@ -879,6 +910,8 @@ struct Summary {
     interrupted: bool,
     error: Option<String>,
     report: Option<PathBuf>,
+    /// Group: members (the sender included) and the target send rate.
+    group: Option<(usize, u32)>,
 }
 
 impl Summary {
@@ -889,6 +922,9 @@ impl Summary {
                 duration, window, ..
             } => (Some(duration.as_secs_f64()), Some(*window)),
             Scenario::Offline { window, .. } => (None, Some(*window)),
+            Scenario::Group {
+                duration, window, ..
+            } => (Some(duration.as_secs_f64()), Some(*window)),
             Scenario::Connect { .. } => (None, None),
         };
         Summary {
@@ -908,6 +944,10 @@ impl Summary {
             interrupted: false,
             error: None,
             report: common.report.clone(),
+            group: match scenario {
+                Scenario::Group { members, rate, .. } => Some((*members, *rate)),
+                _ => None,
+            },
         }
     }
 
@@ -918,11 +958,11 @@ impl Summary {
         let latency = f.latency.clone().unwrap_or_else(stats::histogram);
         let full_seconds = f.measured_s.floor() as usize;
         let (rate, delivered_for_rate) = match self.scenario {
-            "direct" if full_seconds >= 1 => {
+            "direct" | "group" if full_seconds >= 1 => {
                 let n: u64 = f.series.delivered.iter().take(full_seconds).sum();
                 (n as f64 / full_seconds as f64, n)
             }
-            "direct" => (per_s(t.delivered, f.measured_s), t.delivered),
+            "direct" | "group" => (per_s(t.delivered, f.measured_s), t.delivered),
             "offline" => (per_s(t.delivered, f.sync_s), t.delivered),
             // Storm or setup: accepted connections per second.
             _ => (per_s(f.progress.connected, f.storm_s), f.progress.connected),
@@ -1024,6 +1064,45 @@ impl Summary {
                     ),
                 );
             }
+            "group" => {
+                let ack = f.ack_latency.clone().unwrap_or_else(stats::histogram);
+                let (members, rate_target) = self.group.unwrap_or_default();
+                let receivers = members.saturating_sub(1) as u64;
+                extra(&mut v, "members", json!(members));
+                extra(&mut v, "rate_target_msgs_per_s", json!(rate_target));
+                extra(
+                    &mut v,
+                    "expected_rate_per_s",
+                    json!(u64::from(rate_target) * receivers),
+                );
+                let sent_in_measured: u64 = f.series.sent.iter().take(full_seconds).sum();
+                extra(
+                    &mut v,
+                    "sent_rate_per_s",
+                    json!(round3(if full_seconds >= 1 {
+                        sent_in_measured as f64 / full_seconds as f64
+                    } else {
+                        per_s(t.sent, f.measured_s)
+                    })),
+                );
+                extra(&mut v, "delivered_in_measured_s", json!(delivered_for_rate));
+                extra(&mut v, "deliveries_owed", json!(t.owed));
+                extra(&mut v, "ack_p50_ms", json!(round3(stats::ms_at(&ack, 0.5))));
+                extra(
+                    &mut v,
+                    "ack_p99_ms",
+                    json!(round3(stats::ms_at(&ack, 0.99))),
+                );
+                extra(
+                    &mut v,
+                    "server_cpu_s_per_1000_deliveries",
+                    json!(
+                        server_cpu_s
+                            .filter(|_| t.delivered > 0)
+                            .map(|c| round3(c * 1000.0 / t.delivered as f64))
+                    ),
+                );
+            }
             "offline" => {
                 extra(&mut v, "store_s", json!(round3(f.store_s)));
                 extra(&mut v, "sync_s", json!(round3(f.sync_s)));
@@ -1050,8 +1129,10 @@ impl Summary {
         } else {
             // Every message owed must have arrived: unacked or undelivered at the end of
             // the drain is a failed run too (the drain was too short, or the server stuck).
-            let settled =
-                t.delivered + t.lost >= t.acked && t.unacked == 0 && f.progress.connect_failed == 0;
+            // Every acked message is owed to every receiving device (one for direct).
+            let settled = t.delivered + t.lost >= t.owed.max(t.acked)
+                && t.unacked == 0
+                && f.progress.connect_failed == 0;
             if settled {
                 Verdict::Ok
             } else {

@@ -7,7 +7,10 @@ use std::{
     io::Write as _,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU64, AtomicUsize,
+            Ordering::{Acquire, Relaxed, Release},
+        },
     },
     time::{Duration, Instant},
 };
@@ -265,6 +268,12 @@ pub async fn main() -> std::process::ExitCode {
             messages,
             window,
         } => offline_task(ctx.clone(), sender, receiver, messages, window, phase).await,
+        Task::Group {
+            sender,
+            members,
+            rate,
+            window,
+        } => group_task(ctx.clone(), sender, members, rate, window, phase).await,
     };
     ticker.abort();
     emit(&Report::Done(Box::new(outcome)));
@@ -458,10 +467,16 @@ impl Sender {
     }
 
     fn frame(&self, ctx: &Ctx, index: u32) -> ClientFrame {
+        // A direct message names the other user; a group message its conversation.
+        let conversation_id = match self.to_user {
+            0 => self.conversation_id.clone(),
+            _ => String::new(),
+        };
         ClientFrame {
             id: u64::from(index) + 1,
             body: Some(client_frame::Body::Send(v1::Send {
                 client_msg_id: audit::client_msg_id(index),
+                conversation_id,
                 to_user: self.to_user,
                 kind: v1::MessageKind::Binary as i32,
                 body: audit::body(index, ctx.plan.body_bytes).into(),
@@ -494,18 +509,29 @@ impl Sender {
 
     /// Writes again what has waited longer than the request timeout (`all`: everything).
     async fn resend(&mut self, ctx: &Ctx, all: bool) -> Result<(), ConnectionError> {
+        let due = self.due(ctx, all);
+        self.resent.extend_from_slice(&due);
+        self.rewrite(ctx, &due).await
+    }
+
+    /// Unacked messages that have waited longer than the request timeout (`all`: every
+    /// unacked one).
+    fn due(&self, ctx: &Ctx, all: bool) -> Vec<u32> {
         let now = Instant::now();
         let timeout = ctx.request_timeout();
-        let due: Vec<u32> = self
-            .inflight
+        self.inflight
             .iter()
             .filter(|(_, t)| all || now.duration_since(**t) >= timeout)
             .map(|(i, _)| *i)
-            .collect();
-        for &index in &due {
+            .collect()
+    }
+
+    /// Writes messages `due` again (the caller tells the auditor).
+    async fn rewrite(&mut self, ctx: &Ctx, due: &[u32]) -> Result<(), ConnectionError> {
+        let now = Instant::now();
+        for &index in due {
             self.conn.feed(&self.frame(ctx, index)).await?;
             self.inflight.insert(index, now);
-            self.resent.push(index);
         }
         if !due.is_empty() {
             ctx.retries.fetch_add(due.len() as u64, Relaxed);
@@ -566,6 +592,8 @@ impl Sender {
 struct Receiver {
     cred: Cred,
     conn: Connection,
+    /// Which of the conversation's receiving devices this is (for the auditor).
+    index: usize,
     /// The `up_to_seq` of the last `Received` written.
     acked_up_to: u64,
     last_received: Instant,
@@ -576,9 +604,15 @@ struct Receiver {
 impl Receiver {
     /// A receiver on `conn`, nothing acknowledged yet.
     fn new(cred: Cred, conn: Connection) -> Receiver {
+        Receiver::nth(cred, conn, 0)
+    }
+
+    /// Receiving device `index` of the conversation, on `conn`.
+    fn nth(cred: Cred, conn: Connection, index: usize) -> Receiver {
         Receiver {
             cred,
             conn,
+            index,
             acked_up_to: 0,
             last_received: Instant::now(),
             sync_id: None,
@@ -588,11 +622,15 @@ impl Receiver {
     fn on_frame(&mut self, ctx: &Ctx, conv: &mut Conversation, frame: ServerFrame) {
         let before = conv.arrivals().len();
         let now = ctx.now_ns();
-        match frame.body {
-            Some(server_frame::Body::Message(m)) => {
+        let r = self.index;
+        let mut deliver = |origin: Origin, m: v1::Message| {
+            if m.kind == v1::MessageKind::System as i32 {
+                // A group's "created" / "members added": not ours, but it holds a seq.
+                conv.foreign(r, m.seq, m.message_id);
+            } else {
                 conv.deliver(
-                    0,
-                    Origin::Live,
+                    r,
+                    origin,
                     m.seq,
                     m.message_id,
                     &m.client_msg_id,
@@ -600,17 +638,12 @@ impl Receiver {
                     now,
                 );
             }
+        };
+        match frame.body {
+            Some(server_frame::Body::Message(m)) => deliver(Origin::Live, m),
             Some(server_frame::Body::SyncBatch(b)) => {
                 for m in b.messages {
-                    conv.deliver(
-                        0,
-                        Origin::Sync,
-                        m.seq,
-                        m.message_id,
-                        &m.client_msg_id,
-                        &m.body,
-                        now,
-                    );
+                    deliver(Origin::Sync, m);
                 }
             }
             Some(server_frame::Body::SyncDone(_)) if Some(frame.id) == self.sync_id => {
@@ -640,7 +673,19 @@ impl Receiver {
         conversation_id: &str,
         every: u64,
     ) -> Result<(), ConnectionError> {
-        let up_to = conv.contiguous(0);
+        let up_to = conv.contiguous(self.index);
+        self.acknowledge_up_to(ctx, up_to, conversation_id, every)
+            .await
+    }
+
+    /// [`Receiver::acknowledge`] with the in-order position already read.
+    async fn acknowledge_up_to(
+        &mut self,
+        ctx: &Ctx,
+        up_to: u64,
+        conversation_id: &str,
+        every: u64,
+    ) -> Result<(), ConnectionError> {
         if conversation_id.is_empty() || up_to <= self.acked_up_to {
             return Ok(());
         }
@@ -667,13 +712,24 @@ impl Receiver {
         conv: &mut Conversation,
         conversation_id: &str,
     ) -> Result<(), ConnectionError> {
-        conv.new_epoch(0);
+        conv.new_epoch(self.index);
+        let cursor = conv.contiguous(self.index);
+        self.sync_from(ctx, cursor, conversation_id).await
+    }
+
+    /// Asks for everything after `cursor` (the caller started the auditor's new epoch).
+    async fn sync_from(
+        &mut self,
+        ctx: &Ctx,
+        cursor: u64,
+        conversation_id: &str,
+    ) -> Result<(), ConnectionError> {
         let cursors = if conversation_id.is_empty() {
             Vec::new()
         } else {
             vec![v1::Cursor {
                 conversation_id: conversation_id.to_owned(),
-                seq: conv.contiguous(0),
+                seq: cursor,
             }]
         };
         let id = ctx.frame_id();
@@ -994,4 +1050,477 @@ async fn offline_task(
     o.sync_s = sync_s;
     o.interrupted = interrupted;
     o
+}
+
+// ---------------------------------------------------------------------------------------
+// group
+
+/// The audit of a group's conversation, shared by the sender's task and every member's:
+/// each holds the lock only to record a frame, never across an await.
+type SharedConversation = Arc<Mutex<Conversation>>;
+
+/// What the group's sender and members share.
+struct Audit {
+    conv: SharedConversation,
+    /// The sender writes no new message (Stop, or it gave up).
+    sending_over: Arc<AtomicBool>,
+}
+
+fn lock(conv: &Mutex<Conversation>) -> std::sync::MutexGuard<'_, Conversation> {
+    conv.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long setup waits for the group's creation to reach every member.
+const CREATED_WAIT: Duration = Duration::from_secs(30);
+
+/// Creates the group on `conn` (its user is the owner) with every one of `members` at
+/// once. Returns the group's conversation id and the seq of the system message the
+/// creation wrote (the conversation's messages up to it are not the harness's).
+async fn create_group(
+    ctx: &Ctx,
+    conn: &mut Connection,
+    owner: u64,
+    members: &[u64],
+) -> Result<(String, u64), String> {
+    let request = v1::GroupRequest {
+        op: Some(v1::group_request::Op::Create(v1::GroupCreate {
+            // Retrying with the same create_id returns the same group.
+            create_id: format!("natter-loadtest-{owner}"),
+            name: format!("natter-loadtest {} members", members.len() + 1),
+            members: members.to_vec(),
+            ..Default::default()
+        })),
+    };
+    let size = members.len() + 1;
+    let timeout = ctx.request_timeout().max(Duration::from_secs(30));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let id = ctx.frame_id();
+        let frame = ClientFrame {
+            id,
+            body: Some(client_frame::Body::Group(Box::new(request.clone()))),
+        };
+        conn.send(&frame)
+            .await
+            .map_err(|e| format!("creating the group: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        let reply = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match conn.recv_timeout(left).await {
+                Ok(f) if f.id == id => break Ok(f.body),
+                // The group's own system message pushed to its owner, and the like.
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        match reply {
+            Ok(Some(server_frame::Body::GroupResult(r))) => {
+                let group = r
+                    .group
+                    .ok_or("creating the group: a result without the group")?;
+                return Ok((group.conversation_id, r.seq));
+            }
+            Ok(Some(server_frame::Body::Error(e))) => {
+                let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+                if matches!(code, ErrorCode::Unavailable | ErrorCode::Internal) && attempt < 3 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                let hint = match code {
+                    ErrorCode::GroupFull => {
+                        " (raise the server's limit: natter serve --max-group-members)"
+                    }
+                    _ => "",
+                };
+                return Err(format!(
+                    "creating a group of {size} members: {code:?}: {}{hint}",
+                    e.message
+                ));
+            }
+            Ok(other) => {
+                return Err(format!("creating the group: unexpected reply {other:?}"));
+            }
+            Err(ConnectionError::Timeout(_)) if attempt < 3 => {}
+            Err(e) => return Err(format!("creating a group of {size} members: {e}")),
+        }
+    }
+}
+
+/// One sender, every other device a member of one group: the members connect, the
+/// sender creates the group with all of them, and once the creation has reached every
+/// member the sender sends `rate` messages a second (at most `window` unacked) until
+/// Stop. Every member device must receive every message once, in order.
+async fn group_task(
+    ctx: Arc<Ctx>,
+    scred: Cred,
+    members: Vec<Cred>,
+    rate: f64,
+    window: usize,
+    mut phase: watch::Receiver<Phase>,
+) -> Outcome {
+    let sconn = setup_connect(&ctx, &scred).await;
+    // Members connect 64 at a time, like the direct scenario's pairs.
+    let gate = Arc::new(Semaphore::new(64));
+    let mut setups = Vec::with_capacity(members.len());
+    for (i, cred) in members.into_iter().enumerate() {
+        let (ctx, gate) = (ctx.clone(), gate.clone());
+        setups.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.ok()?;
+            let conn = setup_connect(&ctx, &cred).await?;
+            Some(Receiver::nth(cred, conn, i))
+        }));
+    }
+    let total = setups.len();
+    let mut receivers = Vec::with_capacity(total);
+    for s in setups {
+        if let Ok(Some(r)) = s.await {
+            receivers.push(r);
+        }
+    }
+    let Some(mut sconn) = sconn.filter(|_| receivers.len() == total) else {
+        // The coordinator sees the failed connections in Ready and ends the run.
+        emit(&Report::Ready(ctx.progress()));
+        reach(&mut phase, Phase::Stop).await;
+        return ctx.outcome();
+    };
+    let member_ids: Vec<u64> = receivers.iter().map(|r| r.cred.user_id).collect();
+    let (conversation_id, created_seq) =
+        match create_group(&ctx, &mut sconn, scred.user_id, &member_ids).await {
+            Ok(c) => c,
+            Err(e) => {
+                emit(&Report::Failed(e));
+                return ctx.outcome();
+            }
+        };
+    let conv: SharedConversation = Arc::new(Mutex::new(Conversation::new(total)));
+    lock(&conv).foreign_up_to(created_seq);
+    // Members read from now on: the group's creation reaches them before Go.
+    let (end_tx, end) = watch::channel(false);
+    // Set once the sender writes no new message: until then a member holding every
+    // message so far is not done (the sender's last one may be on its way).
+    let sending_over = Arc::new(AtomicBool::new(false));
+    let every = (window as u64 / 2).max(1);
+    let indexes: Vec<usize> = receivers.iter().map(|r| r.index).collect();
+    let member_tasks: Vec<_> = receivers
+        .into_iter()
+        .map(|rx| {
+            tokio::spawn(run_member(
+                ctx.clone(),
+                rx,
+                Audit {
+                    conv: conv.clone(),
+                    sending_over: sending_over.clone(),
+                },
+                conversation_id.clone(),
+                every,
+                end.clone(),
+            ))
+        })
+        .collect();
+    let waited = Instant::now();
+    let short = loop {
+        let short = {
+            let c = lock(&conv);
+            indexes
+                .iter()
+                .filter(|&&r| c.contiguous(r) < created_seq)
+                .count()
+        };
+        if short == 0 || waited.elapsed() >= CREATED_WAIT {
+            break short;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = reach(&mut phase, Phase::Stop) => break short,
+        }
+    };
+    if short > 0 {
+        ctx.error(format_args!(
+            "{short} of {total} members did not get the group's creation (seq {created_seq}) \
+             within {} s",
+            CREATED_WAIT.as_secs()
+        ));
+    }
+    emit(&Report::Ready(ctx.progress()));
+    let go_phase = reach(&mut phase, Phase::Go).await;
+    let go_ns = ctx.now_ns();
+    let go = Instant::now();
+    let mut sender = None;
+    if go_phase == Phase::Go {
+        let mut tx = Sender::new(scred, 0, sconn);
+        tx.conversation_id = conversation_id;
+        sender = Some(tokio::spawn(run_group_sender(
+            ctx.clone(),
+            tx,
+            Audit {
+                conv: conv.clone(),
+                sending_over: sending_over.clone(),
+            },
+            rate,
+            window,
+            end.clone(),
+        )));
+        // The coordinator owns the clock: the measured phase ends at its Stop.
+        reach(&mut phase, Phase::Stop).await;
+    }
+    let measured_s = stats::secs(go.elapsed());
+    if sender.is_none() {
+        sending_over.store(true, Release);
+    }
+    let _ = end_tx.send(true);
+    if let Some(t) = sender
+        && let Err(e) = t.await
+    {
+        ctx.error(format_args!("sender task failed: {e}"));
+    }
+    for t in member_tasks {
+        if let Err(e) = t.await {
+            ctx.error(format_args!("member task failed: {e}"));
+        }
+    }
+    if go_phase != Phase::Go {
+        let mut o = ctx.outcome();
+        o.interrupted = true;
+        return o;
+    }
+    let conv = match Arc::try_unwrap(conv) {
+        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Err(_) => {
+            ctx.error("the group's audit is still shared after every task ended");
+            return ctx.outcome();
+        }
+    };
+    let tally = conv.finish();
+    fold(&ctx, vec![Audited { tally, conv }], go_ns, measured_s)
+}
+
+/// The group's one sender: `rate` messages a second on a fixed schedule from Go, at
+/// most `window` unacked (a sender behind its schedule catches up as acks free the
+/// window), retried with the same client_msg_id after the request timeout. After Stop it
+/// sends nothing new and waits (at most the drain) for the last acks.
+async fn run_group_sender(
+    ctx: Arc<Ctx>,
+    mut tx: Sender,
+    audit: Audit,
+    rate: f64,
+    window: usize,
+    mut end: watch::Receiver<bool>,
+) {
+    let Audit { conv, sending_over } = audit;
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    let mut running = true;
+    let mut drain_until = None;
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        if running {
+            // Message k is due at k / rate seconds after Go.
+            let due = (start.elapsed().as_secs_f64() * rate) as u64 + 1;
+            if let Err(e) = group_fill(&ctx, &mut tx, &conv, window, due, &mut sent).await
+                && !group_sender_recover(&ctx, &mut tx, &conv, &e).await
+            {
+                break;
+            }
+        }
+        if !running && tx.inflight.is_empty() {
+            break;
+        }
+        let next = start + Duration::from_secs_f64(sent as f64 / rate);
+        let may_send = running && tx.inflight.len() < window;
+        tokio::select! {
+            got = tx.conn.recv() => match got {
+                Ok(frame) => {
+                    let mut c = lock(&conv);
+                    tx.on_frame(&ctx, &mut c, frame);
+                }
+                Err(e) => {
+                    if !group_sender_recover(&ctx, &mut tx, &conv, &e).await {
+                        break;
+                    }
+                }
+            },
+            () = tokio::time::sleep_until(next.into()), if may_send => {}
+            _ = tick.tick() => {
+                if drain_until.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let due = tx.due(&ctx, false);
+                if !due.is_empty() {
+                    // Told before the retry is written: members may see its re-push at once.
+                    {
+                        let mut c = lock(&conv);
+                        for &i in &due {
+                            c.resent(i);
+                        }
+                    }
+                    if let Err(e) = tx.rewrite(&ctx, &due).await
+                        && !group_sender_recover(&ctx, &mut tx, &conv, &e).await
+                    {
+                        break;
+                    }
+                }
+            }
+            () = released(&mut end), if running => {
+                running = false;
+                sending_over.store(true, Release);
+                drain_until = Some(Instant::now() + Duration::from_secs_f64(ctx.plan.drain_s));
+            }
+        }
+    }
+    // Also when the sender gave up early.
+    sending_over.store(true, Release);
+    let _ = tx.conn.close().await;
+}
+
+/// Sends what is due (`sent` < `due`) while the window has room.
+async fn group_fill(
+    ctx: &Ctx,
+    tx: &mut Sender,
+    conv: &Mutex<Conversation>,
+    window: usize,
+    due: u64,
+    sent: &mut u64,
+) -> Result<(), ConnectionError> {
+    let mut fed = false;
+    while tx.inflight.len() < window && *sent < due {
+        let index = lock(conv).send(ctx.now_ns());
+        // In flight before it is written: a failed write is retried after a reconnect.
+        tx.inflight.insert(index, Instant::now());
+        *sent += 1;
+        ctx.sent.fetch_add(1, Relaxed);
+        fed = true;
+        tx.conn.feed(&tx.frame(ctx, index)).await?;
+    }
+    if fed {
+        tx.conn.flush().await?;
+    }
+    Ok(())
+}
+
+/// Reconnects the sender and writes every unacked message again; false when it cannot.
+async fn group_sender_recover(
+    ctx: &Ctx,
+    tx: &mut Sender,
+    conv: &Mutex<Conversation>,
+    why: &ConnectionError,
+) -> bool {
+    let Some(conn) = ctx.reconnect(&tx.cred, why).await else {
+        return false;
+    };
+    tx.conn = conn;
+    let due = tx.due(ctx, true);
+    {
+        let mut c = lock(conv);
+        for &i in &due {
+            c.resent(i);
+        }
+    }
+    tx.rewrite(ctx, &due).await.is_ok()
+}
+
+/// One member device: records every frame for the auditor and acknowledges with
+/// `Received` (every `every` messages, or 100 ms after the last), until Stop and then
+/// until it holds every acked message or the drain is over.
+async fn run_member(
+    ctx: Arc<Ctx>,
+    mut rx: Receiver,
+    audit: Audit,
+    conversation_id: String,
+    every: u64,
+    mut end: watch::Receiver<bool>,
+) {
+    let Audit { conv, sending_over } = audit;
+    let mut running = true;
+    let mut drain_until = None;
+    let mut tick = tokio::time::interval(TICK);
+    // Syncs asked again because one ended short of the conversation's head.
+    let mut resyncs = 0;
+    loop {
+        if !running && sending_over.load(Acquire) && lock(&conv).receiver_settled(rx.index) {
+            break;
+        }
+        tokio::select! {
+            got = rx.conn.recv() => match got {
+                Ok(frame) => {
+                    // A sync of ours ending: did it reach the head?
+                    let head = match &frame.body {
+                        Some(server_frame::Body::SyncDone(d)) if Some(frame.id) == rx.sync_id => d
+                            .heads
+                            .iter()
+                            .find(|h| h.conversation_id == conversation_id)
+                            .map(|h| h.seq),
+                        _ => None,
+                    };
+                    let up_to = {
+                        let mut c = lock(&conv);
+                        rx.on_frame(&ctx, &mut c, frame);
+                        c.contiguous(rx.index)
+                    };
+                    let mut result = rx
+                        .acknowledge_up_to(&ctx, up_to, &conversation_id, every)
+                        .await;
+                    if head.is_some_and(|h| h > up_to) && resyncs < 1_000 && result.is_ok() {
+                        resyncs += 1;
+                        let cursor = {
+                            let mut c = lock(&conv);
+                            c.new_epoch(rx.index);
+                            c.contiguous(rx.index)
+                        };
+                        result = rx.sync_from(&ctx, cursor, &conversation_id).await;
+                    }
+                    if let Err(e) = result
+                        && !member_recover(&ctx, &mut rx, &conv, &conversation_id, &e).await
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if !member_recover(&ctx, &mut rx, &conv, &conversation_id, &e).await {
+                        break;
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                if drain_until.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let up_to = lock(&conv).contiguous(rx.index);
+                if let Err(e) = rx.acknowledge_up_to(&ctx, up_to, &conversation_id, 1).await
+                    && !member_recover(&ctx, &mut rx, &conv, &conversation_id, &e).await
+                {
+                    break;
+                }
+            }
+            () = released(&mut end), if running => {
+                running = false;
+                drain_until = Some(Instant::now() + Duration::from_secs_f64(ctx.plan.drain_s));
+            }
+        }
+    }
+    // The last Received, so the server's cursor matches what arrived.
+    let up_to = lock(&conv).contiguous(rx.index);
+    let _ = rx.acknowledge_up_to(&ctx, up_to, &conversation_id, 1).await;
+    let _ = rx.conn.close().await;
+}
+
+/// Reconnects a member and syncs from what it holds in order; false when it cannot.
+async fn member_recover(
+    ctx: &Ctx,
+    rx: &mut Receiver,
+    conv: &Mutex<Conversation>,
+    conversation_id: &str,
+    why: &ConnectionError,
+) -> bool {
+    let Some(conn) = ctx.reconnect(&rx.cred, why).await else {
+        return false;
+    };
+    rx.conn = conn;
+    rx.acked_up_to = 0;
+    let cursor = {
+        let mut c = lock(conv);
+        c.new_epoch(rx.index);
+        c.contiguous(rx.index)
+    };
+    rx.sync_from(ctx, cursor, conversation_id).await.is_ok()
 }

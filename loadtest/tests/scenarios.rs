@@ -45,10 +45,16 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server with extra `natter serve` arguments.
+    fn start_with(extra: &[&str]) -> Server {
         let data = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(natter_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
+            .args(extra)
             // Cheap password hashing: provisioning hundreds of users stays fast.
             .env("NATTER_ARGON2_MEMORY_KIB", "256")
             .env("RUST_LOG", "warn")
@@ -309,12 +315,53 @@ fn bad_server_is_a_run_error_not_a_pass() {
 }
 
 #[test]
-fn group_says_it_needs_groups() {
-    let out = Command::new(LOADTEST)
-        .args(["group", "--members", "5"])
-        .output()
-        .expect("running natter-loadtest");
-    assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs group conversations"));
-    assert!(out.stdout.is_empty());
+fn group_delivers_every_message_to_every_member_once_in_order() {
+    let server = Server::start();
+    let members = 20;
+    let (code, v, out) = loadtest(
+        &server,
+        &[
+            "group",
+            "--members",
+            &members.to_string(),
+            "--rate",
+            "20",
+            "--duration",
+            "2s",
+        ],
+    );
+    assert_clean(code, &v, &out);
+    assert_eq!(v["scenario"], "group");
+    assert_eq!(u(&v, "connections"), members, "{v}");
+    assert_eq!(u(&v, "members"), members, "{v}");
+    assert_eq!(u(&v, "workers"), 1, "{v}");
+    let sent = u(&v, "sent");
+    // 20 a second for 2 s: about 40 (the schedule starts with one at once).
+    assert!((30..=45).contains(&sent), "{v}");
+    assert_eq!(u(&v, "acked"), sent, "{v}");
+    // Every member but the sender gets every message once; the group's system
+    // message(s) are not counted.
+    let owed = sent * (members - 1);
+    assert_eq!(u(&v, "delivered"), owed, "{v}");
+    assert_eq!(u(&v, "deliveries_owed"), owed, "{v}");
+    assert_eq!(u(&v, "redelivered"), 0, "{v}");
+    assert_eq!(
+        u(&v, "latency_samples"),
+        owed,
+        "one latency per delivery: {v}"
+    );
+    assert_eq!(u(&v, "expected_rate_per_s"), 20 * (members - 1), "{v}");
+    assert!(f(&v, "rate_per_s") > 0.0, "{v}");
+    let (p50, p99, max) = (f(&v, "p50_ms"), f(&v, "p99_ms"), f(&v, "max_ms"));
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{v}");
+}
+
+#[test]
+fn group_larger_than_the_server_allows_is_a_run_error() {
+    let server = Server::start_with(&["--max-group-members", "4"]);
+    let (code, v, out) = loadtest(&server, &["group", "--members", "5", "--duration", "1s"]);
+    assert_eq!(code, Some(2), "{v}");
+    assert_eq!(v["ok"], false, "{v}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("GroupFull"), "{stderr}");
 }
