@@ -281,7 +281,9 @@ fn partition_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
         Ok(Some(bus::partition_reply::Body::Group(g))) => {
             Some(reply(id, Out::GroupResult(Box::new(g))))
         }
-        Ok(Some(bus::partition_reply::Body::ReadBy(r))) => Some(reply(id, Out::ReadByResult(Box::new(r)))),
+        Ok(Some(bus::partition_reply::Body::ReadBy(r))) => {
+            Some(reply(id, Out::ReadByResult(Box::new(r))))
+        }
         Ok(Some(bus::partition_reply::Body::Error(err))) => Some(reply(id, Out::Error(err))),
         // A stored receipt needs no answer: the cursor shows in Receipt pushes.
         Ok(Some(bus::partition_reply::Body::Cursor(_))) => None,

@@ -358,10 +358,11 @@ impl MessageRow {
             reply_to_seq: id(self.reply_to_seq, "reply_to_seq")?,
             created_at_ms: id(self.created_at_ms, "created_at_ms")?,
             event: match self.event {
-                Some(bytes) if !bytes.is_empty() => Some(Box::new(
-                    v1::GroupEvent::decode(bytes)
-                        .map_err(|e| StoreError::Corrupt(format!("group event: {e}")))?,
-                )),
+                Some(bytes) if !bytes.is_empty() => {
+                    Some(Box::new(v1::GroupEvent::decode(bytes).map_err(|e| {
+                        StoreError::Corrupt(format!("group event: {e}"))
+                    })?))
+                }
                 _ => None,
             },
         }))
