@@ -317,25 +317,19 @@ impl Server {
             }
             Op::UserConversations(u) => {
                 let all = store.user_conversations(UserId(u.user_id)).await?;
-                let mut out = Conversations::default();
-                let mut budget = PAYLOAD_BUDGET;
-                for (conv, head) in all {
-                    if conv.as_str() <= u.after_conversation_id.as_str() {
-                        continue;
-                    }
-                    let item = v1::Cursor {
-                        conversation_id: String::from(conv),
-                        seq: head.get(),
-                    };
-                    let size = field_len(item.encoded_len());
-                    if size > budget {
-                        out.more = true;
-                        break;
-                    }
-                    budget -= size;
-                    out.conversations.push(item);
-                }
-                store_reply::Result::Conversations(out)
+                let after = u.after_conversation_id.as_str();
+                let (conversations, more) = fill_page(
+                    all.into_iter()
+                        .filter(|(conv, _)| conv.as_str() > after)
+                        .map(|(conv, head)| v1::Cursor {
+                            conversation_id: String::from(conv),
+                            seq: head.get(),
+                        }),
+                );
+                store_reply::Result::Conversations(Conversations {
+                    conversations,
+                    more,
+                })
             }
             Op::AdvanceCursor(a) => {
                 let conv = parse_conversation(&a.conversation_id)?;
@@ -359,52 +353,33 @@ impl Server {
                 let all = store
                     .device_cursors(UserId(d.user_id), DeviceId(d.device_id))
                     .await?;
-                let mut out = DeviceCursors::default();
-                let mut budget = PAYLOAD_BUDGET;
-                for c in all {
-                    if c.conversation.as_str() <= d.after_conversation_id.as_str() {
-                        continue;
-                    }
-                    let item = store_reply::DeviceCursor {
-                        conversation_id: String::from(c.conversation),
-                        delivered: c.delivered.get(),
-                        read: c.read.get(),
-                    };
-                    let size = field_len(item.encoded_len());
-                    if size > budget {
-                        out.more = true;
-                        break;
-                    }
-                    budget -= size;
-                    out.cursors.push(item);
-                }
-                store_reply::Result::Cursors(out)
+                let after = d.after_conversation_id.as_str();
+                let (cursors, more) = fill_page(
+                    all.into_iter()
+                        .filter(|c| c.conversation.as_str() > after)
+                        .map(|c| store_reply::DeviceCursor {
+                            conversation_id: String::from(c.conversation),
+                            delivered: c.delivered.get(),
+                            read: c.read.get(),
+                        }),
+                );
+                store_reply::Result::Cursors(DeviceCursors { cursors, more })
             }
             Op::MemberCursors(m) => {
                 let conv = parse_conversation(&m.conversation_id)?;
                 let all = store.member_cursors(&conv).await?;
-                let mut out = store_reply::MemberCursors::default();
-                let mut budget = PAYLOAD_BUDGET;
                 // Ordered by user id, so "after" is where the previous page stopped (user
                 // ids are nonzero, so 0 asks for the start).
-                for c in all {
-                    if c.user.get() <= m.after_user {
-                        continue;
-                    }
-                    let item = store_reply::MemberCursor {
-                        user_id: c.user.get(),
-                        delivered: c.delivered.get(),
-                        read: c.read.get(),
-                    };
-                    let size = field_len(item.encoded_len());
-                    if size > budget {
-                        out.more = true;
-                        break;
-                    }
-                    budget -= size;
-                    out.cursors.push(item);
-                }
-                store_reply::Result::MemberCursors(out)
+                let (cursors, more) = fill_page(
+                    all.into_iter()
+                        .filter(|c| c.user.get() > m.after_user)
+                        .map(|c| store_reply::MemberCursor {
+                            user_id: c.user.get(),
+                            delivered: c.delivered.get(),
+                            read: c.read.get(),
+                        }),
+                );
+                store_reply::Result::MemberCursors(store_reply::MemberCursors { cursors, more })
             }
         })
     }
@@ -658,6 +633,22 @@ impl RemoteStore {
             _ => Err(unexpected(call)),
         }
     }
+}
+
+/// The first `items` that fit one reply within [`PAYLOAD_BUDGET`], in order, and whether
+/// any were left out (the caller asks again after the last one).
+fn fill_page<M: prost::Message>(items: impl IntoIterator<Item = M>) -> (Vec<M>, bool) {
+    let mut page = Vec::new();
+    let mut budget = PAYLOAD_BUDGET;
+    for item in items {
+        let size = field_len(item.encoded_len());
+        if size > budget {
+            return (page, true);
+        }
+        budget -= size;
+        page.push(item);
+    }
+    (page, false)
 }
 
 /// Splits `items` into runs whose summed `size` stays within [`PAYLOAD_BUDGET`] (a run
