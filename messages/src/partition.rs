@@ -859,10 +859,14 @@ impl Worker {
                 );
                 return Err(error(ErrorCode::Internal, "internal error"));
             }
+            // Those it names hear of it too: a removed member their removal.
+            let mut audience: BTreeSet<UserId> =
+                state.members.iter().map(|m| UserId(m.user_id)).collect();
+            audience.extend(event.users.iter().filter_map(|&u| UserId::new(u).ok()));
             let message = system_message(group, head.next(), event);
             self.append_system(&conv, message.clone()).await?;
-            let members: Vec<UserId> = state.members.iter().map(|m| UserId(m.user_id)).collect();
-            push_message(&self.shared, message, &members).await;
+            let audience: Vec<UserId> = audience.into_iter().collect();
+            push_message(&self.shared, message, &audience).await;
         }
         let cached = Arc::new(CachedGroup::new(state));
         self.groups.insert(group, cached.clone());

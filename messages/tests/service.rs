@@ -1237,3 +1237,162 @@ async fn shutdown_answers_or_drops_but_never_loses_an_acked_message() {
         .await;
     assert!(matches!(sync, Err(BusError::NoResponders(_))), "{sync:?}");
 }
+
+/// Starts the real groups service (embedded store) on the harness's bus.
+async fn groups_service(h: &Harness, dir: &TempDir) -> JoinHandle<()> {
+    let store = natter_groups::RedbGroupStore::open(&dir.path().join("groups.redb"))
+        .expect("open the group store");
+    natter_groups::start(
+        natter_groups::Config::default(),
+        store,
+        h.bus.clone(),
+        h.shutdown.clone(),
+    )
+    .await
+    .expect("start groups")
+}
+
+fn group_op(
+    user: UserId,
+    device: DeviceId,
+    group: u64,
+    op: v1::group_request::Op,
+) -> bus::PartitionRequest {
+    request(
+        user,
+        device,
+        partition_request::Body::Group(bus::GroupChange {
+            group_id: group,
+            request: Some(v1::GroupRequest { op: Some(op) }),
+        }),
+    )
+}
+
+fn group_result(reply: bus::PartitionReply) -> v1::GroupResult {
+    match reply.body {
+        Some(partition_reply::Body::Group(g)) => g,
+        other => panic!("expected a group result, got {other:?}"),
+    }
+}
+
+fn group_send(conv: &ConversationId, cmid: &str) -> partition_request::Body {
+    partition_request::Body::Send(v1::Send {
+        client_msg_id: cmid.into(),
+        conversation_id: conv.to_string(),
+        kind: v1::MessageKind::Text as i32,
+        body: Bytes::from(cmid.to_owned()),
+        ..Default::default()
+    })
+}
+
+/// A group change the groups service stored but whose system message the owner could not
+/// write (the store failed, or failed after writing) is written exactly once, before any
+/// later message of the group, and its membership applies from there.
+#[tokio::test]
+async fn a_group_change_missing_from_the_log_is_written_before_anything_else() {
+    let mode = Arc::new(AtomicU8::new(OK));
+    let m = mode.clone();
+    let h = harness_with(
+        move |inner| Arc::new(Flaky { inner, mode: m }),
+        Config::default(),
+        true,
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _groups = groups_service(&h, &dir).await;
+    let create = v1::GroupCreate {
+        create_id: "trip".into(),
+        name: "Trip".into(),
+        members: vec![BOB.get(), CAROL.get()],
+        ..Default::default()
+    };
+    let group = natter_proto::GroupId::for_create(ALICE, "trip");
+    let conv = ConversationId::group(group);
+    let created = group_result(
+        h.ask(
+            &conv,
+            group_op(
+                ALICE,
+                A1,
+                group.get(),
+                v1::group_request::Op::Create(create),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(created.seq, 1);
+    let mut bob = h.pushes(BOB).await;
+
+    // The store refuses the removal's system message: the groups service has the change.
+    mode.store(FAIL_BEFORE, Ordering::SeqCst);
+    let remove = |user: UserId| {
+        v1::group_request::Op::RemoveMember(v1::GroupRemoveMember {
+            group_id: group.get(),
+            user_id: user.get(),
+            ban: false,
+        })
+    };
+    let r = h
+        .ask(&conv, group_op(ALICE, A1, group.get(), remove(BOB)))
+        .await;
+    assert_eq!(code(&r), ErrorCode::Internal);
+    mode.store(OK, Ordering::SeqCst);
+
+    // The next request writes the removal first (seq 2); the send follows (seq 3) and no
+    // longer reaches Bob, who can no longer send.
+    let sent = ack(h
+        .ask(&conv, request(ALICE, A1, group_send(&conv, "after")))
+        .await);
+    assert_eq!(sent.seq, 3);
+    let (pushed, _) = next_message(&mut bob).await;
+    assert_eq!(pushed.seq, 2, "bob hears of his removal, from the repair");
+    let refused = h
+        .ask(&conv, request(BOB, B1, group_send(&conv, "bob")))
+        .await;
+    assert_eq!(code(&refused), ErrorCode::Forbidden);
+
+    // Ambiguous: the system message is stored but the store reports a failure. The next
+    // owner load finds it in the log and does not write it twice.
+    mode.store(FAIL_AFTER, Ordering::SeqCst);
+    let r = h
+        .ask(&conv, group_op(ALICE, A1, group.get(), remove(CAROL)))
+        .await;
+    assert_eq!(code(&r), ErrorCode::Internal);
+    mode.store(OK, Ordering::SeqCst);
+    let sent = ack(h
+        .ask(&conv, request(ALICE, A1, group_send(&conv, "last")))
+        .await);
+    assert_eq!(sent.seq, 5);
+
+    let log = h.log(&conv).await;
+    assert_eq!(seqs(&log), vec![1, 2, 3, 4, 5]);
+    let kinds: Vec<Option<i32>> = log
+        .iter()
+        .map(|m| m.event.as_ref().map(|e| e.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            Some(v1::GroupEventKind::Created as i32),
+            Some(v1::GroupEventKind::MemberRemoved as i32),
+            None,
+            Some(v1::GroupEventKind::MemberRemoved as i32),
+            None,
+        ]
+    );
+    assert_eq!(
+        log[1].event.as_ref().map(|e| e.users.clone()),
+        Some(vec![BOB.get()])
+    );
+    assert_eq!(
+        log[3].event.as_ref().map(|e| e.users.clone()),
+        Some(vec![CAROL.get()])
+    );
+    // Nothing after the removal was pushed to Bob.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), bob.next())
+            .await
+            .is_err(),
+        "bob got a push after his removal"
+    );
+}
