@@ -90,6 +90,7 @@ fn created(group: GroupId, owner: UserId, others: &[UserId]) -> GroupRecord {
             created_at_ms: 1_700_000_000_000,
             deleted: false,
             max_members: 1024,
+            member_count: 0,
             invites: vec![GroupInvite {
                 code: format!("{group}-secret"),
                 created_by: owner.get(),

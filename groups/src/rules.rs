@@ -183,6 +183,7 @@ pub(crate) fn view(
 ) -> GroupInfo {
     let mut info = record.info.clone().unwrap_or_default();
     info.max_members = limits.max_members;
+    info.member_count = u32::try_from(info.members.len()).unwrap_or(u32::MAX);
     info.invites
         .retain(|i| i.expires_at_ms == 0 || i.expires_at_ms > now_ms);
     let admin = role_of(&info, viewer).is_some_and(is_admin);
@@ -406,6 +407,8 @@ fn create_group(
         invites: Vec::new(),
         pending_joins: Vec::new(),
         banned: Vec::new(),
+        // Filled in by `view`: what is stored is the member list itself.
+        member_count: 0,
     };
     let event = GroupEvent {
         kind: GroupEventKind::Created as i32,

@@ -354,7 +354,10 @@ async fn try_query(shared: &Shared, payload: Bytes) -> Result<v1::GroupResult, v
                 match record.map_err(|e| store_failure(&e))? {
                     // The index may run ahead of a record (see the store): skip those.
                     Some(r) if rules::access(&r, caller).is_some_and(|a| a.left_seq == 0) => {
-                        groups.push(rules::view(&r, caller, &shared.config.limits, now_ms()));
+                        let mut info = rules::view(&r, caller, &shared.config.limits, now_ms());
+                        // Names, not member lists: `member_count` says how many.
+                        info.members.clear();
+                        groups.push(info);
                     }
                     _ => {}
                 }
