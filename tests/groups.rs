@@ -1,184 +1,128 @@
 //! Groups end to end through the real binary: create, fan-out to every member device,
 //! system messages in order with the chat, removal cutting a member off at a seq,
 //! sync and history limited to what a member may read.
+//!
+//! The tests read as scenarios over a small vocabulary, defined first: [`people`] (users
+//! with a connected device each), a [`Group`] (its operations, to run through [`ok`] or
+//! [`refused`], and what its members see arrive) and shared assertions.
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    fmt::Debug,
+    ops::Deref,
+    sync::atomic::{AtomicUsize, Ordering::Relaxed},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
+use ErrorCode::{Banned, Forbidden, GroupFull, InvalidArgument, NotFound};
 use common::*;
 use natter_client::{
-    Client, ClientOptions, Connection, ConversationId, ErrorCode, Event, Seq, Session, UserId,
-    WireFormat,
+    Client, ClientError, ClientOptions, Connection, ConversationId, ErrorCode, Event, Seq, Session,
+    UserId, WireFormat,
     tungstenite::Message as WsMessage,
     v1::{self, server_frame::Body as SBody},
 };
-use v1::group_request::Op;
+use v1::{GroupEventKind as Kind, GroupPolicy as Policy, GroupRole as Role, group_request::Op};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn group_conv(info: &v1::GroupInfo) -> ConversationId {
-    info.conversation_id
-        .parse()
-        .expect("a valid conversation id")
-}
-
-/// The next message of `conv` on `c`.
-async fn next_in(c: &Client, conv: &ConversationId) -> v1::Message {
-    let conv = conv.as_str().to_owned();
-    next_matching(c, WAIT, |ev| match ev {
-        Event::Message(m) if m.conversation_id == conv => Some(m.clone()),
-        _ => None,
-    })
-    .await
-}
-
-fn event_kind(m: &v1::Message) -> v1::GroupEventKind {
-    assert_eq!(
-        m.kind,
-        v1::MessageKind::System as i32,
-        "not a system message: {m:?}"
-    );
-    let e = m
-        .event
-        .as_ref()
-        .expect("a system message carries its event");
-    v1::GroupEventKind::try_from(e.kind).expect("a known event kind")
-}
-
-fn code(e: natter_client::ClientError) -> ErrorCode {
-    e.server_code()
-        .unwrap_or_else(|| panic!("expected an error frame, got {e}"))
-}
-
-#[tokio::test]
-async fn group_messages_reach_every_member_and_removal_cuts_off_at_a_seq() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let (ca, cb, cc) = (
-            server.device(&ann).await,
-            server.device(&bo).await,
-            server.device(&cy).await,
-        );
-        let info = ca
-            .create_group("trip", &[bo.user_id, cy.user_id])
-            .await
-            .expect("create");
-        assert_eq!(info.members.len(), 3);
-        let conv = group_conv(&info);
-        for c in [&ca, &cb, &cc] {
-            let created = next_in(c, &conv).await;
-            assert_eq!(created.seq, 1);
-            assert_eq!(event_kind(&created), v1::GroupEventKind::Created);
-        }
-
-        let ack = ca.send_text(&conv, "hello all").await.expect("send");
-        assert_eq!(ack.seq, 2);
-        for c in [&cb, &cc] {
-            let m = next_in(c, &conv).await;
-            assert_eq!((m.seq, text(&m)), (2, "hello all".to_owned()));
-        }
-
-        // Ann removes Cy: Cy sees the removal, then nothing more.
-        let removed = ca
-            .group(Op::RemoveMember(v1::GroupRemoveMember {
-                group_id: info.group_id,
-                user_id: cy.user_id.get(),
-                ban: false,
-            }))
-            .await
-            .expect("remove");
-        assert_eq!(removed.seq, 3);
-        for c in [&ca, &cb, &cc] {
-            let m = next_in(c, &conv).await;
-            assert_eq!(m.seq, 3);
-            assert_eq!(event_kind(&m), v1::GroupEventKind::MemberRemoved);
-        }
-        let after = cb.send_text(&conv, "cy is gone").await.expect("send");
-        assert_eq!(after.seq, 4);
-        assert_eq!(next_in(&ca, &conv).await.seq, 4);
-        let refused = cc.send_text(&conv, "let me in").await.unwrap_err();
-        assert_eq!(code(refused), ErrorCode::Forbidden);
-
-        // Cy's history stops at the removal; Bo's goes on.
-        let cy_history = cc.history(&conv, Seq::ZERO, 50).await.expect("history");
-        let seqs: Vec<u64> = cy_history.messages.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, vec![1, 2, 3]);
-        let bo_history = cb.history(&conv, Seq::ZERO, 50).await.expect("history");
-        assert_eq!(bo_history.messages.len(), 4);
-
-        // Nothing past the removal ever reached Cy live.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        while let Some(ev) = cc.try_recv() {
-            if let Event::Message(m) = ev {
-                assert!(m.conversation_id != conv.as_str() || m.seq <= 3, "{m:?}");
-            }
-        }
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn a_new_member_syncs_from_their_join_and_never_sees_earlier_history() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let dee = server.user("dee").await;
-        let ca = server.device(&ann).await;
-        let info = ca.create_group("club", &[]).await.expect("create");
-        let conv = group_conv(&info);
-        for i in 0..3 {
-            ca.send_text(&conv, &format!("before {i}"))
-                .await
-                .expect("send");
-        }
-        let added = ca
-            .group(Op::AddMembers(v1::GroupAddMembers {
-                group_id: info.group_id,
-                users: vec![dee.user_id.get()],
-            }))
-            .await
-            .expect("add");
-        assert_eq!(added.seq, 5);
-        ca.send_text(&conv, "welcome").await.expect("send");
-
-        let cd = server.device(&dee).await;
-        let got = sync_collect(&cd, Duration::from_secs(20)).await;
-        let seqs: Vec<u64> = got
-            .iter()
-            .filter(|m| m.conversation_id == conv.as_str())
-            .map(|m| m.seq)
-            .collect();
-        assert_eq!(seqs, vec![5, 6], "from the join on, nothing before");
-        let history = cd.history(&conv, Seq::ZERO, 50).await.expect("history");
-        assert_eq!(history.messages.first().map(|m| m.seq), Some(5));
-        assert!(!history.more);
-        let listed = cd.group(Op::List(v1::GroupList {})).await.expect("list");
-        assert_eq!(listed.groups.len(), 1);
-        assert_eq!(listed.groups[0].group_id, info.group_id);
-        let _ = UserId(1);
-    })
-    .await;
-}
-
 // ---------------------------------------------------------------------------------
-// Every operation and its permission failures, one scenario per test (each on its own
-// server: the state matters).
+// A scenario and its cast.
 
-/// Members of a group, in user id order.
-fn member_ids(info: &v1::GroupInfo) -> Vec<u64> {
-    info.members.iter().map(|m| m.user_id).collect()
+/// Runs `body` on a fresh server, failing it if it takes longer than 60 s.
+async fn scenario(body: impl AsyncFnOnce(&Server)) {
+    scenario_with(&[], 60, body).await;
 }
 
-/// `user`'s role in `info`, `None` if not a member.
-fn role_in(info: &v1::GroupInfo, user: UserId) -> Option<v1::GroupRole> {
-    info.members
-        .iter()
-        .find(|m| m.user_id == user.get())
-        .map(|m| v1::GroupRole::try_from(m.role).expect("a known role"))
+/// Like [`scenario`], on a server started with `env`, bounded to `secs`.
+async fn scenario_with(env: &[(&str, &str)], secs: u64, body: impl AsyncFnOnce(&Server)) {
+    let server = Server::start_with(env).await;
+    bounded(secs, body(&server)).await;
+}
+
+/// A registered user with one connected device; derefs to that device's client.
+struct Person {
+    session: Session,
+    client: Client,
+}
+
+impl Deref for Person {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Person {
+    /// Logs in and connects another device of this user.
+    async fn second_device(&self, server: &Server, opts: ClientOptions) -> Client {
+        let session = server.login(&self.session.username, "device-2").await;
+        server.connect(&session, opts).await
+    }
+}
+
+/// Anyone with a user id: a [`Person`], or a [`Session`] with no device connected.
+trait Who {
+    fn id(&self) -> UserId;
+
+    fn uid(&self) -> u64 {
+        self.id().get()
+    }
+}
+
+impl Who for Session {
+    fn id(&self) -> UserId {
+        self.user_id
+    }
+}
+
+impl Who for Person {
+    fn id(&self) -> UserId {
+        self.session.user_id
+    }
+}
+
+/// Registers a user and connects one device with [`opts`].
+async fn person(server: &Server, name: &str) -> Person {
+    person_with(server, name, opts()).await
+}
+
+/// Like [`person`], the device connected with `opts`.
+async fn person_with(server: &Server, name: &str, opts: ClientOptions) -> Person {
+    let session = server.user(name).await;
+    let client = server.connect(&session, opts).await;
+    Person { session, client }
+}
+
+/// Users registered in the order named, one device each connected with [`opts`].
+async fn people<const N: usize>(server: &Server, names: [&str; N]) -> [Person; N] {
+    people_with(server, names, opts()).await
+}
+
+/// Like [`people`], the devices connected with `opts`.
+async fn people_with<const N: usize>(
+    server: &Server,
+    names: [&str; N],
+    opts: ClientOptions,
+) -> [Person; N] {
+    let mut cast = Vec::with_capacity(N);
+    for name in names {
+        cast.push(person_with(server, name, opts.clone()).await);
+    }
+    cast.try_into()
+        .unwrap_or_else(|_| unreachable!("a person a name"))
+}
+
+/// Users registered in the order named, no device connected.
+async fn users<const N: usize>(server: &Server, names: [&str; N]) -> [Session; N] {
+    let mut out = Vec::with_capacity(N);
+    for name in names {
+        out.push(server.user(name).await);
+    }
+    out.try_into()
+        .unwrap_or_else(|_| unreachable!("a session a name"))
 }
 
 fn sorted(mut v: Vec<u64>) -> Vec<u64> {
@@ -186,8 +130,268 @@ fn sorted(mut v: Vec<u64>) -> Vec<u64> {
     v
 }
 
-fn ids(users: &[&Session]) -> Vec<u64> {
-    sorted(users.iter().map(|s| s.user_id.get()).collect())
+/// The user ids of `users`, sorted.
+fn ids(users: &[&dyn Who]) -> Vec<u64> {
+    sorted(users.iter().map(|u| u.uid()).collect())
+}
+
+// ---------------------------------------------------------------------------------
+// A group: its operations and what its members see.
+
+/// A group as its creator got it back, with its id and conversation.
+struct Group {
+    info: v1::GroupInfo,
+    id: u64,
+    conv: ConversationId,
+}
+
+impl Group {
+    fn of(info: v1::GroupInfo) -> Group {
+        let conv = info
+            .conversation_id
+            .parse()
+            .expect("a valid conversation id");
+        Group {
+            id: info.group_id,
+            conv,
+            info,
+        }
+    }
+
+    /// `owner` creates a group named `name` with `members`.
+    async fn create(owner: &Client, name: &str, members: &[&dyn Who]) -> Group {
+        let members: Vec<UserId> = members.iter().map(|m| m.id()).collect();
+        Group::of(owner.create_group(name, &members).await.expect("create"))
+    }
+
+    // The operations, to run with `ok` (must succeed) or `refused` (must fail).
+
+    fn get(&self) -> Op {
+        Op::Get(v1::GroupGet { group_id: self.id })
+    }
+
+    fn add(&self, users: &[&dyn Who]) -> Op {
+        Op::AddMembers(v1::GroupAddMembers {
+            group_id: self.id,
+            users: users.iter().map(|u| u.uid()).collect(),
+        })
+    }
+
+    fn remove(&self, who: &dyn Who) -> Op {
+        self.removal(who, false)
+    }
+
+    fn ban(&self, who: &dyn Who) -> Op {
+        self.removal(who, true)
+    }
+
+    fn removal(&self, who: &dyn Who, ban: bool) -> Op {
+        Op::RemoveMember(v1::GroupRemoveMember {
+            group_id: self.id,
+            user_id: who.uid(),
+            ban,
+        })
+    }
+
+    fn set_role(&self, who: &dyn Who, role: Role) -> Op {
+        Op::SetRole(v1::GroupSetRole {
+            group_id: self.id,
+            user_id: who.uid(),
+            role: role as i32,
+        })
+    }
+
+    fn transfer_to(&self, who: &dyn Who) -> Op {
+        Op::TransferOwnership(v1::GroupTransferOwnership {
+            group_id: self.id,
+            user_id: who.uid(),
+        })
+    }
+
+    fn leave(&self) -> Op {
+        Op::Leave(v1::GroupLeave { group_id: self.id })
+    }
+
+    fn delete(&self) -> Op {
+        Op::Delete(v1::GroupDelete { group_id: self.id })
+    }
+
+    fn update(&self, update: v1::GroupUpdate) -> Op {
+        Op::Update(v1::GroupUpdate {
+            group_id: self.id,
+            ..update
+        })
+    }
+
+    fn settings(&self, settings: v1::GroupSettings) -> Op {
+        self.update(v1::GroupUpdate {
+            settings: Some(settings),
+            ..Default::default()
+        })
+    }
+
+    fn approval(&self, on: bool) -> Op {
+        self.update(v1::GroupUpdate {
+            join_approval: Some(on),
+            ..Default::default()
+        })
+    }
+
+    fn rename(&self, name: &str) -> Op {
+        self.update(v1::GroupUpdate {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        })
+    }
+
+    fn invite(&self, ttl_s: u32) -> Op {
+        Op::CreateInvite(v1::GroupCreateInvite {
+            group_id: self.id,
+            ttl_s,
+        })
+    }
+
+    fn revoke(&self, code: &str) -> Op {
+        Op::RevokeInvite(v1::GroupRevokeInvite {
+            group_id: self.id,
+            code: code.to_owned(),
+        })
+    }
+
+    fn decide(&self, who: &dyn Who, approve: bool) -> Op {
+        Op::DecideJoin(v1::GroupDecideJoin {
+            group_id: self.id,
+            user_id: who.uid(),
+            approve,
+        })
+    }
+
+    // Asking and sending.
+
+    /// The group as `c` gets it.
+    async fn seen_by(&self, c: &Client) -> v1::GroupInfo {
+        ok(c, self.get())
+            .await
+            .group
+            .expect("get answers with the group")
+    }
+
+    /// A new invite link, made by `c`.
+    async fn invite_code(&self, c: &Client) -> String {
+        ok(c, self.invite(0))
+            .await
+            .invite
+            .expect("create_invite answers with the invite")
+            .code
+    }
+
+    /// Sends a text that must be accepted; its seq.
+    async fn send(&self, c: &Client, body: &str) -> u64 {
+        c.send_text(&self.conv, body).await.expect("send").seq
+    }
+
+    /// Sends a text that must be refused; the error code.
+    async fn send_refused(&self, c: &Client) -> ErrorCode {
+        refusal(c.send_text(&self.conv, "should not be stored").await)
+    }
+
+    /// Who has received and read message `seq`, as `c` asks.
+    async fn read_by(&self, c: &Client, seq: u64) -> v1::ReadByResult {
+        c.read_by(&self.conv, Seq(seq)).await.expect("read_by")
+    }
+
+    /// Every message `c` may read, oldest first.
+    async fn log(&self, c: &Client) -> Vec<v1::Message> {
+        c.full_history(&self.conv, 200).await.expect("history")
+    }
+
+    /// The message at `seq` in `c`'s history.
+    async fn message_at(&self, c: &Client, seq: u64) -> v1::Message {
+        let page = c
+            .history(&self.conv, Seq(seq + 1), 1)
+            .await
+            .expect("history");
+        let m = page.messages.into_iter().next().expect("a message at seq");
+        assert_eq!(m.seq, seq);
+        m
+    }
+
+    /// The system message at `seq` in `c`'s history, which must be a `kind`; its event.
+    async fn event_at(&self, c: &Client, seq: u64, kind: Kind) -> v1::GroupEvent {
+        event_of(self.message_at(c, seq).await, seq, kind)
+    }
+
+    /// The seqs of this group a sync on `c` yields.
+    async fn synced(&self, c: &Client) -> Vec<u64> {
+        let got = sync_collect(c, Duration::from_secs(20)).await;
+        let ours = got
+            .iter()
+            .filter(|m| m.conversation_id == self.conv.as_str());
+        ours.map(|m| m.seq).collect()
+    }
+
+    // What arrives live.
+
+    /// The next message of the group on `c`.
+    async fn next(&self, c: &Client) -> v1::Message {
+        let conv = self.conv.as_str();
+        next_matching(c, WAIT, |ev| match ev {
+            Event::Message(m) if m.conversation_id == conv => Some(m.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next `n` messages of the group on `c`.
+    async fn next_n(&self, c: &Client, n: usize) -> Vec<v1::Message> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            got.push(self.next(c).await);
+        }
+        got
+    }
+
+    /// The next message on `c` is the text `body` at `seq`.
+    async fn next_text(&self, c: &Client, seq: u64, body: &str) {
+        let m = self.next(c).await;
+        assert_eq!((m.seq, text(&m)), (seq, body.to_owned()));
+    }
+
+    /// The next message on `c` is a `kind` system message at `seq`; its event.
+    async fn next_event(&self, c: &Client, seq: u64, kind: Kind) -> v1::GroupEvent {
+        event_of(self.next(c).await, seq, kind)
+    }
+
+    /// After a quiet period, no message of the group past `max_seq` is queued on `c`.
+    async fn nothing_past(&self, c: &Client, max_seq: u64) {
+        let conv = self.conv.as_str();
+        after_quiet(c, |ev| {
+            if let Event::Message(m) = ev {
+                assert!(
+                    m.conversation_id != conv || m.seq <= max_seq,
+                    "got seq {} past {max_seq}: {m:?}",
+                    m.seq
+                );
+            }
+        })
+        .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Requests, answers and shared assertions.
+
+fn code(e: ClientError) -> ErrorCode {
+    e.server_code()
+        .unwrap_or_else(|| panic!("expected an error frame, got {e}"))
+}
+
+/// The error code of a request that must be refused.
+fn refusal<T: Debug>(r: Result<T, ClientError>) -> ErrorCode {
+    match r {
+        Ok(v) => panic!("must be refused, got {v:?}"),
+        Err(e) => code(e),
+    }
 }
 
 /// A group operation that must succeed.
@@ -207,152 +411,203 @@ async fn refused(c: &Client, op: Op) -> ErrorCode {
     }
 }
 
-async fn get(c: &Client, group: u64) -> v1::GroupInfo {
-    ok(c, Op::Get(v1::GroupGet { group_id: group }))
-        .await
-        .group
-        .expect("get answers with the group")
-}
-
-fn add(group: u64, users: &[&Session]) -> Op {
-    Op::AddMembers(v1::GroupAddMembers {
-        group_id: group,
-        users: users.iter().map(|s| s.user_id.get()).collect(),
-    })
-}
-
-fn remove(group: u64, user: &Session, ban: bool) -> Op {
-    Op::RemoveMember(v1::GroupRemoveMember {
-        group_id: group,
-        user_id: user.user_id.get(),
-        ban,
-    })
-}
-
-fn set_role(group: u64, user: &Session, role: v1::GroupRole) -> Op {
-    Op::SetRole(v1::GroupSetRole {
-        group_id: group,
-        user_id: user.user_id.get(),
-        role: role as i32,
-    })
-}
-
-fn leave(group: u64) -> Op {
-    Op::Leave(v1::GroupLeave { group_id: group })
-}
-
-fn settings_op(group: u64, settings: v1::GroupSettings) -> Op {
-    Op::Update(v1::GroupUpdate {
-        group_id: group,
-        settings: Some(settings),
-        ..Default::default()
-    })
-}
-
-fn approval_op(group: u64, on: bool) -> Op {
-    Op::Update(v1::GroupUpdate {
-        group_id: group,
-        join_approval: Some(on),
-        ..Default::default()
-    })
-}
-
-fn rename(group: u64, name: &str) -> Op {
-    Op::Update(v1::GroupUpdate {
-        group_id: group,
-        name: Some(name.to_owned()),
-        ..Default::default()
-    })
-}
-
-fn invite(group: u64, ttl_s: u32) -> Op {
-    Op::CreateInvite(v1::GroupCreateInvite {
-        group_id: group,
-        ttl_s,
-    })
-}
-
 fn join(code: &str) -> Op {
     Op::Join(v1::GroupJoin {
         code: code.to_owned(),
     })
 }
 
-fn decide(group: u64, user: &Session, approve: bool) -> Op {
-    Op::DecideJoin(v1::GroupDecideJoin {
-        group_id: group,
-        user_id: user.user_id.get(),
-        approve,
-    })
+/// The groups `c` is in.
+async fn list(c: &Client) -> Vec<v1::GroupInfo> {
+    ok(c, Op::List(v1::GroupList {})).await.groups
 }
 
-/// A new invite link of `group`, made by `c`.
-async fn invite_code(c: &Client, group: u64) -> String {
-    ok(c, invite(group, 0))
-        .await
-        .invite
-        .expect("create_invite answers with the invite")
-        .code
+fn send_policy(p: Policy) -> v1::GroupSettings {
+    v1::GroupSettings {
+        send: p as i32,
+        ..Default::default()
+    }
 }
 
-/// Every message `c` may read in `conv`, oldest first.
-async fn log(c: &Client, conv: &ConversationId) -> Vec<v1::Message> {
-    c.full_history(conv, 200).await.expect("history")
+fn edit_policy(p: Policy) -> v1::GroupSettings {
+    v1::GroupSettings {
+        edit_info: p as i32,
+        ..Default::default()
+    }
+}
+
+fn add_policy(p: Policy) -> v1::GroupSettings {
+    v1::GroupSettings {
+        add_members: p as i32,
+        ..Default::default()
+    }
+}
+
+/// Members of a group, in user id order.
+fn member_ids(info: &v1::GroupInfo) -> Vec<u64> {
+    info.members.iter().map(|m| m.user_id).collect()
+}
+
+/// `who`'s role in `info`, `None` if not a member.
+fn role_in(info: &v1::GroupInfo, who: &dyn Who) -> Option<Role> {
+    info.members
+        .iter()
+        .find(|m| m.user_id == who.uid())
+        .map(|m| Role::try_from(m.role).expect("a known role"))
+}
+
+fn join_approval(info: &v1::GroupInfo) -> bool {
+    info.settings.expect("settings").join_approval
+}
+
+/// The codes of the live invite links in `info`.
+fn codes(info: &v1::GroupInfo) -> Vec<String> {
+    info.invites.iter().map(|i| i.code.clone()).collect()
+}
+
+fn seqs(msgs: &[v1::Message]) -> Vec<u64> {
+    msgs.iter().map(|m| m.seq).collect()
+}
+
+fn event_kind(m: &v1::Message) -> Kind {
+    assert_eq!(
+        m.kind,
+        v1::MessageKind::System as i32,
+        "not a system message: {m:?}"
+    );
+    let e = m
+        .event
+        .as_ref()
+        .expect("a system message carries its event");
+    Kind::try_from(e.kind).expect("a known event kind")
+}
+
+/// The event of `m`, which must be a `kind` system message at `seq`.
+fn event_of(m: v1::Message, seq: u64, kind: Kind) -> v1::GroupEvent {
+    assert_eq!((m.seq, event_kind(&m)), (seq, kind), "{m:?}");
+    *m.event.expect("a system message carries its event")
 }
 
 /// `(seq, kind)` of every system message of a log.
-fn system_events(msgs: &[v1::Message]) -> Vec<(u64, v1::GroupEventKind)> {
+fn system_events(msgs: &[v1::Message]) -> Vec<(u64, Kind)> {
     msgs.iter()
         .filter(|m| m.kind == v1::MessageKind::System as i32)
         .map(|m| (m.seq, event_kind(m)))
         .collect()
 }
 
-/// The message of `conv` at `seq` in `c`'s history.
-async fn message_at(c: &Client, conv: &ConversationId, seq: u64) -> v1::Message {
-    let page = c.history(conv, Seq(seq + 1), 1).await.expect("history");
-    let m = page.messages.into_iter().next().expect("a message at seq");
-    assert_eq!(m.seq, seq);
-    m
-}
-
-/// Asserts no message of `conv` past `max_seq` is queued on `c` after a quiet period.
-async fn nothing_past(c: &Client, conv: &ConversationId, max_seq: u64) {
+/// Waits a quiet period, then hands every event queued on `c` to `check`.
+async fn after_quiet(c: &Client, mut check: impl FnMut(Event)) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     while let Some(ev) = c.try_recv() {
-        if let Event::Message(m) = ev {
-            assert!(
-                m.conversation_id != conv.as_str() || m.seq <= max_seq,
-                "got seq {} past {max_seq}: {m:?}",
-                m.seq
-            );
-        }
+        check(ev);
     }
 }
 
-/// Sends one text message that must be refused; its error code.
-async fn send_refused(c: &Client, conv: &ConversationId) -> ErrorCode {
-    match c.send_text(conv, "should not be stored").await {
-        Ok(a) => panic!("the send by {} must be refused, got {a:?}", c.user_id()),
-        Err(e) => code(e),
-    }
+/// Waits until `invite` has expired: time itself is the condition here.
+async fn until_expired(invite: &v1::GroupInvite) {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let wait_ms = invite.expires_at_ms.saturating_sub(now_ms) + 100;
+    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+}
+
+/// `n` concurrent sends from `c`; their seqs.
+async fn burst(c: &Client, conv: &ConversationId, who: &str, n: usize) -> Vec<u64> {
+    let bodies: Vec<String> = (0..n).map(|i| format!("{who} {i}")).collect();
+    futures::future::join_all(bodies.iter().map(|b| c.send_text(conv, b)))
+        .await
+        .into_iter()
+        .map(|r| r.expect("send").seq)
+        .collect()
+}
+
+/// Writes one raw JSON frame on `raw`; the reply.
+async fn raw_json(raw: &mut Connection, frame: String) -> v1::ServerFrame {
+    raw.send_raw(WsMessage::Text(frame.into()))
+        .await
+        .expect("write");
+    raw.recv_reply(WAIT).await.expect("a reply")
+}
+
+// ---------------------------------------------------------------------------------
+// Fan-out, removal and joining.
+
+#[tokio::test]
+async fn group_messages_reach_every_member_and_removal_cuts_off_at_a_seq() {
+    scenario(async |server| {
+        let [ann, bo, cy] = people(server, ["ann", "bo", "cy"]).await;
+        let g = Group::create(&ann, "trip", &[&bo, &cy]).await;
+        assert_eq!(g.info.members.len(), 3);
+        for c in [&ann, &bo, &cy] {
+            g.next_event(c, 1, Kind::Created).await;
+        }
+
+        assert_eq!(g.send(&ann, "hello all").await, 2);
+        for c in [&bo, &cy] {
+            g.next_text(c, 2, "hello all").await;
+        }
+
+        // Ann removes Cy: Cy sees the removal, then nothing more.
+        assert_eq!(ok(&ann, g.remove(&cy)).await.seq, 3);
+        for c in [&ann, &bo, &cy] {
+            g.next_event(c, 3, Kind::MemberRemoved).await;
+        }
+        assert_eq!(g.send(&bo, "cy is gone").await, 4);
+        assert_eq!(g.next(&ann).await.seq, 4);
+        assert_eq!(g.send_refused(&cy).await, Forbidden);
+
+        // Cy's history stops at the removal; Bo's goes on.
+        let cy_history = cy.history(&g.conv, Seq::ZERO, 50).await.expect("history");
+        assert_eq!(seqs(&cy_history.messages), [1, 2, 3]);
+        let bo_history = bo.history(&g.conv, Seq::ZERO, 50).await.expect("history");
+        assert_eq!(bo_history.messages.len(), 4);
+
+        // Nothing past the removal ever reached Cy live.
+        g.nothing_past(&cy, 3).await;
+    })
+    .await;
 }
 
 #[tokio::test]
-async fn create_validates_retries_and_get_and_list_show_the_group() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let dan = server.user("dan").await;
-        let eve = server.user("eve").await;
-        let (ca, cb, cc, cd) = (
-            server.device(&ann).await,
-            server.device(&bo).await,
-            server.device(&cy).await,
-            server.device(&dan).await,
+async fn a_new_member_syncs_from_their_join_and_never_sees_earlier_history() {
+    scenario(async |server| {
+        let ann = person(server, "ann").await;
+        let dee = server.user("dee").await;
+        let g = Group::create(&ann, "club", &[]).await;
+        for i in 0..3 {
+            assert_eq!(g.send(&ann, &format!("before {i}")).await, i + 2);
+        }
+        assert_eq!(ok(&ann, g.add(&[&dee])).await.seq, 5);
+        assert_eq!(g.send(&ann, "welcome").await, 6);
+
+        let cd = server.device(&dee).await;
+        assert_eq!(
+            g.synced(&cd).await,
+            [5, 6],
+            "from the join on, nothing before"
         );
+        let history = cd.history(&g.conv, Seq::ZERO, 50).await.expect("history");
+        assert_eq!(history.messages.first().map(|m| m.seq), Some(5));
+        assert!(!history.more);
+        let listed = list(&cd).await;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].group_id, g.id);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------
+// Every operation and its permission failures, one scenario per test (each on its own
+// server: the state matters).
+
+#[tokio::test]
+async fn create_validates_retries_and_get_and_list_show_the_group() {
+    scenario(async |server| {
+        let [ann, bo, cy, dan] = people(server, ["ann", "bo", "cy", "dan"]).await;
+        let eve = server.user("eve").await;
         let create = |create_id: &str, name: &str, members: Vec<u64>| {
             Op::Create(v1::GroupCreate {
                 create_id: create_id.to_owned(),
@@ -365,13 +620,11 @@ async fn create_validates_retries_and_get_and_list_show_the_group() {
 
         // Validation: names, create ids, members that must exist.
         for bad_name in ["", "   ", &"n".repeat(101)] {
-            let c = refused(&ca, create("bad-name", bad_name, vec![])).await;
-            assert_eq!(c, ErrorCode::InvalidArgument, "name {bad_name:?}");
+            let c = refused(&ann, create("bad-name", bad_name, vec![])).await;
+            assert_eq!(c, InvalidArgument, "name {bad_name:?}");
         }
-        assert_eq!(
-            refused(&ca, create("", "no id", vec![])).await,
-            ErrorCode::InvalidArgument
-        );
+        let no_id = create("", "no id", vec![]);
+        assert_eq!(refused(&ann, no_id).await, InvalidArgument);
         let unknown_policy = Op::Create(v1::GroupCreate {
             create_id: "bad-policy".into(),
             name: "policy".into(),
@@ -381,113 +634,89 @@ async fn create_validates_retries_and_get_and_list_show_the_group() {
             }),
             ..Default::default()
         });
-        assert_eq!(
-            refused(&ca, unknown_policy).await,
-            ErrorCode::InvalidArgument
-        );
+        assert_eq!(refused(&ann, unknown_policy).await, InvalidArgument);
         let ghost = (1u64 << 52) + 12_345;
-        assert_eq!(
-            refused(
-                &ca,
-                create("ghost", "ghosts", vec![bo.user_id.get(), ghost])
-            )
-            .await,
-            ErrorCode::NotFound
-        );
+        let with_ghost = create("ghost", "ghosts", vec![bo.uid(), ghost]);
+        assert_eq!(refused(&ann, with_ghost).await, NotFound);
         assert!(
-            ok(&ca, Op::List(v1::GroupList {})).await.groups.is_empty(),
+            list(&ann).await.is_empty(),
             "refused creates leave no group behind"
         );
 
         // A create, then its retry: the same group, one CREATED message.
-        let members = vec![bo.user_id.get(), cy.user_id.get(), ann.user_id.get()];
-        let first = ok(&ca, create("club-1", "club", members.clone())).await;
+        let members = vec![bo.uid(), cy.uid(), ann.uid()];
+        let first = ok(&ann, create("club-1", "club", members.clone())).await;
         assert_eq!(first.seq, 1);
-        let info = first.group.expect("the created group");
+        let g = Group::of(first.group.expect("the created group"));
+        let info = &g.info;
         assert_eq!(info.name, "club");
         assert_eq!(info.description, "a test group");
-        assert_eq!(info.created_by, ann.user_id.get());
+        assert_eq!(info.created_by, ann.uid());
         assert!(!info.deleted);
         assert_eq!(info.max_members, 1024);
-        assert_eq!(member_ids(&info), ids(&[&ann, &bo, &cy]));
-        assert_eq!(role_in(&info, ann.user_id), Some(v1::GroupRole::Owner));
-        assert_eq!(role_in(&info, bo.user_id), Some(v1::GroupRole::Member));
+        assert_eq!(member_ids(info), ids(&[&ann, &bo, &cy]));
+        assert_eq!(role_in(info, &ann), Some(Role::Owner));
+        assert_eq!(role_in(info, &bo), Some(Role::Member));
         assert!(info.members.iter().all(|m| m.joined_seq == 1));
         let s = info.settings.expect("settings");
         assert_eq!(
             (s.send, s.edit_info, s.add_members, s.join_approval),
             (
-                v1::GroupPolicy::Everyone as i32,
-                v1::GroupPolicy::Everyone as i32,
-                v1::GroupPolicy::Admins as i32,
+                Policy::Everyone as i32,
+                Policy::Everyone as i32,
+                Policy::Admins as i32,
                 false
             ),
             "the defaults are stored explicitly"
         );
-        let conv = group_conv(&info);
-        assert_eq!(conv.as_str(), format!("g.{}", info.group_id));
+        assert_eq!(g.conv.as_str(), format!("g.{}", g.id));
 
-        let retry = ok(&ca, create("club-1", "club", members)).await;
+        let retry = ok(&ann, create("club-1", "club", members)).await;
         let again = retry.group.expect("the group");
-        assert_eq!(again.group_id, info.group_id);
+        assert_eq!(again.group_id, g.id);
         assert_eq!(again.version, info.version);
         assert_eq!(retry.seq, 0, "a retried create writes no second CREATED");
-        let listed = ok(&ca, Op::List(v1::GroupList {})).await.groups;
+        let listed = list(&ann).await;
         assert_eq!(listed.len(), 1, "one group, not two");
-        assert_eq!(listed[0].group_id, info.group_id);
-        let events = system_events(&log(&ca, &conv).await);
-        assert_eq!(events, vec![(1, v1::GroupEventKind::Created)]);
-        let created = next_in(&cb, &conv).await;
-        let ev = created.event.clone().expect("event");
-        assert_eq!((created.seq, ev.name.as_str()), (1, "club"));
-        assert_eq!(ev.actor, ann.user_id.get());
-        assert_eq!(sorted(ev.users.clone()), ids(&[&bo, &cy]));
+        assert_eq!(listed[0].group_id, g.id);
+        // A list names groups and counts members; `get` gives the member list.
+        assert_eq!(listed[0].member_count, 3);
+        assert!(listed[0].members.is_empty());
+        assert_eq!(g.seen_by(&ann).await.member_count, 3);
+        let events = system_events(&g.log(&ann).await);
+        assert_eq!(events, vec![(1, Kind::Created)]);
+        let ev = g.next_event(&bo, 1, Kind::Created).await;
+        assert_eq!(ev.name, "club");
+        assert_eq!(ev.actor, ann.uid());
+        assert_eq!(sorted(ev.users), ids(&[&bo, &cy]));
 
         // Get: members see it, others are refused, unknown groups are not found.
-        assert_eq!(get(&cb, info.group_id).await.name, "club");
-        assert_eq!(
-            refused(
-                &cd,
-                Op::Get(v1::GroupGet {
-                    group_id: info.group_id
-                })
-            )
-            .await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            refused(&cd, Op::Get(v1::GroupGet { group_id: 424_242 })).await,
-            ErrorCode::NotFound
-        );
-        assert!(ok(&cd, Op::List(v1::GroupList {})).await.groups.is_empty());
-        assert_eq!(ok(&cb, Op::List(v1::GroupList {})).await.groups.len(), 1);
+        assert_eq!(g.seen_by(&bo).await.name, "club");
+        assert_eq!(refused(&dan, g.get()).await, Forbidden);
+        let unknown = Op::Get(v1::GroupGet { group_id: 424_242 });
+        assert_eq!(refused(&dan, unknown).await, NotFound);
+        assert!(list(&dan).await.is_empty());
+        assert_eq!(list(&bo).await.len(), 1);
 
         // Admins see invite links, pending joins and bans; members see them empty.
-        ok(&ca, set_role(info.group_id, &cy, v1::GroupRole::Admin)).await;
-        let link = invite_code(&ca, info.group_id).await;
-        ok(&ca, remove(info.group_id, &eve, true)).await; // a ban of a non-member
-        ok(&ca, approval_op(info.group_id, true)).await;
-        let pending = ok(&cd, join(&link)).await;
-        assert!(pending.pending_approval);
-        for admin in [&ca, &cc] {
-            let seen = get(admin, info.group_id).await;
-            assert_eq!(
-                seen.invites
-                    .iter()
-                    .map(|i| i.code.as_str())
-                    .collect::<Vec<_>>(),
-                [link.as_str()]
-            );
-            assert_eq!(seen.invites[0].created_by, ann.user_id.get());
+        ok(&ann, g.set_role(&cy, Role::Admin)).await;
+        let link = g.invite_code(&ann).await;
+        ok(&ann, g.ban(&eve)).await; // a ban of a non-member
+        ok(&ann, g.approval(true)).await;
+        assert!(ok(&dan, join(&link)).await.pending_approval);
+        for admin in [&ann, &cy] {
+            let seen = g.seen_by(admin).await;
+            assert_eq!(codes(&seen), [link.as_str()]);
+            assert_eq!(seen.invites[0].created_by, ann.uid());
             assert_eq!(seen.invites[0].expires_at_ms, 0);
-            assert_eq!(seen.pending_joins, [dan.user_id.get()]);
-            assert_eq!(seen.banned, [eve.user_id.get()]);
+            assert_eq!(seen.pending_joins, [dan.uid()]);
+            assert_eq!(seen.banned, [eve.uid()]);
         }
-        let member_view = get(&cb, info.group_id).await;
+        let member_view = g.seen_by(&bo).await;
         assert!(member_view.invites.is_empty());
         assert!(member_view.pending_joins.is_empty());
         assert!(member_view.banned.is_empty());
-        let listed = ok(&cb, Op::List(v1::GroupList {})).await.groups;
+        let listed = list(&bo).await;
         assert!(listed[0].invites.is_empty() && listed[0].banned.is_empty());
         assert_eq!(member_view.members.len(), 3, "dan waits: not a member");
     })
@@ -496,89 +725,57 @@ async fn create_validates_retries_and_get_and_list_show_the_group() {
 
 #[tokio::test]
 async fn info_and_settings_changes_follow_the_policies_in_order() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let (ca, cb) = (server.device(&ann).await, server.device(&bo).await);
-        let info = ca
-            .create_group("before", &[bo.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
+    scenario(async |server| {
+        let [ann, bo] = people(server, ["ann", "bo"]).await;
+        let g = Group::create(&ann, "before", &[&bo]).await;
 
         // By default members may change the info, not the settings.
-        let renamed = ok(&cb, rename(g, "after")).await;
+        let renamed = ok(&bo, g.rename("after")).await;
         assert_eq!(renamed.seq, 2);
         assert_eq!(renamed.group.expect("group").name, "after");
         assert_eq!(
-            refused(&cb, rename(g, " ")).await,
-            ErrorCode::InvalidArgument,
+            refused(&bo, g.rename(" ")).await,
+            InvalidArgument,
             "an empty name is refused on update too"
         );
-        let admins_edit = v1::GroupSettings {
-            edit_info: v1::GroupPolicy::Admins as i32,
-            ..Default::default()
-        };
+        let admins_edit = edit_policy(Policy::Admins);
+        assert_eq!(refused(&bo, g.settings(admins_edit)).await, Forbidden);
+        assert_eq!(ok(&ann, g.settings(admins_edit)).await.seq, 3);
         assert_eq!(
-            refused(&cb, settings_op(g, admins_edit)).await,
-            ErrorCode::Forbidden
-        );
-        let changed = ok(&ca, settings_op(g, admins_edit)).await;
-        assert_eq!(changed.seq, 3);
-        assert_eq!(
-            ok(&ca, settings_op(g, admins_edit)).await.seq,
+            ok(&ann, g.settings(admins_edit)).await.seq,
             0,
             "the same settings again change nothing"
         );
-        assert_eq!(refused(&cb, rename(g, "mine")).await, ErrorCode::Forbidden);
-        let described = ok(
-            &ca,
-            Op::Update(v1::GroupUpdate {
-                group_id: g,
-                description: Some("now with a description".into()),
-                avatar_media_id: Some("media-1".into()),
-                ..Default::default()
-            }),
-        )
-        .await;
-        assert_eq!(described.seq, 4);
-        assert_eq!(ok(&ca, rename(g, "after")).await.seq, 0, "unchanged name");
+        assert_eq!(refused(&bo, g.rename("mine")).await, Forbidden);
+        let describe = g.update(v1::GroupUpdate {
+            description: Some("now with a description".into()),
+            avatar_media_id: Some("media-1".into()),
+            ..Default::default()
+        });
+        assert_eq!(ok(&ann, describe).await.seq, 4);
+        assert_eq!(ok(&ann, g.rename("after")).await.seq, 0, "unchanged name");
 
         // Both members see the changes in order, with what changed.
-        for c in [&ca, &cb] {
-            let got: Vec<v1::Message> = [
-                next_in(c, &conv).await,
-                next_in(c, &conv).await,
-                next_in(c, &conv).await,
-                next_in(c, &conv).await,
-            ]
-            .into();
+        for c in [&ann, &bo] {
+            let got = g.next_n(c, 4).await;
             assert_eq!(
                 system_events(&got),
                 vec![
-                    (1, v1::GroupEventKind::Created),
-                    (2, v1::GroupEventKind::InfoChanged),
-                    (3, v1::GroupEventKind::SettingsChanged),
-                    (4, v1::GroupEventKind::InfoChanged),
+                    (1, Kind::Created),
+                    (2, Kind::InfoChanged),
+                    (3, Kind::SettingsChanged),
+                    (4, Kind::InfoChanged),
                 ]
             );
             let info_ev = got[1].event.clone().expect("event");
-            assert_eq!(
-                (info_ev.name.as_str(), info_ev.actor),
-                ("after", bo.user_id.get())
-            );
+            assert_eq!((info_ev.name.as_str(), info_ev.actor), ("after", bo.uid()));
             let settings_ev = got[2].event.clone().expect("event");
             let s = settings_ev
                 .settings
                 .expect("SETTINGS_CHANGED carries the settings");
-            assert_eq!(s.edit_info, v1::GroupPolicy::Admins as i32);
-            assert_eq!(
-                s.send,
-                v1::GroupPolicy::Everyone as i32,
-                "unset fields stay"
-            );
-            assert_eq!(s.add_members, v1::GroupPolicy::Admins as i32);
+            assert_eq!(s.edit_info, Policy::Admins as i32);
+            assert_eq!(s.send, Policy::Everyone as i32, "unset fields stay");
+            assert_eq!(s.add_members, Policy::Admins as i32);
             let versions: Vec<u64> = got
                 .iter()
                 .map(|m| m.event.as_ref().unwrap().version)
@@ -588,7 +785,7 @@ async fn info_and_settings_changes_follow_the_policies_in_order() {
             assert_eq!(last.description, "now with a description");
             assert_eq!(last.avatar_media_id, "media-1");
         }
-        let now = get(&cb, g).await;
+        let now = g.seen_by(&bo).await;
         assert_eq!(
             (
                 now.name.as_str(),
@@ -598,193 +795,122 @@ async fn info_and_settings_changes_follow_the_policies_in_order() {
             ("after", "now with a description", "media-1")
         );
         assert_eq!(now.version, 4);
-        assert_eq!(
-            now.settings.expect("settings").edit_info,
-            v1::GroupPolicy::Admins as i32
-        );
+        let edit_info = now.settings.expect("settings").edit_info;
+        assert_eq!(edit_info, Policy::Admins as i32);
     })
     .await;
 }
 
 #[tokio::test]
 async fn send_policy_admins_lets_only_admins_send() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let (ca, cb, cc) = (
-            server.device(&ann).await,
-            server.device(&bo).await,
-            server.device(&cy).await,
-        );
-        let info = ca
-            .create_group("announcements", &[bo.user_id, cy.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
-        ok(&ca, set_role(g, &cy, v1::GroupRole::Admin)).await; // seq 2
-        let admins_send = v1::GroupSettings {
-            send: v1::GroupPolicy::Admins as i32,
-            ..Default::default()
-        };
+    scenario(async |server| {
+        let [ann, bo, cy] = people(server, ["ann", "bo", "cy"]).await;
+        let g = Group::create(&ann, "announcements", &[&bo, &cy]).await;
+        assert_eq!(ok(&ann, g.set_role(&cy, Role::Admin)).await.seq, 2);
+        let admins_send = send_policy(Policy::Admins);
         assert_eq!(
-            refused(&cb, settings_op(g, admins_send)).await,
-            ErrorCode::Forbidden,
+            refused(&bo, g.settings(admins_send)).await,
+            Forbidden,
             "a member may not change the settings"
         );
         assert_eq!(
-            ok(&cc, settings_op(g, admins_send)).await.seq,
+            ok(&cy, g.settings(admins_send)).await.seq,
             3,
             "an admin may"
         );
 
-        assert_eq!(send_refused(&cb, &conv).await, ErrorCode::Forbidden);
-        let by_admin = cc
-            .send_text(&conv, "from the admin")
-            .await
-            .expect("admin send");
-        let by_owner = ca
-            .send_text(&conv, "from the owner")
-            .await
-            .expect("owner send");
-        assert_eq!(
-            (by_admin.seq, by_owner.seq),
-            (4, 5),
-            "the refused send took no seq"
-        );
-        let mut seen = Vec::new();
-        while seen.len() < 5 {
-            seen.push(next_in(&cb, &conv).await);
-        }
-        assert_eq!(
-            seen.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            [1, 2, 3, 4, 5]
-        );
+        assert_eq!(g.send_refused(&bo).await, Forbidden);
+        let by_admin = g.send(&cy, "from the admin").await;
+        let by_owner = g.send(&ann, "from the owner").await;
+        assert_eq!((by_admin, by_owner), (4, 5), "the refused send took no seq");
+        let seen = g.next_n(&bo, 5).await;
+        assert_eq!(seqs(&seen), [1, 2, 3, 4, 5]);
         assert_eq!(text(&seen[3]), "from the admin");
         assert_eq!(text(&seen[4]), "from the owner");
 
         // Under ADMINS, a promotion lets a member send at once, a dismissal stops it.
-        assert_eq!(ok(&ca, set_role(g, &bo, v1::GroupRole::Admin)).await.seq, 6);
-        assert_eq!(cb.send_text(&conv, "promoted").await.expect("send").seq, 7);
-        assert_eq!(
-            ok(&ca, set_role(g, &bo, v1::GroupRole::Member)).await.seq,
-            8
-        );
-        assert_eq!(send_refused(&cb, &conv).await, ErrorCode::Forbidden);
+        assert_eq!(ok(&ann, g.set_role(&bo, Role::Admin)).await.seq, 6);
+        assert_eq!(g.send(&bo, "promoted").await, 7);
+        assert_eq!(ok(&ann, g.set_role(&bo, Role::Member)).await.seq, 8);
+        assert_eq!(g.send_refused(&bo).await, Forbidden);
 
         // Back to everyone: the member's send goes through again.
-        let everyone = v1::GroupSettings {
-            send: v1::GroupPolicy::Everyone as i32,
-            ..Default::default()
-        };
-        assert_eq!(ok(&ca, settings_op(g, everyone)).await.seq, 9);
-        assert_eq!(cb.send_text(&conv, "me too").await.expect("send").seq, 10);
+        let everyone = send_policy(Policy::Everyone);
+        assert_eq!(ok(&ann, g.settings(everyone)).await.seq, 9);
+        assert_eq!(g.send(&bo, "me too").await, 10);
 
         // An admin may step down; the owner's role does not change by set_role.
-        let stepped = ok(&cc, set_role(g, &cy, v1::GroupRole::Member)).await;
+        let stepped = ok(&cy, g.set_role(&cy, Role::Member)).await;
         assert_eq!(stepped.seq, 11);
-        assert_eq!(
-            role_in(&stepped.group.expect("group"), cy.user_id),
-            Some(v1::GroupRole::Member)
-        );
-        assert_eq!(
-            refused(&ca, set_role(g, &ann, v1::GroupRole::Member)).await,
-            ErrorCode::Forbidden
-        );
+        let now = stepped.group.expect("group");
+        assert_eq!(role_in(&now, &cy), Some(Role::Member));
+        let owner_down = g.set_role(&ann, Role::Member);
+        assert_eq!(refused(&ann, owner_down).await, Forbidden);
     })
     .await;
 }
 
 #[tokio::test]
 async fn adding_members_follows_the_add_policy_and_the_size_limit() {
-    let server = Server::start_with(&[("NATTER_MAX_GROUP_MEMBERS", "5")]).await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let dan = server.user("dan").await;
-        let eve = server.user("eve").await;
-        let fay = server.user("fay").await;
-        let gus = server.user("gus").await;
-        let (ca, cb) = (server.device(&ann).await, server.device(&bo).await);
+    scenario_with(&[("NATTER_MAX_GROUP_MEMBERS", "5")], 60, async |server| {
+        let [ann, bo] = people(server, ["ann", "bo"]).await;
+        let [cy, dan, eve, fay, gus] = users(server, ["cy", "dan", "eve", "fay", "gus"]).await;
 
-        let too_many: Vec<UserId> = [&bo, &cy, &dan, &eve, &fay]
-            .iter()
-            .map(|s| s.user_id)
-            .collect();
-        let full = ca.create_group("too big", &too_many).await.unwrap_err();
-        assert_eq!(code(full), ErrorCode::GroupFull, "6 members at creation");
+        let too_many = [bo.id(), cy.id(), dan.id(), eve.id(), fay.id()];
+        let full = refusal(ann.create_group("too big", &too_many).await);
+        assert_eq!(full, GroupFull, "6 members at creation");
 
-        let info = ca
-            .create_group("five max", &[bo.user_id])
-            .await
-            .expect("create");
-        assert_eq!(info.max_members, 5);
-        let (g, conv) = (info.group_id, group_conv(&info));
+        let g = Group::create(&ann, "five max", &[&bo]).await;
+        assert_eq!(g.info.max_members, 5);
 
         // add_members defaults to ADMINS.
-        assert_eq!(refused(&cb, add(g, &[&cy])).await, ErrorCode::Forbidden);
-        let added = ok(&ca, add(g, &[&cy])).await;
+        assert_eq!(refused(&bo, g.add(&[&cy])).await, Forbidden);
+        let added = ok(&ann, g.add(&[&cy])).await;
         assert_eq!(added.seq, 2);
-        let m = message_at(&ca, &conv, 2).await;
-        assert_eq!(event_kind(&m), v1::GroupEventKind::MembersAdded);
-        assert_eq!(m.event.unwrap().users, [cy.user_id.get()]);
+        let ev = g.event_at(&ann, 2, Kind::MembersAdded).await;
+        assert_eq!(ev.users, [cy.uid()]);
         let joined = added.group.expect("group");
-        assert_eq!(
-            joined
-                .members
-                .iter()
-                .find(|m| m.user_id == cy.user_id.get())
-                .unwrap()
-                .joined_seq,
-            2
-        );
+        let new_member = joined.members.iter().find(|m| m.user_id == cy.uid());
+        assert_eq!(new_member.unwrap().joined_seq, 2);
 
         // Adding an existing member changes nothing and writes nothing.
-        let again = ok(&ca, add(g, &[&bo, &cy])).await;
+        let again = ok(&ann, g.add(&[&bo, &cy])).await;
         assert_eq!(again.seq, 0);
         assert_eq!(again.group.expect("group").version, joined.version);
-        assert_eq!(log(&ca, &conv).await.len(), 2);
+        assert_eq!(g.log(&ann).await.len(), 2);
         let ghost = Op::AddMembers(v1::GroupAddMembers {
-            group_id: g,
+            group_id: g.id,
             users: vec![(1u64 << 52) + 99],
         });
-        assert_eq!(refused(&ca, ghost).await, ErrorCode::NotFound);
+        assert_eq!(refused(&ann, ghost).await, NotFound);
 
         // With add_members = EVERYONE a member may add.
-        let everyone_adds = v1::GroupSettings {
-            add_members: v1::GroupPolicy::Everyone as i32,
-            ..Default::default()
-        };
-        assert_eq!(ok(&ca, settings_op(g, everyone_adds)).await.seq, 3);
-        assert_eq!(ok(&cb, add(g, &[&dan])).await.seq, 4);
+        let everyone_adds = add_policy(Policy::Everyone);
+        assert_eq!(ok(&ann, g.settings(everyone_adds)).await.seq, 3);
+        assert_eq!(ok(&bo, g.add(&[&dan])).await.seq, 4);
 
         // 4 members: two more would make 6, so neither is added.
-        assert_eq!(
-            refused(&ca, add(g, &[&eve, &fay])).await,
-            ErrorCode::GroupFull
-        );
-        let now = get(&ca, g).await;
+        assert_eq!(refused(&ann, g.add(&[&eve, &fay])).await, GroupFull);
+        let now = g.seen_by(&ann).await;
         assert_eq!(
             member_ids(&now),
             ids(&[&ann, &bo, &cy, &dan]),
             "all or none"
         );
         assert_eq!(
-            log(&ca, &conv).await.len(),
+            g.log(&ann).await.len(),
             4,
             "no system message for a refused add"
         );
-        assert_eq!(ok(&ca, add(g, &[&eve])).await.seq, 5);
-        assert_eq!(refused(&ca, add(g, &[&fay])).await, ErrorCode::GroupFull);
+        assert_eq!(ok(&ann, g.add(&[&eve])).await.seq, 5);
+        assert_eq!(refused(&ann, g.add(&[&fay])).await, GroupFull);
         // Full also for links.
-        let link = invite_code(&ca, g).await;
+        let link = g.invite_code(&ann).await;
         let cg = server.device(&gus).await;
-        assert_eq!(refused(&cg, join(&link)).await, ErrorCode::GroupFull);
-        let now = get(&ca, g).await;
+        assert_eq!(refused(&cg, join(&link)).await, GroupFull);
+        let now = g.seen_by(&ann).await;
         assert_eq!(member_ids(&now), ids(&[&ann, &bo, &cy, &dan, &eve]));
-        assert_eq!(log(&ca, &conv).await.len(), 5);
+        assert_eq!(g.log(&ann).await.len(), 5);
     })
     .await;
 }
@@ -793,54 +919,45 @@ async fn adding_members_follows_the_add_policy_and_the_size_limit() {
 async fn racing_joins_by_link_fill_the_group_exactly() {
     const MAX: usize = 5;
     const RACERS: usize = 8;
-    let server = Server::start_with(&[("NATTER_MAX_GROUP_MEMBERS", "5")]).await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
+    scenario_with(&[("NATTER_MAX_GROUP_MEMBERS", "5")], 60, async |server| {
+        let ann = person(server, "ann").await;
         let bo = server.user("bo").await;
-        let ca = server.device(&ann).await;
-        let info = ca
-            .create_group("room for 3", &[bo.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
-        let link = invite_code(&ca, g).await;
+        let g = Group::create(&ann, "room for 3", &[&bo]).await;
+        let link = g.invite_code(&ann).await;
 
         let mut racers = Vec::new();
         for i in 0..RACERS {
-            let s = server.user(&format!("racer{i}")).await;
-            let c = server.device(&s).await;
-            racers.push((s, c));
+            racers.push(person(server, &format!("racer{i}")).await);
         }
-        let results =
-            futures::future::join_all(racers.iter().map(|(_, c)| c.group(join(&link)))).await;
+        let results = futures::future::join_all(racers.iter().map(|r| r.group(join(&link)))).await;
         let mut winners = Vec::new();
         let mut seqs = Vec::new();
-        for ((s, _), r) in racers.iter().zip(results) {
+        for (racer, r) in racers.iter().zip(results) {
             match r {
                 Ok(r) => {
                     assert!(!r.pending_approval);
                     assert!(r.seq > 1, "a join writes a system message: {r:?}");
-                    winners.push(s.user_id.get());
+                    winners.push(racer.uid());
                     seqs.push(r.seq);
                 }
-                Err(e) => assert_eq!(code(e), ErrorCode::GroupFull, "{}", s.username),
+                Err(e) => assert_eq!(code(e), GroupFull, "{}", racer.session.username),
             }
         }
         assert_eq!(winners.len(), MAX - 2, "exactly the free places are taken");
         seqs.sort_unstable();
         assert_eq!(seqs, [2, 3, 4], "one seq per join, no gaps");
 
-        let now = get(&ca, g).await;
+        let now = g.seen_by(&ann).await;
         assert_eq!(now.members.len(), MAX);
         let mut expected = winners.clone();
-        expected.extend([ann.user_id.get(), bo.user_id.get()]);
+        expected.extend([ann.uid(), bo.uid()]);
         assert_eq!(member_ids(&now), sorted(expected));
-        let history = log(&ca, &conv).await;
+        let history = g.log(&ann).await;
         assert_gap_free(&history);
         let joined: Vec<u64> = history
             .iter()
             .filter(|m| m.kind == v1::MessageKind::System as i32)
-            .filter(|m| event_kind(m) == v1::GroupEventKind::JoinedByInvite)
+            .filter(|m| event_kind(m) == Kind::JoinedByInvite)
             .map(|m| m.event.as_ref().unwrap().users[0])
             .collect();
         assert_eq!(sorted(joined), sorted(winners));
@@ -855,164 +972,88 @@ async fn racing_joins_by_link_fill_the_group_exactly() {
 
 #[tokio::test]
 async fn removal_and_roles_follow_the_hierarchy() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let dan = server.user("dan").await;
+    scenario(async |server| {
+        let [ann, bo, cy, dan] = people(server, ["ann", "bo", "cy", "dan"]).await;
         let eve = server.user("eve").await;
-        let (ca, cb, cc, cd) = (
-            server.device(&ann).await,
-            server.device(&bo).await,
-            server.device(&cy).await,
-            server.device(&dan).await,
-        );
-        let info = ca
-            .create_group("ranks", &[bo.user_id, cy.user_id, dan.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
+        let g = Group::create(&ann, "ranks", &[&bo, &cy, &dan]).await;
 
         // Members may not remove, nor change roles.
-        assert_eq!(
-            refused(&cb, remove(g, &cy, false)).await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            refused(&cb, set_role(g, &cy, v1::GroupRole::Admin)).await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            refused(&cb, remove(g, &bo, false)).await,
-            ErrorCode::InvalidArgument
-        );
+        assert_eq!(refused(&bo, g.remove(&cy)).await, Forbidden);
+        assert_eq!(refused(&bo, g.set_role(&cy, Role::Admin)).await, Forbidden);
+        assert_eq!(refused(&bo, g.remove(&bo)).await, InvalidArgument);
 
         // The owner promotes bo; an admin may promote too.
-        let promoted = ok(&ca, set_role(g, &bo, v1::GroupRole::Admin)).await;
-        assert_eq!(promoted.seq, 2);
-        let m = message_at(&cc, &conv, 2).await;
-        assert_eq!(event_kind(&m), v1::GroupEventKind::RoleChanged);
-        let ev = m.event.unwrap();
-        assert_eq!(
-            (ev.users.clone(), ev.role),
-            (vec![bo.user_id.get()], v1::GroupRole::Admin as i32)
-        );
-        assert_eq!(
-            ok(&ca, set_role(g, &bo, v1::GroupRole::Admin)).await.seq,
-            0,
-            "already"
-        );
-        assert_eq!(ok(&cb, set_role(g, &cy, v1::GroupRole::Admin)).await.seq, 3);
+        assert_eq!(ok(&ann, g.set_role(&bo, Role::Admin)).await.seq, 2);
+        let ev = g.event_at(&cy, 2, Kind::RoleChanged).await;
+        assert_eq!((ev.users, ev.role), (vec![bo.uid()], Role::Admin as i32));
+        let again = ok(&ann, g.set_role(&bo, Role::Admin)).await;
+        assert_eq!(again.seq, 0, "already");
+        assert_eq!(ok(&bo, g.set_role(&cy, Role::Admin)).await.seq, 3);
         // Only the owner dismisses an admin; nobody changes the owner's role.
+        assert_eq!(refused(&bo, g.set_role(&cy, Role::Member)).await, Forbidden);
         assert_eq!(
-            refused(&cb, set_role(g, &cy, v1::GroupRole::Member)).await,
-            ErrorCode::Forbidden
+            refused(&bo, g.set_role(&ann, Role::Member)).await,
+            Forbidden
         );
-        assert_eq!(
-            refused(&cb, set_role(g, &ann, v1::GroupRole::Member)).await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            refused(&ca, set_role(g, &cy, v1::GroupRole::Owner)).await,
-            ErrorCode::InvalidArgument
-        );
-        assert_eq!(
-            refused(&ca, set_role(g, &eve, v1::GroupRole::Admin)).await,
-            ErrorCode::NotFound,
-            "not a member"
-        );
+        let second_owner = g.set_role(&cy, Role::Owner);
+        assert_eq!(refused(&ann, second_owner).await, InvalidArgument);
+        let outsider = g.set_role(&eve, Role::Admin);
+        assert_eq!(refused(&ann, outsider).await, NotFound, "not a member");
 
         // Admins remove members, not admins nor the owner.
-        assert_eq!(
-            refused(&cb, remove(g, &cy, false)).await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            refused(&cb, remove(g, &ann, false)).await,
-            ErrorCode::Forbidden
-        );
-        let removed = ok(&cb, remove(g, &dan, false)).await;
+        assert_eq!(refused(&bo, g.remove(&cy)).await, Forbidden);
+        assert_eq!(refused(&bo, g.remove(&ann)).await, Forbidden);
+        let removed = ok(&bo, g.remove(&dan)).await;
         assert_eq!(removed.seq, 4);
-        assert_eq!(role_in(&removed.group.unwrap(), dan.user_id), None);
-        assert_eq!(
-            event_kind(&message_at(&cd, &conv, 4).await),
-            v1::GroupEventKind::MemberRemoved
-        );
-        assert_eq!(
-            refused(&cd, remove(g, &bo, false)).await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(ok(&cb, remove(g, &dan, false)).await.seq, 0, "already gone");
+        assert_eq!(role_in(&removed.group.unwrap(), &dan), None);
+        g.event_at(&dan, 4, Kind::MemberRemoved).await;
+        assert_eq!(refused(&dan, g.remove(&bo)).await, Forbidden);
+        assert_eq!(ok(&bo, g.remove(&dan)).await.seq, 0, "already gone");
 
         // The owner dismisses and removes admins.
-        assert_eq!(
-            ok(&ca, set_role(g, &cy, v1::GroupRole::Member)).await.seq,
-            5
-        );
-        let m = message_at(&cc, &conv, 5).await;
-        assert_eq!(m.event.unwrap().role, v1::GroupRole::Member as i32);
-        assert_eq!(ok(&ca, remove(g, &bo, false)).await.seq, 6);
-        let now = get(&ca, g).await;
+        assert_eq!(ok(&ann, g.set_role(&cy, Role::Member)).await.seq, 5);
+        let ev = g.event_at(&cy, 5, Kind::RoleChanged).await;
+        assert_eq!(ev.role, Role::Member as i32);
+        assert_eq!(ok(&ann, g.remove(&bo)).await.seq, 6);
+        let now = g.seen_by(&ann).await;
         assert_eq!(member_ids(&now), ids(&[&ann, &cy]));
-        assert_eq!(role_in(&now, cy.user_id), Some(v1::GroupRole::Member));
+        assert_eq!(role_in(&now, &cy), Some(Role::Member));
 
         // Ownership: only the owner transfers it, to a member, and becomes an admin.
-        let to_cy = Op::TransferOwnership(v1::GroupTransferOwnership {
-            group_id: g,
-            user_id: cy.user_id.get(),
-        });
-        let to_ann = Op::TransferOwnership(v1::GroupTransferOwnership {
-            group_id: g,
-            user_id: ann.user_id.get(),
-        });
-        let to_eve = Op::TransferOwnership(v1::GroupTransferOwnership {
-            group_id: g,
-            user_id: eve.user_id.get(),
-        });
-        assert_eq!(refused(&cc, to_ann.clone()).await, ErrorCode::Forbidden);
-        ok(&ca, set_role(g, &cy, v1::GroupRole::Admin)).await; // seq 7
+        assert_eq!(refused(&cy, g.transfer_to(&ann)).await, Forbidden);
+        assert_eq!(ok(&ann, g.set_role(&cy, Role::Admin)).await.seq, 7);
         assert_eq!(
-            refused(&cc, to_ann).await,
-            ErrorCode::Forbidden,
+            refused(&cy, g.transfer_to(&ann)).await,
+            Forbidden,
             "an admin is not the owner"
         );
-        assert_eq!(refused(&ca, to_eve).await, ErrorCode::NotFound);
-        let moved = ok(&ca, to_cy).await;
-        assert_eq!(moved.seq, 8);
-        let m = message_at(&cc, &conv, 8).await;
-        assert_eq!(event_kind(&m), v1::GroupEventKind::OwnerChanged);
-        assert_eq!(m.event.unwrap().new_owner, cy.user_id.get());
-        let now = get(&cc, g).await;
-        assert_eq!(role_in(&now, cy.user_id), Some(v1::GroupRole::Owner));
-        assert_eq!(role_in(&now, ann.user_id), Some(v1::GroupRole::Admin));
+        assert_eq!(refused(&ann, g.transfer_to(&eve)).await, NotFound);
+        assert_eq!(ok(&ann, g.transfer_to(&cy)).await.seq, 8);
+        let ev = g.event_at(&cy, 8, Kind::OwnerChanged).await;
+        assert_eq!(ev.new_owner, cy.uid());
+        let now = g.seen_by(&cy).await;
+        assert_eq!(role_in(&now, &cy), Some(Role::Owner));
+        assert_eq!(role_in(&now, &ann), Some(Role::Admin));
         // The new owner may now remove the former one, who may not remove them back.
-        assert_eq!(
-            refused(&ca, remove(g, &cy, false)).await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(ok(&cc, remove(g, &ann, false)).await.seq, 9);
-        assert_eq!(
-            refused(&ca, Op::Get(v1::GroupGet { group_id: g })).await,
-            ErrorCode::Forbidden
-        );
-        let kinds: Vec<v1::GroupEventKind> = system_events(&log(&cc, &conv).await)
+        assert_eq!(refused(&ann, g.remove(&cy)).await, Forbidden);
+        assert_eq!(ok(&cy, g.remove(&ann)).await.seq, 9);
+        assert_eq!(refused(&ann, g.get()).await, Forbidden);
+        let kinds: Vec<Kind> = system_events(&g.log(&cy).await)
             .into_iter()
             .map(|(_, k)| k)
             .collect();
-        use v1::GroupEventKind as K;
         assert_eq!(
             kinds,
             [
-                K::Created,
-                K::RoleChanged,
-                K::RoleChanged,
-                K::MemberRemoved,
-                K::RoleChanged,
-                K::MemberRemoved,
-                K::RoleChanged,
-                K::OwnerChanged,
-                K::MemberRemoved
+                Kind::Created,
+                Kind::RoleChanged,
+                Kind::RoleChanged,
+                Kind::MemberRemoved,
+                Kind::RoleChanged,
+                Kind::MemberRemoved,
+                Kind::RoleChanged,
+                Kind::OwnerChanged,
+                Kind::MemberRemoved
             ]
         );
     })
@@ -1021,189 +1062,133 @@ async fn removal_and_roles_follow_the_hierarchy() {
 
 #[tokio::test]
 async fn leaving_hands_ownership_on_and_the_last_member_deletes_the_group() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let dan = server.user("dan").await;
-        let eve = server.user("eve").await;
-        let (ca, cb, cc, cd, ce) = (
-            server.device(&ann).await,
-            server.device(&bo).await,
-            server.device(&cy).await,
-            server.device(&dan).await,
-            server.device(&eve).await,
-        );
-        let info = ca
-            .create_group("relay", &[bo.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
-        ok(&ca, add(g, &[&dan])).await; // 2
-        ok(&ca, set_role(g, &dan, v1::GroupRole::Admin)).await; // 3
-        ok(&ca, add(g, &[&cy])).await; // 4
-        ok(&ca, add(g, &[&eve])).await; // 5
-        let link = invite_code(&ca, g).await;
+    scenario(async |server| {
+        let [ann, bo, cy, dan, eve] = people(server, ["ann", "bo", "cy", "dan", "eve"]).await;
+        let g = Group::create(&ann, "relay", &[&bo]).await;
+        assert_eq!(ok(&ann, g.add(&[&dan])).await.seq, 2);
+        assert_eq!(ok(&ann, g.set_role(&dan, Role::Admin)).await.seq, 3);
+        assert_eq!(ok(&ann, g.add(&[&cy])).await.seq, 4);
+        assert_eq!(ok(&ann, g.add(&[&eve])).await.seq, 5);
+        let link = g.invite_code(&ann).await;
 
         // A member leaves.
-        let left = ok(&ce, leave(g)).await;
-        assert_eq!(left.seq, 6);
-        let m = message_at(&cb, &conv, 6).await;
-        assert_eq!(event_kind(&m), v1::GroupEventKind::MemberLeft);
-        assert_eq!(m.event.unwrap().users, [eve.user_id.get()]);
-        assert_eq!(
-            refused(&ce, Op::Get(v1::GroupGet { group_id: g })).await,
-            ErrorCode::Forbidden
-        );
-        assert!(ok(&ce, Op::List(v1::GroupList {})).await.groups.is_empty());
-        assert_eq!(send_refused(&ce, &conv).await, ErrorCode::Forbidden);
-        let again = ok(&ce, leave(g)).await;
+        assert_eq!(ok(&eve, g.leave()).await.seq, 6);
+        let ev = g.event_at(&bo, 6, Kind::MemberLeft).await;
+        assert_eq!(ev.users, [eve.uid()]);
+        assert_eq!(refused(&eve, g.get()).await, Forbidden);
+        assert!(list(&eve).await.is_empty());
+        assert_eq!(g.send_refused(&eve).await, Forbidden);
+        let again = ok(&eve, g.leave()).await;
         assert_eq!(again.seq, 0, "leaving again (a retry) changes nothing");
-        assert_eq!(log(&cb, &conv).await.len(), 6);
+        assert_eq!(g.log(&bo).await.len(), 6);
 
         // The owner leaves: the longest-standing admin (dan, not bo) takes over.
-        let left = ok(&ca, leave(g)).await;
-        assert_eq!(left.seq, 7);
-        let m = message_at(&cd, &conv, 7).await;
-        assert_eq!(event_kind(&m), v1::GroupEventKind::MemberLeft);
-        assert_eq!(m.event.unwrap().new_owner, dan.user_id.get());
-        let now = get(&cb, g).await;
-        assert_eq!(role_in(&now, dan.user_id), Some(v1::GroupRole::Owner));
-        assert_eq!(role_in(&now, ann.user_id), None);
-        assert_eq!(
-            now.members
-                .iter()
-                .filter(|m| m.role == v1::GroupRole::Owner as i32)
-                .count(),
-            1
-        );
+        assert_eq!(ok(&ann, g.leave()).await.seq, 7);
+        let ev = g.event_at(&dan, 7, Kind::MemberLeft).await;
+        assert_eq!(ev.new_owner, dan.uid());
+        let now = g.seen_by(&bo).await;
+        assert_eq!(role_in(&now, &dan), Some(Role::Owner));
+        assert_eq!(role_in(&now, &ann), None);
+        let owners = now.members.iter().filter(|m| m.role == Role::Owner as i32);
+        assert_eq!(owners.count(), 1);
 
         // No admin left: the longest-standing member (bo, joined at 1) takes over.
-        assert_eq!(ok(&cd, leave(g)).await.seq, 8);
-        let now = get(&cc, g).await;
-        assert_eq!(role_in(&now, bo.user_id), Some(v1::GroupRole::Owner));
-        assert_eq!(role_in(&now, cy.user_id), Some(v1::GroupRole::Member));
-        assert_eq!(ok(&cb, leave(g)).await.seq, 9);
-        assert_eq!(
-            role_in(&get(&cc, g).await, cy.user_id),
-            Some(v1::GroupRole::Owner)
-        );
+        assert_eq!(ok(&dan, g.leave()).await.seq, 8);
+        let now = g.seen_by(&cy).await;
+        assert_eq!(role_in(&now, &bo), Some(Role::Owner));
+        assert_eq!(role_in(&now, &cy), Some(Role::Member));
+        assert_eq!(ok(&bo, g.leave()).await.seq, 9);
+        assert_eq!(role_in(&g.seen_by(&cy).await, &cy), Some(Role::Owner));
 
         // The last member leaves: the group is deleted.
-        let last = ok(&cc, leave(g)).await;
+        let last = ok(&cy, g.leave()).await;
         assert_eq!(last.seq, 10);
         assert!(last.group.expect("group").deleted);
-        assert_eq!(send_refused(&cc, &conv).await, ErrorCode::NotFound);
-        assert_eq!(refused(&ce, join(&link)).await, ErrorCode::NotFound);
-        let cy_log = log(&cc, &conv).await;
+        assert_eq!(g.send_refused(&cy).await, NotFound);
+        assert_eq!(refused(&eve, join(&link)).await, NotFound);
+        let cy_log = g.log(&cy).await;
         assert_eq!(cy_log.first().map(|m| m.seq), Some(4), "from cy's join");
         assert_eq!(cy_log.last().map(|m| m.seq), Some(10), "to cy's leaving");
-        assert_eq!(
-            event_kind(cy_log.last().unwrap()),
-            v1::GroupEventKind::MemberLeft
-        );
+        assert_eq!(event_kind(cy_log.last().unwrap()), Kind::MemberLeft);
     })
     .await;
 }
 
 #[tokio::test]
 async fn only_the_owner_deletes_and_history_stays_readable() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let (ca, cb, cc) = (
-            server.device(&ann).await,
-            server.device(&bo).await,
-            server.device(&cy).await,
-        );
-        let info = ca
-            .create_group("doomed", &[bo.user_id, cy.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
-        ok(&ca, set_role(g, &bo, v1::GroupRole::Admin)).await; // 2
-        cb.send_text(&conv, "one").await.expect("send"); // 3
-        cc.send_text(&conv, "two").await.expect("send"); // 4
-        let link = invite_code(&ca, g).await;
+    scenario(async |server| {
+        let [ann, bo, cy] = people(server, ["ann", "bo", "cy"]).await;
+        let g = Group::create(&ann, "doomed", &[&bo, &cy]).await;
+        assert_eq!(ok(&ann, g.set_role(&bo, Role::Admin)).await.seq, 2);
+        assert_eq!(g.send(&bo, "one").await, 3);
+        assert_eq!(g.send(&cy, "two").await, 4);
+        let link = g.invite_code(&ann).await;
 
-        let delete = Op::Delete(v1::GroupDelete { group_id: g });
-        assert_eq!(
-            refused(&cb, delete.clone()).await,
-            ErrorCode::Forbidden,
-            "admin"
-        );
-        assert_eq!(
-            refused(&cc, delete.clone()).await,
-            ErrorCode::Forbidden,
-            "member"
-        );
-        let deleted = ok(&ca, delete.clone()).await;
+        assert_eq!(refused(&bo, g.delete()).await, Forbidden, "admin");
+        assert_eq!(refused(&cy, g.delete()).await, Forbidden, "member");
+        let deleted = ok(&ann, g.delete()).await;
         assert_eq!(deleted.seq, 5);
         assert!(deleted.group.expect("group").deleted);
-        for c in [&ca, &cb, &cc] {
+        for c in [&ann, &bo, &cy] {
             // Every member hears of it, in order after the chat.
-            let mut last = next_in(c, &conv).await;
+            let mut last = g.next(c).await;
             while last.seq < 5 {
-                last = next_in(c, &conv).await;
+                last = g.next(c).await;
             }
-            assert_eq!(event_kind(&last), v1::GroupEventKind::Deleted);
+            assert_eq!(event_kind(&last), Kind::Deleted);
         }
 
-        for c in [&ca, &cb, &cc] {
-            assert_eq!(send_refused(c, &conv).await, ErrorCode::NotFound);
+        for c in [&ann, &bo, &cy] {
+            assert_eq!(g.send_refused(c).await, NotFound);
         }
-        let dan = server.user("dan").await;
-        let cd = server.device(&dan).await;
-        assert_eq!(refused(&cd, join(&link)).await, ErrorCode::NotFound);
-        assert_eq!(refused(&ca, add(g, &[&dan])).await, ErrorCode::NotFound);
-        assert_eq!(refused(&ca, rename(g, "again")).await, ErrorCode::NotFound);
-        assert_eq!(ok(&ca, delete).await.seq, 0, "deleting again (a retry)");
+        let dan = person(server, "dan").await;
+        assert_eq!(refused(&dan, join(&link)).await, NotFound);
+        assert_eq!(refused(&ann, g.add(&[&dan])).await, NotFound);
+        assert_eq!(refused(&ann, g.rename("again")).await, NotFound);
         assert_eq!(
-            ca.read_by(&conv, Seq(3)).await.map_err(code).unwrap_err(),
-            ErrorCode::NotFound
+            ok(&ann, g.delete()).await.seq,
+            0,
+            "deleting again (a retry)"
         );
-        cb.read(&conv, Seq(4)).await.expect("the frame is written");
-        let refusal = next_matching(&cb, WAIT, |ev| match ev {
+        assert_eq!(refusal(ann.read_by(&g.conv, Seq(3)).await), NotFound);
+        bo.read(&g.conv, Seq(4))
+            .await
+            .expect("the frame is written");
+        let error = next_matching(&bo, WAIT, |ev| match ev {
             Event::Error { error, .. } => Some(error.clone()),
             _ => None,
         })
         .await;
-        assert_eq!(refusal.code, ErrorCode::NotFound as i32, "{refusal:?}");
+        assert_eq!(error.code, NotFound as i32, "{error:?}");
 
         // Members keep their history, up to the deletion.
-        for c in [&ca, &cb, &cc] {
-            let h = log(c, &conv).await;
+        for c in [&ann, &bo, &cy] {
+            let h = g.log(c).await;
             assert_gap_free(&h);
             assert_eq!(h.len(), 5);
             assert_eq!(text(&h[2]), "one");
             assert_eq!(text(&h[3]), "two");
-            assert_eq!(event_kind(&h[4]), v1::GroupEventKind::Deleted);
+            assert_eq!(event_kind(&h[4]), Kind::Deleted);
         }
-        let seen = get(&cc, g).await;
+        let seen = g.seen_by(&cy).await;
         assert!(seen.deleted, "get shows the group as deleted");
         assert!(seen.invites.is_empty());
-        assert_eq!(send_refused(&cd, &conv).await, ErrorCode::NotFound);
-        let listed = ok(&cc, Op::List(v1::GroupList {})).await.groups;
+        assert_eq!(g.send_refused(&dan).await, NotFound);
+        let listed = list(&cy).await;
         assert!(listed.len() == 1 && listed[0].deleted, "{listed:?}");
 
         // Members may leave a deleted group: it leaves their list, no system message.
-        assert_eq!(ok(&cb, leave(g)).await.seq, 0);
-        assert!(ok(&cb, Op::List(v1::GroupList {})).await.groups.is_empty());
+        assert_eq!(ok(&bo, g.leave()).await.seq, 0);
+        assert!(list(&bo).await.is_empty());
+        assert_eq!(refused(&bo, g.get()).await, Forbidden);
+        assert_eq!(ok(&bo, g.leave()).await.seq, 0, "and again");
         assert_eq!(
-            refused(&cb, Op::Get(v1::GroupGet { group_id: g })).await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(ok(&cb, leave(g)).await.seq, 0, "and again");
-        assert_eq!(
-            log(&cb, &conv).await.len(),
+            g.log(&bo).await.len(),
             5,
             "still readable up to the deletion"
         );
         assert_eq!(
-            log(&cc, &conv).await.len(),
+            g.log(&cy).await.len(),
             5,
             "nothing was written for the leave"
         );
@@ -1213,112 +1198,57 @@ async fn only_the_owner_deletes_and_history_stays_readable() {
 
 #[tokio::test]
 async fn invite_links_join_revoke_expire_and_malformed_codes() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let dan = server.user("dan").await;
-        let (ca, cb, cc, cd) = (
-            server.device(&ann).await,
-            server.device(&bo).await,
-            server.device(&cy).await,
-            server.device(&dan).await,
-        );
-        let info = ca
-            .create_group("linked", &[bo.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
+    scenario(async |server| {
+        let [ann, bo, cy, dan] = people(server, ["ann", "bo", "cy", "dan"]).await;
+        let g = Group::create(&ann, "linked", &[&bo]).await;
 
-        assert_eq!(refused(&cb, invite(g, 0)).await, ErrorCode::Forbidden);
-        assert_eq!(
-            refused(&cc, invite(g, 0)).await,
-            ErrorCode::Forbidden,
-            "non-member"
-        );
-        let made = ok(&ca, invite(g, 0)).await;
+        assert_eq!(refused(&bo, g.invite(0)).await, Forbidden);
+        assert_eq!(refused(&cy, g.invite(0)).await, Forbidden, "non-member");
+        let made = ok(&ann, g.invite(0)).await;
         assert_eq!(made.seq, 0, "an invite is not a system message");
         let inv = made.invite.expect("the invite");
         let link = inv.code.clone();
-        assert!(link.starts_with(&format!("{g}-")), "{link}");
-        assert!(
-            link.len() > format!("{g}-").len() + 10,
-            "a real secret: {link}"
-        );
-        assert_eq!((inv.created_by, inv.expires_at_ms), (ann.user_id.get(), 0));
+        let prefix = format!("{}-", g.id);
+        assert!(link.starts_with(&prefix), "{link}");
+        assert!(link.len() > prefix.len() + 10, "a real secret: {link}");
+        assert_eq!((inv.created_by, inv.expires_at_ms), (ann.uid(), 0));
 
         // Joining by link.
-        let joined = ok(&cc, join(&link)).await;
+        let joined = ok(&cy, join(&link)).await;
         assert!(!joined.pending_approval);
         assert_eq!(joined.seq, 2);
         let jinfo = joined.group.expect("the group");
-        assert_eq!(role_in(&jinfo, cy.user_id), Some(v1::GroupRole::Member));
+        assert_eq!(role_in(&jinfo, &cy), Some(Role::Member));
         assert!(jinfo.invites.is_empty(), "a member does not see the links");
-        let m = next_in(&cc, &conv).await;
-        assert_eq!(m.seq, 2, "the joiner starts at their join");
-        assert_eq!(event_kind(&m), v1::GroupEventKind::JoinedByInvite);
-        let ev = m.event.unwrap();
-        assert_eq!(
-            (ev.users.clone(), ev.actor),
-            (vec![cy.user_id.get()], cy.user_id.get())
-        );
-        assert_eq!(
-            ok(&cc, join(&link)).await.seq,
-            0,
-            "joining again changes nothing"
-        );
-        assert_eq!(
-            cc.send_text(&conv, "hi, I'm new").await.expect("send").seq,
-            3
-        );
+        // The joiner starts at their join.
+        let ev = g.next_event(&cy, 2, Kind::JoinedByInvite).await;
+        assert_eq!((ev.users, ev.actor), (vec![cy.uid()], cy.uid()));
+        let again = ok(&cy, join(&link)).await;
+        assert_eq!(again.seq, 0, "joining again changes nothing");
+        assert_eq!(g.send(&cy, "hi, I'm new").await, 3);
 
         // Revoked: the link no longer works.
-        let other = invite_code(&ca, g).await;
+        let other = g.invite_code(&ann).await;
         assert_ne!(other, link);
-        let revoke = |c: &str| {
-            Op::RevokeInvite(v1::GroupRevokeInvite {
-                group_id: g,
-                code: c.to_owned(),
-            })
-        };
-        assert_eq!(refused(&cb, revoke(&link)).await, ErrorCode::Forbidden);
-        let after = ok(&ca, revoke(&link)).await;
-        assert_eq!(
-            after
-                .group
-                .expect("group")
-                .invites
-                .iter()
-                .map(|i| i.code.as_str())
-                .collect::<Vec<_>>(),
-            [other.as_str()]
-        );
-        assert_eq!(refused(&cd, join(&link)).await, ErrorCode::NotFound);
-        assert_eq!(
-            refused(&ca, revoke(&link)).await,
-            ErrorCode::NotFound,
-            "revoked twice"
-        );
+        assert_eq!(refused(&bo, g.revoke(&link)).await, Forbidden);
+        let after = ok(&ann, g.revoke(&link)).await;
+        assert_eq!(codes(&after.group.expect("group")), [other.as_str()]);
+        assert_eq!(refused(&dan, join(&link)).await, NotFound);
+        let twice = refused(&ann, g.revoke(&link)).await;
+        assert_eq!(twice, NotFound, "revoked twice");
 
         // Expired.
-        let short = ok(&ca, invite(g, 1)).await.invite.expect("invite");
+        let short = ok(&ann, g.invite(1)).await.invite.expect("invite");
         assert_eq!(short.expires_at_ms, short.created_at_ms + 1000);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        // Time itself is the condition here: wait until the link has expired.
-        let wait_ms = short.expires_at_ms.saturating_sub(now_ms) + 100;
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-        assert_eq!(refused(&cd, join(&short.code)).await, ErrorCode::NotFound);
-        let live: Vec<String> = get(&ca, g)
-            .await
-            .invites
-            .into_iter()
-            .map(|i| i.code)
-            .collect();
+        until_expired(&short).await;
+        assert_eq!(refused(&dan, join(&short.code)).await, NotFound);
+        let live = codes(&g.seen_by(&ann).await);
         assert!(!live.contains(&link));
+        assert_eq!(
+            live,
+            [other.as_str()],
+            "neither the revoked nor the expired"
+        );
 
         // Malformed codes never reach a group; well-formed wrong ones find none.
         for bad in [
@@ -1330,33 +1260,25 @@ async fn invite_links_join_revoke_expire_and_malformed_codes() {
             "0123-abc",
             "99999999999999999-abc",
         ] {
-            assert_eq!(
-                refused(&cd, join(bad)).await,
-                ErrorCode::InvalidArgument,
-                "code {bad:?}"
-            );
+            let c = refused(&dan, join(bad)).await;
+            assert_eq!(c, InvalidArgument, "code {bad:?}");
         }
-        assert_eq!(
-            refused(&cd, join(&format!("{g}-notthesecret"))).await,
-            ErrorCode::NotFound
-        );
-        assert_eq!(refused(&cd, join("4242-secret")).await, ErrorCode::NotFound);
-        assert_eq!(
-            refused(&cd, join(&format!("{g}-"))).await,
-            ErrorCode::InvalidArgument,
-            "an empty secret"
-        );
+        let wrong_secret = join(&format!("{prefix}notthesecret"));
+        assert_eq!(refused(&dan, wrong_secret).await, NotFound);
+        assert_eq!(refused(&dan, join("4242-secret")).await, NotFound);
+        let no_secret = refused(&dan, join(&prefix)).await;
+        assert_eq!(no_secret, InvalidArgument, "an empty secret");
 
         // The other link still works; nobody got in by a dead one.
-        assert_eq!(ok(&cd, join(&other)).await.seq, 4);
-        let h = log(&ca, &conv).await;
+        assert_eq!(ok(&dan, join(&other)).await.seq, 4);
+        let h = g.log(&ann).await;
         assert_gap_free(&h);
         assert_eq!(
             system_events(&h),
             vec![
-                (1, v1::GroupEventKind::Created),
-                (2, v1::GroupEventKind::JoinedByInvite),
-                (4, v1::GroupEventKind::JoinedByInvite)
+                (1, Kind::Created),
+                (2, Kind::JoinedByInvite),
+                (4, Kind::JoinedByInvite)
             ]
         );
     })
@@ -1367,44 +1289,18 @@ async fn invite_links_join_revoke_expire_and_malformed_codes() {
 /// a join already refuses with NOT_FOUND) must not be listed to admins any more.
 #[tokio::test]
 async fn expired_invite_links_are_no_longer_listed_as_live() {
-    let server = Server::start().await;
-    bounded(30, async {
-        let ann = server.user("ann").await;
-        let dan = server.user("dan").await;
-        let (ca, cd) = (server.device(&ann).await, server.device(&dan).await);
-        let info = ca.create_group("fleeting", &[]).await.expect("create");
-        let g = info.group_id;
-        let lasting = invite_code(&ca, g).await;
-        let short = ok(&ca, invite(g, 1)).await.invite.expect("invite");
-        let listed: Vec<String> = get(&ca, g)
-            .await
-            .invites
-            .into_iter()
-            .map(|i| i.code)
-            .collect();
-        assert_eq!(listed, [lasting.clone(), short.code.clone()], "both live");
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        // Time itself is the condition here: wait until the link has expired.
-        tokio::time::sleep(Duration::from_millis(
-            short.expires_at_ms.saturating_sub(now_ms) + 100,
-        ))
-        .await;
+    scenario_with(&[], 30, async |server| {
+        let [ann, dan] = people(server, ["ann", "dan"]).await;
+        let g = Group::create(&ann, "fleeting", &[]).await;
+        let lasting = g.invite_code(&ann).await;
+        let short = ok(&ann, g.invite(1)).await.invite.expect("invite");
+        let listed = codes(&g.seen_by(&ann).await);
+        assert_eq!(listed, [lasting.as_str(), short.code.as_str()], "both live");
+        until_expired(&short).await;
+        let expired = refused(&dan, join(&short.code)).await;
+        assert_eq!(expired, NotFound, "expired");
         assert_eq!(
-            refused(&cd, join(&short.code)).await,
-            ErrorCode::NotFound,
-            "expired"
-        );
-        let listed: Vec<String> = get(&ca, g)
-            .await
-            .invites
-            .into_iter()
-            .map(|i| i.code)
-            .collect();
-        assert_eq!(
-            listed,
+            codes(&g.seen_by(&ann).await),
             [lasting],
             "an expired link is not a live invite link"
         );
@@ -1414,182 +1310,110 @@ async fn expired_invite_links_are_no_longer_listed_as_live() {
 
 #[tokio::test]
 async fn a_banned_user_cannot_rejoin_by_link_until_an_admin_adds_them() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let (ca, cb, cc) = (
-            server.device(&ann).await,
-            server.device(&bo).await,
-            server.device(&cy).await,
-        );
-        let info = ca
-            .create_group("strict", &[bo.user_id, cy.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
-        let link = invite_code(&ca, g).await;
+    scenario(async |server| {
+        let [ann, bo, cy] = people(server, ["ann", "bo", "cy"]).await;
+        let g = Group::create(&ann, "strict", &[&bo, &cy]).await;
+        let link = g.invite_code(&ann).await;
 
         // Removed without a ban: back by link.
-        assert_eq!(ok(&ca, remove(g, &bo, false)).await.seq, 2);
-        assert_eq!(ok(&cb, join(&link)).await.seq, 3);
+        assert_eq!(ok(&ann, g.remove(&bo)).await.seq, 2);
+        assert_eq!(ok(&bo, join(&link)).await.seq, 3);
 
         // Removed with a ban: the link refuses them.
-        let banned = ok(&ca, remove(g, &cy, true)).await;
+        let banned = ok(&ann, g.ban(&cy)).await;
         assert_eq!(banned.seq, 4);
         let seen = banned.group.expect("group");
-        assert_eq!(seen.banned, [cy.user_id.get()]);
-        assert_eq!(role_in(&seen, cy.user_id), None);
-        assert_eq!(refused(&cc, join(&link)).await, ErrorCode::Banned);
-        assert_eq!(refused(&cc, join(&link)).await, ErrorCode::Banned, "still");
-        assert_eq!(send_refused(&cc, &conv).await, ErrorCode::Forbidden);
-        assert!(
-            get(&cb, g).await.banned.is_empty(),
-            "members do not see bans"
-        );
+        assert_eq!(seen.banned, [cy.uid()]);
+        assert_eq!(role_in(&seen, &cy), None);
+        assert_eq!(refused(&cy, join(&link)).await, Banned);
+        assert_eq!(refused(&cy, join(&link)).await, Banned, "still");
+        assert_eq!(g.send_refused(&cy).await, Forbidden);
+        let member_view = g.seen_by(&bo).await;
+        assert!(member_view.banned.is_empty(), "members do not see bans");
 
         // An admin adding them lifts the ban.
-        let added = ok(&ca, add(g, &[&cy])).await;
+        let added = ok(&ann, g.add(&[&cy])).await;
         assert_eq!(added.seq, 5);
         let seen = added.group.expect("group");
         assert!(seen.banned.is_empty());
-        assert_eq!(role_in(&seen, cy.user_id), Some(v1::GroupRole::Member));
-        assert_eq!(cc.send_text(&conv, "back").await.expect("send").seq, 6);
-        assert_eq!(ok(&cc, leave(g)).await.seq, 7);
-        assert_eq!(ok(&cc, join(&link)).await.seq, 8, "no ban any more");
+        assert_eq!(role_in(&seen, &cy), Some(Role::Member));
+        assert_eq!(g.send(&cy, "back").await, 6);
+        assert_eq!(ok(&cy, g.leave()).await.seq, 7);
+        assert_eq!(ok(&cy, join(&link)).await.seq, 8, "no ban any more");
     })
     .await;
 }
 
 #[tokio::test]
 async fn join_approval_makes_joins_wait_for_an_admin() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let dan = server.user("dan").await;
-        let (ca, cb, cc, cd) = (
-            server.device(&ann).await,
-            server.device(&bo).await,
-            server.device(&cy).await,
-            server.device(&dan).await,
-        );
-        let info = ca
-            .create_group("by approval", &[bo.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
-        assert_eq!(
-            refused(&cb, approval_op(g, true)).await,
-            ErrorCode::Forbidden
-        );
+    scenario(async |server| {
+        let [ann, bo, cy, dan] = people(server, ["ann", "bo", "cy", "dan"]).await;
+        let g = Group::create(&ann, "by approval", &[&bo]).await;
+        assert_eq!(refused(&bo, g.approval(true)).await, Forbidden);
         // `settings.join_approval` says nothing in an update (a bool cannot say
         // "unchanged"): only the separate `join_approval` field turns approval on.
-        let ignored = settings_op(
-            g,
-            v1::GroupSettings {
-                join_approval: true,
-                ..Default::default()
-            },
-        );
-        assert_eq!(ok(&ca, ignored).await.seq, 0);
-        assert!(!get(&ca, g).await.settings.expect("settings").join_approval);
-        let on = ok(&ca, approval_op(g, true)).await;
-        assert_eq!(on.seq, 2);
-        assert!(
-            on.group
-                .expect("group")
-                .settings
-                .expect("settings")
-                .join_approval
-        );
-        let m = message_at(&ca, &conv, 2).await;
-        assert_eq!(event_kind(&m), v1::GroupEventKind::SettingsChanged);
-        assert!(m.event.unwrap().settings.expect("settings").join_approval);
-        // Changing a policy leaves approval on.
-        let admins_edit = v1::GroupSettings {
-            edit_info: v1::GroupPolicy::Admins as i32,
+        let ignored = g.settings(v1::GroupSettings {
+            join_approval: true,
             ..Default::default()
-        };
-        assert_eq!(ok(&ca, settings_op(g, admins_edit)).await.seq, 3);
-        assert!(get(&ca, g).await.settings.expect("settings").join_approval);
-        let link = invite_code(&ca, g).await;
+        });
+        assert_eq!(ok(&ann, ignored).await.seq, 0);
+        assert!(!join_approval(&g.seen_by(&ann).await));
+        let on = ok(&ann, g.approval(true)).await;
+        assert_eq!(on.seq, 2);
+        assert!(join_approval(&on.group.expect("group")));
+        let ev = g.event_at(&ann, 2, Kind::SettingsChanged).await;
+        assert!(ev.settings.expect("settings").join_approval);
+        // Changing a policy leaves approval on.
+        let admins_edit = edit_policy(Policy::Admins);
+        assert_eq!(ok(&ann, g.settings(admins_edit)).await.seq, 3);
+        assert!(join_approval(&g.seen_by(&ann).await));
+        let link = g.invite_code(&ann).await;
 
         // A join waits: not a member yet.
-        let waiting = ok(&cc, join(&link)).await;
+        let waiting = ok(&cy, join(&link)).await;
         assert!(waiting.pending_approval);
         assert_eq!(waiting.seq, 0, "a request to join writes no system message");
         let shown = waiting.group.expect("the group, as a non-member sees it");
         assert_eq!(shown.name, "by approval");
         assert!(shown.members.is_empty(), "not who is in it: {shown:?}");
         assert!(shown.pending_joins.is_empty());
-        assert!(ok(&cc, join(&link)).await.pending_approval, "asking again");
-        assert_eq!(send_refused(&cc, &conv).await, ErrorCode::Forbidden);
-        assert_eq!(
-            refused(&cc, Op::Get(v1::GroupGet { group_id: g })).await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            cc.history(&conv, Seq::ZERO, 10)
-                .await
-                .map_err(code)
-                .unwrap_err(),
-            ErrorCode::Forbidden
-        );
-        assert_eq!(get(&ca, g).await.pending_joins, [cy.user_id.get()]);
-        assert!(ok(&cd, join(&link)).await.pending_approval);
-        assert_eq!(get(&ca, g).await.pending_joins, ids(&[&cy, &dan]));
+        assert!(ok(&cy, join(&link)).await.pending_approval, "asking again");
+        assert_eq!(g.send_refused(&cy).await, Forbidden);
+        assert_eq!(refused(&cy, g.get()).await, Forbidden);
+        let history = cy.history(&g.conv, Seq::ZERO, 10).await;
+        assert_eq!(refusal(history), Forbidden);
+        assert_eq!(g.seen_by(&ann).await.pending_joins, [cy.uid()]);
+        assert!(ok(&dan, join(&link)).await.pending_approval);
+        assert_eq!(g.seen_by(&ann).await.pending_joins, ids(&[&cy, &dan]));
 
         // Only admins decide.
-        assert_eq!(
-            refused(&cb, decide(g, &cy, true)).await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            refused(&cc, decide(g, &cy, true)).await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            refused(&ca, decide(g, &bo, true)).await,
-            ErrorCode::NotFound,
-            "no request"
-        );
-        let approved = ok(&ca, decide(g, &cy, true)).await;
-        assert_eq!(approved.seq, 4);
-        let m = next_in(&cc, &conv).await;
-        assert_eq!(m.seq, 4, "the approved member starts at their admission");
-        assert_eq!(event_kind(&m), v1::GroupEventKind::MembersAdded);
-        assert_eq!(m.event.unwrap().users, [cy.user_id.get()]);
-        assert_eq!(
-            role_in(&get(&cc, g).await, cy.user_id),
-            Some(v1::GroupRole::Member)
-        );
-        assert_eq!(cc.send_text(&conv, "let in").await.expect("send").seq, 5);
+        assert_eq!(refused(&bo, g.decide(&cy, true)).await, Forbidden);
+        assert_eq!(refused(&cy, g.decide(&cy, true)).await, Forbidden);
+        let no_request = refused(&ann, g.decide(&bo, true)).await;
+        assert_eq!(no_request, NotFound, "no request");
+        assert_eq!(ok(&ann, g.decide(&cy, true)).await.seq, 4);
+        // The approved member starts at their admission.
+        let ev = g.next_event(&cy, 4, Kind::MembersAdded).await;
+        assert_eq!(ev.users, [cy.uid()]);
+        assert_eq!(role_in(&g.seen_by(&cy).await, &cy), Some(Role::Member));
+        assert_eq!(g.send(&cy, "let in").await, 5);
 
-        let declined = ok(&ca, decide(g, &dan, false)).await;
+        let declined = ok(&ann, g.decide(&dan, false)).await;
         assert_eq!(declined.seq, 0);
         let seen = declined.group.expect("group");
         assert!(seen.pending_joins.is_empty());
-        assert_eq!(role_in(&seen, dan.user_id), None);
-        assert_eq!(send_refused(&cd, &conv).await, ErrorCode::Forbidden);
+        assert_eq!(role_in(&seen, &dan), None);
+        assert_eq!(g.send_refused(&dan).await, Forbidden);
+        assert_eq!(refused(&dan, g.get()).await, Forbidden);
+        let decided = refused(&ann, g.decide(&dan, true)).await;
+        assert_eq!(decided, NotFound, "decided");
         assert_eq!(
-            refused(&cd, Op::Get(v1::GroupGet { group_id: g })).await,
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            refused(&ca, decide(g, &dan, true)).await,
-            ErrorCode::NotFound,
-            "decided"
-        );
-        assert_eq!(
-            system_events(&log(&ca, &conv).await),
+            system_events(&g.log(&ann).await),
             vec![
-                (1, v1::GroupEventKind::Created),
-                (2, v1::GroupEventKind::SettingsChanged),
-                (3, v1::GroupEventKind::SettingsChanged),
-                (4, v1::GroupEventKind::MembersAdded)
+                (1, Kind::Created),
+                (2, Kind::SettingsChanged),
+                (3, Kind::SettingsChanged),
+                (4, Kind::MembersAdded)
             ]
         );
     })
@@ -1598,101 +1422,54 @@ async fn join_approval_makes_joins_wait_for_an_admin() {
 
 #[tokio::test]
 async fn non_members_and_removed_members_read_only_what_was_theirs() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let eve = server.user("eve").await;
-        let (ca, cb, ce) = (
-            server.device(&ann).await,
-            server.device(&bo).await,
-            server.device(&eve).await,
-        );
-        let info = ca
-            .create_group("private", &[bo.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
-        ca.send_text(&conv, "secret 1").await.expect("send"); // 2
-        cb.send_text(&conv, "secret 2").await.expect("send"); // 3
-        let removed = ok(&ca, remove(g, &bo, false)).await;
-        assert_eq!(removed.seq, 4);
-        ca.send_text(&conv, "after bo").await.expect("send"); // 5
-        ok(&ca, rename(g, "renamed")).await; // 6
+    scenario(async |server| {
+        let [ann, bo, eve] = people(server, ["ann", "bo", "eve"]).await;
+        let g = Group::create(&ann, "private", &[&bo]).await;
+        assert_eq!(g.send(&ann, "secret 1").await, 2);
+        assert_eq!(g.send(&bo, "secret 2").await, 3);
+        assert_eq!(ok(&ann, g.remove(&bo)).await.seq, 4);
+        assert_eq!(g.send(&ann, "after bo").await, 5);
+        assert_eq!(ok(&ann, g.rename("renamed")).await.seq, 6);
 
         // Eve was never in: history, sync, read_by, send all give her nothing.
-        assert_eq!(
-            ce.history(&conv, Seq::ZERO, 50)
-                .await
-                .map_err(code)
-                .unwrap_err(),
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            ce.history(&conv, Seq(3), 50)
-                .await
-                .map_err(code)
-                .unwrap_err(),
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            ce.read_by(&conv, Seq(2)).await.map_err(code).unwrap_err(),
-            ErrorCode::Forbidden
-        );
-        assert_eq!(send_refused(&ce, &conv).await, ErrorCode::Forbidden);
-        let done = ce.sync().await.expect("sync");
+        let conv = &g.conv;
+        assert_eq!(refusal(eve.history(conv, Seq::ZERO, 50).await), Forbidden);
+        assert_eq!(refusal(eve.history(conv, Seq(3), 50).await), Forbidden);
+        assert_eq!(refusal(eve.read_by(conv, Seq(2)).await), Forbidden);
+        assert_eq!(g.send_refused(&eve).await, Forbidden);
+        let done = eve.sync().await.expect("sync");
         assert!(
             done.heads
                 .iter()
                 .all(|h| h.conversation_id != conv.as_str()),
             "the group is not among eve's conversations: {done:?}"
         );
-        let eve2 = server.login(&eve.username, "device-2").await;
-        let ce2 = server.device(&eve2).await;
-        let synced = sync_collect(&ce2, Duration::from_secs(20)).await;
-        assert!(
-            synced.iter().all(|m| m.conversation_id != conv.as_str()),
-            "{synced:?}"
-        );
-        nothing_past(&ce, &conv, 0).await;
+        let eve2 = eve.second_device(server, opts()).await;
+        let synced = g.synced(&eve2).await;
+        assert!(synced.is_empty(), "{synced:?}");
+        g.nothing_past(&eve, 0).await;
 
         // Bo reads up to his removal, not after: history, a fresh device's sync.
-        let h = log(&cb, &conv).await;
-        assert_eq!(h.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
-        assert_eq!(event_kind(&h[3]), v1::GroupEventKind::MemberRemoved);
-        let page = cb.history(&conv, Seq(3), 50).await.expect("history");
-        assert_eq!(
-            page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            [1, 2]
-        );
+        let h = g.log(&bo).await;
+        assert_eq!(seqs(&h), [1, 2, 3, 4]);
+        assert_eq!(event_kind(&h[3]), Kind::MemberRemoved);
+        let page = bo.history(conv, Seq(3), 50).await.expect("history");
+        assert_eq!(seqs(&page.messages), [1, 2]);
         assert!(!page.more);
-        let page = cb.history(&conv, Seq(6), 50).await.expect("history");
+        let page = bo.history(conv, Seq(6), 50).await.expect("history");
+        let last = page.messages.last().map(|m| m.seq);
+        assert_eq!(last, Some(4), "capped at the removal");
+        let bo2 = bo.second_device(server, opts()).await;
+        assert_eq!(g.synced(&bo2).await, [1, 2, 3, 4]);
         assert_eq!(
-            page.messages.last().map(|m| m.seq),
-            Some(4),
-            "capped at the removal"
-        );
-        let bo2 = server.login(&bo.username, "device-2").await;
-        let cb2 = server.device(&bo2).await;
-        let synced: Vec<u64> = sync_collect(&cb2, Duration::from_secs(20))
-            .await
-            .iter()
-            .filter(|m| m.conversation_id == conv.as_str())
-            .map(|m| m.seq)
-            .collect();
-        assert_eq!(synced, [1, 2, 3, 4]);
-        assert_eq!(
-            cb.read_by(&conv, Seq(3)).await.map_err(code).unwrap_err(),
-            ErrorCode::Forbidden,
+            refusal(bo.read_by(conv, Seq(3)).await),
+            Forbidden,
             "a former member asks nothing of the group"
         );
-        assert_eq!(
-            refused(&cb, Op::Get(v1::GroupGet { group_id: g })).await,
-            ErrorCode::Forbidden
-        );
-        assert!(ok(&cb, Op::List(v1::GroupList {})).await.groups.is_empty());
-        nothing_past(&cb, &conv, 4).await;
-        nothing_past(&cb2, &conv, 4).await;
+        assert_eq!(refused(&bo, g.get()).await, Forbidden);
+        assert!(list(&bo).await.is_empty());
+        g.nothing_past(&bo, 4).await;
+        g.nothing_past(&bo2, 4).await;
     })
     .await;
 }
@@ -1701,34 +1478,22 @@ async fn non_members_and_removed_members_read_only_what_was_theirs() {
 async fn sends_racing_a_removal_land_before_it_or_are_refused_never_both() {
     const WORKERS: usize = 8;
     const MAX_PER_WORKER: usize = 2000;
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let (ca, cb, cc) = (
-            server.device(&ann).await,
-            server.device(&bo).await,
-            server.device(&cy).await,
-        );
-        let info = ca
-            .create_group("race", &[bo.user_id, cy.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
-        let sent = std::sync::atomic::AtomicUsize::new(0);
+    scenario(async |server| {
+        let [ann, bo, cy] = people(server, ["ann", "bo", "cy"]).await;
+        let g = Group::create(&ann, "race", &[&bo, &cy]).await;
+        let sent = AtomicUsize::new(0);
 
         // Cy sends from several tasks at once until refused, then a few more; Ann
         // removes Cy once some of them went through.
         let worker = |w: usize| {
-            let (cc, conv, sent) = (&cc, &conv, &sent);
+            let (cy, conv, sent) = (&cy, &g.conv, &sent);
             async move {
                 let mut out: Vec<Result<(u64, String), ErrorCode>> = Vec::new();
                 let mut refusals = 0;
                 for i in 0..MAX_PER_WORKER {
                     let body = format!("w{w}-{i}");
-                    let r = cc.send_text(conv, &body).await;
-                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let r = cy.send_text(conv, &body).await;
+                    sent.fetch_add(1, Relaxed);
                     match r {
                         Ok(a) => out.push(Ok((a.seq, body))),
                         Err(e) => {
@@ -1745,10 +1510,10 @@ async fn sends_racing_a_removal_land_before_it_or_are_refused_never_both() {
         };
         let removal = async {
             eventually(WAIT, "some sends before the removal", || async {
-                sent.load(std::sync::atomic::Ordering::Relaxed) >= 4 * WORKERS
+                sent.load(Relaxed) >= 4 * WORKERS
             })
             .await;
-            ok(&ca, remove(g, &cy, false)).await.seq
+            ok(&ann, g.remove(&cy)).await.seq
         };
         let (results, removal_seq) =
             tokio::join!(futures::future::join_all((0..WORKERS).map(worker)), removal);
@@ -1769,27 +1534,27 @@ async fn sends_racing_a_removal_land_before_it_or_are_refused_never_both() {
                         );
                         accepted.push((*seq, body.clone()));
                     }
-                    Err(c) => assert_eq!(*c, ErrorCode::Forbidden, "worker {w} send {i}"),
+                    Err(c) => assert_eq!(*c, Forbidden, "worker {w} send {i}"),
                 }
             }
         }
         assert!(!accepted.is_empty());
         // After the removal answered, a send is refused.
-        assert_eq!(send_refused(&cc, &conv).await, ErrorCode::Forbidden);
-        let last = ca.send_text(&conv, "cy is out").await.expect("send");
-        assert_eq!(last.seq, removal_seq + 1, "refused sends took no seq");
+        assert_eq!(g.send_refused(&cy).await, Forbidden);
+        let last = g.send(&ann, "cy is out").await;
+        assert_eq!(last, removal_seq + 1, "refused sends took no seq");
 
         // Bo's log is gap-free and holds exactly the accepted sends before the removal.
-        let h = log(&cb, &conv).await;
+        let h = g.log(&bo).await;
         assert_gap_free(&h);
-        assert_eq!(h.len() as u64, last.seq);
+        assert_eq!(h.len() as u64, last);
         assert_eq!(
             event_kind(&h[removal_seq as usize - 1]),
-            v1::GroupEventKind::MemberRemoved
+            Kind::MemberRemoved
         );
         let mut from_cy: Vec<(u64, String)> = h
             .iter()
-            .filter(|m| m.sender_user == cy.user_id.get() && m.kind == v1::MessageKind::Text as i32)
+            .filter(|m| m.sender_user == cy.uid() && m.kind == v1::MessageKind::Text as i32)
             .map(|m| (m.seq, text(m)))
             .collect();
         from_cy.sort();
@@ -1804,63 +1569,45 @@ async fn sends_racing_a_removal_land_before_it_or_are_refused_never_both() {
             "cy's sends fill 2..removal"
         );
         // Live: Bo got the same, in order, once each.
-        let mut live = Vec::new();
-        while live.len() < h.len() {
-            live.push(next_in(&cb, &conv).await);
-        }
+        let live = g.next_n(&bo, h.len()).await;
         assert_gap_free(&live);
         assert_eq!(
             live.iter().map(|m| m.message_id).collect::<Vec<_>>(),
             h.iter().map(|m| m.message_id).collect::<Vec<_>>()
         );
-        let cy_log = log(&cc, &conv).await;
+        let cy_log = g.log(&cy).await;
         assert_eq!(cy_log.last().map(|m| m.seq), Some(removal_seq));
-        nothing_past(&cc, &conv, removal_seq).await;
+        g.nothing_past(&cy, removal_seq).await;
     })
     .await;
-}
-
-/// `n` concurrent sends from `c`; their seqs.
-async fn burst(c: &Client, conv: &ConversationId, who: &str, n: usize) -> Vec<u64> {
-    let bodies: Vec<String> = (0..n).map(|i| format!("{who} {i}")).collect();
-    futures::future::join_all(bodies.iter().map(|b| c.send_text(conv, b)))
-        .await
-        .into_iter()
-        .map(|r| r.expect("send").seq)
-        .collect()
 }
 
 #[tokio::test]
 async fn group_messages_fan_out_to_every_device_gap_free() {
     const PER_SENDER: usize = 17;
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let ann2 = server.login(&ann.username, "device-2").await;
-        let bo2 = server.login(&bo.username, "device-2").await;
+    scenario(async |server| {
         // Every device hands out its own messages too: each sees the whole conversation.
         let all = ClientOptions {
             yield_own: true,
             ..opts()
         };
-        let a1 = server.connect(&ann, all.clone()).await;
-        let a2 = server.connect(&ann2, all.clone()).await;
-        let b1 = server.connect(&bo, all.clone()).await;
-        let b2 = server.connect(&bo2, all.clone()).await;
-        let c1 = server.connect(&cy, all.clone()).await;
-        let info = a1
-            .create_group("burst", &[bo.user_id, cy.user_id])
-            .await
-            .expect("create");
-        let conv = group_conv(&info);
+        let [ann, bo, cy] = people_with(server, ["ann", "bo", "cy"], all.clone()).await;
+        let a2 = ann.second_device(server, all.clone()).await;
+        let b2 = bo.second_device(server, all).await;
+        let g = Group::create(&ann, "burst", &[&bo, &cy]).await;
+        let devices = [
+            ("a1", &ann.client),
+            ("a2", &a2),
+            ("b1", &bo.client),
+            ("b2", &b2),
+            ("c1", &cy.client),
+        ];
 
         // 3 senders, each sending concurrently.
         let (sa, sb, sc) = tokio::join!(
-            burst(&a1, &conv, "ann", PER_SENDER),
-            burst(&b1, &conv, "bo", PER_SENDER),
-            burst(&c1, &conv, "cy", PER_SENDER)
+            burst(&ann, &g.conv, "ann", PER_SENDER),
+            burst(&bo, &g.conv, "bo", PER_SENDER),
+            burst(&cy, &g.conv, "cy", PER_SENDER)
         );
         let mut seqs: Vec<u64> = sa.iter().chain(&sb).chain(&sc).copied().collect();
         seqs.sort_unstable();
@@ -1868,16 +1615,10 @@ async fn group_messages_fan_out_to_every_device_gap_free() {
         assert_eq!(seqs, (2..=total as u64).collect::<Vec<_>>());
 
         let mut logs = Vec::new();
-        for (name, c) in [
-            ("a1", &a1),
-            ("a2", &a2),
-            ("b1", &b1),
-            ("b2", &b2),
-            ("c1", &c1),
-        ] {
+        for (name, c) in devices {
             let got = messages(c, total, Duration::from_secs(20)).await;
             assert!(
-                got.iter().all(|m| m.conversation_id == conv.as_str()),
+                got.iter().all(|m| m.conversation_id == g.conv.as_str()),
                 "{name}"
             );
             assert_gap_free(&got);
@@ -1892,124 +1633,90 @@ async fn group_messages_fan_out_to_every_device_gap_free() {
         let from_a1: Vec<&v1::Message> = logs[1]
             .1
             .iter()
-            .filter(|m| m.sender_device == ann.device_id.get())
+            .filter(|m| m.sender_device == ann.session.device_id.get())
             .collect();
         assert_eq!(from_a1.len(), PER_SENDER);
         assert!(from_a1.iter().all(|m| text(m).starts_with("ann ")));
         // Nothing twice: nothing more arrives.
-        for (_, c) in [
-            ("a1", &a1),
-            ("a2", &a2),
-            ("b1", &b1),
-            ("b2", &b2),
-            ("c1", &c1),
-        ] {
-            nothing_past(c, &conv, total as u64).await;
+        for (_, c) in devices {
+            g.nothing_past(c, total as u64).await;
         }
-        assert_gap_free(&log(&b2, &conv).await);
+        assert_gap_free(&g.log(&b2).await);
     })
     .await;
 }
 
 #[tokio::test]
 async fn read_by_counts_the_members_who_could_read_the_message() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
-        let dan = server.user("dan").await;
-        let eve = server.user("eve").await;
+    scenario(async |server| {
         // No automatic Received: the test says who received what.
         let manual = ClientOptions {
             auto_ack: false,
             ..opts()
         };
-        let ca = server.connect(&ann, manual.clone()).await;
-        let cb = server.connect(&bo, manual.clone()).await;
-        let cc = server.connect(&cy, manual.clone()).await;
-        let cd = server.connect(&dan, manual.clone()).await;
-        let ce = server.connect(&eve, manual.clone()).await;
-        let info = ca
-            .create_group("ticks", &[bo.user_id, cy.user_id, dan.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
-        let sent = ca
-            .send_text(&conv, "did you read this?")
-            .await
-            .expect("send");
-        assert_eq!(sent.seq, 2);
+        let names = ["ann", "bo", "cy", "dan", "eve"];
+        let [ann, bo, cy, dan, eve] = people_with(server, names, manual).await;
+        let g = Group::create(&ann, "ticks", &[&bo, &cy, &dan]).await;
+        let conv = &g.conv;
+        assert_eq!(g.send(&ann, "did you read this?").await, 2);
 
-        let nobody = ca.read_by(&conv, Seq(2)).await.expect("read_by");
+        let nobody = g.read_by(&ann, 2).await;
         assert_eq!((nobody.recipients, nobody.seq), (3, 2));
         assert_eq!(nobody.conversation_id, conv.as_str());
         assert!(nobody.read.is_empty() && nobody.delivered.is_empty());
 
-        cb.read(&conv, Seq(2)).await.expect("read");
-        cc.received(&conv, Seq(2)).await.expect("received");
-        cc.read(&conv, Seq(2)).await.expect("read");
-        cd.received(&conv, Seq(2)).await.expect("received");
+        bo.read(conv, Seq(2)).await.expect("read");
+        cy.received(conv, Seq(2)).await.expect("received");
+        cy.read(conv, Seq(2)).await.expect("read");
+        dan.received(conv, Seq(2)).await.expect("received");
         let expect_read = ids(&[&bo, &cy]);
         let expect_delivered = ids(&[&dan]);
         eventually(WAIT, "read by 2 of 3, delivered to 1", || async {
-            let r = ca.read_by(&conv, Seq(2)).await.expect("read_by");
+            let r = g.read_by(&ann, 2).await;
             sorted(r.read) == expect_read && sorted(r.delivered) == expect_delivered
         })
         .await;
-        let r = ca.read_by(&conv, Seq(2)).await.expect("read_by");
-        assert_eq!(r.recipients, 3, "read by 2 of 3");
+        assert_eq!(g.read_by(&ann, 2).await.recipients, 3, "read by 2 of 3");
         // Any member may ask; a non-member may not; a seq past the head is not found.
-        let asked_by_bo = cb.read_by(&conv, Seq(2)).await.expect("read_by");
-        assert_eq!(sorted(asked_by_bo.read), expect_read);
+        assert_eq!(sorted(g.read_by(&bo, 2).await.read), expect_read);
         // Membership is checked first: a non-member learns nothing, not the log's length.
         for seq in [2, 0, 99] {
-            assert_eq!(
-                ce.read_by(&conv, Seq(seq)).await.map_err(code).unwrap_err(),
-                ErrorCode::Forbidden,
-                "seq {seq}"
-            );
+            let r = eve.read_by(conv, Seq(seq)).await;
+            assert_eq!(refusal(r), Forbidden, "seq {seq}");
         }
         for seq in [0, 99] {
-            assert_eq!(
-                ca.read_by(&conv, Seq(seq)).await.map_err(code).unwrap_err(),
-                ErrorCode::NotFound,
-                "seq {seq}"
-            );
+            let r = ann.read_by(conv, Seq(seq)).await;
+            assert_eq!(refusal(r), NotFound, "seq {seq}");
         }
         // Receipts of a group are not pushed to the sender.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        while let Some(ev) = ca.try_recv() {
+        after_quiet(&ann, |ev| {
             assert!(
                 !matches!(ev, Event::Receipt(ref r) if r.conversation_id == conv.as_str()),
                 "{ev:?}"
             );
-        }
+        })
+        .await;
 
         // Eve joins at 3: message 2 was never hers to read; message 4 is.
-        assert_eq!(ok(&ca, add(g, &[&eve])).await.seq, 3);
-        assert_eq!(
-            ca.read_by(&conv, Seq(2)).await.expect("read_by").recipients,
-            3
-        );
-        let later = cb.send_text(&conv, "and this one?").await.expect("send");
-        assert_eq!(later.seq, 4);
-        let r = cb.read_by(&conv, Seq(4)).await.expect("read_by");
+        assert_eq!(ok(&ann, g.add(&[&eve])).await.seq, 3);
+        assert_eq!(g.read_by(&ann, 2).await.recipients, 3);
+        assert_eq!(g.send(&bo, "and this one?").await, 4);
+        let r = g.read_by(&bo, 4).await;
         assert_eq!(
             r.recipients, 4,
             "ann, cy, dan, eve: everyone but the sender bo"
         );
         assert!(r.read.is_empty() && r.delivered.is_empty(), "{r:?}");
-        ce.read(&conv, Seq(4)).await.expect("read");
-        ca.received(&conv, Seq(4)).await.expect("received");
+        eve.read(conv, Seq(4)).await.expect("read");
+        ann.received(conv, Seq(4)).await.expect("received");
         let (er, ad) = (ids(&[&eve]), ids(&[&ann]));
         eventually(WAIT, "read by eve, delivered to ann", || async {
-            let r = cb.read_by(&conv, Seq(4)).await.expect("read_by");
+            let r = g.read_by(&bo, 4).await;
             sorted(r.read) == er && sorted(r.delivered) == ad
         })
         .await;
         // Eve's read of 4 covers what she could read, not 2 (before her join).
-        let r = ca.read_by(&conv, Seq(2)).await.expect("read_by");
+        let r = g.read_by(&ann, 2).await;
         assert_eq!((sorted(r.read), r.recipients), (expect_read, 3));
     })
     .await;
@@ -2017,101 +1724,60 @@ async fn read_by_counts_the_members_who_could_read_the_message() {
 
 #[tokio::test]
 async fn groups_work_over_the_json_subprotocol() {
-    let server = Server::start().await;
-    bounded(60, async {
-        let ann = server.user("ann").await;
-        let bo = server.user("bo").await;
-        let cy = server.user("cy").await;
+    scenario(async |server| {
         let json = ClientOptions {
             format: WireFormat::Json,
             ..opts()
         };
-        let ca = server.connect(&ann, json.clone()).await;
-        let cb = server.connect(&bo, json.clone()).await;
-        let cc = server.connect(&cy, json.clone()).await;
+        let [ann, bo, cy] = people_with(server, ["ann", "bo", "cy"], json).await;
 
-        let info = ca
-            .create_group("json crew ✓", &[bo.user_id])
-            .await
-            .expect("create");
-        let (g, conv) = (info.group_id, group_conv(&info));
-        assert_eq!(role_in(&info, ann.user_id), Some(v1::GroupRole::Owner));
-        let created = next_in(&cb, &conv).await;
-        assert_eq!(created.kind, v1::MessageKind::System as i32);
-        let ev = created.event.clone().expect("the event survives JSON");
-        assert_eq!(
-            (
-                v1::GroupEventKind::try_from(ev.kind),
-                ev.name.as_str(),
-                ev.actor
-            ),
-            (
-                Ok(v1::GroupEventKind::Created),
-                "json crew ✓",
-                ann.user_id.get()
-            )
-        );
-        assert_eq!(
-            ev.settings.expect("settings").add_members,
-            v1::GroupPolicy::Admins as i32
-        );
+        let g = Group::create(&ann, "json crew ✓", &[&bo]).await;
+        assert_eq!(role_in(&g.info, &ann), Some(Role::Owner));
+        // The event survives JSON.
+        let ev = g.next_event(&bo, 1, Kind::Created).await;
+        assert_eq!((ev.name.as_str(), ev.actor), ("json crew ✓", ann.uid()));
+        let settings = ev.settings.expect("settings");
+        assert_eq!(settings.add_members, Policy::Admins as i32);
 
-        let sent = cb.send_text(&conv, "hej").await.expect("send");
-        let own_created = next_in(&ca, &conv).await;
-        assert_eq!(event_kind(&own_created), v1::GroupEventKind::Created);
-        let got = next_in(&ca, &conv).await;
-        assert_eq!((got.seq, text(&got)), (sent.seq, "hej".to_owned()));
+        let sent = g.send(&bo, "hej").await;
+        g.next_event(&ann, 1, Kind::Created).await;
+        g.next_text(&ann, sent, "hej").await;
 
-        let link = invite_code(&ca, g).await;
-        let joined = ok(&cc, join(&link)).await;
-        assert_eq!(joined.seq, 3);
-        let m = next_in(&ca, &conv).await;
-        assert_eq!(event_kind(&m), v1::GroupEventKind::JoinedByInvite);
-        assert_eq!(
-            refused(&cc, remove(g, &bo, false)).await,
-            ErrorCode::Forbidden
-        );
-        let welcome = ca.send_text(&conv, "welcome cy").await.expect("send");
-        assert_eq!(welcome.seq, 4);
-        let joined_msg = next_in(&cc, &conv).await;
-        assert_eq!(joined_msg.seq, 3, "cy starts at the join");
-        let m = next_in(&cc, &conv).await;
-        assert_eq!((m.seq, text(&m)), (4, "welcome cy".to_owned()));
-        cc.read(&conv, Seq(4)).await.expect("read");
+        let link = g.invite_code(&ann).await;
+        assert_eq!(ok(&cy, join(&link)).await.seq, 3);
+        g.next_event(&ann, 3, Kind::JoinedByInvite).await;
+        assert_eq!(refused(&cy, g.remove(&bo)).await, Forbidden);
+        assert_eq!(g.send(&ann, "welcome cy").await, 4);
+        // Cy starts at the join.
+        g.next_event(&cy, 3, Kind::JoinedByInvite).await;
+        g.next_text(&cy, 4, "welcome cy").await;
+        cy.read(&g.conv, Seq(4)).await.expect("read");
         eventually(WAIT, "read by cy over JSON", || async {
-            let r = ca.read_by(&conv, Seq(4)).await.expect("read_by");
-            r.recipients == 2 && r.read.contains(&cy.user_id.get())
+            let r = g.read_by(&ann, 4).await;
+            r.recipients == 2 && r.read.contains(&cy.uid())
         })
         .await;
 
         // A raw JSON frame: 64-bit ids as strings, proto field names.
-        let (mut raw, _) =
-            Connection::connect(&server.ws_url(), &bo.access_token, WireFormat::Json)
-                .await
-                .expect("connects");
-        raw.send_raw(WsMessage::Text(
-            format!(r#"{{"id":"31","group":{{"get":{{"group_id":"{g}"}}}}}}"#).into(),
-        ))
-        .await
-        .expect("write");
-        let f = raw.recv_reply(WAIT).await.expect("a reply");
+        let token = &bo.session.access_token;
+        let (mut raw, _) = Connection::connect(&server.ws_url(), token, WireFormat::Json)
+            .await
+            .expect("connects");
+        let id = g.id;
+        let get = format!(r#"{{"id":"31","group":{{"get":{{"group_id":"{id}"}}}}}}"#);
+        let f = raw_json(&mut raw, get).await;
         assert_eq!(f.id, 31);
         match f.body {
             Some(SBody::GroupResult(r)) => {
                 let got = r.group.expect("the group");
-                assert_eq!((got.group_id, got.name.as_str()), (g, "json crew ✓"));
+                assert_eq!((got.group_id, got.name.as_str()), (id, "json crew ✓"));
                 assert_eq!(got.members.len(), 3);
             }
             other => panic!("expected a GroupResult, got {other:?}"),
         }
-        raw.send_raw(WsMessage::Text(
-            format!(r#"{{"id":"32","group":{{"join":{{"code":"{g}x-nope"}}}}}}"#).into(),
-        ))
-        .await
-        .expect("write");
-        let f = raw.recv_reply(WAIT).await.expect("a reply");
-        match f.body {
-            Some(SBody::Error(e)) => assert_eq!(e.code, ErrorCode::InvalidArgument as i32),
+        let bad = format!(r#"{{"id":"32","group":{{"join":{{"code":"{id}x-nope"}}}}}}"#);
+        match raw_json(&mut raw, bad).await.body {
+            Some(SBody::Error(e)) => assert_eq!(e.code, InvalidArgument as i32),
             other => panic!("expected an Error, got {other:?}"),
         }
     })
