@@ -401,7 +401,9 @@ struct Worker {
     /// State of each group whose conversation this worker served. Valid because every
     /// change to a group passes through this worker (it writes the change's system
     /// message); dropped when a change's outcome is uncertain.
-    groups: HashMap<GroupId, Arc<CachedGroup>>,
+    /// `None`: the group does not exist (a create would pass through here and replace it),
+    /// so requests naming unknown groups cost no round trip to the groups service.
+    groups: HashMap<GroupId, Option<Arc<CachedGroup>>>,
 }
 
 impl Worker {
@@ -841,9 +843,10 @@ impl Worker {
 
     async fn group_opt(&mut self, group: GroupId) -> Result<Option<Arc<CachedGroup>>, v1::Error> {
         if let Some(g) = self.groups.get(&group) {
-            return Ok(Some(g.clone()));
+            return Ok(g.clone());
         }
         let Some(state) = self.shared.groups.state(group).await? else {
+            self.groups.insert(group, None);
             return Ok(None);
         };
         let conv = ConversationId::group(group);
@@ -869,7 +872,7 @@ impl Worker {
             push_message(&self.shared, message, &audience).await;
         }
         let cached = Arc::new(CachedGroup::new(state));
-        self.groups.insert(group, cached.clone());
+        self.groups.insert(group, Some(cached.clone()));
         Ok(Some(cached))
     }
 
@@ -963,7 +966,7 @@ impl Worker {
         }
         match after {
             Some(after) => {
-                self.groups.insert(group, after);
+                self.groups.insert(group, Some(after));
             }
             None => {
                 self.groups.remove(&group);

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Shared, caller_of, store_failure};
 
+/// Group heads a sync page reads at once.
+const HEAD_READS_IN_FLIGHT: usize = 64;
 /// Requests answered concurrently per subscription.
 const MAX_CONCURRENT: usize = 64;
 /// Sync page size when the request names none, and the most it may ask for.
@@ -89,11 +91,17 @@ async fn sync_page(shared: &Shared, req: bus::SyncRequest) -> Result<bus::SyncRe
     // Groups the caller is or was in: their heads come from the log, capped where the
     // caller left, and nothing before the caller joined is theirs.
     let groups = groups?;
-    let group_heads = futures::future::join_all(groups.iter().map(|a| {
-        let conv = ConversationId::group(GroupId(a.group_id));
-        async move { store.head(&conv).await.map(|h| (conv, h)) }
-    }))
-    .await;
+    let mut group_heads = Vec::with_capacity(groups.len());
+    // In bounded rounds: a user may be in thousands of groups.
+    for chunk in groups.chunks(HEAD_READS_IN_FLIGHT) {
+        group_heads.extend(
+            futures::future::join_all(chunk.iter().map(|a| {
+                let conv = ConversationId::group(GroupId(a.group_id));
+                async move { store.head(&conv).await.map(|h| (conv, h)) }
+            }))
+            .await,
+        );
+    }
     // (conversation, newest seq the caller may read, seq the caller's history starts after)
     let mut conversations: Vec<(ConversationId, Seq, Seq)> =
         direct.into_iter().map(|(c, h)| (c, h, Seq::ZERO)).collect();
