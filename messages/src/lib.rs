@@ -8,6 +8,10 @@
 //! (loaded from the store on first use, dropped whenever an append fails) and stores a
 //! whole batch with one `append` before it acks, so acked messages are durable, retried
 //! sends are answered with their original Ack, and seqs are gap-free.
+//!
+//! Groups: the worker of a group's conversation also orders the group's changes (checked
+//! and stored by the groups service, written here as system messages) and fans its
+//! messages out to the members it caches; see `partition.rs` and `groups.rs`.
 
 pub mod conformance;
 mod groups;
