@@ -1,0 +1,181 @@
+//! Chat commands over the WebSocket: send, listen, history, read-by.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use natter_client::{Client, ConversationId, Event, Seq};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::{Context, error::CliError, render, session::Identity};
+
+/// Refresh the access token of a long `listen` this long before it expires, so that
+/// reconnects keep working.
+const REFRESH_AHEAD: Duration = Duration::from_secs(60);
+
+pub async fn send(ctx: &Context, target: &str, text: &str) -> Result<(), CliError> {
+    let mut id = Identity::load(ctx.store.clone(), ctx.server.as_deref())?;
+    let target = id.target(target).await?;
+    let client = id.connect(false).await?;
+    let ack = client.send_text(target, text).await?;
+    ctx.print(|| render::ack_line(&ack), || render::ack_json(&ack));
+    Ok(())
+}
+
+fn print_message(ctx: &Context, id: &Identity, m: &natter_client::v1::Message) {
+    ctx.print(
+        || render::message_line(id, m),
+        || render::message_json(id, m),
+    );
+}
+
+/// When `listen` stops on its own.
+struct Stop {
+    deadline: Option<Instant>,
+    count: Option<u64>,
+}
+
+pub async fn listen(
+    ctx: &Context,
+    duration: Option<Duration>,
+    count: Option<u64>,
+) -> Result<(), CliError> {
+    let stop = Stop {
+        deadline: duration.map(|d| Instant::now() + d),
+        count,
+    };
+    if stop.count == Some(0) {
+        return Ok(());
+    }
+    let mut id = Identity::load(ctx.store.clone(), ctx.server.as_deref())?;
+    // Reconnect by itself: a listener outlives network blips and server restarts.
+    let client = id.connect(true).await?;
+    let mut printed = 0u64;
+    // The last seq printed per conversation: acknowledged explicitly before exiting, so
+    // the next `listen` starts after it.
+    let mut last: BTreeMap<ConversationId, Seq> = BTreeMap::new();
+    let result = listen_loop(ctx, &mut id, &client, &stop, &mut printed, &mut last).await;
+    // Best effort: on the way out, tell the server how far we got. The Ping after the
+    // Receiveds makes sure they left before the connection closes.
+    if client.is_connected() {
+        for (conversation, seq) in &last {
+            let _ = client.received(conversation, *seq).await;
+        }
+        let _ = client.ping().await;
+    }
+    result
+}
+
+async fn listen_loop(
+    ctx: &Context,
+    id: &mut Identity,
+    client: &Client,
+    stop: &Stop,
+    printed: &mut u64,
+    last: &mut BTreeMap<ConversationId, Seq>,
+) -> Result<(), CliError> {
+    let sync = client.sync();
+    tokio::pin!(sync);
+    let mut syncing = true;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let far = Instant::now() + Duration::from_secs(60 * 60 * 24 * 365);
+    loop {
+        let refresh_at = refresh_instant(id);
+        tokio::select! {
+            done = &mut sync, if syncing => {
+                syncing = false;
+                done?;
+            }
+            ev = client.recv() => match ev {
+                Some(Event::Message(m)) => {
+                    print_message(ctx, id, &m);
+                    if let Ok(c) = m.conversation_id.parse::<ConversationId>() {
+                        last.insert(c, Seq(m.seq));
+                    }
+                    *printed += 1;
+                    if stop.count.is_some_and(|n| *printed >= n) {
+                        return Ok(());
+                    }
+                }
+                Some(Event::Closed { code, reason }) if matches!(code, 4001 | 4002) => {
+                    return Err(CliError::Refused {
+                        code: if code == 4001 { "revoked".into() } else { "replaced".into() },
+                        message: format!("the server closed this device's connection ({code}): {reason}"),
+                    });
+                }
+                Some(Event::Closed { code, .. }) => {
+                    eprintln!("natter-cli: connection lost ({code}); reconnecting");
+                }
+                Some(Event::Reconnected(_)) => eprintln!("natter-cli: reconnected"),
+                Some(_) => {}
+                None => return Err(CliError::Other("the client stopped".into())),
+            },
+            _ = tokio::time::sleep_until(refresh_at) => {
+                id.refresh().await?;
+                client.set_access_token(&id.saved.access_token);
+            }
+            _ = tokio::time::sleep_until(stop.deadline.unwrap_or(far)) => return Ok(()),
+            _ = &mut ctrl_c => return Ok(()),
+        }
+    }
+}
+
+/// When the access token should be renewed (never in the past: at least a second away).
+fn refresh_instant(id: &Identity) -> Instant {
+    let left_ms = id
+        .saved
+        .access_expires_at_ms
+        .saturating_sub(crate::session::now_ms());
+    let left = Duration::from_millis(left_ms).saturating_sub(REFRESH_AHEAD);
+    Instant::now() + left.max(Duration::from_secs(1))
+}
+
+pub async fn history(ctx: &Context, conversation: &str, limit: u32) -> Result<(), CliError> {
+    let mut id = Identity::load(ctx.store.clone(), ctx.server.as_deref())?;
+    let conversation = id.conversation(conversation).await?;
+    let client = id.connect(false).await?;
+    let page = client.history(&conversation, Seq::ZERO, limit).await?;
+    for m in &page.messages {
+        print_message(ctx, &id, m);
+    }
+    Ok(())
+}
+
+pub async fn read_by(ctx: &Context, conversation: &str, seq: u64) -> Result<(), CliError> {
+    let mut id = Identity::load(ctx.store.clone(), ctx.server.as_deref())?;
+    let conversation = id.conversation(conversation).await?;
+    let client = id.connect(false).await?;
+    let r = client.read_by(&conversation, Seq(seq)).await?;
+    let names = |users: &[u64]| users.iter().map(|u| id.name(*u)).collect::<Vec<_>>();
+    ctx.print(
+        || {
+            format!(
+                "{} #{}: read by {} of {}{}{}",
+                r.conversation_id,
+                r.seq,
+                r.read.len(),
+                r.recipients,
+                if r.read.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", names(&r.read).join(", "))
+                },
+                if r.delivered.is_empty() {
+                    String::new()
+                } else {
+                    format!("; delivered to {}", names(&r.delivered).join(", "))
+                }
+            )
+        },
+        || {
+            json!({
+                "conversation_id": r.conversation_id,
+                "seq": r.seq,
+                "recipients": r.recipients,
+                "read": r.read.iter().map(u64::to_string).collect::<Vec<_>>(),
+                "delivered": r.delivered.iter().map(u64::to_string).collect::<Vec<_>>(),
+            })
+        },
+    );
+    Ok(())
+}

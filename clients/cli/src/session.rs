@@ -1,0 +1,205 @@
+//! A logged-in identity at work: the REST client, the saved tokens (refreshed once when
+//! the server refuses them or they have expired) and the resolution of `@user`, user id,
+//! group and conversation arguments.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use natter_client::{
+    Client, ClientError, ClientOptions, ConnectionError, ConversationId, HttpClient, HttpError,
+    Session, Target, UserId,
+};
+
+use crate::{
+    config::{SavedSession, Store},
+    error::CliError,
+};
+
+/// Refresh this long before the access token's expiry, so it does not lapse in flight.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The saved form of a fresh session from the server.
+pub fn saved(server: &str, s: &Session, names: Option<&SavedSession>) -> SavedSession {
+    let mut names = names.map(|n| n.names.clone()).unwrap_or_default();
+    names.insert(s.user_id.get(), s.username.clone());
+    SavedSession {
+        server: server.to_owned(),
+        user_id: s.user_id.get(),
+        username: s.username.clone(),
+        device_id: s.device_id.get(),
+        access_token: s.access_token.clone(),
+        refresh_token: s.refresh_token.clone(),
+        access_expires_at_ms: now_ms().saturating_add(s.access_expires_in_s.saturating_mul(1000)),
+        names,
+    }
+}
+
+/// Options for the WebSocket client of one CLI command: one attempt per request, short
+/// deadlines (a script wants an answer or an error, not a minute of retries).
+pub fn client_options(auto_reconnect: bool) -> ClientOptions {
+    ClientOptions {
+        auto_reconnect,
+        request_timeout: Duration::from_secs(10),
+        send_deadline: Duration::from_secs(20),
+        sync_timeout: Duration::from_secs(30),
+        ..ClientOptions::default()
+    }
+}
+
+/// The identity a command runs as.
+pub struct Identity {
+    pub http: HttpClient,
+    pub saved: SavedSession,
+    store: Store,
+}
+
+impl Identity {
+    /// Loads the saved login; `server` (from `--server`) overrides its URL.
+    pub fn load(store: Store, server: Option<&str>) -> Result<Identity, CliError> {
+        let saved = store.require()?;
+        let http = HttpClient::new(server.unwrap_or(&saved.server))?;
+        Ok(Identity { http, saved, store })
+    }
+
+    pub fn user_id(&self) -> UserId {
+        UserId(self.saved.user_id)
+    }
+
+    /// A usable access token, refreshed first if it has (nearly) expired.
+    pub async fn token(&mut self) -> Result<String, CliError> {
+        let margin = u64::try_from(EXPIRY_MARGIN.as_millis()).unwrap_or(0);
+        if now_ms().saturating_add(margin) >= self.saved.access_expires_at_ms {
+            self.refresh().await?;
+        }
+        Ok(self.saved.access_token.clone())
+    }
+
+    /// Trades the refresh token for new tokens and saves them. Another run of the CLI with
+    /// the same config directory may have refreshed already (which retired our refresh
+    /// token): then its newer tokens are adopted instead.
+    pub async fn refresh(&mut self) -> Result<(), CliError> {
+        if let Some(on_disk) = self.store.load()?
+            && on_disk.device_id == self.saved.device_id
+            && on_disk.refresh_token != self.saved.refresh_token
+            && on_disk.access_expires_at_ms > now_ms()
+        {
+            self.saved = on_disk;
+            return Ok(());
+        }
+        let fresh = match self.http.refresh(&self.saved.refresh_token).await {
+            Ok(s) => s,
+            Err(HttpError::Api { status: 401, .. }) => {
+                return Err(CliError::NotLoggedIn(
+                    "the saved session has expired or was revoked; log in again".into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let server = self.saved.server.clone();
+        self.saved = saved(&server, &fresh, Some(&self.saved));
+        self.store.save(&self.saved)
+    }
+
+    /// Saves the session as it is now (e.g. after learning a username).
+    pub fn save(&self) -> Result<(), CliError> {
+        self.store.save(&self.saved)
+    }
+
+    /// Connects this device's WebSocket, refreshing the token once if it is refused.
+    pub async fn connect(&mut self, auto_reconnect: bool) -> Result<Client, CliError> {
+        let ws = self.http.ws_url();
+        let token = self.token().await?;
+        match Client::connect(&ws, &token, client_options(auto_reconnect)).await {
+            Err(ClientError::Connection(ConnectionError::Rejected { status: 401, .. })) => {
+                self.refresh().await?;
+                Ok(Client::connect(
+                    &ws,
+                    &self.saved.access_token,
+                    client_options(auto_reconnect),
+                )
+                .await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// The id of `username`, refreshing the token once if it is refused.
+    pub async fn lookup(&mut self, username: &str) -> Result<UserId, CliError> {
+        let token = self.token().await?;
+        let id = match self.http.lookup_user(&token, username).await {
+            Err(HttpError::Api { status: 401, .. }) => {
+                self.refresh().await?;
+                self.http
+                    .lookup_user(&self.saved.access_token, username)
+                    .await?
+            }
+            other => other?,
+        };
+        if self.saved.names.get(&id.get()).map(String::as_str) != Some(username) {
+            self.saved.names.insert(id.get(), username.to_owned());
+            self.save()?;
+        }
+        Ok(id)
+    }
+
+    /// A user argument: `@username` (or a bare name) or a numeric user id.
+    pub async fn user(&mut self, arg: &str) -> Result<UserId, CliError> {
+        if let Some(name) = arg.strip_prefix('@') {
+            return self.lookup(name).await;
+        }
+        match arg.parse::<u64>() {
+            Ok(n) => UserId::new(n).map_err(|e| CliError::Usage(e.to_string())),
+            Err(_) => self.lookup(arg).await,
+        }
+    }
+
+    /// Where `send` goes: a user (`@name`, id) or a conversation (`d.…`, `g.…`).
+    pub async fn target(&mut self, arg: &str) -> Result<Target, CliError> {
+        if arg.starts_with("d.") || arg.starts_with("g.") {
+            return conversation_id(arg).map(Target::Conversation);
+        }
+        Ok(Target::User(self.user(arg).await?))
+    }
+
+    /// A conversation argument: `d.…`, `g.…`, or a user (their one-to-one with us).
+    pub async fn conversation(&mut self, arg: &str) -> Result<ConversationId, CliError> {
+        match self.target(arg).await? {
+            Target::Conversation(c) => Ok(c),
+            Target::User(u) => ConversationId::direct(self.user_id(), u)
+                .map_err(|e| CliError::Usage(format!("{arg}: {e}"))),
+        }
+    }
+
+    /// The username of `user` if this identity knows it, else its id.
+    pub fn name(&self, user: u64) -> String {
+        self.saved
+            .names
+            .get(&user)
+            .cloned()
+            .unwrap_or_else(|| user.to_string())
+    }
+
+    pub fn known_name(&self, user: u64) -> Option<&str> {
+        self.saved.names.get(&user).map(String::as_str)
+    }
+}
+
+pub fn conversation_id(arg: &str) -> Result<ConversationId, CliError> {
+    arg.parse()
+        .map_err(|e| CliError::Usage(format!("{arg}: {e}")))
+}
+
+/// A group argument: its id or its conversation id `g.<id>`.
+pub fn group_id(arg: &str) -> Result<u64, CliError> {
+    let raw = arg.strip_prefix("g.").unwrap_or(arg);
+    raw.parse::<u64>()
+        .ok()
+        .filter(|n| *n != 0)
+        .ok_or_else(|| CliError::Usage(format!("{arg}: not a group (expected an id or g.<id>)")))
+}
