@@ -1377,6 +1377,20 @@ async fn join_approval_makes_joins_wait_for_an_admin() {
         assert_eq!(shown.name, "by approval");
         assert!(shown.members.is_empty(), "not who is in it: {shown:?}");
         assert!(shown.pending_joins.is_empty());
+        // The admin hears of the request (the plain member does not).
+        let notice = next_matching(&ann, WAIT, |ev| match ev {
+            Event::JoinRequested(j) => Some(j.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            (
+                notice.group_id,
+                notice.user_id,
+                notice.conversation_id.as_str()
+            ),
+            (g.id, cy.uid(), g.conv.as_str())
+        );
         assert!(ok(&cy, join(&link)).await.pending_approval, "asking again");
         assert_eq!(g.send_refused(&cy).await, Forbidden);
         assert_eq!(refused(&cy, g.get()).await, Forbidden);
@@ -1385,6 +1399,23 @@ async fn join_approval_makes_joins_wait_for_an_admin() {
         assert_eq!(g.seen_by(&ann).await.pending_joins, [cy.uid()]);
         assert!(ok(&dan, join(&link)).await.pending_approval);
         assert_eq!(g.seen_by(&ann).await.pending_joins, ids(&[&cy, &dan]));
+        let notice = next_matching(&ann, WAIT, |ev| match ev {
+            Event::JoinRequested(j) => Some(j.user_id),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            notice,
+            dan.uid(),
+            "a repeated request is not announced again"
+        );
+        after_quiet(&bo, |ev| {
+            assert!(
+                !matches!(ev, Event::JoinRequested(_)),
+                "only admins: {ev:?}"
+            )
+        })
+        .await;
 
         // Only admins decide.
         assert_eq!(refused(&bo, g.decide(&cy, true)).await, Forbidden);

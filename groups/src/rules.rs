@@ -210,6 +210,7 @@ pub(crate) fn state(record: &GroupRecord) -> bus::GroupState {
             .map(|m| bus::GroupStateMember {
                 user_id: m.user_id,
                 joined_seq: m.joined_seq,
+                admin: is_admin(GroupRole::try_from(m.role).unwrap_or(GroupRole::Member)),
                 may_send: !info.deleted
                     && (!admins_only
                         || is_admin(GroupRole::try_from(m.role).unwrap_or(GroupRole::Member))),

@@ -964,6 +964,23 @@ impl Worker {
             let audience: Vec<UserId> = audience.into_iter().collect();
             push_message(&self.shared, message, &audience).await;
         }
+        if result.pending_approval
+            && let Some(after) = &after
+            && before
+                .as_ref()
+                .is_none_or(|b| b.state.version < after.state.version)
+        {
+            // A new request to join: the admins decide, so they hear of it.
+            let notice = v1::GroupJoinRequested {
+                group_id: group.get(),
+                conversation_id: conv.as_str().to_owned(),
+                user_id: caller.user.get(),
+            };
+            let bytes = frame(server_frame::Body::JoinRequested(notice));
+            for admin in after.state.members.iter().filter(|m| m.admin) {
+                push(&self.shared, UserId(admin.user_id), bytes.clone(), 0).await;
+            }
+        }
         match after {
             Some(after) => {
                 self.groups.insert(group, Some(after));

@@ -157,6 +157,8 @@ pub enum Event {
     /// Someone received or read up to a seq.
     Receipt(v1::Receipt),
     Typing(v1::TypingEvent),
+    /// Someone asked to join a group this user administers (join approval is on).
+    JoinRequested(v1::GroupJoinRequested),
     /// An Error frame that answers no pending request (e.g. a refused `Received`).
     Error {
         id: u64,
@@ -668,6 +670,7 @@ impl Shared {
             }
             SBody::Receipt(r) => self.try_emit(Event::Receipt(r)),
             SBody::Typing(t) => self.try_emit(Event::Typing(t)),
+            SBody::JoinRequested(j) => self.try_emit(Event::JoinRequested(j)),
             SBody::Welcome(_) => {}
             SBody::Error(e) => {
                 if !self.complete(id, SBody::Error(e.clone())) {
