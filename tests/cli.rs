@@ -342,9 +342,28 @@ async fn exit_codes_tell_scripts_what_went_wrong() {
         assert_eq!(out.status.code(), Some(4), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"));
 
-        // Bad usage: 2 (clap), and `chat` is not a command yet.
+        // Bad usage: 2 (clap), and `chat` without a login.
         assert_eq!(t.run(&["send"]).await.status.code(), Some(2));
         assert_eq!(t.run(&["chat"]).await.status.code(), Some(2));
+    })
+    .await;
+}
+
+/// `natter-cli chat` is interactive: without a terminal (a script, a pipe) it says so and
+/// exits 2 before touching the terminal. The screen itself is tested through its
+/// rendering layer (ratatui's TestBackend) in the natter-cli crate.
+#[tokio::test]
+async fn chat_needs_a_terminal() {
+    bounded(60, async {
+        let server = Server::start().await;
+        let t = Terminal::new(&server);
+        t.sign_up("tui").await;
+        let out = t.run(&["chat"]).await;
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("needs a terminal"), "{stderr}");
+        // No escape sequences (alternate screen, raw mode) were written.
+        assert!(out.stdout.is_empty(), "{out:?}");
     })
     .await;
 }

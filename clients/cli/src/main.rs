@@ -2,12 +2,15 @@
 //! command and turns its error into one line on stderr and an exit code.
 
 mod account;
+mod app;
 mod chat;
 mod config;
 mod error;
 mod groups;
 mod render;
 mod session;
+mod tui;
+mod ui;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -79,6 +82,15 @@ enum Command {
     },
     /// Who has received and read message SEQ of a conversation.
     ReadBy { conversation: String, seq: u64 },
+    /// Chat interactively: conversation list, chat pane with ticks, typing and an input line.
+    ///
+    /// Keys: Enter sends, Tab / Up / Down switch conversations, PageUp loads older
+    /// messages, Ctrl-C quits. Commands: /new @user, /group NAME @a @b, /quit.
+    Chat {
+        /// Show ticks as text ([sent] [delivered] [read]) instead of ✓ / ✓✓.
+        #[arg(long)]
+        ascii: bool,
+    },
     /// Create, inspect and manage groups.
     #[command(subcommand)]
     Groups(groups::GroupsCommand),
@@ -138,6 +150,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         } => chat::history(&ctx, &conversation, limit).await,
         Command::ReadBy { conversation, seq } => chat::read_by(&ctx, &conversation, seq).await,
         Command::Groups(cmd) => groups::run(&ctx, cmd).await,
+        Command::Chat { ascii } => tui::run(&ctx, ascii).await,
     }
 }
 

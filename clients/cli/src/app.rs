@@ -1,0 +1,1080 @@
+//! The state of `natter-cli chat`, as a pure state machine: [`App::on_event`] takes a key
+//! press, a server event, a tick or the result of an earlier [`Action`], updates the state
+//! and says what the I/O loop (`tui.rs`) should do next. Nothing here touches the
+//! terminal, the network or the clock, so every behaviour is unit-tested below.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use natter_client::{
+    ConversationId, Event, UserId,
+    v1::{self, MessageKind, ReceiptKind},
+};
+
+use crate::render::{self, Names};
+
+/// How long a typing indicator stays without a refresh from its sender.
+pub const TYPING_TTL_MS: u64 = 5_000;
+/// How often we tell the other side we are still typing.
+pub const TYPING_RESEND_MS: u64 = 3_000;
+/// Messages per history page.
+pub const HISTORY_PAGE: u32 = 50;
+/// Lines PageUp / PageDown scroll.
+const PAGE_LINES: usize = 10;
+
+/// Something the state machine reacts to.
+#[derive(Debug, Clone)]
+pub enum AppEvent {
+    Key(KeyEvent),
+    /// An event of the WebSocket client.
+    Server(Event),
+    /// The clock, a few times a second (ms since the epoch).
+    Tick {
+        now_ms: u64,
+    },
+    Resize {
+        width: u16,
+        height: u16,
+    },
+    /// The server acknowledged the message sent as `local_id`.
+    Acked {
+        local_id: u64,
+        ack: v1::Ack,
+    },
+    /// Sending `local_id` failed for good.
+    SendFailed {
+        local_id: u64,
+        error: String,
+    },
+    /// A page of history (oldest first) for `conversation`.
+    History {
+        conversation: ConversationId,
+        messages: Vec<v1::Message>,
+        more: bool,
+    },
+    /// A conversation to show (from `/new`, `/group`, or the start-up group list); selected
+    /// when `select` is set.
+    Opened {
+        conversation: ConversationId,
+        /// `None`: keep what is known (the peer's name, or the group's from its events).
+        title: Option<String>,
+        select: bool,
+    },
+    /// A user name learnt from a lookup.
+    Name {
+        user: u64,
+        name: String,
+    },
+    /// A failed action, shown on the status line.
+    Error(String),
+}
+
+/// What the I/O loop should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send {
+        conversation: ConversationId,
+        text: String,
+        local_id: u64,
+    },
+    Typing {
+        conversation: ConversationId,
+        active: bool,
+    },
+    MarkRead {
+        conversation: ConversationId,
+        up_to: u64,
+    },
+    /// A page older than `before` (0: the newest).
+    LoadHistory {
+        conversation: ConversationId,
+        before: u64,
+    },
+    /// `/new @user`: find the user and open the one-to-one conversation.
+    StartDirect {
+        username: String,
+    },
+    /// `/group NAME @a @b`.
+    CreateGroup {
+        name: String,
+        members: Vec<String>,
+    },
+    Quit,
+}
+
+/// Where one of our own messages is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tick {
+    /// Not acknowledged yet.
+    Pending,
+    /// Refused or timed out.
+    Failed,
+    /// Stored by the server (✓).
+    Sent,
+    /// On the other user's device (✓✓).
+    Delivered,
+    /// Read by the other user (blue ✓✓).
+    Read,
+}
+
+/// One line of the chat pane, before wrapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// 0 while pending.
+    pub seq: u64,
+    pub sender: u64,
+    pub created_at_ms: u64,
+    pub text: String,
+    pub system: bool,
+    /// Set while our message waits for its Ack (or failed).
+    pub local_id: Option<u64>,
+    pub failed: bool,
+}
+
+/// What the chat pane shows, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatLine<'a> {
+    /// A new day begins: "Mon 30 Nov 2026".
+    Day(String),
+    Message(&'a ChatMessage),
+}
+
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub title: String,
+    /// Stored messages by seq.
+    pub messages: BTreeMap<u64, ChatMessage>,
+    /// Ours, waiting for their Ack, in sending order.
+    pub pending: Vec<ChatMessage>,
+    pub unread: u32,
+    /// The other user's cursors (one-to-one conversations only).
+    pub peer_delivered: u64,
+    pub peer_read: u64,
+    /// Who is typing, until when (ms).
+    pub typing: BTreeMap<u64, u64>,
+    /// Older messages exist on the server.
+    pub more: bool,
+    pub loading: bool,
+    /// Lines scrolled up from the bottom.
+    pub scroll: usize,
+    /// The newest seq we told the server we read.
+    pub read_sent: u64,
+}
+
+impl Conversation {
+    fn new(id: ConversationId, title: String) -> Self {
+        Conversation {
+            id,
+            title,
+            messages: BTreeMap::new(),
+            pending: Vec::new(),
+            unread: 0,
+            peer_delivered: 0,
+            peer_read: 0,
+            typing: BTreeMap::new(),
+            more: true,
+            loading: false,
+            scroll: 0,
+            read_sent: 0,
+        }
+    }
+
+    pub fn is_group(&self) -> bool {
+        self.id.group_id().is_some()
+    }
+
+    /// The newest message, pending ones included.
+    pub fn last(&self) -> Option<&ChatMessage> {
+        self.pending
+            .last()
+            .or_else(|| self.messages.values().next_back())
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.messages.keys().next_back().copied().unwrap_or(0)
+    }
+
+    fn activity(&self) -> u64 {
+        self.last().map(|m| m.created_at_ms).unwrap_or(0)
+    }
+
+    /// The tick of one of our messages. Groups show a single tick once stored: per-member
+    /// receipts would need a read-by request per message.
+    pub fn tick(&self, m: &ChatMessage) -> Tick {
+        if m.failed {
+            Tick::Failed
+        } else if m.seq == 0 {
+            Tick::Pending
+        } else if self.is_group() {
+            Tick::Sent
+        } else if m.seq <= self.peer_read {
+            Tick::Read
+        } else if m.seq <= self.peer_delivered {
+            Tick::Delivered
+        } else {
+            Tick::Sent
+        }
+    }
+
+    /// Messages in order with a day separator before the first message of every day.
+    pub fn lines(&self) -> Vec<ChatLine<'_>> {
+        let mut out = Vec::new();
+        let mut day = None;
+        for m in self.messages.values().chain(self.pending.iter()) {
+            let d = m.created_at_ms / 86_400_000;
+            if day != Some(d) {
+                out.push(ChatLine::Day(day_label(m.created_at_ms)));
+                day = Some(d);
+            }
+            out.push(ChatLine::Message(m));
+        }
+        out
+    }
+}
+
+/// The whole state of the chat screen.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub me: u64,
+    pub my_name: String,
+    pub names: BTreeMap<u64, String>,
+    /// Ordered by last activity, newest first.
+    pub conversations: Vec<Conversation>,
+    pub selected: Option<ConversationId>,
+    pub input: String,
+    pub status: String,
+    pub connected: bool,
+    pub now_ms: u64,
+    pub size: (u16, u16),
+    /// Ticks as text ("sent", "dlvd", "read") for terminals without ✓.
+    pub ascii: bool,
+    next_local_id: u64,
+    /// When we last sent Typing(active), per conversation.
+    typing_sent: HashMap<ConversationId, u64>,
+}
+
+impl Names for App {
+    fn name(&self, user: u64) -> String {
+        self.user_name(user)
+    }
+    fn known(&self, user: u64) -> Option<String> {
+        self.names.get(&user).cloned()
+    }
+}
+
+impl App {
+    pub fn new(me: u64, my_name: &str, names: BTreeMap<u64, String>, now_ms: u64) -> App {
+        App {
+            me,
+            my_name: my_name.to_owned(),
+            names,
+            conversations: Vec::new(),
+            selected: None,
+            input: String::new(),
+            status: "connecting…".into(),
+            connected: false,
+            now_ms,
+            size: (80, 24),
+            ascii: false,
+            next_local_id: 1,
+            typing_sent: HashMap::new(),
+        }
+    }
+
+    pub fn user_name(&self, user: u64) -> String {
+        if user == self.me {
+            return "you".into();
+        }
+        self.names
+            .get(&user)
+            .cloned()
+            .unwrap_or_else(|| format!("user {user}"))
+    }
+
+    fn default_title(&self, id: &ConversationId) -> String {
+        match id.direct_members() {
+            Some([a, b]) => {
+                let peer = if a.get() == self.me { b } else { a };
+                self.user_name(peer.get())
+            }
+            None => id.to_string(),
+        }
+    }
+
+    pub fn conversation(&self, id: &ConversationId) -> Option<&Conversation> {
+        self.conversations.iter().find(|c| &c.id == id)
+    }
+
+    fn index(&self, id: &ConversationId) -> Option<usize> {
+        self.conversations.iter().position(|c| &c.id == id)
+    }
+
+    pub fn selected_conversation(&self) -> Option<&Conversation> {
+        self.selected.as_ref().and_then(|s| self.conversation(s))
+    }
+
+    /// The conversation, created (with its first history page asked for) if new.
+    fn ensure(&mut self, id: &ConversationId, actions: &mut Vec<Action>) -> usize {
+        if let Some(i) = self.index(id) {
+            return i;
+        }
+        let title = self.default_title(id);
+        let mut c = Conversation::new(id.clone(), title);
+        c.loading = true;
+        self.conversations.push(c);
+        actions.push(Action::LoadHistory {
+            conversation: id.clone(),
+            before: 0,
+        });
+        if self.selected.is_none() {
+            self.selected = Some(id.clone());
+        }
+        self.conversations.len() - 1
+    }
+
+    fn sort(&mut self) {
+        self.conversations
+            .sort_by_key(|c| std::cmp::Reverse(c.activity()));
+    }
+
+    pub fn on_event(&mut self, event: AppEvent) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match event {
+            AppEvent::Key(key) => self.on_key(key, &mut actions),
+            AppEvent::Server(ev) => self.on_server(ev, &mut actions),
+            AppEvent::Tick { now_ms } => {
+                self.now_ms = now_ms;
+                for c in &mut self.conversations {
+                    c.typing.retain(|_, until| *until > now_ms);
+                }
+            }
+            AppEvent::Resize { width, height } => self.size = (width, height),
+            AppEvent::Acked { local_id, ack } => self.on_ack(local_id, &ack),
+            AppEvent::SendFailed { local_id, error } => {
+                for c in &mut self.conversations {
+                    for m in &mut c.pending {
+                        if m.local_id == Some(local_id) {
+                            m.failed = true;
+                        }
+                    }
+                }
+                self.status = format!("not sent: {error}");
+            }
+            AppEvent::History {
+                conversation,
+                messages,
+                more,
+            } => {
+                let i = self.ensure(&conversation, &mut actions);
+                actions.retain(|a| !matches!(a, Action::LoadHistory { conversation: c, .. } if *c == conversation));
+                let c = &mut self.conversations[i];
+                c.loading = false;
+                c.more = more;
+                for m in messages {
+                    let cm = self.chat_message(&m);
+                    self.learn_group_title(&conversation, &m);
+                    self.conversations[i].messages.insert(m.seq, cm);
+                }
+                self.sort();
+            }
+            AppEvent::Opened {
+                conversation,
+                title,
+                select,
+            } => {
+                let i = self.ensure(&conversation, &mut actions);
+                if let Some(title) = title {
+                    self.conversations[i].title = title;
+                }
+                if select {
+                    self.select(conversation);
+                }
+            }
+            AppEvent::Name { user, name } => {
+                self.names.insert(user, name);
+                for i in 0..self.conversations.len() {
+                    if self.conversations[i].id.direct_members().is_some() {
+                        let t = self.default_title(&self.conversations[i].id);
+                        self.conversations[i].title = t;
+                    }
+                }
+            }
+            AppEvent::Error(e) => self.status = e,
+        }
+        self.mark_read(&mut actions);
+        actions
+    }
+
+    fn chat_message(&self, m: &v1::Message) -> ChatMessage {
+        let system = m.kind() == MessageKind::System;
+        let text = match (m.kind(), &m.event) {
+            (MessageKind::System, Some(e)) => render::system_text(self, e),
+            (MessageKind::System, None) => "(group change)".into(),
+            (MessageKind::Binary, _) => format!("({} bytes)", m.body.len()),
+            _ => String::from_utf8_lossy(&m.body).into_owned(),
+        };
+        ChatMessage {
+            seq: m.seq,
+            sender: m.sender_user,
+            created_at_ms: m.created_at_ms,
+            text,
+            system,
+            local_id: None,
+            failed: false,
+        }
+    }
+
+    /// A group's name comes with its creation and rename events.
+    fn learn_group_title(&mut self, id: &ConversationId, m: &v1::Message) {
+        if let Some(e) = &m.event
+            && !e.name.is_empty()
+            && let Some(i) = self.index(id)
+            && self.conversations[i].is_group()
+        {
+            self.conversations[i].title = e.name.clone();
+        }
+    }
+
+    fn on_server(&mut self, ev: Event, actions: &mut Vec<Action>) {
+        match ev {
+            Event::Message(m) => {
+                let Ok(id) = m.conversation_id.parse::<ConversationId>() else {
+                    return;
+                };
+                let i = self.ensure(&id, actions);
+                let cm = self.chat_message(&m);
+                self.learn_group_title(&id, &m);
+                let selected = self.selected.as_ref() == Some(&id);
+                let c = &mut self.conversations[i];
+                c.typing.remove(&m.sender_user);
+                let new = c.messages.insert(m.seq, cm).is_none();
+                if new && !selected && m.sender_user != self.me {
+                    c.unread += 1;
+                }
+                self.sort();
+            }
+            Event::Receipt(r) => {
+                let Ok(id) = r.conversation_id.parse::<ConversationId>() else {
+                    return;
+                };
+                let Some(i) = self.index(&id) else { return };
+                let c = &mut self.conversations[i];
+                let read = r.kind() == ReceiptKind::Read;
+                if r.user_id == self.me {
+                    // Another device of ours read it.
+                    if read && r.up_to_seq >= c.last_seq() {
+                        c.unread = 0;
+                        c.read_sent = c.read_sent.max(r.up_to_seq);
+                    }
+                } else {
+                    c.peer_delivered = c.peer_delivered.max(r.up_to_seq);
+                    if read {
+                        c.peer_read = c.peer_read.max(r.up_to_seq);
+                    }
+                }
+            }
+            Event::Typing(t) => {
+                if t.user_id == self.me {
+                    return;
+                }
+                let Ok(id) = t.conversation_id.parse::<ConversationId>() else {
+                    return;
+                };
+                let until = self.now_ms + TYPING_TTL_MS;
+                if let Some(i) = self.index(&id) {
+                    let c = &mut self.conversations[i];
+                    if t.active {
+                        c.typing.insert(t.user_id, until);
+                    } else {
+                        c.typing.remove(&t.user_id);
+                    }
+                }
+            }
+            Event::JoinRequested(j) => {
+                let group = self
+                    .conversations
+                    .iter()
+                    .find(|c| c.id.as_str() == j.conversation_id)
+                    .map(|c| c.title.clone())
+                    .unwrap_or_else(|| j.conversation_id.clone());
+                self.status = format!(
+                    "{} asks to join {group} (approve with natter-cli groups)",
+                    self.user_name(j.user_id)
+                );
+            }
+            Event::Error { error, .. } => self.status = format!("server: {}", error.message),
+            Event::Closed { code, reason } => {
+                self.connected = false;
+                self.status = if matches!(code, 4001 | 4002) {
+                    format!("disconnected by the server ({code}): {reason}; /quit and log in again")
+                } else {
+                    format!("connection lost ({code}); reconnecting…")
+                };
+            }
+            Event::Reconnected(_) => {
+                self.connected = true;
+                self.status = "reconnected".into();
+            }
+        }
+    }
+
+    fn on_ack(&mut self, local_id: u64, ack: &v1::Ack) {
+        for c in &mut self.conversations {
+            if let Some(p) = c.pending.iter().position(|m| m.local_id == Some(local_id)) {
+                let mut m = c.pending.remove(p);
+                m.seq = ack.seq;
+                m.local_id = None;
+                m.created_at_ms = ack.created_at_ms;
+                m.sender = self.me;
+                c.messages.entry(ack.seq).or_insert(m);
+            }
+        }
+        self.sort();
+    }
+
+    /// The selected conversation is on screen: everything in it counts as read.
+    fn mark_read(&mut self, actions: &mut Vec<Action>) {
+        let Some(i) = self.selected.as_ref().and_then(|s| self.index(s)) else {
+            return;
+        };
+        let c = &mut self.conversations[i];
+        c.unread = 0;
+        // Only messages of others need a receipt.
+        let newest_other = c
+            .messages
+            .values()
+            .rev()
+            .find(|m| m.sender != self.me)
+            .map(|m| m.seq)
+            .unwrap_or(0);
+        if newest_other > c.read_sent {
+            c.read_sent = c.last_seq().max(newest_other);
+            actions.push(Action::MarkRead {
+                conversation: c.id.clone(),
+                up_to: c.read_sent,
+            });
+        }
+    }
+
+    fn select(&mut self, id: ConversationId) {
+        if let Some(i) = self.index(&id) {
+            self.conversations[i].scroll = 0;
+        }
+        self.selected = Some(id);
+    }
+
+    fn step(&mut self, forward: bool) {
+        let n = self.conversations.len();
+        if n == 0 {
+            return;
+        }
+        let cur = self.selected.as_ref().and_then(|s| self.index(s));
+        let next = match (cur, forward) {
+            (None, _) => 0,
+            (Some(i), true) => (i + 1) % n,
+            (Some(i), false) => (i + n - 1) % n,
+        };
+        let id = self.conversations[next].id.clone();
+        self.select(id);
+    }
+
+    fn on_key(&mut self, key: KeyEvent, actions: &mut Vec<Action>) {
+        if key.kind == KeyEventKind::Release {
+            return;
+        }
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            KeyCode::Char('c' | 'd') if ctrl => actions.push(Action::Quit),
+            KeyCode::Char('u') if ctrl => self.input.clear(),
+            KeyCode::Char(ch) if !ctrl => {
+                self.input.push(ch);
+                self.typed(actions);
+            }
+            KeyCode::Backspace => {
+                self.input.pop();
+            }
+            KeyCode::Esc => self.input.clear(),
+            KeyCode::Enter => self.enter(actions),
+            KeyCode::Tab | KeyCode::Down => self.step(true),
+            KeyCode::BackTab | KeyCode::Up => self.step(false),
+            KeyCode::PageUp => self.page_up(actions),
+            KeyCode::PageDown => {
+                if let Some(i) = self.selected.as_ref().and_then(|s| self.index(s)) {
+                    let c = &mut self.conversations[i];
+                    c.scroll = c.scroll.saturating_sub(PAGE_LINES);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn page_up(&mut self, actions: &mut Vec<Action>) {
+        let Some(i) = self.selected.as_ref().and_then(|s| self.index(s)) else {
+            return;
+        };
+        let c = &mut self.conversations[i];
+        c.scroll += PAGE_LINES;
+        // Near the top of what is loaded: fetch the page before it.
+        let oldest = c.messages.keys().next().copied().unwrap_or(0);
+        if c.more && !c.loading && oldest > 1 && c.scroll + PAGE_LINES >= c.messages.len() {
+            c.loading = true;
+            actions.push(Action::LoadHistory {
+                conversation: c.id.clone(),
+                before: oldest,
+            });
+        }
+    }
+
+    /// Tells the other side we are typing, at most every few seconds.
+    fn typed(&mut self, actions: &mut Vec<Action>) {
+        if self.input.starts_with('/') {
+            return;
+        }
+        let Some(id) = self.selected.clone() else {
+            return;
+        };
+        let last = self.typing_sent.get(&id).copied();
+        if last.is_none_or(|t| self.now_ms >= t + TYPING_RESEND_MS) {
+            self.typing_sent.insert(id.clone(), self.now_ms);
+            actions.push(Action::Typing {
+                conversation: id,
+                active: true,
+            });
+        }
+    }
+
+    fn enter(&mut self, actions: &mut Vec<Action>) {
+        let line = std::mem::take(&mut self.input);
+        let text = line.trim();
+        if text.is_empty() {
+            return;
+        }
+        if let Some(cmd) = text.strip_prefix('/') {
+            self.command(cmd, actions);
+            return;
+        }
+        let Some(id) = self.selected.clone() else {
+            self.status = "no conversation: start one with /new @user".into();
+            self.input = line;
+            return;
+        };
+        let Some(i) = self.index(&id) else { return };
+        let local_id = self.next_local_id;
+        self.next_local_id += 1;
+        let c = &mut self.conversations[i];
+        c.scroll = 0;
+        c.pending.push(ChatMessage {
+            seq: 0,
+            sender: self.me,
+            created_at_ms: self.now_ms,
+            text: text.to_owned(),
+            system: false,
+            local_id: Some(local_id),
+            failed: false,
+        });
+        if self.typing_sent.remove(&id).is_some() {
+            actions.push(Action::Typing {
+                conversation: id.clone(),
+                active: false,
+            });
+        }
+        actions.push(Action::Send {
+            conversation: id,
+            text: text.to_owned(),
+            local_id,
+        });
+        self.sort();
+    }
+
+    fn command(&mut self, cmd: &str, actions: &mut Vec<Action>) {
+        let mut words = cmd.split_whitespace();
+        let usage = "commands: /new @user, /group NAME @a @b, /quit";
+        match words.next() {
+            Some("quit" | "q" | "exit") => actions.push(Action::Quit),
+            Some("new") => match (words.next(), words.next()) {
+                (Some(u), None) => {
+                    let username = u.trim_start_matches('@').to_owned();
+                    if let Some(uid) = self
+                        .names
+                        .iter()
+                        .find(|(_, n)| **n == username)
+                        .map(|(id, _)| *id)
+                        && uid != self.me
+                        && let Ok(id) = ConversationId::direct(UserId(self.me), UserId(uid))
+                    {
+                        let i = self.ensure(&id, actions);
+                        let id = self.conversations[i].id.clone();
+                        self.select(id);
+                    } else {
+                        actions.push(Action::StartDirect { username });
+                    }
+                }
+                _ => self.status = "usage: /new @user".into(),
+            },
+            Some("group") => {
+                let rest: Vec<&str> = words.collect();
+                let (members, name): (Vec<&str>, Vec<&str>) =
+                    rest.iter().partition(|w| w.starts_with('@'));
+                if name.is_empty() || members.is_empty() {
+                    self.status = "usage: /group NAME @a @b".into();
+                } else {
+                    actions.push(Action::CreateGroup {
+                        name: name.join(" "),
+                        members: members.iter().map(|m| (*m).to_owned()).collect(),
+                    });
+                }
+            }
+            _ => self.status = usage.into(),
+        }
+    }
+
+    /// "bo is typing…" for the selected conversation.
+    pub fn typing_line(&self) -> Option<String> {
+        let c = self.selected_conversation()?;
+        let who: Vec<String> = c
+            .typing
+            .iter()
+            .filter(|(_, until)| **until > self.now_ms)
+            .map(|(u, _)| self.user_name(*u))
+            .collect();
+        match who.as_slice() {
+            [] => None,
+            [one] => Some(format!("{one} is typing…")),
+            many => Some(format!("{} are typing…", many.join(", "))),
+        }
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's
+/// `civil_from_days`).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// "Mon 30 Nov 2026" (UTC).
+pub fn day_label(ms: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = i64::try_from(ms / 86_400_000).unwrap_or(0);
+    let (y, m, d) = civil(days);
+    let wd = DAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)];
+    let mon = MONTHS[(m as usize).saturating_sub(1) % 12];
+    format!("{wd} {d} {mon} {y}")
+}
+
+/// "14:05" (UTC).
+pub fn clock(ms: u64) -> String {
+    let s = (ms / 1000) % 86_400;
+    format!("{:02}:{:02}", s / 3600, (s / 60) % 60)
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    pub const ME: u64 = 1;
+    pub const BO: u64 = 2;
+    pub const CY: u64 = 3;
+    /// 2026-11-30 10:00 UTC.
+    pub const T0: u64 = 1_796_032_800_000;
+
+    pub fn key(code: KeyCode) -> AppEvent {
+        AppEvent::Key(KeyEvent::new(code, KeyModifiers::NONE))
+    }
+
+    pub fn dm(a: u64, b: u64) -> ConversationId {
+        ConversationId::direct(UserId(a), UserId(b)).unwrap()
+    }
+
+    pub fn msg(conv: &ConversationId, seq: u64, sender: u64, at: u64, text: &str) -> v1::Message {
+        v1::Message {
+            conversation_id: conv.to_string(),
+            seq,
+            sender_user: sender,
+            kind: MessageKind::Text as i32,
+            body: text.as_bytes().to_vec().into(),
+            created_at_ms: at,
+            ..Default::default()
+        }
+    }
+
+    pub fn app() -> App {
+        let names = BTreeMap::from([(ME, "ann".into()), (BO, "bo".into()), (CY, "cy".into())]);
+        let mut a = App::new(ME, "ann", names, T0);
+        a.connected = true;
+        a
+    }
+
+    pub fn history(app: &mut App, conv: &ConversationId, messages: Vec<v1::Message>) {
+        app.on_event(AppEvent::History {
+            conversation: conv.clone(),
+            messages,
+            more: false,
+        });
+    }
+
+    fn type_text(app: &mut App, text: &str) -> Vec<Action> {
+        let mut out = Vec::new();
+        for ch in text.chars() {
+            out.extend(app.on_event(key(KeyCode::Char(ch))));
+        }
+        out
+    }
+
+    #[test]
+    fn enter_sends_and_clears_the_input() {
+        let mut a = app();
+        let c = dm(ME, BO);
+        history(&mut a, &c, vec![]);
+        assert_eq!(a.selected.as_ref(), Some(&c));
+        let typed = type_text(&mut a, "hi bo");
+        assert_eq!(
+            typed,
+            vec![Action::Typing {
+                conversation: c.clone(),
+                active: true
+            }],
+            "one typing notice, not one per key"
+        );
+        assert_eq!(a.input, "hi bo");
+        let actions = a.on_event(key(KeyCode::Enter));
+        assert!(actions.contains(&Action::Send {
+            conversation: c.clone(),
+            text: "hi bo".into(),
+            local_id: 1
+        }));
+        assert!(actions.contains(&Action::Typing {
+            conversation: c.clone(),
+            active: false
+        }));
+        assert_eq!(a.input, "");
+        let conv = a.conversation(&c).unwrap();
+        assert_eq!(conv.pending.len(), 1);
+        assert_eq!(conv.tick(&conv.pending[0]), Tick::Pending);
+        // Enter on an empty line does nothing.
+        assert!(a.on_event(key(KeyCode::Enter)).is_empty());
+    }
+
+    #[test]
+    fn unread_counts_for_other_conversations_and_resets_when_selected() {
+        let mut a = app();
+        let with_bo = dm(ME, BO);
+        let with_cy = dm(ME, CY);
+        history(&mut a, &with_bo, vec![msg(&with_bo, 1, BO, T0, "hey")]);
+        history(&mut a, &with_cy, vec![]);
+        assert_eq!(a.selected.as_ref(), Some(&with_bo));
+        for seq in 1..=2 {
+            a.on_event(AppEvent::Server(Event::Message(msg(
+                &with_cy,
+                seq,
+                CY,
+                T0 + seq,
+                "yo",
+            ))));
+        }
+        // A duplicate (e.g. from sync and history) counts once.
+        a.on_event(AppEvent::Server(Event::Message(msg(
+            &with_cy, 2, CY, T0, "yo",
+        ))));
+        assert_eq!(a.conversation(&with_cy).unwrap().unread, 2);
+        // Newest first in the list.
+        assert_eq!(a.conversations[0].id, with_cy);
+        // A message in the shown conversation is read at once.
+        let acts = a.on_event(AppEvent::Server(Event::Message(msg(
+            &with_bo,
+            2,
+            BO,
+            T0 + 5,
+            "there?",
+        ))));
+        assert_eq!(a.conversation(&with_bo).unwrap().unread, 0);
+        assert!(acts.contains(&Action::MarkRead {
+            conversation: with_bo.clone(),
+            up_to: 2
+        }));
+        // Switch: the unread count resets and a read receipt goes out.
+        let acts = a.on_event(key(KeyCode::Tab));
+        assert_eq!(a.selected.as_ref(), Some(&with_cy));
+        assert_eq!(a.conversation(&with_cy).unwrap().unread, 0);
+        assert_eq!(
+            acts,
+            vec![Action::MarkRead {
+                conversation: with_cy.clone(),
+                up_to: 2
+            }]
+        );
+        a.on_event(key(KeyCode::Up));
+        assert_eq!(a.selected.as_ref(), Some(&with_bo));
+    }
+
+    #[test]
+    fn receipts_move_ticks_from_sent_to_delivered_to_read() {
+        let mut a = app();
+        let c = dm(ME, BO);
+        history(&mut a, &c, vec![]);
+        type_text(&mut a, "ping");
+        a.on_event(key(KeyCode::Enter));
+        let ack = v1::Ack {
+            conversation_id: c.to_string(),
+            seq: 1,
+            created_at_ms: T0,
+            ..Default::default()
+        };
+        a.on_event(AppEvent::Acked { local_id: 1, ack });
+        let tick = |a: &App| {
+            let conv = a.conversation(&c).unwrap();
+            conv.tick(&conv.messages[&1])
+        };
+        assert_eq!(tick(&a), Tick::Sent);
+        let receipt = |kind: ReceiptKind| {
+            AppEvent::Server(Event::Receipt(v1::Receipt {
+                conversation_id: c.to_string(),
+                user_id: BO,
+                kind: kind as i32,
+                up_to_seq: 1,
+                ..Default::default()
+            }))
+        };
+        a.on_event(receipt(ReceiptKind::Delivered));
+        assert_eq!(tick(&a), Tick::Delivered);
+        a.on_event(receipt(ReceiptKind::Read));
+        assert_eq!(tick(&a), Tick::Read);
+        // A late delivered receipt does not move it back.
+        a.on_event(receipt(ReceiptKind::Delivered));
+        assert_eq!(tick(&a), Tick::Read);
+    }
+
+    #[test]
+    fn groups_show_a_single_tick() {
+        let mut a = app();
+        let g: ConversationId = "g.77".parse().unwrap();
+        history(&mut a, &g, vec![msg(&g, 1, ME, T0, "hello all")]);
+        a.on_event(AppEvent::Server(Event::Receipt(v1::Receipt {
+            conversation_id: g.to_string(),
+            user_id: BO,
+            kind: ReceiptKind::Read as i32,
+            up_to_seq: 1,
+            ..Default::default()
+        })));
+        let conv = a.conversation(&g).unwrap();
+        assert_eq!(conv.tick(&conv.messages[&1]), Tick::Sent);
+    }
+
+    #[test]
+    fn typing_indicator_expires_on_tick() {
+        let mut a = app();
+        let c = dm(ME, BO);
+        history(&mut a, &c, vec![]);
+        a.on_event(AppEvent::Server(Event::Typing(v1::TypingEvent {
+            conversation_id: c.to_string(),
+            user_id: BO,
+            active: true,
+        })));
+        assert_eq!(a.typing_line().as_deref(), Some("bo is typing…"));
+        a.on_event(AppEvent::Tick { now_ms: T0 + 2_000 });
+        assert!(a.typing_line().is_some());
+        a.on_event(AppEvent::Tick {
+            now_ms: T0 + TYPING_TTL_MS + 1,
+        });
+        assert_eq!(a.typing_line(), None);
+        // A message from the typist clears it at once too.
+        a.on_event(AppEvent::Server(Event::Typing(v1::TypingEvent {
+            conversation_id: c.to_string(),
+            user_id: BO,
+            active: true,
+        })));
+        a.on_event(AppEvent::Server(Event::Message(msg(&c, 1, BO, T0, "done"))));
+        assert_eq!(a.typing_line(), None);
+    }
+
+    #[test]
+    fn day_separators_between_days() {
+        let mut a = app();
+        let c = dm(ME, BO);
+        let day = 86_400_000;
+        history(
+            &mut a,
+            &c,
+            vec![
+                msg(&c, 1, BO, T0, "a"),
+                msg(&c, 2, ME, T0 + 60_000, "b"),
+                msg(&c, 3, BO, T0 + day, "c"),
+            ],
+        );
+        let lines = a.conversation(&c).unwrap().lines();
+        let shape: Vec<String> = lines
+            .iter()
+            .map(|l| match l {
+                ChatLine::Day(d) => format!("-- {d}"),
+                ChatLine::Message(m) => m.text.clone(),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            ["-- Mon 30 Nov 2026", "a", "b", "-- Tue 1 Dec 2026", "c"]
+        );
+        assert_eq!(clock(T0), "10:00");
+    }
+
+    #[test]
+    fn commands() {
+        let mut a = app();
+        type_text(&mut a, "/new @dee");
+        assert_eq!(
+            a.on_event(key(KeyCode::Enter)),
+            vec![Action::StartDirect {
+                username: "dee".into()
+            }]
+        );
+        // A known user opens at once.
+        type_text(&mut a, "/new @bo");
+        let acts = a.on_event(key(KeyCode::Enter));
+        assert_eq!(a.selected, Some(dm(ME, BO)));
+        assert!(matches!(acts[0], Action::LoadHistory { .. }));
+        type_text(&mut a, "/group Trip plans @bo @cy");
+        assert_eq!(
+            a.on_event(key(KeyCode::Enter)),
+            vec![Action::CreateGroup {
+                name: "Trip plans".into(),
+                members: vec!["@bo".into(), "@cy".into()]
+            }]
+        );
+        type_text(&mut a, "/quit");
+        assert_eq!(a.on_event(key(KeyCode::Enter)), vec![Action::Quit]);
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert_eq!(a.on_event(AppEvent::Key(ctrl_c)), vec![Action::Quit]);
+    }
+
+    #[test]
+    fn page_up_loads_older_history() {
+        let mut a = app();
+        let c = dm(ME, BO);
+        a.on_event(AppEvent::History {
+            conversation: c.clone(),
+            messages: (40..=45).map(|s| msg(&c, s, BO, T0 + s, "m")).collect(),
+            more: true,
+        });
+        let acts = a.on_event(key(KeyCode::PageUp));
+        assert_eq!(
+            acts,
+            vec![Action::LoadHistory {
+                conversation: c.clone(),
+                before: 40
+            }]
+        );
+        // Not twice while it loads.
+        assert!(a.on_event(key(KeyCode::PageUp)).is_empty());
+    }
+}
