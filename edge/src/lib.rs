@@ -7,6 +7,7 @@ mod auth;
 mod connection;
 mod directory;
 mod session;
+mod web;
 
 use std::{
     sync::{
@@ -140,10 +141,11 @@ impl Edge {
         }
     }
 
-    /// The `/v1/ws` route.
+    /// The `/v1/ws` route, and the web client at `/` (assets under `/web/`).
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/ws", get(upgrade))
+            .merge(web::router())
             .with_state(self.clone())
     }
 

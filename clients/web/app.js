@@ -1,0 +1,552 @@
+// The client's state and its reactions to the server: conversations, messages by seq,
+// cursors, the outbox of unacked sends, receipts and typing. ui.js draws it.
+
+import { ApiError, Auth, Connection, decodeText, directId, encodeText } from "./protocol.js";
+import { UI } from "./ui.js";
+
+const TYPING_TTL_MS = 6000;
+const TYPING_RESEND_MS = 3000;
+const RESEND_AFTER_MS = 10_000;
+const HISTORY_PAGE = 50;
+
+function randomId() {
+  const b = crypto.getRandomValues(new Uint8Array(12));
+  return "web-" + Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+class App {
+  constructor() {
+    this.auth = new Auth();
+    this.ui = new UI(this);
+    this.conn = new Connection(this.auth, {
+      onFrame: (f) => this.onFrame(f),
+      onState: (s, d) => this.onConnState(s, d),
+    });
+    this.connState = { state: "connecting", retryMs: null };
+    this.reset();
+    setInterval(() => this.tick(), 1000);
+    document.addEventListener("visibilitychange", () => this.markRead());
+    window.addEventListener("focus", () => this.markRead());
+    if (this.auth.session) this.enter();
+    else this.ui.render();
+  }
+
+  reset() {
+    this.convs = new Map(); // conversationId → conversation
+    this.names = new Map(); // userId → username
+    this.outbox = []; // unacked sends: {clientMsgId, convId, toUser, body, sentAt, reqId}
+    this.requests = new Map(); // request id → what it was for
+    this.active = null;
+    this.typingSentAt = 0;
+    this.notice = "";
+  }
+
+  get me() {
+    return this.auth.session;
+  }
+
+  // ---- persistence (per device) ----
+
+  storeKey() {
+    return `natter.state.${this.me.deviceId}`;
+  }
+
+  load() {
+    let saved = null;
+    try {
+      saved = JSON.parse(localStorage.getItem(this.storeKey()));
+    } catch {
+      saved = null;
+    }
+    this.names.set(this.me.userId, this.me.username);
+    if (!saved) return;
+    for (const [id, name] of saved.names || []) this.names.set(id, name);
+    for (const c of saved.convs || []) {
+      const conv = this.conv(c.id);
+      Object.assign(conv, c, { msgs: new Map(), more: c.cursor > 0 });
+    }
+    for (const o of saved.outbox || []) {
+      this.outbox.push({ ...o, reqId: null });
+      const conv = this.conv(o.convId);
+      conv.msgs.set(`p:${o.clientMsgId}`, {
+        seq: 0,
+        sender: this.me.userId,
+        clientMsgId: o.clientMsgId,
+        text: decodeText(o.body),
+        createdAtMs: o.createdAtMs,
+        pending: true,
+      });
+    }
+  }
+
+  save() {
+    if (!this.me) return;
+    const convs = [...this.convs.values()].map((c) => ({
+      id: c.id,
+      kind: c.kind,
+      peer: c.peer,
+      title: c.title,
+      cursor: c.cursor,
+      readSent: c.readSent,
+      receivedSent: c.receivedSent,
+      peerDelivered: c.peerDelivered,
+      peerRead: c.peerRead,
+      unread: c.unread,
+      last: c.last,
+    }));
+    const outbox = this.outbox.map(({ reqId, ...o }) => o);
+    localStorage.setItem(
+      this.storeKey(),
+      JSON.stringify({ convs, outbox, names: [...this.names] }),
+    );
+  }
+
+  // ---- session ----
+
+  async register(username, password) {
+    await this.auth.register(username, password);
+    this.enter();
+  }
+
+  async login(username, password) {
+    await this.auth.login(username, password);
+    this.enter();
+  }
+
+  enter() {
+    this.reset();
+    this.load();
+    this.ui.render();
+    this.conn.start();
+  }
+
+  async logout() {
+    this.conn.stop();
+    if (this.me) localStorage.removeItem(this.storeKey());
+    await this.auth.logout();
+    this.reset();
+    this.ui.render();
+  }
+
+  onConnState(state, retryMs) {
+    if (state === "loggedout") {
+      this.conn.stop();
+      this.auth.clear();
+      this.reset();
+      this.notice = "Your session ended; please log in again.";
+      this.ui.render();
+      return;
+    }
+    this.connState = { state, retryMs, since: Date.now() };
+    if (state !== "online") {
+      // Sends in flight on the old socket are sent again on the next one.
+      for (const o of this.outbox) o.reqId = null;
+      this.requests.clear();
+      for (const c of this.convs.values()) c.loading = false;
+    }
+    this.ui.render();
+  }
+
+  // ---- conversations ----
+
+  conv(id) {
+    let c = this.convs.get(id);
+    if (!c) {
+      const group = id.startsWith("g.");
+      let peer = null;
+      if (!group) {
+        const [, a, b] = id.split(".");
+        peer = a === this.me.userId ? b : a;
+      }
+      c = {
+        id,
+        kind: group ? "group" : "direct",
+        peer,
+        title: group ? "Group" : null,
+        msgs: new Map(), // seq (or "p:<clientMsgId>" while unacked) → message
+        cursor: 0, // every seq up to this one is here (or was, before a reload)
+        receivedSent: 0,
+        readSent: 0,
+        peerDelivered: 0,
+        peerRead: 0,
+        unread: 0,
+        last: null,
+        typing: new Map(),
+        more: true,
+        loading: false,
+      };
+      this.convs.set(id, c);
+    }
+    if (!c.typing) c.typing = new Map();
+    return c;
+  }
+
+  name(userId) {
+    return this.names.get(userId) || `user …${String(userId).slice(-4)}`;
+  }
+
+  title(conv) {
+    if (conv.kind === "group") return conv.title || "Group";
+    return this.name(conv.peer);
+  }
+
+  async startChat(username) {
+    const user = await this.auth.lookup(username.trim().toLowerCase());
+    if (user.user_id === this.me.userId) throw new ApiError(400, "self", "That is you.");
+    this.names.set(user.user_id, user.username);
+    const conv = this.conv(directId(this.me.userId, user.user_id));
+    this.save();
+    this.open(conv.id);
+  }
+
+  async createGroup(name, usernames) {
+    const members = [];
+    for (const u of usernames) {
+      const user = await this.auth.lookup(u);
+      this.names.set(user.user_id, user.username);
+      members.push(user.user_id);
+    }
+    const id = this.conn.send({ group: { create: { createId: randomId(), name, members } } });
+    if (!id) throw new ApiError(0, "offline", "Not connected; try again when online.");
+    this.requests.set(id, { kind: "groupCreate" });
+  }
+
+  open(convId) {
+    this.active = convId;
+    const conv = convId && this.conv(convId);
+    if (conv) {
+      conv.unread = 0;
+      if (conv.msgs.size === 0) this.loadHistory(conv);
+    }
+    this.ui.render();
+    this.markRead();
+  }
+
+  loadHistory(conv) {
+    if (conv.loading || !conv.more) return;
+    const seqs = [...conv.msgs.values()].map((m) => m.seq).filter((s) => s > 0);
+    const before = seqs.length ? Math.min(...seqs) : 0;
+    if (before === 1) {
+      conv.more = false;
+      return;
+    }
+    const id = this.conn.send({
+      history: { conversationId: conv.id, beforeSeq: String(before), limit: HISTORY_PAGE },
+    });
+    if (!id) return;
+    conv.loading = true;
+    this.requests.set(id, { kind: "history", convId: conv.id });
+    this.ui.render();
+  }
+
+  // ---- messages ----
+
+  addMessage(m, { live }) {
+    const conv = this.conv(m.conversationId);
+    const seq = Number(m.seq);
+    if (conv.msgs.has(seq)) return conv;
+    const mine = m.senderUser === this.me.userId;
+    const msg = {
+      seq,
+      sender: m.senderUser,
+      clientMsgId: m.clientMsgId,
+      system: m.kind === "MESSAGE_KIND_SYSTEM",
+      event: m.event,
+      text: decodeText(m.body),
+      createdAtMs: Number(m.createdAtMs || 0),
+    };
+    if (mine && m.senderDevice === this.me.deviceId) {
+      // Our own send, stored before its ack reached us (e.g. the socket dropped).
+      this.acked(m.clientMsgId, conv, seq, msg.createdAtMs);
+    }
+    conv.msgs.delete(`p:${m.clientMsgId}`);
+    conv.msgs.set(seq, msg);
+    if (msg.system && m.event?.name && conv.kind === "group") conv.title = m.event.name;
+    if (!conv.last || seq >= conv.last.seq) conv.last = { seq, text: this.preview(conv, msg), at: msg.createdAtMs };
+    if (!mine && seq > conv.readSent && !this.isShown(conv)) conv.unread++;
+    if (!mine) conv.typing.delete(m.senderUser);
+    const before = conv.cursor;
+    this.advance(conv);
+    if (live && seq > conv.cursor && before === conv.cursor) this.gapSync();
+    return conv;
+  }
+
+  advance(conv) {
+    while (conv.msgs.has(conv.cursor + 1)) conv.cursor++;
+  }
+
+  preview(conv, msg) {
+    const text = msg.system ? this.systemText(msg) : msg.text;
+    if (msg.system || conv.kind !== "group") return text;
+    return `${msg.sender === this.me.userId ? "You" : this.name(msg.sender)}: ${text}`;
+  }
+
+  systemText(msg) {
+    const e = msg.event || {};
+    const actor = this.nameOrYou(e.actor || msg.sender);
+    const users = (e.users || []).map((u) => this.nameOrYou(u)).join(", ");
+    switch (e.kind) {
+      case "GROUP_EVENT_KIND_CREATED":
+        return `${actor} created the group "${e.name || ""}"` + (users ? ` with ${users}` : "");
+      case "GROUP_EVENT_KIND_MEMBERS_ADDED":
+        return `${actor} added ${users}`;
+      case "GROUP_EVENT_KIND_MEMBER_REMOVED":
+        return `${actor} removed ${users}`;
+      case "GROUP_EVENT_KIND_MEMBER_LEFT":
+        return `${users || actor} left`;
+      case "GROUP_EVENT_KIND_ROLE_CHANGED":
+        return `${actor} made ${users} ${e.role === "GROUP_ROLE_ADMIN" ? "an admin" : "a member"}`;
+      case "GROUP_EVENT_KIND_OWNER_CHANGED":
+        return `${actor} made ${users} the owner`;
+      case "GROUP_EVENT_KIND_INFO_CHANGED":
+        return `${actor} changed the group info`;
+      case "GROUP_EVENT_KIND_SETTINGS_CHANGED":
+        return `${actor} changed the group settings`;
+      case "GROUP_EVENT_KIND_JOINED_BY_INVITE":
+        return `${users || actor} joined by invite link`;
+      case "GROUP_EVENT_KIND_DELETED":
+        return `${actor} deleted the group`;
+      default:
+        return "group updated";
+    }
+  }
+
+  nameOrYou(userId) {
+    return userId === this.me.userId ? "you" : this.name(userId);
+  }
+
+  isShown(conv) {
+    return this.active === conv.id && document.visibilityState === "visible";
+  }
+
+  gapSync() {
+    if (this.gapTimer) return;
+    this.gapTimer = setTimeout(() => {
+      this.gapTimer = null;
+      this.sync();
+    }, 300);
+  }
+
+  sync() {
+    const cursors = [...this.convs.values()]
+      .filter((c) => c.cursor > 0)
+      .map((c) => ({ conversationId: c.id, seq: String(c.cursor) }));
+    const id = this.conn.send({ sync: { cursors } });
+    if (id) this.requests.set(id, { kind: "sync" });
+  }
+
+  /** `received` up to each conversation's cursor, and `read` for the one shown. */
+  acknowledge() {
+    for (const conv of this.convs.values()) {
+      if (conv.cursor > conv.receivedSent && this.conn.online) {
+        if (this.conn.send({ received: { conversationId: conv.id, upToSeq: String(conv.cursor) } }))
+          conv.receivedSent = conv.cursor;
+      }
+    }
+    this.markRead();
+    this.save();
+  }
+
+  markRead() {
+    const conv = this.active && this.convs.get(this.active);
+    if (!conv || !this.isShown(conv) || !this.conn.online) return;
+    conv.unread = 0;
+    if (conv.cursor > conv.readSent) {
+      if (this.conn.send({ read: { conversationId: conv.id, upToSeq: String(conv.cursor) } }))
+        conv.readSent = conv.cursor;
+    }
+  }
+
+  sendText(text) {
+    const conv = this.active && this.convs.get(this.active);
+    if (!conv || !text.trim()) return;
+    const entry = {
+      clientMsgId: randomId(),
+      convId: conv.id,
+      toUser: conv.kind === "direct" ? conv.peer : null,
+      body: encodeText(text),
+      createdAtMs: Date.now(),
+      reqId: null,
+      sentAt: 0,
+    };
+    this.outbox.push(entry);
+    conv.msgs.set(`p:${entry.clientMsgId}`, {
+      seq: 0,
+      sender: this.me.userId,
+      clientMsgId: entry.clientMsgId,
+      text,
+      createdAtMs: entry.createdAtMs,
+      pending: true,
+    });
+    conv.last = { seq: conv.last?.seq ?? 0, text: conv.kind === "group" ? `You: ${text}` : text, at: entry.createdAtMs };
+    this.typing(false);
+    this.save();
+    this.flush();
+    this.ui.render({ toBottom: true });
+  }
+
+  /** Sends (again) every unacked message, with its original clientMsgId. */
+  flush() {
+    if (!this.conn.online) return;
+    const now = Date.now();
+    for (const o of this.outbox) {
+      if (o.reqId && now - o.sentAt < RESEND_AFTER_MS) continue;
+      const target = o.toUser ? { toUser: o.toUser } : { conversationId: o.convId };
+      const id = this.conn.send({
+        send: { clientMsgId: o.clientMsgId, ...target, kind: "MESSAGE_KIND_TEXT", body: o.body },
+      });
+      if (!id) return;
+      o.reqId = id;
+      o.sentAt = now;
+      this.requests.set(id, { kind: "send", clientMsgId: o.clientMsgId });
+    }
+  }
+
+  acked(clientMsgId, conv, seq, createdAtMs) {
+    const i = this.outbox.findIndex((o) => o.clientMsgId === clientMsgId);
+    if (i >= 0) this.outbox.splice(i, 1);
+    const pending = conv.msgs.get(`p:${clientMsgId}`);
+    conv.msgs.delete(`p:${clientMsgId}`);
+    if (pending && !conv.msgs.has(seq)) {
+      conv.msgs.set(seq, { ...pending, seq, pending: false, createdAtMs: createdAtMs || pending.createdAtMs });
+      if (!conv.last || seq >= conv.last.seq)
+        conv.last = { seq, text: this.preview(conv, conv.msgs.get(seq)), at: createdAtMs };
+    }
+    this.advance(conv);
+  }
+
+  typing(active) {
+    const conv = this.active && this.convs.get(this.active);
+    if (!conv || !this.conn.online) return;
+    const now = Date.now();
+    if (active && now - this.typingSentAt < TYPING_RESEND_MS) return;
+    if (!active && !this.typingSentAt) return;
+    this.typingSentAt = active ? now : 0;
+    this.conn.send({ typing: { conversationId: conv.id, active } });
+  }
+
+  tick() {
+    const now = Date.now();
+    let changed = false;
+    for (const c of this.convs.values()) {
+      for (const [u, until] of c.typing) {
+        if (until < now) {
+          c.typing.delete(u);
+          changed = true;
+        }
+      }
+    }
+    if (this.outbox.length) this.flush();
+    if (changed || this.connState.state === "offline") this.ui.render();
+  }
+
+  // ---- server frames ----
+
+  onFrame(f) {
+    const req = f.id && f.id !== "0" ? this.requests.get(f.id) : null;
+    if (f.welcome) {
+      this.names.set(f.welcome.userId, f.welcome.username);
+      this.sync();
+      const id = this.conn.send({ group: { list: {} } });
+      if (id) this.requests.set(id, { kind: "groupList" });
+      this.flush();
+      const conv = this.active && this.convs.get(this.active);
+      if (conv && conv.msgs.size === 0) this.loadHistory(conv);
+    } else if (f.message) {
+      const conv = this.addMessage(f.message, { live: true });
+      this.acknowledge();
+      this.ui.render({ toBottom: conv.id === this.active ? "ifNear" : false });
+      return;
+    } else if (f.syncBatch) {
+      for (const m of f.syncBatch.messages || []) this.addMessage(m, { live: false });
+    } else if (f.syncDone) {
+      this.requests.delete(f.id);
+      this.acknowledge();
+    } else if (f.ack) {
+      this.requests.delete(f.id);
+      const conv = this.conv(f.ack.conversationId);
+      this.acked(f.ack.clientMsgId, conv, Number(f.ack.seq), Number(f.ack.createdAtMs));
+      this.acknowledge();
+    } else if (f.receipt) {
+      this.onReceipt(f.receipt);
+    } else if (f.typing) {
+      const t = f.typing;
+      if (t.userId !== this.me.userId) {
+        const conv = this.conv(t.conversationId);
+        if (t.active) conv.typing.set(t.userId, Date.now() + TYPING_TTL_MS);
+        else conv.typing.delete(t.userId);
+      }
+    } else if (f.historyPage) {
+      this.requests.delete(f.id);
+      const conv = this.conv(f.historyPage.conversationId);
+      for (const m of f.historyPage.messages || []) this.addMessage(m, { live: false });
+      conv.more = !!f.historyPage.more;
+      conv.loading = false;
+      this.acknowledge();
+      this.ui.render({ keepBottomOffset: true });
+      return;
+    } else if (f.groupResult) {
+      this.requests.delete(f.id);
+      this.onGroupResult(f.groupResult, req);
+    } else if (f.error) {
+      this.requests.delete(f.id);
+      this.onError(f.error, req);
+    }
+    this.ui.render();
+  }
+
+  onReceipt(r) {
+    const conv = this.conv(r.conversationId);
+    const upTo = Number(r.upToSeq);
+    const read = r.kind === "RECEIPT_KIND_READ";
+    if (r.userId === this.me.userId) {
+      // Another device of ours.
+      if (read) {
+        conv.readSent = Math.max(conv.readSent, upTo);
+        conv.unread = 0;
+      }
+    } else {
+      conv.peerDelivered = Math.max(conv.peerDelivered, upTo);
+      if (read) conv.peerRead = Math.max(conv.peerRead, upTo);
+    }
+    this.save();
+  }
+
+  onGroupResult(res, req) {
+    for (const g of res.groups || (res.group ? [res.group] : [])) {
+      if (g.deleted) continue;
+      const conv = this.conv(g.conversationId);
+      conv.title = g.name;
+    }
+    if (req?.kind === "groupCreate" && res.group) this.open(res.group.conversationId);
+    this.save();
+  }
+
+  onError(e, req) {
+    const message = `${(e.code || "").replace("ERROR_CODE_", "").toLowerCase()}: ${e.message || ""}`;
+    if (req?.kind === "send") {
+      if (e.code === "ERROR_CODE_UNAVAILABLE" || e.code === "ERROR_CODE_INTERNAL") {
+        const o = this.outbox.find((x) => x.clientMsgId === req.clientMsgId);
+        if (o) o.reqId = null; // retried by tick()
+        return;
+      }
+      const i = this.outbox.findIndex((o) => o.clientMsgId === req.clientMsgId);
+      if (i >= 0) {
+        const [o] = this.outbox.splice(i, 1);
+        const msg = this.conv(o.convId).msgs.get(`p:${o.clientMsgId}`);
+        if (msg) msg.failed = message;
+      }
+      this.save();
+    } else if (req?.kind === "history") {
+      const conv = this.conv(req.convId);
+      conv.loading = false;
+      conv.more = false;
+    } else if (req?.kind === "sync" && e.code === "ERROR_CODE_UNAVAILABLE") {
+      setTimeout(() => this.sync(), 2000);
+    } else if (req?.kind === "groupCreate") {
+      this.ui.groupError(message);
+    }
+  }
+}
+
+window.natter = new App();

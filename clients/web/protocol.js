@@ -1,0 +1,272 @@
+// natter's REST calls and the `natter.v1.json` WebSocket: one socket, request ids,
+// reconnect with exponential backoff. Knows the wire format, nothing about the UI.
+
+const SESSION_KEY = "natter.session";
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code || `HTTP ${status}`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function rest(method, path, body, token) {
+  const headers = {};
+  if (body !== undefined) headers["content-type"] = "application/json";
+  if (token) headers.authorization = `Bearer ${token}`;
+  let res;
+  try {
+    res = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch {
+    throw new ApiError(0, "unreachable", "the server is unreachable");
+  }
+  if (res.status === 204) return null;
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    const e = data.error || {};
+    throw new ApiError(res.status, e.code, e.message);
+  }
+  return data;
+}
+
+/** The logged-in device: tokens in localStorage, refreshed before they expire. */
+export class Auth {
+  constructor() {
+    try {
+      this.session = JSON.parse(localStorage.getItem(SESSION_KEY));
+    } catch {
+      this.session = null;
+    }
+    this.refreshing = null;
+  }
+
+  save(grant) {
+    this.session = {
+      userId: grant.user_id,
+      deviceId: grant.device_id,
+      username: grant.username,
+      accessToken: grant.access_token,
+      refreshToken: grant.refresh_token,
+      expiresAt: Date.now() + grant.access_expires_in_s * 1000,
+    };
+    localStorage.setItem(SESSION_KEY, JSON.stringify(this.session));
+  }
+
+  clear() {
+    this.session = null;
+    localStorage.removeItem(SESSION_KEY);
+  }
+
+  async register(username, password) {
+    await rest("POST", "/v1/accounts", { username, password });
+    return this.login(username, password);
+  }
+
+  async login(username, password) {
+    const grant = await rest("POST", "/v1/sessions", {
+      username,
+      password,
+      device_name: `web (${navigator.platform || "browser"})`,
+    });
+    this.save(grant);
+  }
+
+  async logout() {
+    const token = this.session?.accessToken;
+    this.clear();
+    if (token) await rest("DELETE", "/v1/sessions/current", undefined, token).catch(() => {});
+  }
+
+  /** A valid access token, refreshing it first when it expires within 30 s. */
+  async token(force = false) {
+    if (!this.session) throw new ApiError(401, "unauthorized", "not logged in");
+    if (!force && this.session.expiresAt - Date.now() > 30_000) return this.session.accessToken;
+    if (!this.refreshing) {
+      this.refreshing = rest("POST", "/v1/sessions/refresh", {
+        refresh_token: this.session.refreshToken,
+      })
+        .then((grant) => this.save(grant))
+        .catch((e) => {
+          if (e.status === 401) this.clear();
+          throw e;
+        })
+        .finally(() => {
+          this.refreshing = null;
+        });
+    }
+    await this.refreshing;
+    return this.session.accessToken;
+  }
+
+  /** `GET /v1/users/{username}` → {user_id, username}; retried once after a refresh. */
+  async lookup(username) {
+    const path = `/v1/users/${encodeURIComponent(username)}`;
+    try {
+      return await rest("GET", path, undefined, await this.token());
+    } catch (e) {
+      if (e.status !== 401) throw e;
+      return rest("GET", path, undefined, await this.token(true));
+    }
+  }
+}
+
+/** Text ⇄ the base64 `bytes` of the JSON mapping. */
+export function encodeText(text) {
+  const bytes = new TextEncoder().encode(text);
+  let s = "";
+  for (const b of bytes) s += String.fromCharCode(b);
+  return btoa(s);
+}
+
+export function decodeText(b64) {
+  if (!b64) return "";
+  try {
+    const s = atob(b64);
+    return new TextDecoder().decode(Uint8Array.from(s, (c) => c.charCodeAt(0)));
+  } catch {
+    return "";
+  }
+}
+
+/** The one-to-one conversation of two users: `d.<smaller id>.<larger id>`. */
+export function directId(a, b) {
+  return BigInt(a) < BigInt(b) ? `d.${a}.${b}` : `d.${b}.${a}`;
+}
+
+/**
+ * The socket. `onFrame(frame)` gets every server frame; `onState(state, detail)` gets
+ * "connecting", "online" (after `welcome`), "offline" (with the retry delay in ms, or
+ * null while the browser is offline) and "loggedout".
+ */
+export class Connection {
+  constructor(auth, { onFrame, onState }) {
+    this.auth = auth;
+    this.onFrame = onFrame;
+    this.onState = onState;
+    this.ws = null;
+    this.nextId = 1;
+    this.attempt = 0;
+    this.timer = null;
+    this.stopped = true;
+    this.online = false;
+    window.addEventListener("offline", () => this.drop());
+    window.addEventListener("online", () => this.retryNow());
+  }
+
+  start() {
+    this.stopped = false;
+    this.connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000);
+    this.ws = null;
+    this.online = false;
+  }
+
+  /** Sends `{id, ...body}`; returns the id, or null when not connected. */
+  send(body) {
+    if (!this.online || this.ws?.readyState !== WebSocket.OPEN) return null;
+    const id = String(this.nextId++);
+    this.ws.send(JSON.stringify({ id, ...body }));
+    return id;
+  }
+
+  /** The browser went offline: close now instead of waiting for a dead socket. */
+  drop() {
+    if (this.ws) {
+      const ws = this.ws;
+      this.ws = null;
+      ws.close(1000);
+      this.closed(null);
+    }
+  }
+
+  retryNow() {
+    if (this.stopped || this.ws) return;
+    clearTimeout(this.timer);
+    this.attempt = 0;
+    this.connect();
+  }
+
+  async connect() {
+    clearTimeout(this.timer);
+    if (this.stopped || this.ws) return;
+    if (!navigator.onLine) {
+      this.onState("offline", null);
+      return;
+    }
+    this.onState("connecting");
+    let token;
+    try {
+      // A refresh every few failed attempts, in case the token was rejected.
+      token = await this.auth.token(this.attempt > 0 && this.attempt % 3 === 0);
+    } catch (e) {
+      if (e.status === 401) {
+        this.onState("loggedout");
+        return;
+      }
+      this.schedule();
+      return;
+    }
+    if (this.stopped || this.ws) return;
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const url = `${scheme}://${location.host}/v1/ws?access_token=${encodeURIComponent(token)}`;
+    const ws = new WebSocket(url, "natter.v1.json");
+    this.ws = ws;
+    ws.onmessage = (ev) => {
+      if (this.ws !== ws) return;
+      let frame;
+      try {
+        frame = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      if (frame.welcome) {
+        this.online = true;
+        this.attempt = 0;
+        this.onState("online");
+      }
+      this.onFrame(frame);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.closed(ev.code);
+    };
+  }
+
+  closed(code) {
+    this.online = false;
+    if (this.stopped) return;
+    if (code === 4001) {
+      this.onState("loggedout");
+      return;
+    }
+    if (code === 4002) {
+      // This device connected again elsewhere (another tab): stay quiet.
+      this.onState("offline", null);
+      return;
+    }
+    this.schedule();
+  }
+
+  schedule() {
+    if (!navigator.onLine) {
+      this.onState("offline", null);
+      return;
+    }
+    const base = Math.min(15_000, 500 * 2 ** this.attempt);
+    const delay = Math.round(base / 2 + (Math.random() * base) / 2);
+    this.attempt++;
+    this.onState("offline", delay);
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+}
