@@ -9,6 +9,24 @@ const TYPING_RESEND_MS = 3000;
 const RESEND_AFTER_MS = 10_000;
 const HISTORY_PAGE = 50;
 
+const ERROR_LABEL = {
+  FORBIDDEN: "Not allowed",
+  NOT_FOUND: "Not found",
+  INVALID_ARGUMENT: "Invalid request",
+  GROUP_FULL: "The group is full",
+  BANNED: "You were banned from this group",
+  CONFLICT: "Someone changed the group at the same time; try again",
+  UNAVAILABLE: "The server is busy; try again",
+  INTERNAL: "The server failed; try again",
+};
+
+/** A server `error` as a sentence: "Not allowed (you are not a member of …)". */
+export function readableError(e) {
+  const code = (e.code || "").replace("ERROR_CODE_", "");
+  const label = ERROR_LABEL[code] || (code ? code.toLowerCase().replace(/_/g, " ") : "Error");
+  return e.message ? `${label} (${e.message})` : label;
+}
+
 function randomId() {
   const b = crypto.getRandomValues(new Uint8Array(12));
   return "web-" + Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
@@ -27,6 +45,7 @@ class App {
     setInterval(() => this.tick(), 1000);
     document.addEventListener("visibilitychange", () => this.markRead());
     window.addEventListener("focus", () => this.markRead());
+    window.addEventListener("hashchange", () => this.joinFromHash());
     if (this.auth.session) this.enter();
     else this.ui.render();
   }
@@ -39,6 +58,8 @@ class App {
     this.active = null;
     this.typingSentAt = 0;
     this.notice = "";
+    this.listNotice = "";
+    this.panelOpen = false;
   }
 
   get me() {
@@ -87,6 +108,9 @@ class App {
       peer: c.peer,
       title: c.title,
       cursor: c.cursor,
+      titleSeq: c.titleSeq,
+      member: c.member,
+      memberSeq: c.memberSeq,
       readSent: c.readSent,
       receivedSent: c.receivedSent,
       peerDelivered: c.peerDelivered,
@@ -163,6 +187,11 @@ class App {
         kind: group ? "group" : "direct",
         peer,
         title: group ? "Group" : null,
+        titleSeq: 0, // the seq the title was learnt at
+        member: undefined, // groups: false once we left or were removed
+        info: null, // groups: the GroupInfo of the last `get` or change
+        invite: "", // groups: the last invite link created here
+        notice: "", // a refusal or error to show in the conversation
         msgs: new Map(), // seq (or "p:<clientMsgId>" while unacked) → message
         cursor: 0, // every seq up to this one is here (or was, before a reload)
         receivedSent: 0,
@@ -207,16 +236,19 @@ class App {
       members.push(user.user_id);
     }
     const id = this.conn.send({ group: { create: { createId: randomId(), name, members } } });
+    this.listNotice = "";
     if (!id) throw new ApiError(0, "offline", "Not connected; try again when online.");
     this.requests.set(id, { kind: "groupCreate" });
   }
 
   open(convId) {
+    if (convId !== this.active) this.panelOpen = false;
     this.active = convId;
     const conv = convId && this.conv(convId);
     if (conv) {
       conv.unread = 0;
       if (conv.msgs.size === 0) this.loadHistory(conv);
+      if (conv.kind === "group") this.refreshGroup(conv);
     }
     this.ui.render();
     this.markRead();
@@ -237,6 +269,101 @@ class App {
     conv.loading = true;
     this.requests.set(id, { kind: "history", convId: conv.id });
     this.ui.render();
+  }
+
+  // ---- groups ----
+
+  /** Sends one group operation for `conv`; false (with a notice) when offline. */
+  groupRequest(conv, op, body, kind = "groupOp") {
+    const id = this.conn.send({ group: { [op]: { groupId: conv.id.slice(2), ...body } } });
+    if (!id) {
+      if (kind === "groupOp") conv.notice = "Not connected; try again when online.";
+      this.ui.render();
+      return false;
+    }
+    if (kind === "groupOp") conv.notice = "";
+    this.requests.set(id, { kind, op, convId: conv.id });
+    this.ui.render();
+    return true;
+  }
+
+  /** `get` for the group's members and roles (quietly: errors only mark us a non-member). */
+  refreshGroup(conv) {
+    if (conv.kind !== "group" || conv.member === false || !this.conn.online) return;
+    this.groupRequest(conv, "get", {}, "groupGet");
+  }
+
+  togglePanel() {
+    this.panelOpen = !this.panelOpen;
+    const conv = this.active && this.convs.get(this.active);
+    if (this.panelOpen && conv) this.refreshGroup(conv);
+    this.ui.render();
+  }
+
+  myRole(conv) {
+    return conv.info?.members?.find((m) => m.userId === this.me.userId)?.role || null;
+  }
+
+  async addMember(conv, username) {
+    let user;
+    try {
+      user = await this.auth.lookup(username.trim().toLowerCase());
+    } catch (e) {
+      conv.notice = e.status === 404 ? `No such user: ${username.trim()}` : e.message;
+      this.ui.render();
+      return false;
+    }
+    this.names.set(user.user_id, user.username);
+    this.save();
+    return this.groupRequest(conv, "addMembers", { users: [user.user_id] });
+  }
+
+  removeMember(conv, userId) {
+    return this.groupRequest(conv, "removeMember", { userId });
+  }
+
+  setRole(conv, userId, admin) {
+    return this.groupRequest(conv, "setRole", { userId, role: admin ? "GROUP_ROLE_ADMIN" : "GROUP_ROLE_MEMBER" });
+  }
+
+  rename(conv, name) {
+    return this.groupRequest(conv, "update", { name });
+  }
+
+  createInvite(conv) {
+    return this.groupRequest(conv, "createInvite", {});
+  }
+
+  leaveGroup(conv) {
+    return this.groupRequest(conv, "leave", {});
+  }
+
+  /** Opening `…/#join=<code>` joins the group of that invite code. */
+  joinFromHash() {
+    const m = /^#join=(.+)$/.exec(location.hash);
+    if (!m || !this.me || !this.conn.online) return;
+    history.replaceState(null, "", location.pathname + location.search);
+    const code = decodeURIComponent(m[1]);
+    const id = this.conn.send({ group: { join: { code } } });
+    if (id) this.requests.set(id, { kind: "groupJoin" });
+  }
+
+  /** Membership changes told by a system message (newer than what we knew). */
+  trackMembership(conv, msg) {
+    const e = msg.event || {};
+    if (msg.seq <= (conv.memberSeq || 0)) return;
+    const me = this.me.userId;
+    const mentioned = (e.users || []).includes(me);
+    let member = null;
+    if (e.kind === "GROUP_EVENT_KIND_CREATED") member = true;
+    else if (mentioned && (e.kind === "GROUP_EVENT_KIND_MEMBERS_ADDED" || e.kind === "GROUP_EVENT_KIND_JOINED_BY_INVITE"))
+      member = true;
+    else if (mentioned && (e.kind === "GROUP_EVENT_KIND_MEMBER_REMOVED" || e.kind === "GROUP_EVENT_KIND_MEMBER_LEFT"))
+      member = false;
+    if (member === null) return;
+    conv.member = member;
+    conv.memberSeq = msg.seq;
+    if (!member) conv.info = null;
   }
 
   // ---- messages ----
@@ -261,7 +388,17 @@ class App {
     }
     conv.msgs.delete(`p:${m.clientMsgId}`);
     conv.msgs.set(seq, msg);
-    if (msg.system && m.event?.name && conv.kind === "group") conv.title = m.event.name;
+    if (msg.system && conv.kind === "group") {
+      const e = m.event || {};
+      const named = ["CREATED", "INFO_CHANGED", "SETTINGS_CHANGED"].includes((e.kind || "").replace("GROUP_EVENT_KIND_", ""));
+      if (named && seq >= (conv.titleSeq || 0)) {
+        conv.title = e.name || "Group";
+        conv.titleSeq = seq;
+      }
+      this.trackMembership(conv, msg);
+      // Keep the member list current (and learn the name of a group we were added to).
+      if (live && (conv.id === this.active || conv.title === "Group")) this.refreshGroup(conv);
+    }
     if (!conv.last || seq >= conv.last.seq) conv.last = { seq, text: this.preview(conv, msg), at: msg.createdAtMs };
     if (!mine && seq > conv.readSent && !this.isShown(conv)) conv.unread++;
     if (!mine) conv.typing.delete(m.senderUser);
@@ -276,39 +413,73 @@ class App {
   }
 
   preview(conv, msg) {
-    const text = msg.system ? this.systemText(msg) : msg.text;
+    const text = msg.system ? this.systemText(msg, conv) : msg.text;
     if (msg.system || conv.kind !== "group") return text;
     return `${msg.sender === this.me.userId ? "You" : this.name(msg.sender)}: ${text}`;
   }
 
-  systemText(msg) {
+  /** A group system message as a sentence: "ann added bo", "you left". */
+  systemText(msg, conv) {
     const e = msg.event || {};
-    const actor = this.nameOrYou(e.actor || msg.sender);
-    const users = (e.users || []).map((u) => this.nameOrYou(u)).join(", ");
+    const actorId = e.actor || msg.sender;
+    const actor = this.nameOrYou(actorId);
+    const users = (e.users || []).map((u) => this.nameOrYou(u)).join(", ") || actor;
+    let text;
     switch (e.kind) {
       case "GROUP_EVENT_KIND_CREATED":
-        return `${actor} created the group "${e.name || ""}"` + (users ? ` with ${users}` : "");
+        text = `${actor} created the group "${e.name || ""}"` + (e.users?.length ? ` with ${users}` : "");
+        break;
       case "GROUP_EVENT_KIND_MEMBERS_ADDED":
-        return `${actor} added ${users}`;
+        text = `${actor} added ${users}`;
+        break;
       case "GROUP_EVENT_KIND_MEMBER_REMOVED":
-        return `${actor} removed ${users}`;
+        text = `${actor} removed ${users}`;
+        break;
       case "GROUP_EVENT_KIND_MEMBER_LEFT":
-        return `${users || actor} left`;
+        text = `${users} left`;
+        if (e.newOwner) text += `; ${this.nameOrYou(e.newOwner)} ${e.newOwner === this.me.userId ? "are" : "is"} now the owner`;
+        break;
       case "GROUP_EVENT_KIND_ROLE_CHANGED":
-        return `${actor} made ${users} ${e.role === "GROUP_ROLE_ADMIN" ? "an admin" : "a member"}`;
+        if (e.role === "GROUP_ROLE_ADMIN") text = `${actor} made ${users} an admin`;
+        else if ((e.users || []).includes(actorId)) text = `${actor} stepped down as admin`;
+        else text = `${actor} removed ${users} as admin`;
+        break;
       case "GROUP_EVENT_KIND_OWNER_CHANGED":
-        return `${actor} made ${users} the owner`;
+        text = `${actor} made ${users} the owner`;
+        break;
       case "GROUP_EVENT_KIND_INFO_CHANGED":
-        return `${actor} changed the group info`;
       case "GROUP_EVENT_KIND_SETTINGS_CHANGED":
-        return `${actor} changed the group settings`;
+        text = `${actor} ${this.infoChange(msg, conv)}`;
+        break;
       case "GROUP_EVENT_KIND_JOINED_BY_INVITE":
-        return `${users || actor} joined by invite link`;
+        text = `${users} joined using an invite link`;
+        break;
       case "GROUP_EVENT_KIND_DELETED":
-        return `${actor} deleted the group`;
+        text = `${actor} deleted the group`;
+        break;
       default:
-        return "group updated";
+        text = "The group was updated";
     }
+    return text.startsWith("you ") ? "Y" + text.slice(1) : text;
+  }
+
+  /** What an info/settings change changed, compared with the newest earlier one we have. */
+  infoChange(msg, conv) {
+    const e = msg.event || {};
+    if (e.kind === "GROUP_EVENT_KIND_SETTINGS_CHANGED") return "changed the group settings";
+    let prev = null;
+    for (const m of conv?.msgs.values() || []) {
+      const k = m.event?.kind;
+      if (!m.system || m.seq >= msg.seq || (prev && prev.seq > m.seq)) continue;
+      if (k === "GROUP_EVENT_KIND_CREATED" || k === "GROUP_EVENT_KIND_INFO_CHANGED" || k === "GROUP_EVENT_KIND_SETTINGS_CHANGED")
+        prev = m;
+    }
+    const name = e.name || "";
+    if (!prev || (prev.event.name || "") !== name)
+      return name ? `changed the group name to "${name}"` : "removed the group name";
+    if ((prev.event.description || "") !== (e.description || "")) return "changed the group description";
+    if ((prev.event.avatarMediaId || "") !== (e.avatarMediaId || "")) return "changed the group photo";
+    return "changed the group info";
   }
 
   nameOrYou(userId) {
@@ -360,6 +531,7 @@ class App {
   sendText(text) {
     const conv = this.active && this.convs.get(this.active);
     if (!conv || !text.trim()) return;
+    conv.notice = "";
     const entry = {
       clientMsgId: randomId(),
       convId: conv.id,
@@ -452,6 +624,8 @@ class App {
       this.flush();
       const conv = this.active && this.convs.get(this.active);
       if (conv && conv.msgs.size === 0) this.loadHistory(conv);
+      if (conv) this.refreshGroup(conv);
+      this.joinFromHash();
     } else if (f.message) {
       const conv = this.addMessage(f.message, { live: true });
       this.acknowledge();
@@ -516,14 +690,33 @@ class App {
     for (const g of res.groups || (res.group ? [res.group] : [])) {
       if (g.deleted) continue;
       const conv = this.conv(g.conversationId);
-      conv.title = g.name;
+      conv.title = g.name || "Group";
+      conv.titleSeq = Math.max(conv.titleSeq || 0, conv.cursor);
+      if (req?.kind !== "groupList" && req?.op !== "leave" && g.members?.length) {
+        conv.info = g;
+        conv.member = g.members.some((m) => m.userId === this.me.userId);
+      }
+    }
+    const conv = res.group && this.conv(res.group.conversationId);
+    if (conv && req?.op === "leave") {
+      conv.member = false;
+      conv.info = null;
+    }
+    if (conv && res.invite?.code) {
+      conv.invite = `${location.origin}${location.pathname}#join=${encodeURIComponent(res.invite.code)}`;
     }
     if (req?.kind === "groupCreate" && res.group) this.open(res.group.conversationId);
+    if (req?.kind === "groupJoin" && conv) {
+      this.listNotice = "";
+      if (res.pendingApproval) conv.notice = "Your request to join waits for an admin's approval.";
+      else conv.member = true;
+      this.open(conv.id);
+    }
     this.save();
   }
 
   onError(e, req) {
-    const message = `${(e.code || "").replace("ERROR_CODE_", "").toLowerCase()}: ${e.message || ""}`;
+    const message = readableError(e);
     if (req?.kind === "send") {
       if (e.code === "ERROR_CODE_UNAVAILABLE" || e.code === "ERROR_CODE_INTERNAL") {
         const o = this.outbox.find((x) => x.clientMsgId === req.clientMsgId);
@@ -533,8 +726,10 @@ class App {
       const i = this.outbox.findIndex((o) => o.clientMsgId === req.clientMsgId);
       if (i >= 0) {
         const [o] = this.outbox.splice(i, 1);
-        const msg = this.conv(o.convId).msgs.get(`p:${o.clientMsgId}`);
+        const conv = this.conv(o.convId);
+        const msg = conv.msgs.get(`p:${o.clientMsgId}`);
         if (msg) msg.failed = message;
+        conv.notice = `Your message was not sent: ${message}`;
       }
       this.save();
     } else if (req?.kind === "history") {
@@ -545,6 +740,16 @@ class App {
       setTimeout(() => this.sync(), 2000);
     } else if (req?.kind === "groupCreate") {
       this.ui.groupError(message);
+    } else if (req?.kind === "groupJoin") {
+      this.listNotice = `Could not join the group: ${message}`;
+    } else if (req?.kind === "groupGet") {
+      const conv = this.conv(req.convId);
+      if (e.code === "ERROR_CODE_FORBIDDEN" || e.code === "ERROR_CODE_NOT_FOUND") {
+        conv.member = false;
+        conv.info = null;
+      }
+    } else if (req?.kind === "groupOp") {
+      this.conv(req.convId).notice = message;
     }
   }
 }

@@ -28,6 +28,8 @@ function day(ms) {
   return d.toLocaleDateString([], { weekday: "long", day: "numeric", month: "long", year: "numeric" });
 }
 
+const ROLE_LABEL = { GROUP_ROLE_OWNER: "owner", GROUP_ROLE_ADMIN: "admin" };
+
 export class UI {
   constructor(app) {
     this.app = app;
@@ -80,6 +82,34 @@ export class UI {
         .catch((e) => this.groupError(e.status === 404 ? "No such user." : e.message));
     });
     $("#back").addEventListener("click", () => app.open(null));
+    const activeGroup = () => {
+      const conv = app.active && app.convs.get(app.active);
+      return conv?.kind === "group" ? conv : null;
+    };
+    $("#group-info-btn").addEventListener("click", () => app.togglePanel());
+    $("#gp-add").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const conv = activeGroup();
+      const input = $("#gp-add-username");
+      if (!conv || !input.value.trim()) return;
+      app.addMember(conv, input.value).then((ok) => {
+        if (ok) input.value = "";
+      });
+    });
+    $("#gp-rename").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const conv = activeGroup();
+      const name = $("#gp-name").value.trim();
+      if (conv && name) app.rename(conv, name);
+    });
+    $("#gp-invite").addEventListener("click", () => {
+      const conv = activeGroup();
+      if (conv) app.createInvite(conv);
+    });
+    $("#gp-leave").addEventListener("click", () => {
+      const conv = activeGroup();
+      if (conv) app.leaveGroup(conv);
+    });
     const input = $("#composer-input");
     $("#composer").addEventListener("submit", (ev) => {
       ev.preventDefault();
@@ -122,6 +152,7 @@ export class UI {
       $("#auth-error").textContent = app.notice || "";
       return;
     }
+    $("#list-notice").textContent = app.listNotice || "";
     $("#me").textContent = app.me.username;
     this.drawConnection();
     this.drawList();
@@ -194,6 +225,7 @@ export class UI {
     $("#no-chat").hidden = !!conv;
     if (!conv) return;
     $("#chat-title").textContent = app.title(conv);
+    this.drawGroup(conv);
     const typers = [...conv.typing.keys()].map((u) => app.name(u));
     $("#typing").textContent = typers.length
       ? `${typers.join(", ")} ${typers.length > 1 ? "are" : "is"} typing…`
@@ -229,10 +261,57 @@ export class UI {
     }
   }
 
+  /** The group info panel, the conversation's notice and the "not a member" note. */
+  drawGroup(conv) {
+    const app = this.app;
+    const group = conv.kind === "group";
+    $("#chat-notice").textContent = conv.notice || "";
+    $("#not-member").hidden = !group || conv.member !== false;
+    const btn = $("#group-info-btn");
+    btn.hidden = !group || conv.member === false;
+    const open = group && app.panelOpen && conv.member !== false;
+    btn.setAttribute("aria-expanded", String(open));
+    $("#group-panel").hidden = !open;
+    if (!open) return;
+    const info = conv.info;
+    const members = info?.members || [];
+    const role = app.myRole(conv);
+    const admin = role === "GROUP_ROLE_OWNER" || role === "GROUP_ROLE_ADMIN";
+    const nameInput = $("#gp-name");
+    if (document.activeElement !== nameInput) nameInput.value = app.title(conv);
+    $("#gp-count").textContent = info ? `${members.length} member${members.length === 1 ? "" : "s"}` : "Loading members…";
+    $("#gp-members").replaceChildren(
+      ...members.map((m) => {
+        const self = m.userId === app.me.userId;
+        const name = self ? `${app.name(m.userId)} (you)` : app.name(m.userId);
+        const actions = [];
+        const action = (label, name, fn) =>
+          actions.push(el("button", { type: "button", class: "small secondary", "data-action": name, text: label, onclick: fn }));
+        if (!self && m.role !== "GROUP_ROLE_OWNER") {
+          if (m.role !== "GROUP_ROLE_ADMIN" && admin) action("Make admin", "promote", () => app.setRole(conv, m.userId, true));
+          if (m.role === "GROUP_ROLE_ADMIN" && role === "GROUP_ROLE_OWNER")
+            action("Remove as admin", "demote", () => app.setRole(conv, m.userId, false));
+          if (role === "GROUP_ROLE_OWNER" || (role === "GROUP_ROLE_ADMIN" && m.role === "GROUP_ROLE_MEMBER"))
+            action("Remove", "remove", () => app.removeMember(conv, m.userId));
+        }
+        return el(
+          "li",
+          { "data-user": m.userId, "data-role": m.role },
+          el("span", { class: "name", text: name }),
+          el("span", { class: "role", text: ROLE_LABEL[m.role] || "" }),
+          ...actions,
+        );
+      }),
+    );
+    $("#gp-admin").hidden = !admin;
+    $("#gp-invite-link").hidden = $("#gp-invite-label").hidden = !conv.invite;
+    $("#gp-invite-link").value = conv.invite || "";
+  }
+
   message(conv, m) {
     const app = this.app;
     if (m.system) {
-      return el("li", { class: "system", "data-seq": String(m.seq), text: app.systemText(m) });
+      return el("li", { class: "system", "data-seq": String(m.seq), text: app.systemText(m, conv) });
     }
     const mine = m.sender === app.me.userId;
     let status = "";

@@ -1,6 +1,8 @@
 // Drives natter's web client in headless Chromium: two users in two browser contexts
 // register, chat both ways, see ticks move to read and typing, one goes offline and
-// catches up, one sends while offline (queued, sent once). Saves screenshots.
+// catches up, one sends while offline (queued, sent once). Then groups, with a third
+// user: create, system messages, add, roles, rename, remove (and the refused send), invite
+// link, leave. Saves screenshots.
 //
 //   node browser.mjs <base url> <screenshot dir>
 //
@@ -28,6 +30,8 @@ const watchdog = setTimeout(() => {
 const suffix = Math.random().toString(16).slice(2, 10);
 const userA = `ann_${suffix}`;
 const userB = `bo_${suffix}`;
+const userC = `cy_${suffix}`;
+const GROUP = `Trip ${suffix}`;
 const PASSWORD = "correct horse battery";
 
 let browser;
@@ -80,6 +84,42 @@ async function waitShown(page, who, text) {
 
 async function waitConn(page, who, state) {
   await waitFor(page, `${who}'s connection to be ${state}`, (s) => document.querySelector("#conn")?.dataset.state === s, state);
+}
+
+/** Waits until `page` shows a system message with exactly `text`. */
+async function waitSystem(page, who, text) {
+  await waitFor(
+    page,
+    `${who} to see the system message "${text}"`,
+    (text) => [...document.querySelectorAll("#messages .system")].some((e) => e.textContent === text),
+    text,
+  );
+}
+
+/**
+ * Waits until `page` shows a system message ending in `end`: a user who never looked up
+ * another by username knows only their id, so names them "user …1234".
+ */
+async function waitSystemEnd(page, who, end) {
+  await waitFor(
+    page,
+    `${who} to see a system message ending in "${end}"`,
+    (end) => [...document.querySelectorAll("#messages .system")].some((e) => e.textContent.endsWith(end)),
+    end,
+  );
+}
+
+/** Waits until the group panel of `page` lists `count` members, `user` with `role`. */
+async function waitMember(page, who, what, fn, arg) {
+  await waitFor(page, `${who}'s group panel to show ${what}`, fn, arg);
+}
+
+async function openGroupPanel(page, who) {
+  await page.click("#group-info-btn");
+  await waitFor(page, `${who}'s group panel to load`, () => {
+    const p = document.querySelector("#group-panel");
+    return !p.hidden && document.querySelectorAll("#gp-members li").length > 0;
+  });
 }
 
 async function send(page, text) {
@@ -185,6 +225,122 @@ async function main() {
   await b.screenshot({ path: join(outDir, "phone-list.png") });
   if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
   log(`screenshots in ${outDir}`);
+  await groups(browser, a, b);
+  if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
+}
+
+async function groups(browser, a, b) {
+  const ctxC = await browser.newContext({ viewport: { width: 1024, height: 720 } });
+  const c = (pages.cy = await ctxC.newPage());
+  c.setDefaultTimeout(WAIT_MS);
+  c.on("pageerror", (e) => pageErrors.push(`cy: ${e.message}`));
+  await register(c, "cy", userC);
+  const idOf = (p) => p.evaluate(() => window.natter.me.userId);
+  const [idB, idC] = [await idOf(b), await idOf(c)];
+
+  // ann creates a group with bo; both see the "created" message.
+  await a.click(".new-group summary");
+  await a.fill("#group-name", GROUP);
+  await a.fill("#group-members", userB);
+  await a.click('#new-group button[type="submit"]');
+  await waitFor(a, "ann's group to open", (n) => document.querySelector("#chat-title")?.textContent === n, GROUP);
+  await waitSystem(a, "ann", `You created the group "${GROUP}" with ${userB}`);
+  await waitFor(b, "bo's list to show the group", (n) =>
+    [...document.querySelectorAll("#conversations .conv-title")].some((e) => e.textContent === n), GROUP);
+  await b.click('#conversations .conv[data-conv^="g."]');
+  await waitSystemEnd(b, "bo", ` created the group "${GROUP}" with you`);
+  log("group created, both see it");
+
+  // bo writes in the group; ann gets it, with bo's name on it.
+  await send(b, "hi group");
+  await waitShown(a, "ann", "hi group");
+  await waitFor(a, "bo's name on his group message", (n) =>
+    [...document.querySelectorAll("#messages .msg.theirs .sender")].some((e) => e.textContent === n), userB);
+  await waitStatus(b, "bo", "hi group", ["sent"]);
+
+  // ann opens the group info: owner and member; bo (a member) sees no admin controls.
+  await openGroupPanel(a, "ann");
+  await waitMember(a, "ann", "2 members, ann the owner", (me) => {
+    const rows = [...document.querySelectorAll("#gp-members li")];
+    return rows.length === 2 && rows.find((r) => r.dataset.user === me)?.dataset.role === "GROUP_ROLE_OWNER";
+  }, await idOf(a));
+  await openGroupPanel(b, "bo");
+  if (await b.isVisible("#gp-admin")) throw new Error("bo, a member, sees the admin controls");
+  if ((await b.$$("#gp-members button")).length) throw new Error("bo, a member, sees member actions");
+  await b.click("#group-info-btn");
+
+  // An unknown username is a readable notice; then ann adds cy by username.
+  await a.fill("#gp-add-username", `nobody_${suffix}`);
+  await a.press("#gp-add-username", "Enter");
+  await waitFor(a, "a notice about the unknown user", () => /No such user/.test(document.querySelector("#chat-notice").textContent));
+  await a.fill("#gp-add-username", userC);
+  await a.press("#gp-add-username", "Enter");
+  await waitSystem(a, "ann", `You added ${userC}`);
+  await waitSystemEnd(b, "bo", ` added user …${idC.slice(-4)}`);
+  await waitFor(a, "the notice to clear", () => document.querySelector("#chat-notice").textContent === "");
+  await waitMember(a, "ann", "cy as a member", (id) => document.querySelector(`#gp-members li[data-user="${id}"]`)?.dataset.role === "GROUP_ROLE_MEMBER", idC);
+  await waitFor(c, "cy's list to show the group", (n) =>
+    [...document.querySelectorAll("#conversations .conv-title")].some((e) => e.textContent === n), GROUP);
+  await c.click('#conversations .conv[data-conv^="g."]');
+  await waitSystemEnd(c, "cy", " added you");
+  log("ann added cy");
+
+  // Roles: ann makes cy an admin and takes it back.
+  const row = (id, action) => `#gp-members li[data-user="${id}"] button[data-action="${action}"]`;
+  await a.click(row(idC, "promote"));
+  await waitSystem(a, "ann", `You made ${userC} an admin`);
+  await waitMember(a, "ann", "cy as an admin", (id) => document.querySelector(`#gp-members li[data-user="${id}"]`)?.dataset.role === "GROUP_ROLE_ADMIN", idC);
+  await waitSystemEnd(c, "cy", " made you an admin");
+  await a.click(row(idC, "demote"));
+  await waitSystem(a, "ann", `You removed ${userC} as admin`);
+  await waitSystemEnd(c, "cy", " removed you as admin");
+
+  // bo renames the group (every member may, by default).
+  await b.click("#group-info-btn");
+  await b.fill("#gp-name", `${GROUP}!`);
+  await b.press("#gp-name", "Enter");
+  await waitSystem(a, "ann", `${userB} changed the group name to "${GROUP}!"`);
+  await waitFor(a, "ann's title to follow the rename", (n) => document.querySelector("#chat-title").textContent === n, `${GROUP}!`);
+  await b.click("#group-info-btn");
+  log("roles and rename");
+
+  // ann removes bo: bo sees it, and his next message is refused, visibly.
+  await a.click(row(idB, "remove"));
+  await waitSystem(a, "ann", `You removed ${userB}`);
+  await waitSystemEnd(b, "bo", " removed you");
+  await waitFor(b, "bo's not-a-member note", () => !document.querySelector("#not-member").hidden);
+  await send(b, "am I still here?");
+  await waitStatus(b, "bo", "am I still here?", ["failed"]);
+  await waitFor(b, "the refusal as a notice", () =>
+    /not sent: Not allowed/.test(document.querySelector("#chat-notice").textContent));
+  log("bo removed; his send refused");
+
+  // ann creates an invite link; bo opens it and is back in.
+  await a.click("#gp-invite");
+  await waitFor(a, "the invite link", () => /#join=\d+-\w+$/.test(document.querySelector("#gp-invite-link").value));
+  const link = await a.inputValue("#gp-invite-link");
+  await b.goto(link, { timeout: WAIT_MS });
+  await waitSystem(b, "bo", "You joined using an invite link");
+  await waitSystem(a, "ann", `${userB} joined using an invite link`);
+  await waitFor(b, "bo's note to go", () => document.querySelector("#not-member").hidden);
+  await send(b, "back again");
+  await waitShown(a, "ann", "back again");
+  if ((await shown(a)).some((m) => m.text === "am I still here?")) throw new Error("ann got bo's refused message");
+  log("bo joined again by invite link");
+
+  // cy leaves.
+  await openGroupPanel(c, "cy");
+  await c.click("#gp-leave");
+  await waitSystem(c, "cy", "You left");
+  await waitSystem(a, "ann", `${userC} left`);
+  await waitFor(c, "cy's not-a-member note", () => !document.querySelector("#not-member").hidden);
+  await waitMember(a, "ann", "2 members again", () => document.querySelectorAll("#gp-members li").length === 2);
+  log("cy left");
+
+  await a.screenshot({ path: join(outDir, "group-desktop.png") });
+  await b.screenshot({ path: join(outDir, "group-phone.png") });
+  await openGroupPanel(b, "bo");
+  await b.screenshot({ path: join(outDir, "group-phone-info.png") });
 }
 
 let failed = false;
