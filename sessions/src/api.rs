@@ -17,6 +17,8 @@ use axum::{
 use natter_bus::Bus;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use natter_proto::UserId;
+
 use crate::{AuthError, Claims, Sessions, accounts::Grant};
 
 /// Largest accepted request body.
@@ -141,6 +143,7 @@ pub fn router(sessions: Sessions, bus: Arc<dyn Bus>) -> Router {
         .route("/v1/sessions/refresh", post(refresh))
         .route("/v1/sessions/current", delete(logout))
         .route("/v1/users/{username}", get(get_user))
+        .route("/v1/users/by-id/{user_id}", get(get_user_by_id))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState { sessions, bus })
 }
@@ -245,6 +248,29 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Sta
     let claims = authenticate(&state.sessions, &headers)?;
     state.sessions.logout(claims, state.bus.as_ref()).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The username of a user id, so clients can name the sender of a message or a group
+/// member they have not looked up by name.
+async fn get_user_by_id(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<UserResponse>, ApiError> {
+    authenticate(&state.sessions, &headers)?;
+    let user = user_id
+        .ok()
+        .and_then(|Path(raw)| raw.parse::<u64>().ok())
+        .and_then(|raw| UserId::new(raw).ok())
+        .ok_or(ApiError::NotFound("no such user"))?;
+    let name = state
+        .sessions
+        .username_of(user)
+        .ok_or(ApiError::NotFound("no such user"))?;
+    Ok(Json(UserResponse {
+        user_id: user.to_string(),
+        username: name.to_string(),
+    }))
 }
 
 async fn get_user(

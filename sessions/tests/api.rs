@@ -499,6 +499,22 @@ async fn user_lookup_needs_a_valid_bearer() {
     assert_eq!(error_code(&body), "not_found");
     let (status, _) = call(&h.app, Method::GET, "/v1/users/%FF", Some(access), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // And the other way: the username of an id.
+    let by_id = format!("/v1/users/by-id/{}", str_of(&a, "user_id"));
+    let (status, body) = call(&h.app, Method::GET, &by_id, Some(access), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"user_id": a["user_id"], "username": "alice"}));
+    for bad in [
+        "/v1/users/by-id/0",
+        "/v1/users/by-id/x",
+        "/v1/users/by-id/12345",
+    ] {
+        let (status, body) = call(&h.app, Method::GET, bad, Some(access), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
+        assert_eq!(error_code(&body), "not_found");
+    }
+    let (status, _) = call(&h.app, Method::GET, &by_id, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a bearer is needed");
 
     let token = |claims: Value, secret: &[u8]| {
         jsonwebtoken::encode(

@@ -258,6 +258,21 @@ impl HttpClient {
         let wire = wire.ok_or_else(|| Self::missing_body(status))?;
         parse_id(status, "user_id", &wire.user_id, UserId::new)
     }
+
+    /// The username of `user`; 404 (`not_found`) if there is none.
+    pub async fn username_of(&self, access_token: &str, user: UserId) -> Result<String, HttpError> {
+        let id = user.to_string();
+        let (status, wire) = self
+            .call::<AccountWire>(
+                Method::GET,
+                &["v1", "users", "by-id", &id],
+                Some(access_token),
+                None,
+            )
+            .await?;
+        let wire = wire.ok_or_else(|| Self::missing_body(status))?;
+        Ok(wire.username)
+    }
 }
 
 #[cfg(test)]
