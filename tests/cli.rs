@@ -215,10 +215,17 @@ async fn two_terminals_chat_by_username() {
         assert_eq!(got[0]["text"], "hello bo");
         assert_eq!(got[0]["conversation_id"], conversation.as_str());
         assert_eq!(got[0]["sender_user"].as_str(), Some(a.whoami_id().as_str()));
+        // Bo never looked ann up: the CLI asks the server for her name by id.
+        assert_eq!(got[0]["sender_username"], ann.as_str(), "{got:?}");
 
         // A reply by conversation id, and one as a plain line.
         let line = b.ok(&["send", &conversation, "hi ann"]).await;
         assert_eq!(line.trim(), format!("sent {conversation} #2"));
+        let lines = b.ok(&["history", &conversation]).await;
+        assert_eq!(
+            lines.trim(),
+            format!("{conversation} #1 {ann}: hello bo\n{conversation} #2 {bo}: hi ann")
+        );
 
         // History, oldest first, from both sides; ann knows bo's name from the lookup.
         let hist = a.json(&["history", &conversation]).await;
@@ -296,13 +303,29 @@ async fn groups_from_the_command_line() {
         let last = seen.last().expect("a message");
         assert_eq!(last["conversation_id"], group.as_str());
         assert_eq!(last["seq"], seq);
+        // Bo looked up neither ann nor cy: their names come from the server by id.
+        let system: Vec<&str> = seen
+            .iter()
+            .filter(|m| m["kind"] == "system")
+            .filter_map(|m| m["text"].as_str())
+            .collect();
         assert!(
-            seen.iter().any(|m| m["kind"] == "system"
-                && m["text"]
-                    .as_str()
-                    .is_some_and(|t| t.ends_with(&format!("added {cy}")) || t.contains(" added "))),
+            system.contains(&format!("{ann} created the group \"Trip\" with {bo}").as_str()),
+            "a system message says who created the group: {seen:?}"
+        );
+        assert!(
+            system.contains(&format!("{ann} added {cy}").as_str()),
             "a system message says who was added: {seen:?}"
         );
+        assert!(
+            seen.iter().all(|m| m["sender_username"] == ann.as_str()),
+            "{seen:?}"
+        );
+        // Cy looked nobody up, and `show` names every member too.
+        let shown = c.ok(&["groups", "show", &group]).await;
+        assert!(shown.contains(&format!("{ann} owner")), "{shown}");
+        assert!(shown.contains(&format!("{bo} member")), "{shown}");
+        assert!(shown.contains(&format!("{cy} member")), "{shown}");
 
         // Bo is no admin: the server refuses, and the CLI says why with exit code 3.
         let out = b

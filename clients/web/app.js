@@ -8,6 +8,7 @@ const TYPING_TTL_MS = 6000;
 const TYPING_RESEND_MS = 3000;
 const RESEND_AFTER_MS = 10_000;
 const HISTORY_PAGE = 50;
+const NAME_RETRY_MS = 30_000;
 
 const ERROR_LABEL = {
   FORBIDDEN: "Not allowed",
@@ -53,6 +54,7 @@ class App {
   reset() {
     this.convs = new Map(); // conversationId → conversation
     this.names = new Map(); // userId → username
+    this.resolving = new Map(); // userId → "pending", or when a failed lookup may be retried
     this.outbox = []; // unacked sends: {clientMsgId, convId, toUser, body, sentAt, reqId}
     this.requests = new Map(); // request id → what it was for
     this.active = null;
@@ -211,7 +213,51 @@ class App {
   }
 
   name(userId) {
-    return this.names.get(userId) || `user …${String(userId).slice(-4)}`;
+    const name = this.names.get(userId);
+    if (name) return name;
+    this.resolve(userId);
+    return `user …${String(userId).slice(-4)}`;
+  }
+
+  /**
+   * Fetches the username of a user we know only by id (once: one request at a time per
+   * id, the answer kept in `names`), then draws again with it.
+   */
+  resolve(userId) {
+    if (!userId || userId === "0" || !this.me || this.names.has(userId)) return;
+    const state = this.resolving.get(userId);
+    if (state === "pending" || (typeof state === "number" && Date.now() < state)) return;
+    this.resolving.set(userId, "pending");
+    const resolving = this.resolving;
+    this.auth
+      .userById(userId)
+      .then((user) => {
+        if (this.resolving !== resolving) return; // logged out (or in again) meanwhile
+        resolving.delete(userId);
+        if (!user?.username) return;
+        this.names.set(userId, user.username);
+        this.refreshPreviews();
+        this.save();
+        this.ui.render();
+      })
+      .catch((e) => {
+        if (this.resolving !== resolving) return;
+        // No such user: never ask again; the server unreachable or busy: later.
+        resolving.set(userId, e.status === 404 ? Infinity : Date.now() + NAME_RETRY_MS);
+      });
+  }
+
+  /** Resolves every user id an event or message mentions. */
+  resolveAll(ids) {
+    for (const id of ids) if (id) this.resolve(id);
+  }
+
+  /** Conversation-list previews drawn before a name was known. */
+  refreshPreviews() {
+    for (const conv of this.convs.values()) {
+      const msg = conv.last && conv.msgs.get(conv.last.seq);
+      if (msg && !msg.pending) conv.last.text = this.preview(conv, msg);
+    }
   }
 
   title(conv) {
@@ -388,6 +434,8 @@ class App {
     }
     conv.msgs.delete(`p:${m.clientMsgId}`);
     conv.msgs.set(seq, msg);
+    const e = m.event || {};
+    this.resolveAll([m.senderUser, e.actor, e.newOwner, ...(e.users || [])]);
     if (msg.system && conv.kind === "group") {
       const e = m.event || {};
       const named = ["CREATED", "INFO_CHANGED", "SETTINGS_CHANGED"].includes((e.kind || "").replace("GROUP_EVENT_KIND_", ""));
@@ -646,6 +694,7 @@ class App {
     } else if (f.typing) {
       const t = f.typing;
       if (t.userId !== this.me.userId) {
+        this.resolve(t.userId);
         const conv = this.conv(t.conversationId);
         if (t.active) conv.typing.set(t.userId, Date.now() + TYPING_TTL_MS);
         else conv.typing.delete(t.userId);
@@ -673,6 +722,7 @@ class App {
     const conv = this.conv(r.conversationId);
     const upTo = Number(r.upToSeq);
     const read = r.kind === "RECEIPT_KIND_READ";
+    this.resolve(r.userId);
     if (r.userId === this.me.userId) {
       // Another device of ours.
       if (read) {
@@ -692,6 +742,7 @@ class App {
       const conv = this.conv(g.conversationId);
       conv.title = g.name || "Group";
       conv.titleSeq = Math.max(conv.titleSeq || 0, conv.cursor);
+      this.resolveAll((g.members || []).map((m) => m.userId));
       if (req?.kind !== "groupList" && req?.op !== "leave" && g.members?.length) {
         conv.info = g;
         conv.member = g.members.some((m) => m.userId === this.me.userId);

@@ -113,6 +113,17 @@ export class Auth {
       return rest("GET", path, undefined, await this.token(true));
     }
   }
+
+  /** `GET /v1/users/by-id/{id}` → {user_id, username}; retried once after a refresh. */
+  async userById(userId) {
+    const path = `/v1/users/by-id/${encodeURIComponent(userId)}`;
+    try {
+      return await rest("GET", path, undefined, await this.token());
+    } catch (e) {
+      if (e.status !== 401) throw e;
+      return rest("GET", path, undefined, await this.token(true));
+    }
+  }
 }
 
 /** Text ⇄ the base64 `bytes` of the JSON mapping. */

@@ -21,11 +21,19 @@ pub async fn send(ctx: &Context, target: &str, text: &str) -> Result<(), CliErro
     Ok(())
 }
 
-fn print_message(ctx: &Context, id: &Identity, m: &natter_client::v1::Message) {
+/// Prints `m`, learning the names of users it mentions first.
+async fn print_message(
+    ctx: &Context,
+    id: &mut Identity,
+    m: &natter_client::v1::Message,
+) -> Result<(), CliError> {
+    id.learn_names(render::message_users(m)).await?;
+    let id = &*id;
     ctx.print(
         || render::message_line(id, m),
         || render::message_json(id, m),
     );
+    Ok(())
 }
 
 /// When `listen` stops on its own.
@@ -88,7 +96,7 @@ async fn listen_loop(
             }
             ev = client.recv() => match ev {
                 Some(Event::Message(m)) => {
-                    print_message(ctx, id, &m);
+                    print_message(ctx, id, &m).await?;
                     if let Ok(c) = m.conversation_id.parse::<ConversationId>() {
                         last.insert(c, Seq(m.seq));
                     }
@@ -136,7 +144,7 @@ pub async fn history(ctx: &Context, conversation: &str, limit: u32) -> Result<()
     let client = id.connect(false).await?;
     let page = client.history(&conversation, Seq::ZERO, limit).await?;
     for m in &page.messages {
-        print_message(ctx, &id, m);
+        print_message(ctx, &mut id, m).await?;
     }
     Ok(())
 }
@@ -146,6 +154,8 @@ pub async fn read_by(ctx: &Context, conversation: &str, seq: u64) -> Result<(), 
     let conversation = id.conversation(conversation).await?;
     let client = id.connect(false).await?;
     let r = client.read_by(&conversation, Seq(seq)).await?;
+    id.learn_names(r.read.iter().chain(&r.delivered).copied())
+        .await?;
     let names = |users: &[u64]| users.iter().map(|u| id.name(*u)).collect::<Vec<_>>();
     ctx.print(
         || {

@@ -46,8 +46,8 @@ pub struct SavedSession {
     /// When the access token stops working (ms since the epoch), so it is refreshed
     /// before a call rather than after a refusal.
     pub access_expires_at_ms: u64,
-    /// Usernames this identity has looked up, by user id: the server has no reverse
-    /// lookup, so `listen` and `history` can only name users met before.
+    /// Usernames this identity knows, by user id: looked up by `@name`, or learnt by id
+    /// (`GET /v1/users/by-id/{id}`) when `listen`, `history` or a group met the user.
     #[serde(default)]
     pub names: BTreeMap<u64, String>,
 }

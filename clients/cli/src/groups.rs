@@ -110,6 +110,9 @@ pub async fn run(ctx: &Context, cmd: GroupsCommand) -> Result<(), CliError> {
     };
     let client = id.connect(false).await?;
     let result = client.group(op).await?;
+    if let Some(g) = &result.group {
+        id.learn_names(g.members.iter().map(|m| m.user_id)).await?;
+    }
     print(ctx, &id, &cmd, &result);
     Ok(())
 }

@@ -46,6 +46,18 @@ fn list(names: &impl Names, users: &[u64]) -> String {
     }
 }
 
+/// Every user a message names: its sender and the users of its group event.
+pub fn message_users(m: &v1::Message) -> Vec<u64> {
+    let mut users = vec![m.sender_user];
+    if let Some(e) = &m.event {
+        users.push(e.actor);
+        users.push(e.new_owner);
+        users.extend(&e.users);
+    }
+    users.retain(|u| *u != 0);
+    users
+}
+
 /// A group change as a sentence: "ann added bo".
 pub fn system_text(names: &impl Names, e: &v1::GroupEvent) -> String {
     let actor = names.name(e.actor);

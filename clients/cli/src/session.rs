@@ -2,7 +2,10 @@
 //! the server refuses them or they have expired) and the resolution of `@user`, user id,
 //! group and conversation arguments.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashSet,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use natter_client::{
     Client, ClientError, ClientOptions, ConnectionError, ConversationId, HttpClient, HttpError,
@@ -57,6 +60,9 @@ pub struct Identity {
     pub http: HttpClient,
     pub saved: SavedSession,
     store: Store,
+    /// Users the server could not name in this run (no such user, or it failed): not
+    /// asked again.
+    unnamed: HashSet<u64>,
 }
 
 impl Identity {
@@ -64,7 +70,12 @@ impl Identity {
     pub fn load(store: Store, server: Option<&str>) -> Result<Identity, CliError> {
         let saved = store.require()?;
         let http = HttpClient::new(server.unwrap_or(&saved.server))?;
-        Ok(Identity { http, saved, store })
+        Ok(Identity {
+            http,
+            saved,
+            store,
+            unnamed: HashSet::new(),
+        })
     }
 
     pub fn user_id(&self) -> UserId {
@@ -146,6 +157,50 @@ impl Identity {
             self.save()?;
         }
         Ok(id)
+    }
+
+    /// Learns the usernames of `users` this identity does not know yet, from the server
+    /// (`GET /v1/users/by-id/{id}`, refreshing the token once if it is refused), and saves
+    /// them with the session like the names of `@user` lookups. Best effort: a user the
+    /// server cannot name is left as an id (and not asked about again in this run).
+    pub async fn learn_names(
+        &mut self,
+        users: impl IntoIterator<Item = u64>,
+    ) -> Result<(), CliError> {
+        let mut learnt = false;
+        for user in users {
+            if user == 0 || self.saved.names.contains_key(&user) || self.unnamed.contains(&user) {
+                continue;
+            }
+            match self.username_of(user).await {
+                Some(name) => {
+                    self.saved.names.insert(user, name);
+                    learnt = true;
+                }
+                None => {
+                    self.unnamed.insert(user);
+                }
+            }
+        }
+        if learnt {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    async fn username_of(&mut self, user: u64) -> Option<String> {
+        let user = UserId::new(user).ok()?;
+        let token = self.token().await.ok()?;
+        match self.http.username_of(&token, user).await {
+            Err(HttpError::Api { status: 401, .. }) => {
+                self.refresh().await.ok()?;
+                self.http
+                    .username_of(&self.saved.access_token, user)
+                    .await
+                    .ok()
+            }
+            other => other.ok(),
+        }
     }
 
     /// A user argument: `@username` (or a bare name) or a numeric user id.

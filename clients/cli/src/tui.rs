@@ -23,6 +23,7 @@ use crate::{
     Context,
     app::{Action, App, AppEvent, HISTORY_PAGE},
     error::CliError,
+    render,
     session::{Identity, now_ms},
     ui,
 };
@@ -62,8 +63,16 @@ pub async fn run(ctx: &Context, ascii: bool) -> Result<(), CliError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<AppEvent>();
 
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(forward_events(client.clone(), tx.clone())));
-    tasks.push(tokio::spawn(start_up(client.clone(), tx.clone())));
+    tasks.push(tokio::spawn(forward_events(
+        client.clone(),
+        id.clone(),
+        tx.clone(),
+    )));
+    tasks.push(tokio::spawn(start_up(
+        client.clone(),
+        id.clone(),
+        tx.clone(),
+    )));
     tasks.push(tokio::spawn(keep_token_fresh(
         client.clone(),
         id.clone(),
@@ -151,8 +160,48 @@ fn read_keys(
     })
 }
 
-async fn forward_events(client: Arc<Client>, tx: mpsc::UnboundedSender<AppEvent>) {
+/// Learns the usernames of `users` the identity does not know yet (asking the server by
+/// id) and tells the app, before it sees what names them.
+async fn learn_names(
+    id: &Mutex<Identity>,
+    users: impl IntoIterator<Item = u64>,
+    tx: &mpsc::UnboundedSender<AppEvent>,
+) {
+    let mut id = id.lock().await;
+    let unknown: Vec<u64> = users
+        .into_iter()
+        .filter(|u| *u != 0 && id.known_name(*u).is_none())
+        .collect();
+    if unknown.is_empty() {
+        return;
+    }
+    if let Err(e) = id.learn_names(unknown.iter().copied()).await {
+        let _ = tx.send(AppEvent::Error(format!("names: {e}")));
+    }
+    for user in unknown {
+        if let Some(name) = id.known_name(user) {
+            let _ = tx.send(AppEvent::Name {
+                user,
+                name: name.to_owned(),
+            });
+        }
+    }
+}
+
+async fn forward_events(
+    client: Arc<Client>,
+    id: Arc<Mutex<Identity>>,
+    tx: mpsc::UnboundedSender<AppEvent>,
+) {
     while let Some(ev) = client.recv().await {
+        let users = match &ev {
+            Event::Message(m) => render::message_users(m),
+            Event::Receipt(r) => vec![r.user_id],
+            Event::Typing(t) => vec![t.user_id],
+            Event::JoinRequested(j) => vec![j.user_id],
+            _ => Vec::new(),
+        };
+        learn_names(&id, users, &tx).await;
         if tx.send(AppEvent::Server(ev)).is_err() {
             return;
         }
@@ -161,9 +210,23 @@ async fn forward_events(client: Arc<Client>, tx: mpsc::UnboundedSender<AppEvent>
 }
 
 /// Finds every conversation (sync heads) and the names of the groups.
-async fn start_up(client: Arc<Client>, tx: mpsc::UnboundedSender<AppEvent>) {
+async fn start_up(
+    client: Arc<Client>,
+    id: Arc<Mutex<Identity>>,
+    tx: mpsc::UnboundedSender<AppEvent>,
+) {
     match client.sync().await {
         Ok(done) => {
+            let me = client.user_id().get();
+            let peers: Vec<u64> = done
+                .heads
+                .iter()
+                .filter_map(|h| h.conversation_id.parse::<ConversationId>().ok())
+                .filter_map(|c| c.direct_members())
+                .flat_map(|m| m.map(UserId::get))
+                .filter(|u| *u != me)
+                .collect();
+            learn_names(&id, peers, &tx).await;
             for head in done.heads {
                 if let Ok(conversation) = head.conversation_id.parse::<ConversationId>() {
                     let _ = tx.send(AppEvent::Opened {
@@ -270,6 +333,12 @@ fn perform(
                 .await
             {
                 Ok(page) => {
+                    learn_names(
+                        &id,
+                        page.messages.iter().flat_map(render::message_users),
+                        &tx,
+                    )
+                    .await;
                     let me = client.user_id().get();
                     let own = page
                         .messages

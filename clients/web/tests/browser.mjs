@@ -96,19 +96,6 @@ async function waitSystem(page, who, text) {
   );
 }
 
-/**
- * Waits until `page` shows a system message ending in `end`: a user who never looked up
- * another by username knows only their id, so names them "user …1234".
- */
-async function waitSystemEnd(page, who, end) {
-  await waitFor(
-    page,
-    `${who} to see a system message ending in "${end}"`,
-    (end) => [...document.querySelectorAll("#messages .system")].some((e) => e.textContent.endsWith(end)),
-    end,
-  );
-}
-
 /** Waits until the group panel of `page` lists `count` members, `user` with `role`. */
 async function waitMember(page, who, what, fn, arg) {
   await waitFor(page, `${who}'s group panel to show ${what}`, fn, arg);
@@ -168,6 +155,8 @@ async function main() {
   await waitFor(b, "bo's conversation list to show 1 unread", () => document.querySelector("#conversations .badge")?.textContent === "1");
   await b.click("#conversations .conv");
   await waitShown(b, "bo", "hello bo");
+  // bo never looked ann up by username: the client fetches her name by id.
+  await waitFor(b, "bo's chat to be titled with ann's name", (n) => document.querySelector("#chat-title")?.textContent === n, userA);
   await waitStatus(a, "ann", "hello bo", ["read"]);
   log("ann's message read by bo");
 
@@ -248,7 +237,7 @@ async function groups(browser, a, b) {
   await waitFor(b, "bo's list to show the group", (n) =>
     [...document.querySelectorAll("#conversations .conv-title")].some((e) => e.textContent === n), GROUP);
   await b.click('#conversations .conv[data-conv^="g."]');
-  await waitSystemEnd(b, "bo", ` created the group "${GROUP}" with you`);
+  await waitSystem(b, "bo", `${userA} created the group "${GROUP}" with you`);
   log("group created, both see it");
 
   // bo writes in the group; ann gets it, with bo's name on it.
@@ -276,13 +265,13 @@ async function groups(browser, a, b) {
   await a.fill("#gp-add-username", userC);
   await a.press("#gp-add-username", "Enter");
   await waitSystem(a, "ann", `You added ${userC}`);
-  await waitSystemEnd(b, "bo", ` added user …${idC.slice(-4)}`);
+  await waitSystem(b, "bo", `${userA} added ${userC}`);
   await waitFor(a, "the notice to clear", () => document.querySelector("#chat-notice").textContent === "");
   await waitMember(a, "ann", "cy as a member", (id) => document.querySelector(`#gp-members li[data-user="${id}"]`)?.dataset.role === "GROUP_ROLE_MEMBER", idC);
   await waitFor(c, "cy's list to show the group", (n) =>
     [...document.querySelectorAll("#conversations .conv-title")].some((e) => e.textContent === n), GROUP);
   await c.click('#conversations .conv[data-conv^="g."]');
-  await waitSystemEnd(c, "cy", " added you");
+  await waitSystem(c, "cy", `${userA} added you`);
   log("ann added cy");
 
   // Roles: ann makes cy an admin and takes it back.
@@ -290,10 +279,10 @@ async function groups(browser, a, b) {
   await a.click(row(idC, "promote"));
   await waitSystem(a, "ann", `You made ${userC} an admin`);
   await waitMember(a, "ann", "cy as an admin", (id) => document.querySelector(`#gp-members li[data-user="${id}"]`)?.dataset.role === "GROUP_ROLE_ADMIN", idC);
-  await waitSystemEnd(c, "cy", " made you an admin");
+  await waitSystem(c, "cy", `${userA} made you an admin`);
   await a.click(row(idC, "demote"));
   await waitSystem(a, "ann", `You removed ${userC} as admin`);
-  await waitSystemEnd(c, "cy", " removed you as admin");
+  await waitSystem(c, "cy", `${userA} removed you as admin`);
 
   // bo renames the group (every member may, by default).
   await b.click("#group-info-btn");
@@ -307,7 +296,7 @@ async function groups(browser, a, b) {
   // ann removes bo: bo sees it, and his next message is refused, visibly.
   await a.click(row(idB, "remove"));
   await waitSystem(a, "ann", `You removed ${userB}`);
-  await waitSystemEnd(b, "bo", " removed you");
+  await waitSystem(b, "bo", `${userA} removed you`);
   await waitFor(b, "bo's not-a-member note", () => !document.querySelector("#not-member").hidden);
   await send(b, "am I still here?");
   await waitStatus(b, "bo", "am I still here?", ["failed"]);
