@@ -312,7 +312,8 @@ pub(crate) fn apply(
         Op::CreateInvite(c) => next.create_invite(role, c.ttl_s)?,
         Op::RevokeInvite(r) => next.revoke_invite(role, &r.code)?,
         Op::DecideJoin(d) => next.decide_join(role, d)?,
-        Op::Create(_) | Op::Join(_) => unreachable!("handled above"),
+        // Both returned above; answered, not panicked on, should that ever change.
+        Op::Create(_) | Op::Join(_) => return Err(error(ErrorCode::Internal, "internal error")),
         Op::Get(_) | Op::List(_) => return Err(invalid("get and list are queries")),
     }
     Ok(next.finish())
