@@ -451,6 +451,7 @@ impl Device {
                     };
                     self.request(
                         id,
+                        "groups",
                         &Subject::group_query(),
                         query.encode_to_vec(),
                         group_query_reply,
@@ -486,6 +487,7 @@ impl Device {
                 };
                 self.request(
                     id,
+                    "messages",
                     &Subject::history(),
                     request.encode_to_vec(),
                     history_reply,
@@ -515,6 +517,7 @@ impl Device {
         let subject = Subject::partition(conversation.partition());
         self.request(
             id,
+            "messages",
             &subject,
             request.encode_to_vec(),
             partition_reply,
@@ -523,22 +526,18 @@ impl Device {
         .await
     }
 
-    /// Publishes a request now (so requests keep the client's order) and queues the wait
-    /// for its reply, which `answer` turns into the frame for the client (if any).
-    /// Returns a frame to send at once when the request could not be published.
+    /// Publishes a request to `service` now (so requests keep the client's order) and
+    /// queues the wait for its reply, which `answer` turns into the frame for the client
+    /// (if any). Returns a frame to send at once when the request could not be published.
     async fn request(
         &self,
         id: u64,
+        service: &'static str,
         subject: &Subject,
         payload: Vec<u8>,
         answer: fn(u64, Bytes) -> Option<ServerFrame>,
         in_flight: &mut FuturesUnordered<InFlight>,
     ) -> Option<ServerFrame> {
-        let service = if *subject == Subject::group_query() {
-            "groups"
-        } else {
-            "messages"
-        };
         match self
             .bus
             .start_request(subject, Bytes::from(payload), self.request_timeout)
