@@ -263,6 +263,11 @@ fn disconnected(reason: &str) -> ClientError {
 }
 
 /// A random `client_msg_id`: 128 bits as 32 hex digits.
+/// A reply of the wrong kind for the request.
+fn unexpected(body: SBody) -> ClientError {
+    ClientError::UnexpectedReply(format!("{body:?}"))
+}
+
 pub fn new_client_msg_id() -> String {
     let v: u128 = rand::rng().random();
     format!("{v:032x}")
@@ -539,7 +544,7 @@ impl Shared {
         match body {
             SBody::SyncDone(d) => Ok(d),
             SBody::Error(e) => Err(ClientError::from_frame(&e)),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -1078,7 +1083,7 @@ impl Client {
         match body {
             SBody::Ack(a) => Ok(a),
             SBody::Error(e) => Err(ClientError::from_frame(&e)),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -1126,25 +1131,18 @@ impl Client {
         before: Seq,
         limit: u32,
     ) -> Result<v1::HistoryPage, ClientError> {
-        let o = &self.shared.opts;
-        let deadline = Instant::now() + o.request_timeout;
         let body = self
-            .shared
-            .request_until(deadline, o.request_timeout, true, || {
-                (
-                    CBody::History(v1::History {
-                        conversation_id: conversation.to_string(),
-                        before_seq: before.get(),
-                        limit,
-                    }),
-                    PendingKind::Other,
-                )
+            .query(|| {
+                CBody::History(v1::History {
+                    conversation_id: conversation.to_string(),
+                    before_seq: before.get(),
+                    limit,
+                })
             })
             .await?;
         match body {
             SBody::HistoryPage(p) => Ok(p),
-            SBody::Error(e) => Err(ClientError::from_frame(&e)),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -1152,23 +1150,16 @@ impl Client {
     /// get, list, ...). Retried like a send while the server is unreachable: every
     /// operation is safe to repeat except `create_invite`, which may then make two links.
     pub async fn group(&self, op: v1::group_request::Op) -> Result<v1::GroupResult, ClientError> {
-        let o = &self.shared.opts;
-        let deadline = Instant::now() + o.request_timeout;
         let body = self
-            .shared
-            .request_until(deadline, o.request_timeout, true, || {
-                (
-                    CBody::Group(Box::new(v1::GroupRequest {
-                        op: Some(op.clone()),
-                    })),
-                    PendingKind::Other,
-                )
+            .query(|| {
+                CBody::Group(Box::new(v1::GroupRequest {
+                    op: Some(op.clone()),
+                }))
             })
             .await?;
         match body {
             SBody::GroupResult(r) => Ok(*r),
-            SBody::Error(e) => Err(ClientError::from_frame(&e)),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -1197,24 +1188,17 @@ impl Client {
         conversation: &ConversationId,
         seq: Seq,
     ) -> Result<v1::ReadByResult, ClientError> {
-        let o = &self.shared.opts;
-        let deadline = Instant::now() + o.request_timeout;
         let body = self
-            .shared
-            .request_until(deadline, o.request_timeout, true, || {
-                (
-                    CBody::ReadBy(v1::ReadBy {
-                        conversation_id: conversation.to_string(),
-                        seq: seq.get(),
-                    }),
-                    PendingKind::Other,
-                )
+            .query(|| {
+                CBody::ReadBy(v1::ReadBy {
+                    conversation_id: conversation.to_string(),
+                    seq: seq.get(),
+                })
             })
             .await?;
         match body {
             SBody::ReadByResult(r) => Ok(*r),
-            SBody::Error(e) => Err(ClientError::from_frame(&e)),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -1256,27 +1240,32 @@ impl Client {
     /// Round trip time of a Ping.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let started = Instant::now();
-        let o = &self.shared.opts;
         let body = self
-            .shared
-            .request_until(
-                Instant::now() + o.request_timeout,
-                o.request_timeout,
-                true,
-                || {
-                    (
-                        CBody::Ping(v1::Ping {
-                            client_time_ms: natter_proto::now_ms(),
-                        }),
-                        PendingKind::Other,
-                    )
-                },
-            )
+            .query(|| {
+                CBody::Ping(v1::Ping {
+                    client_time_ms: natter_proto::now_ms(),
+                })
+            })
             .await?;
         match body {
             SBody::Pong(_) => Ok(started.elapsed()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One request and its reply within `request_timeout`, retried like a send while the
+    /// server is unreachable; an Error frame becomes `Err`.
+    async fn query(&self, make: impl Fn() -> CBody) -> Result<SBody, ClientError> {
+        let timeout = self.shared.opts.request_timeout;
+        let body = self
+            .shared
+            .request_until(Instant::now() + timeout, timeout, true, || {
+                (make(), PendingKind::Other)
+            })
+            .await?;
+        match body {
             SBody::Error(e) => Err(ClientError::from_frame(&e)),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Ok(other),
         }
     }
 
