@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.boxed(".natter.v1.ServerFrame.body.group_result");
     config.boxed(".natter.v1.ServerFrame.body.read_by_result");
     config.boxed(".natter.v1.ClientFrame.body.group");
+    config.boxed(".natter.v1.ClientFrame.body.people");
+    config.boxed(".natter.v1.ServerFrame.body.people_result");
+    config.boxed(".natter.v1.ServerFrame.body.presence_snapshot");
     config.boxed(".natter.v1.Message.event");
     config.compile_fds(fds)?;
 

@@ -476,6 +476,11 @@ impl Device {
                     self.partition_request(id, &c, body, in_flight).await
                 }
             },
+            Some(In::People(_) | In::PresenceSubscribe(_)) => Some(error_frame(
+                id,
+                ErrorCode::UnknownFrame,
+                "this server does not serve people or presence yet",
+            )),
             Some(In::Sync(sync)) => {
                 in_flight.push(self.sync(id, sync.cursors).boxed());
                 None

@@ -65,6 +65,7 @@ impl Writer {
                         reply_to_seq: 0,
                         created_at_ms: 1_700_000_000_000,
                         event: None,
+                        withheld: false,
                     },
                     members: members.clone(),
                 }

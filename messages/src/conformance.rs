@@ -34,6 +34,31 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn MessageStore>) {
     member_cursors_are_per_conversation(make()).await;
     member_cursors_are_ordered_by_user(make()).await;
     group_system_messages_keep_their_event(make()).await;
+    withheld_messages_keep_their_flag(make()).await;
+}
+
+/// A message withheld from its recipient (they blocked the sender) is stored as such:
+/// every read path returns the flag, next to messages without it.
+pub async fn withheld_messages_keep_their_flag(store: Arc<dyn MessageStore>) {
+    let conv = conversation();
+    let dev = device();
+    let mut first = message(&conv, 1, dev, "w-1");
+    first.message.withheld = true;
+    let second = message(&conv, 2, dev, "w-2");
+    store
+        .append(vec![first.clone(), second.clone()])
+        .await
+        .expect("append");
+    let after = store
+        .read_after(&conv, Seq(0), 10)
+        .await
+        .expect("read_after");
+    assert_eq!(after, vec![first.message.clone(), second.message.clone()]);
+    let before = store
+        .read_before(&conv, Seq(0), 10)
+        .await
+        .expect("read_before");
+    assert_eq!(before, vec![first.message, second.message]);
 }
 
 fn random_id() -> u64 {
@@ -73,6 +98,7 @@ fn message(conv: &ConversationId, seq: u64, dev: DeviceId, cmid: &str) -> NewMes
             reply_to_seq: seq.saturating_sub(1),
             created_at_ms: 1_700_000_000_000 + seq,
             event: None,
+            withheld: false,
         },
         members: members.to_vec(),
     }
@@ -109,6 +135,7 @@ pub async fn group_system_messages_keep_their_event(store: Arc<dyn MessageStore>
             reply_to_seq: 0,
             created_at_ms: 1_700_000_000_000,
             event: Some(Box::new(event)),
+            withheld: false,
         },
         members: Vec::new(),
     };

@@ -237,6 +237,7 @@ fn system_message(group: GroupId, seq: Seq, event: v1::GroupEvent) -> v1::Messag
         reply_to_seq: 0,
         created_at_ms: now_ms(),
         event: Some(Box::new(event)),
+        withheld: false,
     }
 }
 
@@ -748,6 +749,7 @@ impl Worker {
                 reply_to_seq: p.send.reply_to_seq,
                 created_at_ms: now_ms(),
                 event: None,
+                withheld: false,
             };
             // A group's members are not listed per message: sync asks the groups
             // service which groups a user is in and reads their heads.
@@ -1154,6 +1156,7 @@ impl Worker {
             conversation_id: conv.as_str().to_owned(),
             user_id: caller.user.get(),
             active: t.active,
+            ..Default::default()
         };
         let bytes = frame(server_frame::Body::Typing(event));
         for &user in to.iter().filter(|&&u| u != caller.user) {

@@ -336,6 +336,7 @@ struct MessageRow {
     created_at_ms: Option<i64>,
     /// A system message's group change, prost-encoded `v1::GroupEvent`.
     event: Option<Bytes>,
+    withheld: Option<bool>,
 }
 
 impl MessageRow {
@@ -365,6 +366,7 @@ impl MessageRow {
                 }
                 _ => None,
             },
+            withheld: self.withheld.unwrap_or(false),
         }))
     }
 }
@@ -474,7 +476,7 @@ struct Statements {
 }
 
 const MESSAGE_COLUMNS: &str = "seq, message_id, sender_user, sender_device, client_msg_id, \
-                               kind, body, reply_to_seq, created_at_ms, event";
+                               kind, body, reply_to_seq, created_at_ms, event, withheld";
 
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
@@ -528,7 +530,7 @@ impl Statements {
             insert_message: p(
                 format!(
                     "INSERT INTO {ks}.messages (conversation_id, bucket, {MESSAGE_COLUMNS}) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 Kind::Lwt,
             )
@@ -1047,6 +1049,7 @@ impl ScyllaStore {
                 to_cql(m.reply_to_seq, "reply_to_seq")?,
                 to_cql(m.created_at_ms, "created_at_ms")?,
                 m.event.as_ref().map(|e| e.encode_to_vec()),
+                m.withheld,
             )));
         }
         match self.session.batch(&statements, values).await {
@@ -1537,6 +1540,7 @@ mod tests {
                 reply_to_seq: 0,
                 created_at_ms: 1_700_000_000_000,
                 event: None,
+                withheld: false,
             },
             members: c.direct_members().expect("direct").to_vec(),
         }

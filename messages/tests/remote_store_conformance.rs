@@ -298,6 +298,7 @@ fn new_message(conv: &ConversationId, seq: u64, body_bytes: usize) -> NewMessage
             reply_to_seq: 0,
             created_at_ms: 1_700_000_000_000 + seq,
             event: None,
+            withheld: false,
         },
         members: members.to_vec(),
     }

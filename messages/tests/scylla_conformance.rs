@@ -71,6 +71,7 @@ fn message(c: &ConversationId, seq: u64) -> NewMessage {
             reply_to_seq: 0,
             created_at_ms: 1_700_000_000_000 + seq,
             event: None,
+            withheld: false,
         },
         members: c.direct_members().expect("direct").to_vec(),
     }

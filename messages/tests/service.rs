@@ -561,6 +561,7 @@ async fn typing_is_relayed_to_the_other_member() {
                 conversation_id: conv.to_string(),
                 user_id: ALICE.get(),
                 active: true,
+                ..Default::default()
             }
         ),
         other => panic!("expected typing, got {other:?}"),

@@ -47,6 +47,7 @@ fn message_frame() -> ServerFrame {
             reply_to_seq: 0,
             created_at_ms: 1_700_000_000_000,
             event: None,
+            withheld: false,
         })),
     }
 }

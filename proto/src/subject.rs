@@ -66,6 +66,37 @@ impl Subject {
         Subject("natter.group.access".to_owned())
     }
 
+    /// People service: a client's PeopleRequest (`PeopleQuery`).
+    pub fn people_request() -> Subject {
+        Subject("natter.people.request".to_owned())
+    }
+
+    /// People service: privacy, contacts and blocks of one user (`AudienceRequest`).
+    pub fn people_audience() -> Subject {
+        Subject("natter.people.audience".to_owned())
+    }
+
+    /// Published by the people service when a user's privacy, contacts or blocks changed
+    /// (`PeopleChanged`); every instance of every service caching audiences listens.
+    pub fn people_changed() -> Subject {
+        Subject("natter.people.changed".to_owned())
+    }
+
+    /// Presence service: an edge's user came online or went offline (`PresenceConn`).
+    pub fn presence_conn() -> Subject {
+        Subject("natter.presence.conn".to_owned())
+    }
+
+    /// Presence service: an edge's heartbeat, sync or leave (`PresenceBeat`).
+    pub fn presence_beat() -> Subject {
+        Subject("natter.presence.beat".to_owned())
+    }
+
+    /// Presence service: a device's subscription and snapshot (`PresenceQuery`).
+    pub fn presence_subscribe() -> Subject {
+        Subject("natter.presence.subscribe".to_owned())
+    }
+
     /// "Is this device still logged in?"
     pub fn sessions_device() -> Subject {
         Subject("natter.sessions.device".to_owned())

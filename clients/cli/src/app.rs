@@ -981,6 +981,7 @@ pub mod tests {
             conversation_id: c.to_string(),
             user_id: BO,
             active: true,
+            ..Default::default()
         })));
         assert_eq!(a.typing_line().as_deref(), Some("bo is typing…"));
         a.on_event(AppEvent::Tick { now_ms: T0 + 2_000 });
@@ -994,6 +995,7 @@ pub mod tests {
             conversation_id: c.to_string(),
             user_id: BO,
             active: true,
+            ..Default::default()
         })));
         a.on_event(AppEvent::Server(Event::Message(msg(&c, 1, BO, T0, "done"))));
         assert_eq!(a.typing_line(), None);

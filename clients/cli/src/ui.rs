@@ -445,6 +445,7 @@ mod tests {
             conversation_id: c.to_string(),
             user_id: BO,
             active: true,
+            ..Default::default()
         })));
         for ch in "see you".chars() {
             a.on_event(crate::app::tests::key(

@@ -667,6 +667,7 @@ impl Shared {
                         reply_to_seq: s.reply_to_seq,
                         created_at_ms: ack.created_at_ms,
                         event: None,
+                        withheld: false,
                     };
                     gap = self.deliver(vec![own], Origin::Live).await;
                 }
@@ -676,7 +677,8 @@ impl Shared {
             SBody::Receipt(r) => self.try_emit(Event::Receipt(r)),
             SBody::Typing(t) => self.try_emit(Event::Typing(t)),
             SBody::JoinRequested(j) => self.try_emit(Event::JoinRequested(j)),
-            SBody::Welcome(_) => {}
+            // Presence pushes reach the app once the client subscribes to presence.
+            SBody::Welcome(_) | SBody::Presence(_) => {}
             SBody::Error(e) => {
                 if !self.complete(id, SBody::Error(e.clone())) {
                     self.try_emit(Event::Error { id, error: e });
@@ -685,7 +687,9 @@ impl Shared {
             other @ (SBody::HistoryPage(_)
             | SBody::Pong(_)
             | SBody::GroupResult(_)
-            | SBody::ReadByResult(_)) => {
+            | SBody::ReadByResult(_)
+            | SBody::PeopleResult(_)
+            | SBody::PresenceSnapshot(_)) => {
                 if !self.complete(id, other) {
                     tracing::trace!(id, "a reply nobody waits for");
                 }
