@@ -178,7 +178,9 @@ fn replication_map(replication_factor: u32, local_dc: Option<&str>) -> String {
 }
 
 /// The statements of `template` (comments dropped, split at `;`), placeholders filled in.
-fn schema_statements(
+/// The statements of a schema template, placeholders filled in (public so that services
+/// with their own schema file can test its templating).
+pub fn schema_statements(
     template: &str,
     keyspace: &str,
     replication: &str,
@@ -237,6 +239,13 @@ async fn keyspace_options(session: &Session) -> &'static str {
 /// creates the keyspace and tables if missing. Fails with [`Error::Invalid`] on a bad
 /// config and [`Error::Storage`] if the cluster cannot be reached or refuses the schema.
 pub async fn connect(config: &ScyllaConfig) -> Result<Session, Error> {
+    connect_with(config, &[]).await
+}
+
+/// [`connect`], then applies each of `extra` — a service's own schema file, in the
+/// format of `deploy/cql/schema.cql` (`{{keyspace}}` placeholders, `--` comments, every
+/// statement `IF NOT EXISTS`) — statement by statement, in the keyspace of the config.
+pub async fn connect_with(config: &ScyllaConfig, extra: &[&str]) -> Result<Session, Error> {
     validate_config(config)?;
     let mut policy = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &config.local_dc {
@@ -260,7 +269,10 @@ pub async fn connect(config: &ScyllaConfig) -> Result<Session, Error> {
 
     let replication = replication_map(config.replication_factor, config.local_dc.as_deref());
     let options = keyspace_options(&session).await;
-    for cql in schema_statements(SCHEMA_TEMPLATE, &config.keyspace, &replication, options) {
+    let statements = std::iter::once(SCHEMA_TEMPLATE)
+        .chain(extra.iter().copied())
+        .flat_map(|t| schema_statements(t, &config.keyspace, &replication, options));
+    for cql in statements {
         let mut statement = Statement::new(cql.clone());
         statement.set_request_timeout(Some(config.request_timeout.max(DDL_TIMEOUT)));
         session
