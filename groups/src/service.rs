@@ -58,6 +58,8 @@ struct Shared {
     config: Config,
     store: Arc<dyn GroupStore>,
     bus: Arc<dyn Bus>,
+    /// Whom each user blocked: a blocked user cannot add them to groups.
+    audiences: Arc<natter_people::Audiences>,
 }
 
 #[derive(Clone, Copy)]
@@ -76,10 +78,12 @@ pub async fn start(
     bus: Arc<dyn Bus>,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, BusError> {
+    let audiences = natter_people::Audiences::start(bus.clone(), config.request_timeout).await?;
     let shared = Arc::new(Shared {
         config,
         store,
         bus: bus.clone(),
+        audiences,
     });
     let mut subs = Vec::new();
     for (subject, endpoint) in [
@@ -200,6 +204,7 @@ async fn try_apply(shared: &Shared, payload: Bytes) -> Result<bus::GroupApplyRep
         ));
     }
     let known = users_exist(shared, named, record.as_ref()).await?;
+    refuse_blocked(shared, caller, &known).await?;
     let cx = Context {
         caller,
         group,
@@ -227,6 +232,33 @@ async fn try_apply(shared: &Shared, payload: Bytes) -> Result<bus::GroupApplyRep
         event: outcome.event,
         result: Some(outcome.result),
     })
+}
+
+/// Refuses to add anyone who blocked the caller. The answer does not say why (the
+/// blocked user is not told), as when a user is refused for any other reason.
+async fn refuse_blocked(
+    shared: &Shared,
+    caller: UserId,
+    known: &HashMap<UserId, bool>,
+) -> Result<(), v1::Error> {
+    let new: Vec<UserId> = known
+        .iter()
+        .filter(|&(_, &exists)| exists)
+        .map(|(&u, _)| u)
+        .collect();
+    for chunk in new.chunks(LOOKUP_CONCURRENCY) {
+        let answers =
+            futures::future::join_all(chunk.iter().map(|&u| shared.audiences.get(u))).await;
+        for (&u, answer) in chunk.iter().zip(answers) {
+            if answer?.blocks(caller) {
+                return Err(error(
+                    ErrorCode::Forbidden,
+                    format!("user {u} cannot be added to this group by you"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether each user named in a create or add exists, asked of sessions concurrently

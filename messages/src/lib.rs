@@ -75,6 +75,9 @@ pub(crate) struct Shared {
     pub bus: Arc<dyn Bus>,
     pub users: users::UserDirectory,
     pub groups: groups::GroupClient,
+    /// Who blocked whom (from the people service, cached): a direct message to someone
+    /// who blocked its sender is stored withheld, typing and receipts are not relayed.
+    pub audiences: Arc<natter_people::Audiences>,
 }
 
 /// A running messages service.
@@ -104,11 +107,13 @@ pub async fn start(
     let history = bus
         .queue_subscribe(&Subject::history(), QUEUE_GROUP, QUERY_SUB_CAPACITY)
         .await?;
+    let audiences = natter_people::Audiences::start(bus.clone(), config.request_timeout).await?;
     let shared = Arc::new(Shared {
         store,
         bus: bus.clone(),
         users: users::UserDirectory::new(bus.clone(), config.request_timeout),
         groups: groups::GroupClient::new(bus, config.request_timeout),
+        audiences,
     });
     let mut tasks = JoinSet::new();
     let owned = Owned::default();
@@ -188,4 +193,28 @@ pub(crate) fn store_failure(e: &StoreError) -> v1::Error {
         StoreError::Closed => error(ErrorCode::Unavailable, "service shutting down, retry"),
         _ => error(ErrorCode::Internal, "storage failure, retry"),
     }
+}
+
+/// What `reader` gets of a stored message: the message itself, but for a withheld one
+/// (sent while the recipient blocked its sender) the sender's copy without the flag and
+/// everyone else's a placeholder that only holds its place in the order.
+pub(crate) fn view_for(message: &v1::Message, reader: UserId) -> std::borrow::Cow<'_, v1::Message> {
+    use std::borrow::Cow;
+    if !message.withheld {
+        return Cow::Borrowed(message);
+    }
+    if reader.get() == message.sender_user {
+        return Cow::Owned(v1::Message {
+            withheld: false,
+            ..message.clone()
+        });
+    }
+    Cow::Owned(v1::Message {
+        conversation_id: message.conversation_id.clone(),
+        seq: message.seq,
+        message_id: message.message_id,
+        created_at_ms: message.created_at_ms,
+        withheld: true,
+        ..Default::default()
+    })
 }

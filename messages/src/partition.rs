@@ -193,6 +193,9 @@ async fn push(shared: &Shared, user: UserId, frame: Bytes, skip_device: u64) {
 /// which has the Ack; system messages go to every device). The push is encoded once and
 /// shared by every member but the sender.
 async fn push_message(shared: &Shared, message: v1::Message, members: &[UserId]) {
+    if message.withheld {
+        return push_withheld(shared, message, members).await;
+    }
     let sender = UserId(message.sender_user);
     let skip_sender = if message.kind == v1::MessageKind::System as i32 {
         0
@@ -213,6 +216,27 @@ async fn push_message(shared: &Shared, message: v1::Message, members: &[UserId])
         } else {
             publish(shared, member, to_all.clone()).await;
         }
+    }
+}
+
+/// A withheld message: its sender's other devices get it as sent, everyone else only
+/// its placeholder (which keeps their seqs gap-free).
+async fn push_withheld(shared: &Shared, message: v1::Message, members: &[UserId]) {
+    let sender = UserId(message.sender_user);
+    for &member in members {
+        let view = crate::view_for(&message, member).into_owned();
+        let skip = if member == sender {
+            message.sender_device
+        } else {
+            0
+        };
+        push(
+            shared,
+            member,
+            frame(server_frame::Body::Message(view)),
+            skip,
+        )
+        .await;
     }
 }
 
@@ -240,6 +264,9 @@ fn system_message(group: GroupId, seq: Seq, event: v1::GroupEvent) -> v1::Messag
         withheld: false,
     }
 }
+
+/// How long receivers show a typing indicator unless it is sent again.
+const TYPING_EXPIRES_MS: u32 = 6_000;
 
 fn frame(body: server_frame::Body) -> Bytes {
     Bytes::from(
@@ -353,6 +380,8 @@ struct PendingSend {
     members: Arc<Vec<UserId>>,
     kind: v1::MessageKind,
     send: v1::Send,
+    /// The recipient blocked the sender: stored, acked, but never shown to them.
+    withheld: bool,
 }
 
 impl PendingSend {
@@ -601,6 +630,7 @@ impl Worker {
                     members: Arc::default(),
                     kind,
                     send,
+                    withheld: false,
                 }),
                 Err(e) => reply(&self.shared, &msg, reply_error(e)).await,
             }
@@ -686,11 +716,17 @@ impl Worker {
         for mut u in fresh {
             let verdict = match u.send.dest {
                 Dest::Direct(other) => match exists.get(&other) {
-                    Some(Ok(true)) => {
-                        let mut members = vec![u.send.caller.user, other];
-                        members.sort();
-                        Ok(Arc::new(members))
-                    }
+                    Some(Ok(true)) => match self.shared.audiences.get(other).await {
+                        Ok(audience) => {
+                            // The sender is not told: the message is stored and acked
+                            // (one tick) but withheld from the recipient, for good.
+                            u.send.withheld = audience.blocks(u.send.caller.user);
+                            let mut members = vec![u.send.caller.user, other];
+                            members.sort();
+                            Ok(Arc::new(members))
+                        }
+                        Err(e) => Err(e),
+                    },
                     Some(Ok(false)) | None => Err(error(ErrorCode::NotFound, "no such user")),
                     Some(Err(e)) => Err(e.clone()),
                 },
@@ -749,7 +785,7 @@ impl Worker {
                 reply_to_seq: p.send.reply_to_seq,
                 created_at_ms: now_ms(),
                 event: None,
-                withheld: false,
+                withheld: p.withheld,
             };
             // A group's members are not listed per message: sync asks the groups
             // service which groups a user is in and reads their heads.
@@ -1112,7 +1148,15 @@ impl Worker {
                 let bytes = frame(server_frame::Body::Receipt(receipt));
                 // In a group, receipts stay with the reader's own devices: senders ask
                 // who has read a message (ReadBy) instead of receiving every member's.
-                if let Dest::Direct(other) = dest {
+                // Someone who blocked the other tells them nothing (not even "read").
+                if let Dest::Direct(other) = dest
+                    && self
+                        .shared
+                        .audiences
+                        .get(r.caller.user)
+                        .await
+                        .is_ok_and(|a| !a.blocks(other))
+                {
                     push(&self.shared, other, bytes.clone(), 0).await;
                 }
                 push(&self.shared, r.caller.user, bytes, r.caller.device.get()).await;
@@ -1136,7 +1180,12 @@ impl Worker {
 
     async fn typing(&mut self, msg: BusMessage, caller: Caller, t: v1::Typing) {
         let to = match destination(caller, &t.conversation_id, t.to_user) {
-            Ok((conv, Dest::Direct(other))) => Ok((conv, Arc::new(vec![other]))),
+            Ok((conv, Dest::Direct(other))) => match self.shared.audiences.get(other).await {
+                // Blocked: dropped, as an indicator that expired would be.
+                Ok(a) if a.blocks(caller.user) => Ok((conv, Arc::new(Vec::new()))),
+                Ok(_) => Ok((conv, Arc::new(vec![other]))),
+                Err(e) => Err(e),
+            },
             Ok((conv, Dest::Group(g))) => match self.group(g).await {
                 Ok(group) => group
                     .check_member(caller.user)
@@ -1156,7 +1205,11 @@ impl Worker {
             conversation_id: conv.as_str().to_owned(),
             user_id: caller.user.get(),
             active: t.active,
-            ..Default::default()
+            state: match v1::ChatState::try_from(t.state) {
+                Ok(v1::ChatState::Recording) => v1::ChatState::Recording as i32,
+                _ => v1::ChatState::Typing as i32,
+            },
+            expires_in_ms: if t.active { TYPING_EXPIRES_MS } else { 0 },
         };
         let bytes = frame(server_frame::Body::Typing(event));
         for &user in to.iter().filter(|&&u| u != caller.user) {

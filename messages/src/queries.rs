@@ -158,7 +158,10 @@ async fn sync_page(shared: &Shared, req: bus::SyncRequest) -> Result<bus::SyncRe
                     }
                     bytes += size;
                     pos = Seq(m.seq);
-                    reply.messages.push(m);
+                    reply.messages.push(match crate::view_for(&m, caller.user) {
+                        std::borrow::Cow::Borrowed(_) => m,
+                        std::borrow::Cow::Owned(view) => view,
+                    });
                 }
                 head = head.max(pos);
                 if pos < head {
@@ -245,6 +248,11 @@ async fn history_page(
         .await
         .map_err(|e| store_failure(&e))?;
     messages.retain(|m| m.seq >= first.get());
+    for m in messages.iter_mut() {
+        if let std::borrow::Cow::Owned(view) = crate::view_for(m, caller.user) {
+            *m = view;
+        }
+    }
     // Keep the newest messages that fit the byte budget (at least one).
     let mut bytes = 0usize;
     let mut keep_from = messages.len();

@@ -561,7 +561,8 @@ async fn typing_is_relayed_to_the_other_member() {
                 conversation_id: conv.to_string(),
                 user_id: ALICE.get(),
                 active: true,
-                ..Default::default()
+                state: v1::ChatState::Typing as i32,
+                expires_in_ms: 6_000,
             }
         ),
         other => panic!("expected typing, got {other:?}"),
@@ -1396,4 +1397,107 @@ async fn a_group_change_missing_from_the_log_is_written_before_anything_else() {
             .is_err(),
         "bob got a push after his removal"
     );
+}
+
+/// A fake people service: `blocker` has blocked `blocked`; nobody else blocked anyone.
+async fn fake_people(bus: Arc<dyn Bus>, blocker: UserId, blocked: UserId) -> JoinHandle<()> {
+    let mut sub = bus
+        .queue_subscribe(&Subject::people_audience(), "people", 1024)
+        .await
+        .expect("subscribe");
+    tokio::spawn(async move {
+        while let Some(ev) = sub.next().await {
+            let BusEvent::Message(m) = ev else { continue };
+            let q = bus::AudienceRequest::decode(m.payload.clone()).unwrap_or_default();
+            let audience = bus::Audience {
+                user_id: q.user_id,
+                blocked: if q.user_id == blocker.get() {
+                    vec![blocked.get()]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            };
+            let _ =
+                natter_bus::reply(bus.as_ref(), &m, Bytes::from(audience.encode_to_vec())).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn messages_to_someone_who_blocked_the_sender_are_acked_but_withheld() {
+    let h = harness().await;
+    let people = fake_people(h.bus.clone(), BOB, ALICE).await;
+    let conv = direct(ALICE, BOB);
+    let mut alice = h.pushes(ALICE).await;
+    let mut bob = h.pushes(BOB).await;
+
+    // Alice gets her ack (one tick), as for any message.
+    let a = ack(h.send((ALICE, A1), BOB, "hello?").await);
+    assert_eq!(a.seq, 1);
+    // Alice's other devices see her message as sent; Bob gets only its placeholder.
+    let (mine, skip) = next_message(&mut alice).await;
+    assert_eq!(skip, A1.get());
+    assert!(!mine.withheld, "the sender is never told");
+    assert_eq!(mine.body, Bytes::from_static(b"hello?"));
+    let (theirs, skip) = next_message(&mut bob).await;
+    assert_eq!(skip, 0);
+    assert!(theirs.withheld);
+    assert_eq!((theirs.seq, theirs.sender_user), (1, 0));
+    assert!(theirs.body.is_empty() && theirs.client_msg_id.is_empty());
+    // The log keeps the message (so seqs stay gap-free) with the flag.
+    assert!(h.log(&conv).await[0].withheld);
+
+    // Bob's messages to Alice flow as usual (blocking is one-way).
+    ack(h.send((BOB, B1), ALICE, "not you").await);
+    let (m, _) = next_message(&mut alice).await;
+    assert!(!m.withheld && m.seq == 2);
+    let (m, _) = next_message(&mut bob).await;
+    assert_eq!(m.seq, 2);
+
+    // History: Bob sees the placeholder, Alice her message.
+    let page = |user, device| bus::HistoryRequest {
+        caller: caller(user, device),
+        history: Some(v1::History {
+            conversation_id: conv.to_string(),
+            before_seq: 0,
+            limit: 10,
+        }),
+    };
+    let p = h.history(page(BOB, B1)).await.page.expect("page");
+    assert_eq!(seqs(&p.messages), vec![1, 2]);
+    assert!(p.messages[0].withheld && p.messages[0].body.is_empty());
+    let p = h.history(page(ALICE, A2)).await.page.expect("page");
+    assert!(!p.messages[0].withheld);
+    assert_eq!(p.messages[0].body, Bytes::from_static(b"hello?"));
+    // Sync, likewise.
+    let s = h
+        .sync(bus::SyncRequest {
+            caller: caller(BOB, B1),
+            ..Default::default()
+        })
+        .await;
+    assert!(s.messages[0].withheld && s.messages[0].body.is_empty());
+
+    // Bob's receipts are not pushed to Alice (she never gets two ticks), only to his own
+    // devices; his typing still reaches her, hers never reaches him.
+    cursor(h.receipt((BOB, B1), &conv, true, 2).await);
+    let (r, _) = next_receipt(&mut bob).await;
+    assert_eq!(r.up_to_seq, 2);
+    let typing = |to: UserId| {
+        partition_request::Body::Typing(v1::Typing {
+            to_user: to.get(),
+            active: true,
+            ..Default::default()
+        })
+    };
+    h.ask(&conv, request(ALICE, A1, typing(BOB))).await;
+    h.ask(&conv, request(BOB, B1, typing(ALICE))).await;
+    match next_push(&mut alice).await {
+        (server_frame::Body::Typing(t), _) => assert_eq!(t.user_id, BOB.get()),
+        other => panic!("expected Bob's typing (no receipt), got {other:?}"),
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(300), bob.next()).await;
+    assert!(quiet.is_err(), "Bob got something from Alice: {quiet:?}");
+    people.abort();
 }
