@@ -6,6 +6,7 @@
 mod auth;
 mod connection;
 mod directory;
+mod presence;
 mod session;
 mod web;
 
@@ -65,6 +66,12 @@ pub struct Config {
     /// this many bytes at a time. Small: most frames are a few hundred bytes and every
     /// idle connection pays for it; a larger frame grows the buffer while it is read.
     pub read_buffer_bytes: usize,
+    /// How long a user's last connection here must stay closed before the presence
+    /// service hears they went offline (a reconnect within it shows as no change).
+    pub presence_debounce: Duration,
+    /// Typing indicators a connection may send per second (on average; bursts of twice
+    /// this). More are dropped.
+    pub typing_per_second: u32,
 }
 
 impl Default for Config {
@@ -83,6 +90,8 @@ impl Default for Config {
             max_bad_frames: 20,
             read_buffer_bytes: 512,
             directory_ttl: Duration::from_secs(15),
+            presence_debounce: Duration::from_secs(3),
+            typing_per_second: 5,
         }
     }
 }
@@ -106,6 +115,8 @@ struct Inner {
     directory: directory::DirectoryNotes,
     directory_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     directory_stop: CancellationToken,
+    presence: presence::PresenceNotes,
+    presence_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Edge {
@@ -125,6 +136,16 @@ impl Edge {
             config.directory_ttl,
             directory_stop.clone(),
         );
+        let (presence, presence_task) = presence::start(
+            bus.clone(),
+            presence::Settings {
+                node: config.node_id.clone(),
+                ttl: config.directory_ttl,
+                debounce: config.presence_debounce,
+                timeout: config.request_timeout,
+            },
+            directory_stop.clone(),
+        );
         Edge {
             inner: Arc::new(Inner {
                 config,
@@ -137,6 +158,8 @@ impl Edge {
                 directory: notes,
                 directory_task: std::sync::Mutex::new(Some(task)),
                 directory_stop,
+                presence,
+                presence_task: std::sync::Mutex::new(Some(presence_task)),
             }),
         }
     }
@@ -161,18 +184,18 @@ impl Edge {
         let drained = tokio::time::timeout(grace, self.inner.tracker.wait())
             .await
             .is_ok();
-        // Leave the session directory once the connections are gone.
+        // Leave the session directory and presence once the connections are gone.
         self.inner.directory_stop.cancel();
-        let task = self
-            .inner
-            .directory_task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(task) = task
-            && tokio::time::timeout(grace, task).await.is_err()
-        {
-            tracing::warn!("the session directory did not confirm the leave in time");
+        for (what, task) in [
+            ("session directory", &self.inner.directory_task),
+            ("presence service", &self.inner.presence_task),
+        ] {
+            let task = task.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(task) = task
+                && tokio::time::timeout(grace, task).await.is_err()
+            {
+                tracing::warn!("the {what} did not confirm the leave in time");
+            }
         }
         drained
     }

@@ -53,6 +53,39 @@ struct Device {
     queue: Queue,
     request_timeout: Duration,
     bad_frames: u32,
+    typing: TypingBucket,
+}
+
+/// A token bucket for typing indicators: `rate` per second, bursts of `2 × rate`.
+struct TypingBucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TypingBucket {
+    fn new(per_second: u32) -> TypingBucket {
+        let rate = f64::from(per_second.max(1));
+        TypingBucket {
+            rate,
+            tokens: 2.0 * rate,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(2.0 * self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 pub(crate) async fn run(
@@ -83,7 +116,9 @@ pub(crate) async fn run(
         queue,
         request_timeout: config.request_timeout,
         bad_frames: 0,
+        typing: TypingBucket::new(config.typing_per_second),
     };
+    let subscribed = subscription.is_ok();
     let end = match subscription {
         Err(e) => {
             tracing::warn!(edge.error = %e, "could not subscribe a connection");
@@ -94,6 +129,7 @@ pub(crate) async fn run(
             inner
                 .directory
                 .connected(user, device.identity.device, connection_id);
+            inner.presence.connected(user);
             let welcome = device.welcome(config);
             if socket.send(&welcome).await.is_err() {
                 End(close_code::SLOW_CONSUMER, "not reading")
@@ -180,6 +216,9 @@ pub(crate) async fn run(
     inner
         .directory
         .closed(user, device.identity.device, connection_id);
+    if subscribed {
+        inner.presence.closed(user);
+    }
     inner
         .open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -271,6 +310,33 @@ fn group_query_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
             result: Some(result),
             ..
         }) => reply(id, Out::GroupResult(Box::new(result))),
+        _ => error_frame(id, ErrorCode::Internal, "internal error"),
+    })
+}
+
+fn people_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
+    Some(match bus::PeopleReply::decode(bytes) {
+        Ok(bus::PeopleReply {
+            error: Some(err), ..
+        }) => reply(id, Out::Error(err)),
+        // An operation that answers nothing (e.g. ContactRemove) may leave `result` out.
+        Ok(bus::PeopleReply {
+            result,
+            error: None,
+        }) => reply(id, Out::PeopleResult(Box::new(result.unwrap_or_default()))),
+        Err(_) => error_frame(id, ErrorCode::Internal, "internal error"),
+    })
+}
+
+fn presence_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
+    Some(match bus::PresenceReply::decode(bytes) {
+        Ok(bus::PresenceReply {
+            error: Some(err), ..
+        }) => reply(id, Out::Error(err)),
+        Ok(bus::PresenceReply {
+            snapshot: Some(snapshot),
+            ..
+        }) => reply(id, Out::PresenceSnapshot(Box::new(snapshot))),
         _ => error_frame(id, ErrorCode::Internal, "internal error"),
     })
 }
@@ -419,6 +485,13 @@ impl Device {
                     self.partition_request(id, &c, body, in_flight).await
                 }
             },
+            Some(In::Typing(_)) if !self.typing.take() => (id != 0).then(|| {
+                error_frame(
+                    id,
+                    ErrorCode::RateLimited,
+                    "too many typing indicators; send one every few seconds",
+                )
+            }),
             Some(In::Typing(mut t)) => match conversation(me, &t.conversation_id, t.to_user) {
                 Err(m) => Some(error_frame(id, ErrorCode::InvalidArgument, m)),
                 Ok(c) => {
@@ -476,11 +549,36 @@ impl Device {
                     self.partition_request(id, &c, body, in_flight).await
                 }
             },
-            Some(In::People(_) | In::PresenceSubscribe(_)) => Some(error_frame(
-                id,
-                ErrorCode::UnknownFrame,
-                "this server does not serve people or presence yet",
-            )),
+            Some(In::People(request)) => {
+                let query = bus::PeopleQuery {
+                    caller: Some(self.caller()),
+                    request: Some(*request),
+                };
+                self.request(
+                    id,
+                    "people",
+                    &Subject::people_request(),
+                    query.encode_to_vec(),
+                    people_reply,
+                    in_flight,
+                )
+                .await
+            }
+            Some(In::PresenceSubscribe(request)) => {
+                let query = bus::PresenceQuery {
+                    caller: Some(self.caller()),
+                    request: Some(request),
+                };
+                self.request(
+                    id,
+                    "presence",
+                    &Subject::presence_subscribe(),
+                    query.encode_to_vec(),
+                    presence_reply,
+                    in_flight,
+                )
+                .await
+            }
             Some(In::Sync(sync)) => {
                 in_flight.push(self.sync(id, sync.cursors).boxed());
                 None
