@@ -59,6 +59,12 @@ enum Command {
     /// Run the groups role: membership, roles, invites and limits, over NATS, with its
     /// store in ScyllaDB (or embedded, for a single instance).
     Groups(roles::GroupsArgs),
+    /// Run the people role: profiles, privacy settings, contacts, blocks and status
+    /// updates, over NATS, with its store in ScyllaDB (or embedded, for one instance).
+    People(roles::PeopleArgs),
+    /// Run the presence role: online and last seen per user in Redis (heartbeats per
+    /// edge), subscriptions and privacy-filtered pushes, over NATS.
+    Presence(roles::PresenceArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -88,6 +94,13 @@ struct ServeArgs {
     /// Most members a group may have.
     #[arg(long, env = "NATTER_MAX_GROUP_MEMBERS", default_value_t = 1024)]
     max_group_members: u32,
+    /// Milliseconds a user's last connection must stay closed before they show as
+    /// offline (a reconnect within it is no change for anyone watching).
+    #[arg(long, env = "NATTER_PRESENCE_DEBOUNCE_MS", default_value_t = 3_000)]
+    presence_debounce_ms: u64,
+    /// Seconds a status update stays visible.
+    #[arg(long, env = "NATTER_STATUS_TTL_S", default_value_t = 86_400)]
+    status_ttl_s: u64,
 }
 
 /// Pending connections the kernel queues for `accept` (tokio's default is 1,024; a
@@ -145,6 +158,8 @@ fn main() -> ExitCode {
             Command::Sessions(args) => roles::sessions(args).await,
             Command::Store(args) => roles::store(args).await,
             Command::Groups(args) => roles::groups(args).await,
+            Command::People(args) => roles::people(args).await,
+            Command::Presence(args) => roles::presence(args).await,
         }
     });
     match result {
@@ -205,9 +220,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             "--max-group-members must be at least 2"
         )));
     }
-    if args.access_ttl_s == 0 || args.idle_timeout_s == 0 {
+    if args.access_ttl_s == 0 || args.idle_timeout_s == 0 || args.status_ttl_s == 0 {
         return Err(Failure::Config(anyhow::anyhow!(
-            "--access-ttl-s and --idle-timeout-s must be positive"
+            "--access-ttl-s, --idle-timeout-s and --status-ttl-s must be positive"
         )));
     }
     std::fs::create_dir_all(&args.data_dir)
@@ -253,6 +268,36 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     .context("starting the groups service")
     .map_err(run)?;
 
+    let people_store = natter_people::RedbPeopleStore::open(&args.data_dir.join("people.redb"))
+        .context("opening the people store")
+        .map_err(run)?;
+    let people_task = natter_people::start(
+        Arc::new(people_store),
+        bus.clone(),
+        natter_people::Config {
+            status_ttl: Duration::from_secs(args.status_ttl_s),
+            ..Default::default()
+        },
+        services_stop.clone(),
+    )
+    .await
+    .context("starting the people service")
+    .map_err(run)?;
+    let audiences = natter_people::Audiences::start(bus.clone(), Duration::from_secs(5))
+        .await
+        .context("starting the presence service")
+        .map_err(run)?;
+    let presence_task = natter_presence::start(
+        Arc::new(natter_presence::MemoryPresence::new()),
+        audiences,
+        bus.clone(),
+        natter_presence::Config::default(),
+        services_stop.clone(),
+    )
+    .await
+    .context("starting the presence service")
+    .map_err(run)?;
+
     let store = natter_messages::RedbStore::open(&args.data_dir.join("messages.redb"))
         .context("opening the message store")
         .map_err(run)?;
@@ -271,6 +316,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let edge = natter_edge::Edge::new(
         natter_edge::Config {
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
+            presence_debounce: Duration::from_millis(args.presence_debounce_ms),
             ..Default::default()
         },
         bus.clone(),
@@ -308,6 +354,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     for (name, task) in [
         ("messages", messages_task),
         ("groups", groups_task),
+        ("presence", presence_task),
+        ("people", people_task),
         ("sessions", sessions_task),
     ] {
         match tokio::time::timeout(grace, task).await {

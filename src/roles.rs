@@ -55,6 +55,10 @@ pub struct EdgeArgs {
     /// Seconds to let connections and in-flight requests finish on shutdown.
     #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
     drain_grace_s: u64,
+    /// Milliseconds a user's last connection here must stay closed before they show as
+    /// offline.
+    #[arg(long, env = "NATTER_PRESENCE_DEBOUNCE_MS", default_value_t = 3_000)]
+    presence_debounce_ms: u64,
 }
 
 /// Where a service keeps its data in ScyllaDB.
@@ -94,6 +98,57 @@ pub struct GroupsArgs {
     /// Most members a group may have.
     #[arg(long, env = "NATTER_MAX_GROUP_MEMBERS", default_value_t = 1024)]
     max_group_members: u32,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PeopleArgs {
+    /// Address for health checks.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8085")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Without `--scylla`, people data is kept in an embedded store under `--data-dir`:
+    /// then run exactly one people instance.
+    #[command(flatten)]
+    scylla: ScyllaArgs,
+    /// Where the embedded people store lives (without `--scylla`).
+    #[arg(long, env = "NATTER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Seconds a status update stays visible.
+    #[arg(long, env = "NATTER_STATUS_TTL_S", default_value_t = 86_400)]
+    status_ttl_s: u64,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PresenceArgs {
+    /// Address for health checks.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8086")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Redis URL of the presence store (standalone Redis or Sentinel, not Redis Cluster).
+    #[arg(long, env = "NATTER_REDIS")]
+    redis: String,
+    /// Prefix of every presence key in Redis.
+    #[arg(
+        long,
+        env = "NATTER_PRESENCE_PREFIX",
+        default_value = "natter:presence"
+    )]
+    redis_prefix: String,
+    /// Seconds a presence subscription lasts unless renewed.
+    #[arg(
+        long,
+        env = "NATTER_PRESENCE_SUBSCRIPTION_TTL_S",
+        default_value_t = 600
+    )]
+    subscription_ttl_s: u64,
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
     drain_grace_s: u64,
@@ -268,6 +323,31 @@ pub(crate) async fn serve_http(
     }))
 }
 
+/// The tail every bus service role shares: health on `listen`, then run until SIGTERM or
+/// Ctrl-C, stop the service (in-flight requests answered within `grace`), then the HTTP
+/// server.
+async fn run_service(
+    name: &'static str,
+    listen: SocketAddr,
+    nats: NatsBus,
+    stop: CancellationToken,
+    service: JoinHandle<()>,
+    grace: Duration,
+) -> Result<(), Failure> {
+    let http_stop = CancellationToken::new();
+    let server = serve_http(name, listen, health(nats), http_stop.clone()).await?;
+    tracing::info!("{name} running");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    stop.cancel();
+    wait(name, service, grace).await;
+    http_stop.cancel();
+    wait("http", server, grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
 async fn wait(name: &str, task: JoinHandle<impl Sized>, grace: Duration) {
     match tokio::time::timeout(grace, task).await {
         Ok(Ok(_)) => {}
@@ -306,6 +386,7 @@ pub async fn edge(args: EdgeArgs) -> Result<(), Failure> {
             node_id: node.clone(),
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
             directory_ttl: Duration::from_millis(args.directory_ttl_ms),
+            presence_debounce: Duration::from_millis(args.presence_debounce_ms),
             ..Default::default()
         },
         bus,
@@ -445,18 +526,8 @@ pub async fn store(args: StoreArgs) -> Result<(), Failure> {
         .await
         .context("serving the store on the bus")
         .map_err(Failure::Runtime)?;
-    let http_stop = CancellationToken::new();
-    let server = serve_http("store", args.listen, health(nats), http_stop.clone()).await?;
-
-    shutdown_signal().await;
-    tracing::info!("shutting down");
     let grace = Duration::from_secs(args.drain_grace_s);
-    stop.cancel();
-    wait("store", service, grace).await;
-    http_stop.cancel();
-    wait("http", server, grace).await;
-    tracing::info!("stopped");
-    Ok(())
+    run_service("store", args.listen, nats, stop, service, grace).await
 }
 
 pub async fn groups(args: GroupsArgs) -> Result<(), Failure> {
@@ -509,17 +580,102 @@ pub async fn groups(args: GroupsArgs) -> Result<(), Failure> {
     .await
     .context("starting the groups service")
     .map_err(Failure::Runtime)?;
-    let http_stop = CancellationToken::new();
-    let server = serve_http("groups", args.listen, health(nats), http_stop.clone()).await?;
-    tracing::info!("groups running");
-
-    shutdown_signal().await;
-    tracing::info!("shutting down");
     let grace = Duration::from_secs(args.drain_grace_s);
-    stop.cancel();
-    wait("groups", service, grace).await;
-    http_stop.cancel();
-    wait("http", server, grace).await;
-    tracing::info!("stopped");
-    Ok(())
+    run_service("groups", args.listen, nats, stop, service, grace).await
+}
+
+pub async fn people(args: PeopleArgs) -> Result<(), Failure> {
+    positive("store-timeout-ms", args.scylla.store_timeout_ms)?;
+    positive("status-ttl-s", args.status_ttl_s)?;
+    let sc = &args.scylla;
+    let store: Arc<dyn natter_people::PeopleStore> = if sc.scylla.is_empty() {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
+            .map_err(Failure::Config)?;
+        tracing::info!(
+            "no --scylla: people data is kept in the embedded store (one instance only)"
+        );
+        Arc::new(
+            natter_people::RedbPeopleStore::open(&args.data_dir.join("people.redb"))
+                .context("opening the people store")
+                .map_err(Failure::Runtime)?,
+        )
+    } else {
+        Arc::new(
+            natter_people::ScyllaPeopleStore::connect(natter_people::ScyllaPeopleConfig {
+                nodes: sc.scylla.clone(),
+                keyspace: sc.scylla_keyspace.clone(),
+                replication_factor: sc.scylla_replication_factor,
+                local_dc: sc.scylla_local_dc.clone(),
+                request_timeout: Duration::from_millis(sc.store_timeout_ms),
+            })
+            .await
+            .with_context(|| format!("connecting to ScyllaDB at {}", sc.scylla.join(",")))
+            .map_err(Failure::Runtime)?,
+        )
+    };
+    let nats = connect_nats(
+        &args.nats,
+        format!("natter-people-{}", default_name("people")),
+    )
+    .await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let stop = CancellationToken::new();
+    let service = natter_people::start(
+        store,
+        bus,
+        natter_people::Config {
+            status_ttl: Duration::from_secs(args.status_ttl_s),
+            ..Default::default()
+        },
+        stop.clone(),
+    )
+    .await
+    .context("starting the people service")
+    .map_err(Failure::Runtime)?;
+    let grace = Duration::from_secs(args.drain_grace_s);
+    run_service("people", args.listen, nats, stop, service, grace).await
+}
+
+pub async fn presence(args: PresenceArgs) -> Result<(), Failure> {
+    positive("subscription-ttl-s", args.subscription_ttl_s)?;
+    if args.subscription_ttl_s > 24 * 3600 {
+        return Err(config_error(anyhow::anyhow!(
+            "--subscription-ttl-s must be at most 86400 (a day)"
+        )));
+    }
+    let store = natter_presence::RedisPresence::connect(
+        &args.redis,
+        &args.redis_prefix,
+        natter_sessions::directory::DEFAULT_TIMEOUT,
+    )
+    .await
+    .with_context(|| format!("connecting to Redis at {}", args.redis))
+    .map_err(Failure::Runtime)?;
+    let nats = connect_nats(
+        &args.nats,
+        format!("natter-presence-{}", default_name("presence")),
+    )
+    .await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let stop = CancellationToken::new();
+    let audiences = natter_people::Audiences::start(bus.clone(), Duration::from_secs(5))
+        .await
+        .context("subscribing to people changes")
+        .map_err(Failure::Runtime)?;
+    let service = natter_presence::start(
+        Arc::new(store),
+        audiences,
+        bus,
+        natter_presence::Config {
+            subscription_ttl: Duration::from_secs(args.subscription_ttl_s),
+            ..Default::default()
+        },
+        stop.clone(),
+    )
+    .await
+    .context("starting the presence service")
+    .map_err(Failure::Runtime)?;
+    let grace = Duration::from_secs(args.drain_grace_s);
+    run_service("presence", args.listen, nats, stop, service, grace).await
 }
