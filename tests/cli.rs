@@ -390,3 +390,161 @@ async fn chat_needs_a_terminal() {
     })
     .await;
 }
+
+/// Profiles, privacy, contacts, status updates and blocks, the way a script uses them.
+#[tokio::test]
+async fn people_from_the_command_line() {
+    bounded(120, async {
+        let server = Server::start().await;
+        let (a, b) = (Terminal::new(&server), Terminal::new(&server));
+        let ann = a.sign_up("ann").await;
+        let bo = b.sign_up("bo").await;
+
+        // Profiles: ann sets hers; bo sees it; hiding "about" hides it from bo.
+        let mine = a
+            .json(&["profile", "set", "--name", "Ann A.", "--about", "hi there"])
+            .await;
+        assert_eq!(mine[0]["display_name"], "Ann A.");
+        assert_eq!(mine[0]["username"], ann.as_str());
+        let seen = b.json(&["profile", "show", &format!("@{ann}")]).await;
+        assert_eq!(seen[0]["display_name"], "Ann A.", "{seen:?}");
+        assert_eq!(seen[0]["about"], "hi there", "{seen:?}");
+        let privacy = a.json(&["privacy", "set", "--about", "nobody"]).await;
+        assert_eq!(privacy[0]["about"], "nobody");
+        assert_eq!(privacy[0]["last_seen"], "everyone");
+        assert_eq!(a.json(&["privacy"]).await, privacy);
+        let seen = b.json(&["profile", "show", &ann]).await;
+        assert_eq!(seen[0]["about"], "", "{seen:?}");
+        let text = a.ok(&["profile"]).await;
+        assert!(text.contains("about: hi there"), "her own, whole: {text}");
+        // Nothing to change is bad usage; an unknown value is clap's.
+        assert_eq!(a.run(&["profile", "set"]).await.status.code(), Some(2));
+        assert_eq!(
+            a.run(&["privacy", "set", "--online", "friends"])
+                .await
+                .status
+                .code(),
+            Some(2)
+        );
+
+        // Contacts, both ways (status updates are for mutual contacts).
+        let added = a
+            .json(&["contacts", "add", &format!("@{bo}"), "--name", "Bobby"])
+            .await;
+        assert_eq!(added[0]["username"], bo.as_str());
+        assert_eq!(added[0]["name"], "Bobby");
+        b.ok(&["contacts", "add", &ann]).await;
+        let listed = a.ok(&["contacts"]).await;
+        assert!(listed.contains(&format!("{bo} (user ")), "{listed}");
+        assert!(listed.contains("\"Bobby\""), "{listed}");
+
+        // Status: ann posts, bo sees and views it, ann sees who viewed it, then deletes it.
+        let posted = a.json(&["status", "post", "at the beach"]).await;
+        let status_id = posted[0]["status_id"].as_str().expect("an id").to_owned();
+        let list = b.json(&["status", "list"]).await;
+        assert!(
+            list.iter()
+                .any(|s| s["status_id"] == status_id.as_str() && s["username"] == ann.as_str()),
+            "{list:?}"
+        );
+        b.ok(&["status", "view", &status_id]).await;
+        let mine = a.json(&["status", "mine"]).await;
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        assert_eq!(mine[0]["view_count"], 1, "{mine:?}");
+        let viewers = a.ok(&["status", "viewers", &status_id]).await;
+        assert!(viewers.starts_with(&format!("{bo} at ")), "{viewers}");
+        a.ok(&["status", "delete", &status_id]).await;
+        assert!(a.json(&["status", "mine"]).await.is_empty());
+
+        // Blocks: what bo sends while blocked is never shown to ann.
+        assert_eq!(
+            a.ok(&["block", &format!("@{bo}")]).await.trim(),
+            format!("blocked {bo}")
+        );
+        let blocked = a.json(&["blocked"]).await;
+        assert_eq!(blocked.len(), 1, "{blocked:?}");
+        assert_eq!(blocked[0]["username"], bo.as_str());
+        b.ok(&["send", &format!("@{ann}"), "while blocked"]).await;
+        a.ok(&["unblock", &bo]).await;
+        assert!(a.json(&["blocked"]).await.is_empty());
+        b.ok(&["send", &format!("@{ann}"), "after unblock"]).await;
+        let got = a.json(&["listen", "--count", "1", "--for", "20s"]).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["text"], "after unblock", "{got:?}");
+        let hist = a.json(&["history", &format!("@{bo}")]).await;
+        let texts: Vec<&str> = hist.iter().filter_map(|m| m["text"].as_str()).collect();
+        assert_eq!(texts, ["after unblock"]);
+
+        a.ok(&["contacts", "remove", &bo]).await;
+        assert!(a.json(&["contacts"]).await.is_empty());
+        // An unknown user: refused with the server's code, exit 3.
+        let out = a.run(&["profile", "show", "@nobody_at_all_here"]).await;
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+    })
+    .await;
+}
+
+/// `presence`: one snapshot, and with --watch every change (ann comes online, then goes).
+#[tokio::test]
+async fn presence_from_the_command_line() {
+    bounded(120, async {
+        let server = Server::start().await;
+        let (a, b) = (Terminal::new(&server), Terminal::new(&server));
+        let ann = a.sign_up("ann").await;
+        let bo = b.sign_up("bo").await;
+
+        let once = b.json(&["presence", &format!("@{ann}")]).await;
+        assert_eq!(once.len(), 1, "{once:?}");
+        assert_eq!(once[0]["username"], ann.as_str());
+        assert!(
+            ["online", "offline"].contains(&once[0]["state"].as_str().unwrap_or("")),
+            "{once:?}"
+        );
+
+        let mut watch = b
+            .command(&["--json", "presence", &ann, "--watch", "--for", "60s"])
+            .spawn()
+            .expect("presence starts");
+        let stdout = watch.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut next = async || -> Value {
+            let line = tokio::time::timeout_at(deadline, lines.next_line()).await;
+            match line {
+                Ok(Ok(Some(l))) => {
+                    serde_json::from_str(&l).unwrap_or_else(|e| panic!("{l:?}: {e}"))
+                }
+                other => panic!("presence --watch ended or timed out: {other:?}"),
+            }
+        };
+        // The snapshot first: bo is subscribed from here on.
+        let mut seen = vec![next().await];
+        // Ann holds a connection for a few seconds.
+        let listen = a
+            .command(&["listen", "--for", "4s"])
+            .spawn()
+            .expect("listen starts");
+        let mut online = seen[0]["state"] == "online";
+        loop {
+            let v = seen.last().cloned().expect("a line");
+            if online && v["state"] == "offline" {
+                assert!(v["last_seen_ms"].as_u64().unwrap_or(0) > 0, "{seen:?}");
+                break;
+            }
+            if v["state"] == "online" {
+                online = true;
+            }
+            seen.push(next().await);
+        }
+        let _ = watch.start_kill();
+        let _ = watch.wait().await;
+        drop(listen);
+
+        // Blocked by ann, bo sees nothing of her presence.
+        a.ok(&["block", &format!("@{bo}")]).await;
+        let hidden = b.json(&["presence", &ann]).await;
+        assert_eq!(hidden[0]["state"], "hidden", "{hidden:?}");
+        assert_eq!(hidden[0]["last_seen_ms"], 0, "{hidden:?}");
+    })
+    .await;
+}

@@ -2,8 +2,12 @@
 //! press, a server event, a tick or the result of an earlier [`Action`], updates the state
 //! and says what the I/O loop (`tui.rs`) should do next. Nothing here touches the
 //! terminal, the network or the clock, so every behaviour is unit-tested below.
+//!
+//! Besides messages it keeps what the header and footer of a conversation show: the
+//! peer's presence in a one-to-one conversation (subscribed to when it is first shown)
+//! and who is typing or recording, until the `expires_in_ms` of their last indicator.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use natter_client::{
@@ -13,8 +17,11 @@ use natter_client::{
 
 use crate::render::{self, Names};
 
-/// How long a typing indicator stays without a refresh from its sender.
+/// How long a typing indicator stays without a refresh from its sender, when the
+/// server does not say (`TypingEvent.expires_in_ms` 0).
 pub const TYPING_TTL_MS: u64 = 5_000;
+/// After a presence subscription failed, ask again no sooner than this.
+pub const PRESENCE_RETRY_MS: u64 = 30_000;
 /// How often we tell the other side we are still typing.
 pub const TYPING_RESEND_MS: u64 = 3_000;
 /// Messages per history page.
@@ -65,6 +72,12 @@ pub enum AppEvent {
         user: u64,
         name: String,
     },
+    /// Subscribing to the presence of `users` failed (shown on the status line; asked
+    /// again after [`PRESENCE_RETRY_MS`] when their conversation is shown).
+    PresenceFailed {
+        users: Vec<u64>,
+        error: String,
+    },
     /// A failed action, shown on the status line.
     Error(String),
 }
@@ -99,7 +112,19 @@ pub enum Action {
         name: String,
         members: Vec<String>,
     },
+    /// Start getting these users' presence (the client renews it by itself); the
+    /// snapshot comes back as `Event::Presence` events.
+    SubscribePresence {
+        users: Vec<u64>,
+    },
     Quit,
+}
+
+/// Someone is typing or recording, until `until_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Indicator {
+    pub until_ms: u64,
+    pub state: v1::ChatState,
 }
 
 /// Where one of our own messages is.
@@ -151,10 +176,13 @@ pub struct Conversation {
     /// The other user's cursors (one-to-one conversations only).
     pub peer_delivered: u64,
     pub peer_read: u64,
-    /// Who is typing, until when (ms).
-    pub typing: BTreeMap<u64, u64>,
+    /// Who is typing or recording, and until when.
+    pub typing: BTreeMap<u64, Indicator>,
     /// Older messages exist on the server.
     pub more: bool,
+    /// The oldest seq loaded, withheld placeholders included (which are not shown):
+    /// where the next older page starts. 0: none yet.
+    pub oldest_loaded: u64,
     pub loading: bool,
     /// Lines scrolled up from the bottom.
     pub scroll: usize,
@@ -174,6 +202,7 @@ impl Conversation {
             peer_read: 0,
             typing: BTreeMap::new(),
             more: true,
+            oldest_loaded: 0,
             loading: false,
             scroll: 0,
             read_sent: 0,
@@ -184,11 +213,29 @@ impl Conversation {
         self.id.group_id().is_some()
     }
 
+    /// The other user of a one-to-one conversation (`None`: a group, or a note to self).
+    pub fn peer(&self, me: u64) -> Option<u64> {
+        let [a, b] = self.id.direct_members()?;
+        let peer = if a.get() == me { b.get() } else { a.get() };
+        (peer != me).then_some(peer)
+    }
+
     /// The newest message, pending ones included.
     pub fn last(&self) -> Option<&ChatMessage> {
         self.pending
             .last()
             .or_else(|| self.messages.values().next_back())
+    }
+
+    /// The oldest seq known here (shown, or a withheld placeholder): the next older
+    /// history page ends before it. 0: nothing loaded.
+    pub fn oldest_seq(&self) -> u64 {
+        let shown = self.messages.keys().next().copied().unwrap_or(0);
+        match (self.oldest_loaded, shown) {
+            (0, s) => s,
+            (o, 0) => o,
+            (o, s) => o.min(s),
+        }
     }
 
     fn last_seq(&self) -> u64 {
@@ -252,6 +299,12 @@ pub struct App {
     next_local_id: u64,
     /// When we last sent Typing(active), per conversation.
     typing_sent: HashMap<ConversationId, u64>,
+    /// The latest presence of users, as far as we may see it.
+    pub presence: HashMap<u64, v1::UserPresence>,
+    /// Users whose presence we subscribed to (or are subscribing to).
+    presence_subscribed: BTreeSet<u64>,
+    /// Users whose subscription failed: not asked again before this time (ms).
+    presence_retry_at: HashMap<u64, u64>,
 }
 
 impl Names for App {
@@ -279,6 +332,9 @@ impl App {
             ascii: false,
             next_local_id: 1,
             typing_sent: HashMap::new(),
+            presence: HashMap::new(),
+            presence_subscribed: BTreeSet::new(),
+            presence_retry_at: HashMap::new(),
         }
     }
 
@@ -346,7 +402,7 @@ impl App {
             AppEvent::Tick { now_ms } => {
                 self.now_ms = now_ms;
                 for c in &mut self.conversations {
-                    c.typing.retain(|_, until| *until > now_ms);
+                    c.typing.retain(|_, t| t.until_ms > now_ms);
                 }
             }
             AppEvent::Resize { width, height } => self.size = (width, height),
@@ -371,7 +427,14 @@ impl App {
                 let c = &mut self.conversations[i];
                 c.loading = false;
                 c.more = more;
-                for m in messages {
+                if let Some(oldest) = messages.iter().map(|m| m.seq).filter(|s| *s > 0).min() {
+                    c.oldest_loaded = match c.oldest_loaded {
+                        0 => oldest,
+                        o => o.min(oldest),
+                    };
+                }
+                // Withheld placeholders (sent while we blocked their sender) show nothing.
+                for m in messages.into_iter().filter(|m| !m.withheld) {
                     let cm = self.chat_message(&m);
                     self.learn_group_title(&conversation, &m);
                     self.conversations[i].messages.insert(m.seq, cm);
@@ -400,10 +463,48 @@ impl App {
                     }
                 }
             }
+            AppEvent::PresenceFailed { users, error } => {
+                for u in users {
+                    self.presence_subscribed.remove(&u);
+                    self.presence_retry_at
+                        .insert(u, self.now_ms + PRESENCE_RETRY_MS);
+                }
+                self.status = format!("presence: {error}");
+            }
             AppEvent::Error(e) => self.status = e,
         }
         self.mark_read(&mut actions);
+        self.watch_presence(&mut actions);
         actions
+    }
+
+    /// The shown conversation's peer: subscribe to their presence if we do not yet.
+    fn watch_presence(&mut self, actions: &mut Vec<Action>) {
+        let Some(peer) = self.selected_conversation().and_then(|c| c.peer(self.me)) else {
+            return;
+        };
+        if self.presence_subscribed.contains(&peer)
+            || self
+                .presence_retry_at
+                .get(&peer)
+                .is_some_and(|t| *t > self.now_ms)
+        {
+            return;
+        }
+        self.presence_subscribed.insert(peer);
+        self.presence_retry_at.remove(&peer);
+        actions.push(Action::SubscribePresence { users: vec![peer] });
+    }
+
+    /// "online" or "last seen 14:05" for the peer of the shown one-to-one conversation;
+    /// `None` when nothing may be seen (or nothing is known yet).
+    pub fn presence_line(&self) -> Option<String> {
+        let peer = self.selected_conversation()?.peer(self.me)?;
+        let p = self.presence.get(&peer)?;
+        match p.state() {
+            v1::PresenceState::Unspecified => None,
+            _ => Some(render::presence_text(p, self.now_ms)),
+        }
     }
 
     fn chat_message(&self, m: &v1::Message) -> ChatMessage {
@@ -438,6 +539,8 @@ impl App {
 
     fn on_server(&mut self, ev: Event, actions: &mut Vec<Action>) {
         match ev {
+            // The client hands out no withheld placeholder; this is belt and braces.
+            Event::Message(m) if m.withheld => {}
             Event::Message(m) => {
                 let Ok(id) = m.conversation_id.parse::<ConversationId>() else {
                     return;
@@ -481,11 +584,24 @@ impl App {
                 let Ok(id) = t.conversation_id.parse::<ConversationId>() else {
                     return;
                 };
-                let until = self.now_ms + TYPING_TTL_MS;
+                let ttl = match t.expires_in_ms {
+                    0 => TYPING_TTL_MS,
+                    ms => u64::from(ms),
+                };
+                let state = match t.state() {
+                    v1::ChatState::Recording => v1::ChatState::Recording,
+                    _ => v1::ChatState::Typing,
+                };
                 if let Some(i) = self.index(&id) {
                     let c = &mut self.conversations[i];
                     if t.active {
-                        c.typing.insert(t.user_id, until);
+                        c.typing.insert(
+                            t.user_id,
+                            Indicator {
+                                until_ms: self.now_ms + ttl,
+                                state,
+                            },
+                        );
                     } else {
                         c.typing.remove(&t.user_id);
                     }
@@ -503,6 +619,8 @@ impl App {
                     self.user_name(j.user_id)
                 );
             }
+            // A typing indicator sent too fast was dropped: nothing the user must know.
+            Event::Error { error, .. } if error.code == v1::ErrorCode::RateLimited as i32 => {}
             Event::Error { error, .. } => self.status = format!("server: {}", error.message),
             Event::Closed { code, reason } => {
                 self.connected = false;
@@ -515,6 +633,9 @@ impl App {
             Event::Reconnected(_) => {
                 self.connected = true;
                 self.status = "reconnected".into();
+            }
+            Event::Presence(p) => {
+                self.presence.insert(p.user_id, p);
             }
         }
     }
@@ -616,7 +737,7 @@ impl App {
         let c = &mut self.conversations[i];
         c.scroll += PAGE_LINES;
         // Near the top of what is loaded: fetch the page before it.
-        let oldest = c.messages.keys().next().copied().unwrap_or(0);
+        let oldest = c.oldest_seq();
         if c.more && !c.loading && oldest > 1 && c.scroll + PAGE_LINES >= c.messages.len() {
             c.loading = true;
             actions.push(Action::LoadHistory {
@@ -729,20 +850,28 @@ impl App {
         }
     }
 
-    /// "bo is typing…" for the selected conversation.
+    /// "bo is typing…", "bo is recording…", "bo, cy are typing…" for the selected
+    /// conversation.
     pub fn typing_line(&self) -> Option<String> {
         let c = self.selected_conversation()?;
-        let who: Vec<String> = c
-            .typing
-            .iter()
-            .filter(|(_, until)| **until > self.now_ms)
-            .map(|(u, _)| self.user_name(*u))
-            .collect();
-        match who.as_slice() {
-            [] => None,
-            [one] => Some(format!("{one} is typing…")),
-            many => Some(format!("{} are typing…", many.join(", "))),
+        let mut parts = Vec::new();
+        for (state, verb) in [
+            (v1::ChatState::Typing, "typing"),
+            (v1::ChatState::Recording, "recording"),
+        ] {
+            let who: Vec<String> = c
+                .typing
+                .iter()
+                .filter(|(_, t)| t.until_ms > self.now_ms && t.state == state)
+                .map(|(u, _)| self.user_name(*u))
+                .collect();
+            match who.as_slice() {
+                [] => {}
+                [one] => parts.push(format!("{one} is {verb}…")),
+                many => parts.push(format!("{} are {verb}…", many.join(", "))),
+            }
         }
+        (!parts.is_empty()).then(|| parts.join(" "))
     }
 }
 
@@ -772,6 +901,16 @@ pub fn day_label(ms: u64) -> String {
     let wd = DAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)];
     let mon = MONTHS[(m as usize).saturating_sub(1) % 12];
     format!("{wd} {d} {mon} {y}")
+}
+
+/// When something happened, for a reader at `now_ms`: "14:05" today, else
+/// "Sun 29 Nov 2026 14:05" (UTC).
+pub fn when(ms: u64, now_ms: u64) -> String {
+    if ms / 86_400_000 == now_ms / 86_400_000 {
+        clock(ms)
+    } else {
+        format!("{} {}", day_label(ms), clock(ms))
+    }
 }
 
 /// "14:05" (UTC).
@@ -904,16 +1043,20 @@ pub mod tests {
             conversation: with_bo.clone(),
             up_to: 2
         }));
-        // Switch: the unread count resets and a read receipt goes out.
+        // Switch: the unread count resets and a read receipt goes out (and, shown for
+        // the first time, cy's presence is asked for).
         let acts = a.on_event(key(KeyCode::Tab));
         assert_eq!(a.selected.as_ref(), Some(&with_cy));
         assert_eq!(a.conversation(&with_cy).unwrap().unread, 0);
         assert_eq!(
             acts,
-            vec![Action::MarkRead {
-                conversation: with_cy.clone(),
-                up_to: 2
-            }]
+            vec![
+                Action::MarkRead {
+                    conversation: with_cy.clone(),
+                    up_to: 2
+                },
+                Action::SubscribePresence { users: vec![CY] }
+            ]
         );
         a.on_event(key(KeyCode::Up));
         assert_eq!(a.selected.as_ref(), Some(&with_bo));
@@ -999,6 +1142,201 @@ pub mod tests {
         })));
         a.on_event(AppEvent::Server(Event::Message(msg(&c, 1, BO, T0, "done"))));
         assert_eq!(a.typing_line(), None);
+    }
+
+    fn typing(conv: &ConversationId, user: u64, state: v1::ChatState, ms: u32) -> AppEvent {
+        AppEvent::Server(Event::Typing(v1::TypingEvent {
+            conversation_id: conv.to_string(),
+            user_id: user,
+            active: true,
+            state: state as i32,
+            expires_in_ms: ms,
+        }))
+    }
+
+    #[test]
+    fn indicators_say_what_and_last_as_long_as_the_server_says() {
+        let mut a = app();
+        let g: ConversationId = "g.77".parse().unwrap();
+        history(&mut a, &g, vec![]);
+        a.on_event(typing(&g, BO, v1::ChatState::Recording, 8_000));
+        assert_eq!(a.typing_line().as_deref(), Some("bo is recording…"));
+        a.on_event(typing(&g, CY, v1::ChatState::Typing, 2_000));
+        assert_eq!(
+            a.typing_line().as_deref(),
+            Some("cy is typing… bo is recording…")
+        );
+        // cy's indicator runs out after its 2 s, bo's after 8 s (not the default 5 s).
+        a.on_event(AppEvent::Tick { now_ms: T0 + 2_001 });
+        assert_eq!(a.typing_line().as_deref(), Some("bo is recording…"));
+        a.on_event(AppEvent::Tick {
+            now_ms: T0 + TYPING_TTL_MS + 1,
+        });
+        assert_eq!(a.typing_line().as_deref(), Some("bo is recording…"));
+        a.on_event(AppEvent::Tick { now_ms: T0 + 8_001 });
+        assert_eq!(a.typing_line(), None);
+        // Two typing at once; UNSPECIFIED counts as typing.
+        a.on_event(typing(&g, BO, v1::ChatState::Unspecified, 0));
+        a.on_event(typing(&g, CY, v1::ChatState::Typing, 0));
+        assert_eq!(a.typing_line().as_deref(), Some("bo, cy are typing…"));
+        // Inactive clears it at once.
+        a.on_event(AppEvent::Server(Event::Typing(v1::TypingEvent {
+            conversation_id: g.to_string(),
+            user_id: BO,
+            active: false,
+            ..Default::default()
+        })));
+        assert_eq!(a.typing_line().as_deref(), Some("cy is typing…"));
+    }
+
+    #[test]
+    fn showing_a_direct_conversation_subscribes_to_the_peer_once() {
+        let mut a = app();
+        let with_bo = dm(ME, BO);
+        let with_cy = dm(ME, CY);
+        let g: ConversationId = "g.77".parse().unwrap();
+        let acts = a.on_event(AppEvent::History {
+            conversation: with_bo.clone(),
+            messages: vec![],
+            more: false,
+        });
+        assert_eq!(acts, vec![Action::SubscribePresence { users: vec![BO] }]);
+        history(&mut a, &with_cy, vec![]);
+        history(&mut a, &g, vec![]);
+        // Only the shown conversation's peer; nothing for a group; once per peer.
+        assert!(a.on_event(AppEvent::Tick { now_ms: T0 }).is_empty());
+        let acts = a.on_event(key(KeyCode::Tab));
+        let subs: Vec<&Action> = acts
+            .iter()
+            .filter(|x| matches!(x, Action::SubscribePresence { .. }))
+            .collect();
+        assert_eq!(a.selected.as_ref(), Some(&with_cy), "{acts:?}");
+        assert_eq!(subs, [&Action::SubscribePresence { users: vec![CY] }]);
+        a.on_event(key(KeyCode::Tab));
+        assert_eq!(a.selected.as_ref(), Some(&g));
+        let acts = a.on_event(key(KeyCode::Tab));
+        assert!(
+            !acts
+                .iter()
+                .any(|x| matches!(x, Action::SubscribePresence { .. })),
+            "{acts:?}"
+        );
+    }
+
+    #[test]
+    fn the_header_shows_the_peers_presence() {
+        let mut a = app();
+        let c = dm(ME, BO);
+        history(&mut a, &c, vec![]);
+        assert_eq!(a.presence_line(), None, "nothing known yet");
+        let presence = |state: v1::PresenceState, last_seen_ms| {
+            AppEvent::Server(Event::Presence(v1::UserPresence {
+                user_id: BO,
+                state: state as i32,
+                last_seen_ms,
+            }))
+        };
+        a.on_event(presence(v1::PresenceState::Online, 0));
+        assert_eq!(a.presence_line().as_deref(), Some("online"));
+        a.on_event(presence(v1::PresenceState::Offline, T0 - 25 * 60_000));
+        assert_eq!(a.presence_line().as_deref(), Some("last seen 09:35"));
+        a.on_event(presence(v1::PresenceState::Offline, 0));
+        assert_eq!(a.presence_line().as_deref(), Some("offline"));
+        // Hidden by bo's privacy settings: nothing at all.
+        a.on_event(presence(v1::PresenceState::Unspecified, 0));
+        assert_eq!(a.presence_line(), None);
+        // Groups show none.
+        let g: ConversationId = "g.77".parse().unwrap();
+        a.on_event(AppEvent::Opened {
+            conversation: g,
+            title: None,
+            select: true,
+        });
+        assert_eq!(a.presence_line(), None);
+    }
+
+    #[test]
+    fn a_failed_subscription_is_retried_later() {
+        let mut a = app();
+        let c = dm(ME, BO);
+        history(&mut a, &c, vec![]);
+        let acts = a.on_event(AppEvent::PresenceFailed {
+            users: vec![BO],
+            error: "server refused (unknown_frame)".into(),
+        });
+        assert!(acts.is_empty(), "not at once: {acts:?}");
+        assert!(a.status.starts_with("presence: "), "{}", a.status);
+        assert!(
+            a.on_event(AppEvent::Tick {
+                now_ms: T0 + PRESENCE_RETRY_MS - 1
+            })
+            .is_empty()
+        );
+        assert_eq!(
+            a.on_event(AppEvent::Tick {
+                now_ms: T0 + PRESENCE_RETRY_MS
+            }),
+            vec![Action::SubscribePresence { users: vec![BO] }]
+        );
+    }
+
+    #[test]
+    fn withheld_placeholders_show_nothing_but_paging_passes_them() {
+        let mut a = app();
+        let c = dm(ME, BO);
+        let withheld = |seq| v1::Message {
+            conversation_id: c.to_string(),
+            seq,
+            sender_user: BO,
+            withheld: true,
+            ..Default::default()
+        };
+        a.on_event(AppEvent::History {
+            conversation: c.clone(),
+            messages: vec![withheld(40), msg(&c, 41, ME, T0, "hi"), withheld(42)],
+            more: true,
+        });
+        let conv = a.conversation(&c).unwrap();
+        assert_eq!(conv.messages.keys().copied().collect::<Vec<_>>(), [41]);
+        assert_eq!(conv.oldest_seq(), 40);
+        a.on_event(AppEvent::Server(Event::Message(withheld(43))));
+        assert_eq!(a.conversation(&c).unwrap().messages.len(), 1);
+        assert_eq!(a.conversation(&c).unwrap().unread, 0);
+        // The next page starts before the withheld 40, not before the shown 41.
+        let acts = a.on_event(key(KeyCode::PageUp));
+        assert_eq!(
+            acts,
+            vec![Action::LoadHistory {
+                conversation: c.clone(),
+                before: 40
+            }]
+        );
+        // A page of nothing but withheld placeholders still moves paging on.
+        a.on_event(AppEvent::History {
+            conversation: c.clone(),
+            messages: (30..40).map(withheld).collect(),
+            more: true,
+        });
+        assert_eq!(a.conversation(&c).unwrap().oldest_seq(), 30);
+    }
+
+    #[test]
+    fn rate_limited_indicators_are_not_news() {
+        let mut a = app();
+        a.status.clear();
+        let error = |code: v1::ErrorCode| {
+            AppEvent::Server(Event::Error {
+                id: 9,
+                error: v1::Error {
+                    code: code as i32,
+                    message: "slow down".into(),
+                },
+            })
+        };
+        a.on_event(error(v1::ErrorCode::RateLimited));
+        assert_eq!(a.status, "");
+        a.on_event(error(v1::ErrorCode::Forbidden));
+        assert_eq!(a.status, "server: slow down");
     }
 
     #[test]

@@ -129,7 +129,7 @@ async fn listen_loop(
 }
 
 /// When the access token should be renewed (never in the past: at least a second away).
-fn refresh_instant(id: &Identity) -> Instant {
+pub(crate) fn refresh_instant(id: &Identity) -> Instant {
     let left_ms = id
         .saved
         .access_expires_at_ms
@@ -143,7 +143,8 @@ pub async fn history(ctx: &Context, conversation: &str, limit: u32) -> Result<()
     let conversation = id.conversation(conversation).await?;
     let client = id.connect(false).await?;
     let page = client.history(&conversation, Seq::ZERO, limit).await?;
-    for m in &page.messages {
+    // Withheld placeholders (sent while we blocked their sender) show nothing.
+    for m in page.messages.iter().filter(|m| !m.withheld) {
         print_message(ctx, &mut id, m).await?;
     }
     Ok(())

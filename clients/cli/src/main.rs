@@ -7,6 +7,7 @@ mod chat;
 mod config;
 mod error;
 mod groups;
+mod people;
 mod render;
 mod session;
 mod tui;
@@ -82,7 +83,8 @@ enum Command {
     },
     /// Who has received and read message SEQ of a conversation.
     ReadBy { conversation: String, seq: u64 },
-    /// Chat interactively: conversation list, chat pane with ticks, typing and an input line.
+    /// Chat interactively: conversation list, chat pane with ticks, the peer's presence,
+    /// typing / recording indicators and an input line.
     ///
     /// Keys: Enter sends, Tab / Up / Down switch conversations, PageUp loads older
     /// messages, Ctrl-C quits. Commands: /new @user, /group NAME @a @b, /quit.
@@ -94,6 +96,43 @@ enum Command {
     /// Create, inspect and manage groups.
     #[command(subcommand)]
     Groups(groups::GroupsCommand),
+    /// Show a profile (default: yours) or change yours.
+    Profile {
+        #[command(subcommand)]
+        command: Option<people::ProfileCommand>,
+    },
+    /// Show or change who may see your last seen, online, photo and about.
+    Privacy {
+        #[command(subcommand)]
+        command: Option<people::PrivacyCommand>,
+    },
+    /// List, add or remove contacts.
+    Contacts {
+        #[command(subcommand)]
+        command: Option<people::ContactsCommand>,
+    },
+    /// Block a user: they can no longer message you or see your presence, photo,
+    /// about or status (they are not told).
+    Block { user: String },
+    /// Unblock a user.
+    Unblock { user: String },
+    /// The users you blocked.
+    Blocked,
+    /// Status updates: post, list your contacts', see yours and who viewed them.
+    #[command(subcommand)]
+    Status(people::StatusCommand),
+    /// Whether users are online (or when they were last seen), as their privacy settings
+    /// let you see it; --watch prints every change until Ctrl-C or --for.
+    Presence {
+        #[arg(required = true, value_name = "USER")]
+        users: Vec<String>,
+        /// Keep printing changes.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: stop after this long (e.g. 30s, 5m).
+        #[arg(long = "for", value_parser = humantime::parse_duration, requires = "watch")]
+        duration: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +190,18 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::ReadBy { conversation, seq } => chat::read_by(&ctx, &conversation, seq).await,
         Command::Groups(cmd) => groups::run(&ctx, cmd).await,
         Command::Chat { ascii } => tui::run(&ctx, ascii).await,
+        Command::Profile { command } => people::profile(&ctx, command).await,
+        Command::Privacy { command } => people::privacy(&ctx, command).await,
+        Command::Contacts { command } => people::contacts(&ctx, command).await,
+        Command::Block { user } => people::block(&ctx, &user, true).await,
+        Command::Unblock { user } => people::block(&ctx, &user, false).await,
+        Command::Blocked => people::blocked(&ctx).await,
+        Command::Status(command) => people::status(&ctx, command).await,
+        Command::Presence {
+            users,
+            watch,
+            duration,
+        } => people::presence(&ctx, &users, watch, duration).await,
     }
 }
 
@@ -176,5 +227,67 @@ fn main() -> ExitCode {
             eprintln!("natter-cli: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("natter-cli").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn people_commands_parse() {
+        assert!(matches!(
+            parse(&["profile"]).unwrap().command,
+            Command::Profile { command: None }
+        ));
+        assert!(matches!(
+            parse(&[
+                "privacy",
+                "set",
+                "--last-seen",
+                "contacts",
+                "--photo",
+                "nobody"
+            ])
+            .unwrap()
+            .command,
+            Command::Privacy {
+                command: Some(people::PrivacyCommand::Set {
+                    last_seen: Some(people::Audience::Contacts),
+                    online: None,
+                    photo: Some(people::Audience::Nobody),
+                    about: None,
+                })
+            }
+        ));
+        assert!(parse(&["privacy", "set", "--online", "friends"]).is_err());
+        assert!(matches!(
+            parse(&["status", "viewers", "17"]).unwrap().command,
+            Command::Status(people::StatusCommand::Viewers { id: 17 })
+        ));
+        assert!(parse(&["status", "viewers", "x"]).is_err());
+        assert!(parse(&["presence"]).is_err(), "needs a user");
+        assert!(
+            parse(&["presence", "@bo", "--for", "5s"]).is_err(),
+            "--for needs --watch"
+        );
+        assert!(matches!(
+            parse(&["presence", "@bo", "cy", "--watch", "--for", "5s"])
+                .unwrap()
+                .command,
+            Command::Presence { ref users, watch: true, duration: Some(d) }
+                if users.len() == 2 && d == Duration::from_secs(5)
+        ));
     }
 }

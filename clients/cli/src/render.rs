@@ -206,3 +206,232 @@ pub fn group_json(names: &impl Names, g: &v1::GroupInfo) -> Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+// ---------------------------------------------------------------------------------
+// People and presence.
+
+/// `VISIBILITY_CONTACTS` → `contacts`.
+pub fn visibility_name(v: v1::Visibility) -> &'static str {
+    match v {
+        v1::Visibility::Everyone => "everyone",
+        v1::Visibility::Contacts => "contacts",
+        v1::Visibility::Nobody => "nobody",
+        v1::Visibility::Unspecified => "unknown",
+    }
+}
+
+/// A profile as a header line (`bo (user 2)`) and one line per field that is set.
+pub fn profile_lines(p: &v1::Profile) -> Vec<String> {
+    let mut out = vec![format!("{} (user {})", p.username, p.user_id)];
+    for (label, value) in [
+        ("name", &p.display_name),
+        ("about", &p.about),
+        ("avatar", &p.avatar_media_id),
+    ] {
+        if !value.is_empty() {
+            out.push(format!("  {label}: {value}"));
+        }
+    }
+    out
+}
+
+pub fn profile_json(p: &v1::Profile) -> Value {
+    json!({
+        "user_id": p.user_id.to_string(),
+        "username": p.username,
+        "display_name": p.display_name,
+        "about": p.about,
+        "avatar_media_id": p.avatar_media_id,
+        "updated_at_ms": p.updated_at_ms,
+    })
+}
+
+pub fn privacy_lines(s: &v1::PrivacySettings) -> Vec<String> {
+    vec![
+        format!("last seen: {}", visibility_name(s.last_seen())),
+        format!("online: {}", visibility_name(s.online())),
+        format!("profile photo: {}", visibility_name(s.profile_photo())),
+        format!("about: {}", visibility_name(s.about())),
+    ]
+}
+
+pub fn privacy_json(s: &v1::PrivacySettings) -> Value {
+    json!({
+        "last_seen": visibility_name(s.last_seen()),
+        "online": visibility_name(s.online()),
+        "profile_photo": visibility_name(s.profile_photo()),
+        "about": visibility_name(s.about()),
+    })
+}
+
+/// `bo (user 2) "Bobby"`: the contact's username and the owner's name for them.
+pub fn contact_line(c: &v1::Contact) -> String {
+    let mut line = format!("{} (user {})", c.username, c.user_id);
+    if !c.name.is_empty() {
+        line.push_str(&format!(" \"{}\"", c.name));
+    }
+    if let Some(p) = &c.profile
+        && !p.display_name.is_empty()
+        && p.display_name != c.name
+    {
+        line.push_str(&format!(" [{}]", p.display_name));
+    }
+    line
+}
+
+pub fn contact_json(c: &v1::Contact) -> Value {
+    json!({
+        "user_id": c.user_id.to_string(),
+        "username": c.username,
+        "name": c.name,
+        "added_at_ms": c.added_at_ms,
+        "profile": c.profile.as_ref().map(profile_json),
+    })
+}
+
+/// `#123 10:05 text`, with the view count (own statuses) or whether it was viewed.
+pub fn status_line(s: &v1::Status, own: bool, now_ms: u64) -> String {
+    let mut line = format!(
+        "#{} {} {}",
+        s.status_id,
+        crate::app::when(s.created_at_ms, now_ms),
+        s.text
+    );
+    if !s.media_id.is_empty() {
+        line.push_str(&format!(" (media {})", s.media_id));
+    }
+    if own {
+        let n = s.view_count;
+        line.push_str(&format!(" ({n} view{})", if n == 1 { "" } else { "s" }));
+    } else if s.viewed {
+        line.push_str(" (viewed)");
+    }
+    line
+}
+
+/// One status, with its poster's username when known (others' statuses).
+pub fn status_json(s: &v1::Status, username: Option<&str>) -> Value {
+    let mut v = json!({
+        "status_id": s.status_id.to_string(),
+        "user_id": s.user_id.to_string(),
+        "text": s.text,
+        "media_id": s.media_id,
+        "created_at_ms": s.created_at_ms,
+        "expires_at_ms": s.expires_at_ms,
+        "view_count": s.view_count,
+        "viewed": s.viewed,
+    });
+    if let Some(u) = username {
+        v["username"] = json!(u);
+    }
+    v
+}
+
+/// `online`, `last seen 10:05` (`last seen Mon 30 Nov 2026 10:05` on another day),
+/// `offline` (last seen hidden) or `hidden` (nothing may be seen).
+pub fn presence_text(p: &v1::UserPresence, now_ms: u64) -> String {
+    match p.state() {
+        v1::PresenceState::Online => "online".into(),
+        v1::PresenceState::Offline if p.last_seen_ms > 0 => {
+            format!("last seen {}", crate::app::when(p.last_seen_ms, now_ms))
+        }
+        v1::PresenceState::Offline => "offline".into(),
+        v1::PresenceState::Unspecified => "hidden".into(),
+    }
+}
+
+pub fn presence_json(names: &impl Names, p: &v1::UserPresence) -> Value {
+    let state = match p.state() {
+        v1::PresenceState::Online => "online",
+        v1::PresenceState::Offline => "offline",
+        v1::PresenceState::Unspecified => "hidden",
+    };
+    json!({
+        "user_id": p.user_id.to_string(),
+        "username": names.known(p.user_id),
+        "state": state,
+        "last_seen_ms": p.last_seen_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::tests::T0;
+
+    #[test]
+    fn presence_reads_naturally() {
+        let p = |state: v1::PresenceState, last_seen_ms| v1::UserPresence {
+            user_id: 2,
+            state: state as i32,
+            last_seen_ms,
+        };
+        assert_eq!(
+            presence_text(&p(v1::PresenceState::Online, 0), T0),
+            "online"
+        );
+        assert_eq!(
+            presence_text(&p(v1::PresenceState::Offline, T0 - 3_600_000), T0),
+            "last seen 09:00"
+        );
+        assert_eq!(
+            presence_text(&p(v1::PresenceState::Offline, T0 - 86_400_000), T0),
+            "last seen Sun 29 Nov 2026 10:00"
+        );
+        assert_eq!(
+            presence_text(&p(v1::PresenceState::Offline, 0), T0),
+            "offline"
+        );
+        assert_eq!(
+            presence_text(&p(v1::PresenceState::Unspecified, 0), T0),
+            "hidden"
+        );
+    }
+
+    #[test]
+    fn people_lines() {
+        let profile = v1::Profile {
+            user_id: 2,
+            username: "bo".into(),
+            display_name: "Bo B.".into(),
+            about: String::new(),
+            avatar_media_id: "m1".into(),
+            updated_at_ms: T0,
+        };
+        assert_eq!(
+            profile_lines(&profile),
+            ["bo (user 2)", "  name: Bo B.", "  avatar: m1"]
+        );
+        let contact = v1::Contact {
+            user_id: 2,
+            username: "bo".into(),
+            name: "Bobby".into(),
+            added_at_ms: T0,
+            profile: Some(profile),
+        };
+        assert_eq!(contact_line(&contact), "bo (user 2) \"Bobby\" [Bo B.]");
+        assert_eq!(contact_json(&contact)["user_id"], "2");
+        let privacy = v1::PrivacySettings {
+            last_seen: v1::Visibility::Contacts as i32,
+            online: v1::Visibility::Everyone as i32,
+            profile_photo: v1::Visibility::Nobody as i32,
+            about: v1::Visibility::Everyone as i32,
+        };
+        assert_eq!(privacy_lines(&privacy)[0], "last seen: contacts");
+        assert_eq!(privacy_json(&privacy)["profile_photo"], "nobody");
+        let status = v1::Status {
+            status_id: 5,
+            user_id: 2,
+            text: "at the beach".into(),
+            created_at_ms: T0,
+            view_count: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            status_line(&status, true, T0),
+            "#5 10:00 at the beach (1 view)"
+        );
+        assert_eq!(status_line(&status, false, T0), "#5 10:00 at the beach");
+        assert_eq!(status_json(&status, Some("bo"))["status_id"], "5");
+    }
+}

@@ -124,17 +124,18 @@ impl Identity {
 
     /// Connects this device's WebSocket, refreshing the token once if it is refused.
     pub async fn connect(&mut self, auto_reconnect: bool) -> Result<Client, CliError> {
+        self.connect_with(client_options(auto_reconnect)).await
+    }
+
+    /// [`Identity::connect`] with other options (e.g. `auto_ack` off for a command that
+    /// reads events but must not acknowledge the messages it does not show).
+    pub async fn connect_with(&mut self, options: ClientOptions) -> Result<Client, CliError> {
         let ws = self.http.ws_url();
         let token = self.token().await?;
-        match Client::connect(&ws, &token, client_options(auto_reconnect)).await {
+        match Client::connect(&ws, &token, options.clone()).await {
             Err(ClientError::Connection(ConnectionError::Rejected { status: 401, .. })) => {
                 self.refresh().await?;
-                Ok(Client::connect(
-                    &ws,
-                    &self.saved.access_token,
-                    client_options(auto_reconnect),
-                )
-                .await?)
+                Ok(Client::connect(&ws, &self.saved.access_token, options).await?)
             }
             other => Ok(other?),
         }

@@ -382,6 +382,21 @@ fn perform(
                     Err(e) => AppEvent::Error(format!("@{username}: {e}")),
                 }
             }
+            Action::SubscribePresence { users } => {
+                let ids: Vec<UserId> = users.iter().copied().map(UserId).collect();
+                match client.subscribe_presence(&ids).await {
+                    Ok(snapshot) => {
+                        for p in snapshot.users {
+                            let _ = tx.send(AppEvent::Server(Event::Presence(p)));
+                        }
+                        return;
+                    }
+                    Err(e) => AppEvent::PresenceFailed {
+                        users,
+                        error: CliError::from(e).to_string(),
+                    },
+                }
+            }
             Action::CreateGroup { name, members } => {
                 let mut users: Vec<UserId> = Vec::new();
                 let mut id = id.lock().await;

@@ -2,7 +2,7 @@
 //! it is tested against ratatui's `TestBackend` at any size.
 //!
 //! ```text
-//! ┌chats────────┐┌bo────────────────────────────┐
+//! ┌chats────────┐┌bo · online───────────────────┐
 //! │bo        (2)││     ── Mon 30 Nov 2026 ──     │
 //! │ you: hi     ││10:00 bo: hey                  │
 //! │Trip         ││10:01 you: hi ✓✓               │
@@ -221,10 +221,19 @@ fn draw_chat(frame: &mut Frame, app: &App, area: Rect) {
     if !app.connected {
         title.push_str(" (offline)");
     }
-    let mut block = Block::bordered().title(Line::from(Span::styled(
+    let mut header = vec![Span::styled(
         title,
         Style::default().add_modifier(Modifier::BOLD),
-    )));
+    )];
+    if let Some(p) = app.presence_line() {
+        let style = if p == "online" {
+            Style::default().fg(Color::Green)
+        } else {
+            Style::default().fg(Color::DarkGray)
+        };
+        header.push(Span::styled(format!(" · {p}"), style));
+    }
+    let mut block = Block::bordered().title(Line::from(header));
     if let Some(t) = app.typing_line() {
         block = block.title_bottom(Line::from(Span::styled(
             t,
@@ -246,7 +255,7 @@ fn draw_chat(frame: &mut Frame, app: &App, area: Rect) {
             "loading…",
             Style::default().fg(Color::DarkGray),
         ));
-    } else if c.more && c.messages.keys().next().is_some_and(|s| *s > 1) {
+    } else if c.more && c.oldest_seq() > 1 {
         lines.push(Line::styled(
             if c.loading {
                 "loading older messages…"
@@ -460,6 +469,34 @@ mod tests {
         ));
         let s = screen(&render(&a, 80, 24));
         assert!(s.contains("you: see you …"), "{s}");
+    }
+
+    #[test]
+    fn header_shows_presence_and_footer_recording() {
+        let mut a = chatting();
+        let c = dm(ME, BO);
+        a.on_event(AppEvent::Server(Event::Presence(v1::UserPresence {
+            user_id: BO,
+            state: v1::PresenceState::Online as i32,
+            last_seen_ms: 0,
+        })));
+        a.on_event(AppEvent::Server(Event::Typing(v1::TypingEvent {
+            conversation_id: c.to_string(),
+            user_id: BO,
+            active: true,
+            state: v1::ChatState::Recording as i32,
+            expires_in_ms: 6_000,
+        })));
+        let s = screen(&render(&a, 80, 24));
+        assert!(s.contains("bo · online"), "{s}");
+        assert!(s.contains("bo is recording…"), "{s}");
+        a.on_event(AppEvent::Server(Event::Presence(v1::UserPresence {
+            user_id: BO,
+            state: v1::PresenceState::Offline as i32,
+            last_seen_ms: T0 + 125_000,
+        })));
+        let s = screen(&render(&a, 80, 24));
+        assert!(s.contains("bo · last seen 10:02"), "{s}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ use crate::{
     connection::{self, ABNORMAL_CLOSE, Connection, Incoming, WsStream},
     error::{ClientError, ConnectionError, error_code},
     inbox::{Inbox, Origin},
+    presence::{self, Subscriptions},
 };
 
 /// Frames queued for one connection's writer.
@@ -159,6 +160,10 @@ pub enum Event {
     Typing(v1::TypingEvent),
     /// Someone asked to join a group this user administers (join approval is on).
     JoinRequested(v1::GroupJoinRequested),
+    /// A user's presence changed: pushed by the server for users this user subscribed
+    /// to (from any of its devices), or found changed by a renewal of this device's
+    /// subscriptions (e.g. after a reconnect). See [`Client::subscribe_presence`].
+    Presence(v1::UserPresence),
     /// An Error frame that answers no pending request (e.g. a refused `Received`).
     Error {
         id: u64,
@@ -171,6 +176,33 @@ pub enum Event {
     },
     /// A new connection is up (after [`Client::reconnect`] or an automatic reconnect).
     Reconnected(v1::Welcome),
+}
+
+/// What the dispatcher queues for [`Client::recv`], in arrival order.
+#[derive(Debug)]
+enum Queued {
+    Event(Event),
+    /// A withheld message's place (`Message.withheld`): never handed out, but acked like
+    /// a message once `recv` gets this far, so receipts never run ahead of the events the
+    /// application has taken.
+    Skip {
+        conversation_id: String,
+        seq: u64,
+    },
+}
+
+/// Turns messages the inbox let out into queue entries: withheld ones become skips.
+fn queue_messages(out: Vec<v1::Message>) -> impl Iterator<Item = Queued> {
+    out.into_iter().map(|m| {
+        if m.withheld {
+            Queued::Skip {
+                conversation_id: m.conversation_id,
+                seq: m.seq,
+            }
+        } else {
+            Queued::Event(Event::Message(m))
+        }
+    })
 }
 
 #[derive(Debug)]
@@ -238,7 +270,14 @@ struct Shared {
     acks: Mutex<AckState>,
     ack_notify: Notify,
     incoming: mpsc::Sender<FromReader>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Queued>,
+    /// This device's presence subscriptions, renewed by `presence_renewer`.
+    presence: Mutex<Subscriptions>,
+    /// Held by whoever sends PresenceSubscribe frames, so a renewal cannot revive a
+    /// subscription an unsubscribe is ending.
+    presence_ops: tokio::sync::Mutex<()>,
+    /// Wakes `presence_renewer` when the renewal time may have moved.
+    presence_notify: Notify,
     gap_sync_running: AtomicBool,
     shut: AtomicBool,
     welcome: Mutex<v1::Welcome>,
@@ -271,6 +310,16 @@ fn unexpected(body: SBody) -> ClientError {
 pub fn new_client_msg_id() -> String {
     let v: u128 = rand::rng().random();
     format!("{v:032x}")
+}
+
+/// Ids in order of first appearance, once each.
+fn dedup(users: &[UserId]) -> Vec<u64> {
+    let mut seen = std::collections::HashSet::with_capacity(users.len());
+    users
+        .iter()
+        .map(|u| u.get())
+        .filter(|u| seen.insert(*u))
+        .collect()
 }
 
 struct Backoff(Duration);
@@ -376,7 +425,12 @@ impl Shared {
         self.ack_notify.notify_one();
         if !first {
             self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-            let _ = self.events.try_send(Event::Reconnected(welcome));
+            let _ = self
+                .events
+                .try_send(Queued::Event(Event::Reconnected(welcome)));
+            // The new connection's server may know none of our presence subscriptions.
+            lock(&self.presence).renew_now(Instant::now());
+            self.presence_notify.notify_one();
         }
     }
 
@@ -564,6 +618,57 @@ impl Shared {
         Ok(())
     }
 
+    /// One PresenceSubscribe frame (at most [`presence::MAX_PER_FRAME`] ids) and its
+    /// snapshot, retried within `request_timeout` while the server is unreachable.
+    async fn presence_frame(
+        self: &Arc<Self>,
+        user_ids: &[u64],
+        unsubscribe: bool,
+        may_connect: bool,
+    ) -> Result<v1::PresenceSnapshot, ClientError> {
+        let timeout = self.opts.request_timeout;
+        let body = self
+            .request_until(Instant::now() + timeout, timeout, may_connect, || {
+                (
+                    CBody::PresenceSubscribe(v1::PresenceSubscribe {
+                        user_ids: user_ids.to_vec(),
+                        unsubscribe,
+                    }),
+                    PendingKind::Other,
+                )
+            })
+            .await?;
+        match body {
+            SBody::PresenceSnapshot(s) => Ok(*s),
+            SBody::Error(e) => Err(ClientError::from_frame(&e)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Renews every presence subscription of this device, frame by frame; presence that
+    /// changed since it was last seen becomes events. Callers hold `presence_ops`.
+    async fn renew_presence(self: &Arc<Self>) -> Result<(), ClientError> {
+        let frames = lock(&self.presence).renewal_frames();
+        let mut ttl_s = 0;
+        for ids in frames {
+            let snapshot = self.presence_frame(&ids, false, false).await?;
+            ttl_s = snapshot.subscription_ttl_s;
+            let changed: Vec<v1::UserPresence> = {
+                let mut subs = lock(&self.presence);
+                snapshot
+                    .users
+                    .into_iter()
+                    .filter(|p| subs.observe(p))
+                    .collect()
+            };
+            for p in changed {
+                self.try_emit(Event::Presence(p));
+            }
+        }
+        lock(&self.presence).renewed(ttl_s, Instant::now());
+        Ok(())
+    }
+
     fn want_ack(&self, conversation: &str, seq: u64) {
         {
             let mut acks = lock(&self.acks);
@@ -610,15 +715,15 @@ impl Shared {
     }
 
     async fn emit_messages(&self, out: Vec<v1::Message>) {
-        for m in out {
-            if self.events.send(Event::Message(m)).await.is_err() {
+        for q in queue_messages(out) {
+            if self.events.send(q).await.is_err() {
                 return;
             }
         }
     }
 
     fn try_emit(&self, event: Event) {
-        if let Err(e) = self.events.try_send(event) {
+        if let Err(e) = self.events.try_send(Queued::Event(event)) {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %e, "event queue full: dropped a receipt, typing or error event");
         }
@@ -666,8 +771,7 @@ impl Shared {
                         body: s.body.clone(),
                         reply_to_seq: s.reply_to_seq,
                         created_at_ms: ack.created_at_ms,
-                        event: None,
-                        withheld: false,
+                        ..Default::default()
                     };
                     gap = self.deliver(vec![own], Origin::Live).await;
                 }
@@ -677,8 +781,11 @@ impl Shared {
             SBody::Receipt(r) => self.try_emit(Event::Receipt(r)),
             SBody::Typing(t) => self.try_emit(Event::Typing(t)),
             SBody::JoinRequested(j) => self.try_emit(Event::JoinRequested(j)),
-            // Presence pushes reach the app once the client subscribes to presence.
-            SBody::Welcome(_) | SBody::Presence(_) => {}
+            SBody::Presence(p) => {
+                lock(&self.presence).observe(&p);
+                self.try_emit(Event::Presence(p));
+            }
+            SBody::Welcome(_) => {}
             SBody::Error(e) => {
                 if !self.complete(id, SBody::Error(e.clone())) {
                     self.try_emit(Event::Error { id, error: e });
@@ -712,7 +819,10 @@ impl Shared {
             slot.terminal.is_some()
         };
         self.fail_pending(|p| p.generation <= generation);
-        let _ = self.events.send(Event::Closed { code, reason }).await;
+        let _ = self
+            .events
+            .send(Queued::Event(Event::Closed { code, reason }))
+            .await;
         if self.opts.auto_reconnect && !terminal {
             let me = self.clone();
             tokio::spawn(async move { me.reconnect_loop().await });
@@ -877,6 +987,32 @@ async fn dispatcher(shared: Arc<Shared>, mut rx: mpsc::Receiver<FromReader>) {
     }
 }
 
+/// Renews this device's presence subscriptions when they are due: every
+/// `subscription_ttl_s / 2`, and at once after a reconnect. Renewals never open a
+/// connection themselves; a failed one is tried again a few seconds later.
+async fn presence_renewer(shared: Arc<Shared>) {
+    loop {
+        let next = lock(&shared.presence).next_renewal();
+        tokio::select! {
+            () = shared.presence_notify.notified() => continue,
+            () = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let _ops = shared.presence_ops.lock().await;
+        if !lock(&shared.presence).due(Instant::now()) {
+            continue;
+        }
+        if let Err(e) = shared.renew_presence().await {
+            tracing::debug!(error = %e, "renewing presence subscriptions failed");
+            lock(&shared.presence).renewal_failed(Instant::now());
+        }
+    }
+}
+
 async fn acker(shared: Arc<Shared>) {
     loop {
         shared.ack_notify.notified().await;
@@ -914,7 +1050,7 @@ async fn acker(shared: Arc<Shared>) {
 #[derive(Debug)]
 pub struct Client {
     shared: Arc<Shared>,
-    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    events: tokio::sync::Mutex<mpsc::Receiver<Queued>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -951,6 +1087,9 @@ impl Client {
             ack_notify: Notify::new(),
             incoming: incoming_tx,
             events: events_tx,
+            presence: Mutex::new(Subscriptions::default()),
+            presence_ops: tokio::sync::Mutex::new(()),
+            presence_notify: Notify::new(),
             gap_sync_running: AtomicBool::new(false),
             shut: AtomicBool::new(false),
             welcome: Mutex::new(welcome.clone()),
@@ -959,6 +1098,7 @@ impl Client {
         let tasks = vec![
             tokio::spawn(dispatcher(shared.clone(), incoming_rx)),
             tokio::spawn(acker(shared.clone())),
+            tokio::spawn(presence_renewer(shared.clone())),
         ];
         shared.install(conn, welcome, true);
         Ok(Client {
@@ -993,9 +1133,13 @@ impl Client {
 
     /// The next event; `None` only once the client is shut down.
     pub async fn recv(&self) -> Option<Event> {
-        let ev = self.events.lock().await.recv().await;
-        self.after_recv(ev.as_ref());
-        ev
+        let mut events = self.events.lock().await;
+        loop {
+            let q = events.recv().await?;
+            if let Some(ev) = self.take(q) {
+                return Some(ev);
+            }
+        }
     }
 
     /// The next event, or `None` if none arrives within `timeout`.
@@ -1008,16 +1152,37 @@ impl Client {
 
     /// An event if one is queued.
     pub fn try_recv(&self) -> Option<Event> {
-        let ev = self.events.try_lock().ok()?.try_recv().ok();
-        self.after_recv(ev.as_ref());
-        ev
+        let mut events = self.events.try_lock().ok()?;
+        loop {
+            let q = events.try_recv().ok()?;
+            if let Some(ev) = self.take(q) {
+                return Some(ev);
+            }
+        }
     }
 
-    fn after_recv(&self, ev: Option<&Event>) {
-        if let Some(Event::Message(m)) = ev
-            && self.shared.opts.auto_ack
-        {
-            self.shared.want_ack(&m.conversation_id, m.seq);
+    /// Acks what the application takes (and withheld messages it passes), and unwraps
+    /// the event, if any.
+    fn take(&self, q: Queued) -> Option<Event> {
+        let auto_ack = self.shared.opts.auto_ack;
+        match q {
+            Queued::Event(ev) => {
+                if let Event::Message(m) = &ev
+                    && auto_ack
+                {
+                    self.shared.want_ack(&m.conversation_id, m.seq);
+                }
+                Some(ev)
+            }
+            Queued::Skip {
+                conversation_id,
+                seq,
+            } => {
+                if auto_ack {
+                    self.shared.want_ack(&conversation_id, seq);
+                }
+                None
+            }
         }
     }
 
@@ -1115,10 +1280,25 @@ impl Client {
             .await
     }
 
-    /// Shows or clears the typing indicator.
+    /// Shows or clears the typing indicator (`ChatState::Typing`).
     pub async fn typing(&self, target: impl Into<Target>, active: bool) -> Result<(), ClientError> {
+        self.chat_state(target, v1::ChatState::Typing, active).await
+    }
+
+    /// Shows or clears what the user is doing in a conversation: typing, or recording a
+    /// voice note. Send `active` again every few seconds while it lasts (receivers drop
+    /// it `TypingEvent.expires_in_ms` after the last one). Fire and forget: no answer is
+    /// awaited; indicators sent too fast are dropped by the server, which says so with
+    /// an Error frame (RATE_LIMITED) that arrives as [`Event::Error`].
+    pub async fn chat_state(
+        &self,
+        target: impl Into<Target>,
+        state: v1::ChatState,
+        active: bool,
+    ) -> Result<(), ClientError> {
         let mut t = v1::Typing {
             active,
+            state: state as i32,
             ..Default::default()
         };
         match target.into() {
@@ -1129,6 +1309,11 @@ impl Client {
     }
 
     /// One page of history older than `before` (`Seq::ZERO`: the newest), oldest first.
+    ///
+    /// The page is as the server sent it: it may hold withheld placeholders
+    /// (`Message.withheld`: sent while this user blocked the sender), which keep their
+    /// seq so that paging by the oldest seq works, and which an application shows
+    /// nothing for. [`Client::full_history`] leaves them out.
     pub async fn history(
         &self,
         conversation: &ConversationId,
@@ -1206,7 +1391,174 @@ impl Client {
         }
     }
 
-    /// Every message of a conversation, oldest first, paging through history.
+    /// One people operation: profiles, privacy settings, contacts, blocks and status
+    /// updates. Retried like [`Client::group`] while the server is unreachable; every
+    /// operation is safe to repeat (`StatusPost` by its `post_id`, which
+    /// [`Client::post_status`] chooses once per call).
+    pub async fn people(
+        &self,
+        op: v1::people_request::Op,
+    ) -> Result<v1::PeopleResult, ClientError> {
+        let body = self
+            .query(|| {
+                CBody::People(Box::new(v1::PeopleRequest {
+                    op: Some(op.clone()),
+                }))
+            })
+            .await?;
+        match body {
+            SBody::PeopleResult(r) => Ok(*r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A user's profile as this user may see it (`None`: no such user).
+    pub async fn profile(&self, user: UserId) -> Result<Option<v1::Profile>, ClientError> {
+        let r = self
+            .people(v1::people_request::Op::ProfileGet(v1::ProfileGet {
+                user_ids: vec![user.get()],
+            }))
+            .await?;
+        Ok(r.profiles.into_iter().find(|p| p.user_id == user.get()))
+    }
+
+    /// This user's own profile, whole.
+    pub async fn my_profile(&self) -> Result<v1::Profile, ClientError> {
+        let r = self
+            .people(v1::people_request::Op::ProfileGet(v1::ProfileGet::default()))
+            .await?;
+        r.profiles
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::UnexpectedReply("no profile in a ProfileGet answer".into()))
+    }
+
+    /// Looks a user up by username (`Err` with NOT_FOUND when there is none).
+    pub async fn find_user(&self, username: &str) -> Result<v1::Profile, ClientError> {
+        let r = self
+            .people(v1::people_request::Op::Find(v1::UserFind {
+                username: username.to_owned(),
+            }))
+            .await?;
+        r.profiles
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::UnexpectedReply("no profile in a UserFind answer".into()))
+    }
+
+    /// Adds a user to this user's contacts by username (or renames the contact).
+    /// `name`: this user's own name for them (empty: none).
+    pub async fn add_contact_by_username(
+        &self,
+        username: &str,
+        name: &str,
+    ) -> Result<v1::Contact, ClientError> {
+        let r = self
+            .people(v1::people_request::Op::ContactAdd(v1::ContactAdd {
+                username: username.to_owned(),
+                name: name.to_owned(),
+                ..Default::default()
+            }))
+            .await?;
+        r.contact
+            .ok_or_else(|| ClientError::UnexpectedReply("no contact in a ContactAdd answer".into()))
+    }
+
+    /// Blocks a user; returns the whole block list after.
+    pub async fn block(&self, user: UserId) -> Result<Vec<UserId>, ClientError> {
+        let r = self
+            .people(v1::people_request::Op::Block(v1::Block {
+                user_id: user.get(),
+            }))
+            .await?;
+        Ok(r.blocked.into_iter().map(UserId).collect())
+    }
+
+    /// Unblocks a user; returns the whole block list after.
+    pub async fn unblock(&self, user: UserId) -> Result<Vec<UserId>, ClientError> {
+        let r = self
+            .people(v1::people_request::Op::Unblock(v1::Unblock {
+                user_id: user.get(),
+            }))
+            .await?;
+        Ok(r.blocked.into_iter().map(UserId).collect())
+    }
+
+    /// Posts a text status update for this user's contacts (24 hours). Retries cannot
+    /// post it twice: one `post_id` is chosen per call.
+    pub async fn post_status(&self, text: &str) -> Result<v1::Status, ClientError> {
+        let r = self
+            .people(v1::people_request::Op::StatusPost(v1::StatusPost {
+                post_id: new_client_msg_id(),
+                text: text.to_owned(),
+                ..Default::default()
+            }))
+            .await?;
+        r.status
+            .ok_or_else(|| ClientError::UnexpectedReply("no status in a StatusPost answer".into()))
+    }
+
+    /// Subscribes to the presence of `users` and returns what may be seen of it now (the
+    /// answers of every frame merged; `subscription_ttl_s` of the last one). Changes then
+    /// arrive as [`Event::Presence`]. The client remembers the subscriptions and renews
+    /// them by itself every `subscription_ttl_s / 2` and right after every reconnect,
+    /// until [`Client::unsubscribe_presence`]. Any number of users: they go in frames of
+    /// at most 1,000 (the server allows 5,000 subscriptions per user at once and answers
+    /// LIMIT_REACHED or INVALID_ARGUMENT past that). On an error, the frames answered
+    /// before it stay subscribed.
+    pub async fn subscribe_presence(
+        &self,
+        users: &[UserId],
+    ) -> Result<v1::PresenceSnapshot, ClientError> {
+        let ids = dedup(users);
+        let mut merged = v1::PresenceSnapshot::default();
+        if ids.is_empty() {
+            return Ok(merged);
+        }
+        let _ops = self.shared.presence_ops.lock().await;
+        for chunk in presence::chunks(&ids) {
+            let snapshot = self.shared.presence_frame(chunk, false, true).await?;
+            {
+                let mut subs = lock(&self.shared.presence);
+                subs.subscribed(chunk, snapshot.subscription_ttl_s, Instant::now());
+                for p in &snapshot.users {
+                    subs.observe(p);
+                }
+            }
+            merged.subscription_ttl_s = snapshot.subscription_ttl_s;
+            merged.users.extend(snapshot.users);
+        }
+        self.shared.presence_notify.notify_one();
+        Ok(merged)
+    }
+
+    /// Ends presence subscriptions (this device stops renewing them at once, even when
+    /// the server cannot be told; they then run out by themselves).
+    pub async fn unsubscribe_presence(&self, users: &[UserId]) -> Result<(), ClientError> {
+        let ids = dedup(users);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _ops = self.shared.presence_ops.lock().await;
+        lock(&self.shared.presence).remove(&ids);
+        self.shared.presence_notify.notify_one();
+        for chunk in presence::chunks(&ids) {
+            self.shared.presence_frame(chunk, true, true).await?;
+        }
+        Ok(())
+    }
+
+    /// The users whose presence this device subscribed to (and renews).
+    pub fn presence_subscriptions(&self) -> Vec<UserId> {
+        lock(&self.shared.presence)
+            .users()
+            .into_iter()
+            .map(UserId)
+            .collect()
+    }
+
+    /// Every message of a conversation, oldest first, paging through history. Withheld
+    /// placeholders are left out.
     pub async fn full_history(
         &self,
         conversation: &ConversationId,
@@ -1217,7 +1569,7 @@ impl Client {
         loop {
             let p = self.history(conversation, before, page).await?;
             let oldest = p.messages.first().map(|m| m.seq);
-            all.splice(0..0, p.messages);
+            all.splice(0..0, p.messages.into_iter().filter(|m| !m.withheld));
             match oldest {
                 Some(s) if p.more && s > 1 => before = Seq(s),
                 _ => return Ok(all),
@@ -1318,5 +1670,35 @@ impl Drop for Client {
         }
         drop(writer);
         self.shared.fail_pending(|_| true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn withheld_messages_are_queued_as_skips() {
+        let m = |seq, withheld| v1::Message {
+            conversation_id: "d.1.2".into(),
+            seq,
+            withheld,
+            ..Default::default()
+        };
+        let q: Vec<Queued> = queue_messages(vec![m(1, false), m(2, true), m(3, false)]).collect();
+        assert!(matches!(&q[0], Queued::Event(Event::Message(x)) if x.seq == 1));
+        assert!(
+            matches!(&q[1], Queued::Skip { conversation_id, seq: 2 } if conversation_id == "d.1.2")
+        );
+        assert!(matches!(&q[2], Queued::Event(Event::Message(x)) if x.seq == 3));
+    }
+
+    #[test]
+    fn dedup_keeps_the_first_of_each() {
+        assert_eq!(
+            dedup(&[UserId(3), UserId(1), UserId(3), UserId(2)]),
+            [3, 1, 2]
+        );
+        assert!(dedup(&[]).is_empty());
     }
 }

@@ -315,6 +315,31 @@ mod tests {
     }
 
     #[test]
+    fn withheld_placeholders_keep_the_order() {
+        // The server withholds seq 2 and 4 from us (we blocked their sender): they carry
+        // no body and no sender device, and still fill their places, so nothing waits
+        // for them and the cursor passes them. The client turns them into skips.
+        let withheld = |seq| Message {
+            withheld: true,
+            ..msg("d.1.2", seq, 0)
+        };
+        let mut inbox = Inbox::new(ME, false, 100);
+        let mut out = Vec::new();
+        inbox.accept(msg("d.1.2", 1, PEER), Origin::Live, &mut out);
+        inbox.accept(msg("d.1.2", 3, PEER), Origin::Live, &mut out);
+        assert!(inbox.has_gaps());
+        inbox.accept(withheld(2), Origin::Sync, &mut out);
+        inbox.accept(withheld(4), Origin::Live, &mut out);
+        assert!(!inbox.has_gaps());
+        assert_eq!(seqs(&out), [1, 2, 3, 4]);
+        assert_eq!(
+            out.iter().map(|m| m.withheld).collect::<Vec<_>>(),
+            [false, true, false, true]
+        );
+        assert_eq!(inbox.cursor("d.1.2"), Some(4));
+    }
+
+    #[test]
     fn set_cursor_skips_what_is_below() {
         let mut inbox = Inbox::new(ME, false, 100);
         let mut out = Vec::new();

@@ -5,7 +5,10 @@
 //! - [`Client`]: one device, the way an app uses it: sends that retry with the same
 //!   `client_msg_id` until acked (exactly once for the user), an event stream that yields
 //!   each message once and every conversation in seq order (gaps are filled by Sync),
-//!   receipts, typing, history, sync and reconnect.
+//!   receipts, typing and recording indicators, history, sync and reconnect, groups,
+//!   people (profiles, privacy, contacts, blocks, status updates) and presence
+//!   subscriptions it renews by itself. Messages the server withholds from this user
+//!   (sent while the user blocked their sender) keep the order but are never handed out.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,6 +33,9 @@ pub mod connection;
 mod error;
 mod http;
 mod inbox;
+mod presence;
+#[cfg(test)]
+mod scripted;
 
 pub use client::{Client, ClientOptions, ClientStats, Event, Target, new_client_msg_id};
 pub use connection::{ConnectOptions, Connection, ws_request};
