@@ -1,5 +1,6 @@
 // The client's state and its reactions to the server: conversations, messages by seq,
-// cursors, the outbox of unacked sends, receipts and typing. ui.js draws it.
+// cursors, the outbox of unacked sends, receipts, typing, presence, and people (profile,
+// privacy, contacts, blocks, status updates). ui.js draws it.
 
 import { ApiError, Auth, Connection, decodeText, directId, encodeText } from "./protocol.js";
 import { UI } from "./ui.js";
@@ -9,6 +10,10 @@ const TYPING_RESEND_MS = 3000;
 const RESEND_AFTER_MS = 10_000;
 const HISTORY_PAGE = 50;
 const NAME_RETRY_MS = 30_000;
+const PRESENCE_BATCH = 1000; // users per presenceSubscribe frame
+const PRESENCE_RETRY_MS = 30_000;
+const TYPING = "CHAT_STATE_TYPING";
+const RECORDING = "CHAT_STATE_RECORDING";
 
 const ERROR_LABEL = {
   FORBIDDEN: "Not allowed",
@@ -17,6 +22,8 @@ const ERROR_LABEL = {
   GROUP_FULL: "The group is full",
   BANNED: "You were banned from this group",
   CONFLICT: "Someone changed the group at the same time; try again",
+  LIMIT_REACHED: "Limit reached",
+  RATE_LIMITED: "Too many requests; slow down",
   UNAVAILABLE: "The server is busy; try again",
   INTERNAL: "The server failed; try again",
 };
@@ -59,9 +66,35 @@ class App {
     this.requests = new Map(); // request id → what it was for
     this.active = null;
     this.typingSentAt = 0;
+    this.typingConv = null; // where we last said we are typing (until we say we stopped)
+    this.typingState = null;
     this.notice = "";
     this.listNotice = "";
     this.panelOpen = false;
+    this.chatMenuOpen = false;
+    // Presence: userId → {online, lastSeenMs}, only what the server let us see.
+    this.presence = new Map();
+    this.presenceSubs = new Set(); // subscribed on this connection
+    this.presenceRenewAt = 0; // when to subscribe everyone again (ttl / 2)
+    this.presenceDirty = false; // a new direct conversation: subscribe its peer
+    this.contacts = new Map(); // userId → Contact
+    this.blocked = new Set(); // userIds we blocked
+    this.peopleOpen = false;
+    this.people = {
+      tab: "status",
+      profile: null,
+      profileFresh: false, // the profile form is filled once per answer
+      privacy: null,
+      statuses: [], // contacts' UserStatuses, newest first
+      mine: [], // my Status list
+      viewers: new Map(), // statusId → StatusViewer list
+      viewersOf: null, // the status of mine whose viewers are shown
+      viewing: null, // the user whose statuses are shown
+      editing: null, // the contact the form renames
+      reset: new Set(), // ids of forms to clear (their request succeeded)
+      notice: "",
+      info: "",
+    };
   }
 
   get me() {
@@ -84,6 +117,8 @@ class App {
     this.names.set(this.me.userId, this.me.username);
     if (!saved) return;
     for (const [id, name] of saved.names || []) this.names.set(id, name);
+    for (const c of saved.contacts || []) this.contacts.set(c.userId, c);
+    for (const id of saved.blocked || []) this.blocked.add(id);
     for (const c of saved.convs || []) {
       const conv = this.conv(c.id);
       Object.assign(conv, c, { msgs: new Map(), more: c.cursor > 0 });
@@ -123,7 +158,13 @@ class App {
     const outbox = this.outbox.map(({ reqId, ...o }) => o);
     localStorage.setItem(
       this.storeKey(),
-      JSON.stringify({ convs, outbox, names: [...this.names] }),
+      JSON.stringify({
+        convs,
+        outbox,
+        names: [...this.names],
+        contacts: [...this.contacts.values()],
+        blocked: [...this.blocked],
+      }),
     );
   }
 
@@ -168,6 +209,11 @@ class App {
       // Sends in flight on the old socket are sent again on the next one.
       for (const o of this.outbox) o.reqId = null;
       this.requests.clear();
+      // Subscriptions die with the socket; the next welcome subscribes again.
+      this.presenceSubs.clear();
+      this.presenceRenewAt = 0;
+      this.typingConv = null;
+      this.typingSentAt = 0;
       for (const c of this.convs.values()) c.loading = false;
     }
     this.ui.render();
@@ -207,6 +253,7 @@ class App {
         loading: false,
       };
       this.convs.set(id, c);
+      if (peer) this.presenceDirty = true;
     }
     if (!c.typing) c.typing = new Map();
     return c;
@@ -262,15 +309,27 @@ class App {
 
   title(conv) {
     if (conv.kind === "group") return conv.title || "Group";
-    return this.name(conv.peer);
+    return this.contactName(conv.peer);
+  }
+
+  /** My name for a contact, else their display name, else their username. */
+  contactName(userId) {
+    const c = this.contacts.get(userId);
+    return c?.name || c?.profile?.displayName || this.name(userId);
   }
 
   async startChat(username) {
     const user = await this.auth.lookup(username.trim().toLowerCase());
     if (user.user_id === this.me.userId) throw new ApiError(400, "self", "That is you.");
     this.names.set(user.user_id, user.username);
-    const conv = this.conv(directId(this.me.userId, user.user_id));
+    this.chatWith(user.user_id);
+  }
+
+  /** Opens (creating if need be) the one-to-one conversation with a user. */
+  chatWith(userId) {
+    const conv = this.conv(directId(this.me.userId, userId));
     this.save();
+    this.subscribePresence();
     this.open(conv.id);
   }
 
@@ -288,7 +347,12 @@ class App {
   }
 
   open(convId) {
-    if (convId !== this.active) this.panelOpen = false;
+    if (convId !== this.active) {
+      this.panelOpen = false;
+      this.chatMenuOpen = false;
+      this.typing(false);
+    }
+    if (convId) this.peopleOpen = false;
     this.active = convId;
     const conv = convId && this.conv(convId);
     if (conv) {
@@ -418,6 +482,14 @@ class App {
     const conv = this.conv(m.conversationId);
     const seq = Number(m.seq);
     if (conv.msgs.has(seq)) return conv;
+    if (m.withheld) {
+      // Sent while we had blocked its sender: it only holds its place in the order.
+      conv.msgs.set(seq, { seq, withheld: true, sender: m.senderUser, createdAtMs: Number(m.createdAtMs || 0) });
+      const before = conv.cursor;
+      this.advance(conv);
+      if (live && seq > conv.cursor && before === conv.cursor) this.gapSync();
+      return conv;
+    }
     const mine = m.senderUser === this.me.userId;
     const msg = {
       seq,
@@ -635,28 +707,333 @@ class App {
     this.advance(conv);
   }
 
-  typing(active) {
+  /**
+   * Tells the others in the open conversation that we are typing (`state` TYPING) or
+   * recording a voice note (RECORDING): at most every TYPING_RESEND_MS while it goes on,
+   * so their indicator (which expires by itself) stays; `false` stops it at once.
+   */
+  typing(active, state = TYPING) {
+    if (!active) {
+      const convId = this.typingConv;
+      this.typingConv = null;
+      this.typingSentAt = 0;
+      if (convId && this.conn.online) this.conn.send({ typing: { conversationId: convId, active: false } });
+      return;
+    }
     const conv = this.active && this.convs.get(this.active);
-    if (!conv || !this.conn.online) return;
+    if (!conv || !this.conn.online || conv.member === false) return;
+    if (conv.kind === "direct" && this.blocked.has(conv.peer)) return;
     const now = Date.now();
-    if (active && now - this.typingSentAt < TYPING_RESEND_MS) return;
-    if (!active && !this.typingSentAt) return;
-    this.typingSentAt = active ? now : 0;
-    this.conn.send({ typing: { conversationId: conv.id, active } });
+    if (this.typingConv === conv.id && this.typingState === state && now - this.typingSentAt < TYPING_RESEND_MS) return;
+    if (this.typingConv && this.typingConv !== conv.id) this.typing(false);
+    this.typingConv = conv.id;
+    this.typingState = state;
+    this.typingSentAt = now;
+    this.conn.send({ typing: { conversationId: conv.id, active: true, state } });
+  }
+
+  // ---- presence ----
+
+  /** Whose presence we show: the peers of direct conversations and our contacts. */
+  presenceTargets() {
+    const ids = new Set();
+    for (const c of this.convs.values()) if (c.kind === "direct" && c.peer) ids.add(c.peer);
+    for (const id of this.contacts.keys()) ids.add(id);
+    ids.delete(this.me.userId);
+    for (const id of this.blocked) ids.delete(id);
+    return ids;
+  }
+
+  /** Subscribes to the targets not yet subscribed on this connection (or, `all`, every one). */
+  subscribePresence(all = false) {
+    if (!this.me || !this.conn.online) return;
+    this.presenceDirty = false;
+    const want = [...this.presenceTargets()].filter((id) => all || !this.presenceSubs.has(id));
+    if (all && !want.length) this.presenceRenewAt = 0;
+    for (let i = 0; i < want.length; i += PRESENCE_BATCH) {
+      const userIds = want.slice(i, i + PRESENCE_BATCH);
+      const id = this.conn.send({ presenceSubscribe: { userIds } });
+      if (!id) return;
+      for (const u of userIds) this.presenceSubs.add(u);
+      this.requests.set(id, { kind: "presence", userIds, all });
+    }
+  }
+
+  /** Stops the subscriptions of users we no longer show (and forgets their presence). */
+  unsubscribePresence(ids) {
+    const targets = this.presenceTargets();
+    const drop = ids.filter((id) => !targets.has(id));
+    for (const id of drop) this.presence.delete(id);
+    const subscribed = drop.filter((id) => this.presenceSubs.has(id));
+    if (!subscribed.length || !this.conn.online) return;
+    for (const id of subscribed) this.presenceSubs.delete(id);
+    this.conn.send({ presenceSubscribe: { userIds: subscribed, unsubscribe: true } });
+  }
+
+  setPresence(p) {
+    if (!p?.userId) return;
+    if (this.blocked.has(p.userId)) {
+      this.presence.delete(p.userId);
+    } else if (p.state === "PRESENCE_STATE_ONLINE") {
+      this.presence.set(p.userId, { online: true, lastSeenMs: 0 });
+    } else if (p.state === "PRESENCE_STATE_OFFLINE") {
+      this.presence.set(p.userId, { online: false, lastSeenMs: Number(p.lastSeenMs || 0) });
+    } else {
+      this.presence.delete(p.userId); // hidden from us
+    }
+  }
+
+  /** {online, lastSeenMs} of a user as far as we may know it now, else null. */
+  presenceOf(userId) {
+    if (!userId || !this.conn.online || this.blocked.has(userId)) return null;
+    return this.presence.get(userId) || null;
+  }
+
+  onPresenceSnapshot(snap, req) {
+    const got = new Set();
+    for (const p of snap.users || []) {
+      got.add(p.userId);
+      this.setPresence(p);
+    }
+    for (const id of req?.userIds || []) if (!got.has(id)) this.presence.delete(id);
+    const ttl = Number(snap.subscriptionTtlS || 0);
+    // Everyone again at half the lease (a new target's lease runs longer: that is fine).
+    if (ttl > 0 && (req?.all || !this.presenceRenewAt)) this.presenceRenewAt = Date.now() + ttl * 500;
+  }
+
+  // ---- people: profile, privacy, contacts, blocks, status updates ----
+
+  /** Sends one people operation; `meta.quiet`: failures show no notice. */
+  peopleRequest(op, body = {}, meta = {}) {
+    const id = this.conn.send({ people: { [op]: body } });
+    if (!id) {
+      if (!meta.quiet) {
+        this.people.notice = "Not connected; try again when online.";
+        this.people.info = "";
+        this.ui.render();
+      }
+      return false;
+    }
+    if (!meta.quiet) this.people.notice = "";
+    this.requests.set(id, { kind: "people", op, ...meta });
+    return true;
+  }
+
+  openPeople(tab) {
+    if (tab) this.people.tab = tab;
+    this.peopleOpen = true;
+    this.people.notice = "";
+    this.people.info = "";
+    this.typing(false);
+    this.refreshPeople();
+    this.ui.render();
+  }
+
+  closePeople() {
+    this.peopleOpen = false;
+    this.ui.render();
+  }
+
+  /** Asks for what the open tab shows. */
+  refreshPeople() {
+    if (!this.conn.online) return;
+    const quiet = { quiet: true };
+    switch (this.people.tab) {
+      case "status":
+        this.peopleRequest("statusList", {}, quiet);
+        this.peopleRequest("statusMine", {}, quiet);
+        break;
+      case "contacts":
+        this.peopleRequest("contactList", {}, quiet);
+        break;
+      case "blocked":
+        this.peopleRequest("blockList", {}, quiet);
+        break;
+      case "profile":
+        this.peopleRequest("profileGet", {}, quiet);
+        break;
+      case "privacy":
+        this.peopleRequest("privacyGet", {}, quiet);
+        break;
+    }
+  }
+
+  updateProfile(fields) {
+    return this.peopleRequest("profileUpdate", fields);
+  }
+
+  setPrivacy(field, value) {
+    return this.peopleRequest("privacySet", { settings: { [field]: value } });
+  }
+
+  /** Adds a contact by username (or renames one), with my own name for them. */
+  addContact(username, name) {
+    const body = { username: username.trim().toLowerCase(), name: name.trim() };
+    return this.peopleRequest("contactAdd", body, { username: username.trim(), form: "contact-form" });
+  }
+
+  addContactById(userId, convId) {
+    return this.peopleRequest("contactAdd", { userId }, { userId, convId });
+  }
+
+  removeContact(userId) {
+    return this.peopleRequest("contactRemove", { userId }, { userId });
+  }
+
+  /** `convId`: asked from that chat (its notice shows a failure). */
+  block(userId, convId) {
+    return this.peopleRequest("block", { userId }, { userId, convId });
+  }
+
+  unblock(userId, convId) {
+    return this.peopleRequest("unblock", { userId }, { userId, convId });
+  }
+
+  /** Finds a user by username, then blocks them. */
+  blockUsername(username) {
+    const name = username.trim().toLowerCase();
+    return this.peopleRequest("find", { username: name }, { then: "block", username: name, form: "block-form" });
+  }
+
+  postStatus(text) {
+    return this.peopleRequest("statusPost", { postId: randomId(), text }, { form: "status-form" });
+  }
+
+  deleteStatus(statusId) {
+    return this.peopleRequest("statusDelete", { statusId }, { statusId });
+  }
+
+  statusViewers(statusId) {
+    if (this.people.viewersOf === statusId) {
+      this.people.viewersOf = null;
+      this.ui.render();
+      return true;
+    }
+    this.people.viewersOf = statusId;
+    return this.peopleRequest("statusViewers", { statusId }, { statusId });
+  }
+
+  /** Shows a contact's statuses (null: closes them) and marks the unseen ones viewed. */
+  viewStatuses(userId) {
+    this.people.viewing = userId;
+    const entry = userId && this.people.statuses.find((u) => u.userId === userId);
+    for (const s of entry?.statuses || []) {
+      if (!s.viewed) this.peopleRequest("statusView", { statusId: s.statusId }, { statusId: s.statusId, quiet: true });
+    }
+    this.ui.render();
+  }
+
+  onPeopleResult(res, req) {
+    const p = this.people;
+    const op = req?.op;
+    if (!req?.quiet) p.info = "";
+    if (req?.form && op !== "find") p.reset.add(req.form);
+    switch (op) {
+      case "profileGet":
+      case "profileUpdate":
+        p.profile = res.profiles?.[0] || {};
+        p.profileFresh = true;
+        if (op === "profileUpdate") p.info = "Profile saved.";
+        break;
+      case "privacyGet":
+      case "privacySet":
+        p.privacy = res.privacy || {};
+        if (op === "privacySet") p.info = "Privacy settings saved.";
+        break;
+      case "contactAdd": {
+        const c = res.contact;
+        if (!c?.userId) break;
+        const renamed = this.contacts.has(c.userId);
+        this.contacts.set(c.userId, c);
+        if (c.username) this.names.set(c.userId, c.username);
+        p.editing = null;
+        p.info = renamed ? `Saved “${c.name || c.username}”` : `Added “${c.name || c.username}” to your contacts`;
+        this.subscribePresence();
+        break;
+      }
+      case "contactRemove":
+        this.contacts.delete(req.userId);
+        this.unsubscribePresence([req.userId]);
+        break;
+      case "contactList":
+        this.contacts = new Map((res.contacts || []).map((c) => [c.userId, c]));
+        for (const c of this.contacts.values()) if (c.username) this.names.set(c.userId, c.username);
+        this.subscribePresence();
+        break;
+      case "find": {
+        const user = res.profiles?.[0];
+        if (!user?.userId) break;
+        if (user.username) this.names.set(user.userId, user.username);
+        if (req.then === "block") {
+          if (user.userId === this.me.userId) p.notice = "You cannot block yourself.";
+          else this.peopleRequest("block", { userId: user.userId }, { userId: user.userId, form: req.form });
+        }
+        break;
+      }
+      case "block":
+      case "unblock":
+      case "blockList": {
+        const before = this.blocked;
+        this.blocked = new Set(res.blocked || []);
+        for (const id of this.blocked) this.presence.delete(id);
+        const nowBlocked = [...this.blocked].filter((id) => this.presenceSubs.has(id));
+        if (nowBlocked.length) this.unsubscribePresence(nowBlocked);
+        this.subscribePresence(); // those unblocked
+        if (op === "block") p.info = `Blocked “${this.contactName(req.userId)}”`;
+        if (op === "unblock" && before.has(req.userId)) p.info = `Unblocked “${this.contactName(req.userId)}”`;
+        this.resolveAll(this.blocked);
+        break;
+      }
+      case "statusPost":
+        if (res.status && !p.mine.some((s) => s.statusId === res.status.statusId)) p.mine.push(res.status);
+        p.info = "Status posted.";
+        break;
+      case "statusList":
+        p.statuses = res.byUser || [];
+        for (const u of p.statuses) if (u.username) this.names.set(u.userId, u.username);
+        break;
+      case "statusMine":
+        p.mine = res.statuses || [];
+        break;
+      case "statusView":
+        for (const u of p.statuses) for (const s of u.statuses || []) if (s.statusId === req.statusId) s.viewed = true;
+        break;
+      case "statusViewers":
+        p.viewers.set(req.statusId, res.viewers || []);
+        this.resolveAll((res.viewers || []).map((v) => v.userId));
+        break;
+      case "statusDelete":
+        p.mine = p.mine.filter((s) => s.statusId !== req.statusId);
+        if (p.viewersOf === req.statusId) p.viewersOf = null;
+        break;
+    }
+    this.save();
   }
 
   tick() {
     const now = Date.now();
     let changed = false;
     for (const c of this.convs.values()) {
-      for (const [u, until] of c.typing) {
-        if (until < now) {
+      for (const [u, t] of c.typing) {
+        if (t.until < now) {
           c.typing.delete(u);
           changed = true;
         }
       }
     }
     if (this.outbox.length) this.flush();
+    if (this.conn.online && this.presenceDirty) this.subscribePresence();
+    if (this.conn.online && this.presenceRenewAt && now >= this.presenceRenewAt) {
+      this.presenceRenewAt = 0;
+      this.subscribePresence(true);
+      if (!this.presenceRenewAt) this.presenceRenewAt = now + PRESENCE_RETRY_MS;
+    }
+    // Redraw each minute too, for "last seen" texts.
+    const minute = Math.floor(now / 60_000);
+    if (minute !== this.lastMinute) {
+      this.lastMinute = minute;
+      changed = true;
+    }
     if (changed || this.connState.state === "offline") this.ui.render();
   }
 
@@ -667,6 +1044,11 @@ class App {
     if (f.welcome) {
       this.names.set(f.welcome.userId, f.welcome.username);
       this.sync();
+      this.presenceSubs.clear();
+      this.subscribePresence(true);
+      this.peopleRequest("contactList", {}, { quiet: true });
+      this.peopleRequest("blockList", {}, { quiet: true });
+      if (this.peopleOpen) this.refreshPeople();
       const id = this.conn.send({ group: { list: {} } });
       if (id) this.requests.set(id, { kind: "groupList" });
       this.flush();
@@ -693,11 +1075,15 @@ class App {
       this.onReceipt(f.receipt);
     } else if (f.typing) {
       const t = f.typing;
-      if (t.userId !== this.me.userId) {
+      if (t.userId !== this.me.userId && !this.blocked.has(t.userId)) {
         this.resolve(t.userId);
         const conv = this.conv(t.conversationId);
-        if (t.active) conv.typing.set(t.userId, Date.now() + TYPING_TTL_MS);
-        else conv.typing.delete(t.userId);
+        if (t.active) {
+          conv.typing.set(t.userId, {
+            until: Date.now() + (Number(t.expiresInMs) || TYPING_TTL_MS),
+            state: t.state === RECORDING ? "recording" : "typing",
+          });
+        } else conv.typing.delete(t.userId);
       }
     } else if (f.historyPage) {
       this.requests.delete(f.id);
@@ -711,6 +1097,14 @@ class App {
     } else if (f.groupResult) {
       this.requests.delete(f.id);
       this.onGroupResult(f.groupResult, req);
+    } else if (f.peopleResult) {
+      this.requests.delete(f.id);
+      this.onPeopleResult(f.peopleResult, req);
+    } else if (f.presenceSnapshot) {
+      this.requests.delete(f.id);
+      this.onPresenceSnapshot(f.presenceSnapshot, req);
+    } else if (f.presence) {
+      this.setPresence(f.presence);
     } else if (f.error) {
       this.requests.delete(f.id);
       this.onError(f.error, req);
@@ -801,6 +1195,20 @@ class App {
       }
     } else if (req?.kind === "groupOp") {
       this.conv(req.convId).notice = message;
+    } else if (req?.kind === "presence") {
+      // Try again later (e.g. over the subscription limit, or the service is busy).
+      for (const id of req.userIds) this.presenceSubs.delete(id);
+      if (!this.presenceRenewAt) this.presenceRenewAt = Date.now() + PRESENCE_RETRY_MS;
+    } else if (req?.kind === "people") {
+      if (req.op === "statusViewers") this.people.viewersOf = null;
+      if (req.quiet) return;
+      if (req.convId) {
+        this.conv(req.convId).notice = message;
+        return;
+      }
+      this.people.info = "";
+      if (e.code === "ERROR_CODE_NOT_FOUND" && req.username) this.people.notice = `No such user: ${req.username}`;
+      else this.people.notice = message;
     }
   }
 }

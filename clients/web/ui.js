@@ -28,6 +28,53 @@ function day(ms) {
   return d.toLocaleDateString([], { weekday: "long", day: "numeric", month: "long", year: "numeric" });
 }
 
+/** "today at 14:05", "yesterday at 09:12", "Tuesday at 18:30", "3 Nov at 07:45". */
+function lastSeen(ms) {
+  const d = new Date(ms);
+  const now = new Date();
+  const yesterday = new Date(Date.now() - 86_400_000);
+  let when;
+  if (d.toDateString() === now.toDateString()) when = "today";
+  else if (d.toDateString() === yesterday.toDateString()) when = "yesterday";
+  else if (Date.now() - ms < 6 * 86_400_000) when = d.toLocaleDateString([], { weekday: "long" });
+  else when = d.toLocaleDateString([], { day: "numeric", month: "short" });
+  return `${when} at ${time(ms)}`;
+}
+
+/** "14:05" today, else "yesterday", "Tuesday" or "3 Nov": for the conversation list. */
+function lastSeenShort(ms) {
+  const d = new Date(ms);
+  if (d.toDateString() === new Date().toDateString()) return time(ms);
+  return lastSeen(ms).replace(/ at .*$/, "");
+}
+
+/**
+ * A user's presence as shown: {state: "online" | "offline", text, short}, or null
+ * (unknown, or hidden from us).
+ */
+function presenceLabel(p) {
+  if (!p) return null;
+  if (p.online) return { state: "online", text: "online", short: "online" };
+  if (!p.lastSeenMs) return { state: "offline", text: "offline", short: "" };
+  return { state: "offline", text: `last seen ${lastSeen(p.lastSeenMs)}`, short: `last seen ${lastSeenShort(p.lastSeenMs)}` };
+}
+
+/** The presence dot on an avatar (absent while presence is unknown or hidden). */
+function dot(label) {
+  if (!label) return null;
+  return el("span", { class: `dot ${label.state}`, title: label.text, "data-presence": label.state });
+}
+
+function typingText(state) {
+  return state === "recording" ? "recording audio…" : "typing…";
+}
+
+const VISIBILITY = [
+  ["VISIBILITY_EVERYONE", "Everyone"],
+  ["VISIBILITY_CONTACTS", "My contacts"],
+  ["VISIBILITY_NOBODY", "Nobody"],
+];
+
 const ROLE_LABEL = { GROUP_ROLE_OWNER: "owner", GROUP_ROLE_ADMIN: "admin" };
 
 export class UI {
@@ -110,6 +157,7 @@ export class UI {
       const conv = activeGroup();
       if (conv) app.leaveGroup(conv);
     });
+    this.bindPeople();
     const input = $("#composer-input");
     $("#composer").addEventListener("submit", (ev) => {
       ev.preventDefault();
@@ -124,6 +172,98 @@ export class UI {
       const conv = app.active && app.convs.get(app.active);
       if (conv && $("#messages").scrollTop < 60) app.loadHistory(conv);
     });
+  }
+
+  /** The chat header's menu, and the people panel's tabs and forms. */
+  bindPeople() {
+    const app = this.app;
+    const activePeer = () => {
+      const conv = app.active && app.convs.get(app.active);
+      return conv?.kind === "direct" ? conv : null;
+    };
+    const menu = $("#chat-menu");
+    $("#chat-menu-btn").addEventListener("click", (ev) => {
+      ev.stopPropagation();
+      app.chatMenuOpen = !app.chatMenuOpen;
+      this.render();
+    });
+    document.addEventListener("click", (ev) => {
+      if (app.chatMenuOpen && !menu.contains(ev.target)) {
+        app.chatMenuOpen = false;
+        this.render();
+      }
+    });
+    document.addEventListener("keydown", (ev) => {
+      if (ev.key === "Escape" && app.chatMenuOpen) {
+        app.chatMenuOpen = false;
+        this.render();
+        $("#chat-menu-btn").focus();
+      }
+    });
+    $("#menu-contact").addEventListener("click", () => {
+      const conv = activePeer();
+      app.chatMenuOpen = false;
+      if (conv && !app.contacts.has(conv.peer)) app.addContactById(conv.peer, conv.id);
+      this.render();
+    });
+    $("#menu-block").addEventListener("click", () => {
+      const conv = activePeer();
+      app.chatMenuOpen = false;
+      if (conv) {
+        if (app.blocked.has(conv.peer)) app.unblock(conv.peer, conv.id);
+        else app.block(conv.peer, conv.id);
+      }
+      this.render();
+    });
+    $("#blocked-unblock").addEventListener("click", () => {
+      const conv = activePeer();
+      if (conv) app.unblock(conv.peer, conv.id);
+    });
+
+    $("#people-btn").addEventListener("click", () => (app.peopleOpen ? app.closePeople() : app.openPeople()));
+    $("#people-close").addEventListener("click", () => app.closePeople());
+    $("#people-back").addEventListener("click", () => app.closePeople());
+    const tabs = [...document.querySelectorAll("#people-tabs [role=tab]")];
+    for (const tab of tabs) tab.addEventListener("click", () => app.openPeople(tab.dataset.tab));
+    $("#people-tabs").addEventListener("keydown", (ev) => {
+      const i = tabs.indexOf(document.activeElement);
+      if (i < 0 || (ev.key !== "ArrowRight" && ev.key !== "ArrowLeft")) return;
+      ev.preventDefault();
+      const next = tabs[(i + (ev.key === "ArrowRight" ? 1 : tabs.length - 1)) % tabs.length];
+      next.focus();
+      app.openPeople(next.dataset.tab);
+    });
+    $("#status-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const input = $("#status-text");
+      const text = input.value.trim();
+      if (text) app.postStatus(text);
+    });
+    $("#status-refresh").addEventListener("click", () => app.refreshPeople());
+    $("#status-view-close").addEventListener("click", () => app.viewStatuses(null));
+    $("#contact-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const username = $("#contact-username");
+      const name = $("#contact-name");
+      if (username.value.trim()) app.addContact(username.value, name.value);
+    });
+    $("#block-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const input = $("#block-username");
+      if (input.value.trim()) app.blockUsername(input.value);
+    });
+    $("#profile-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      app.updateProfile({
+        displayName: $("#profile-name").value.trim(),
+        about: $("#profile-about").value.trim(),
+        avatarMediaId: $("#profile-avatar").value.trim(),
+      });
+    });
+    for (const select of document.querySelectorAll("#privacy-form select")) {
+      select.append(...VISIBILITY.map(([value, label]) => el("option", { value, text: label })));
+      select.addEventListener("change", () => app.setPrivacy(select.dataset.field, select.value));
+    }
   }
 
   groupError(message) {
@@ -157,6 +297,7 @@ export class UI {
     this.drawConnection();
     this.drawList();
     this.drawChat(opts);
+    this.drawPeople();
   }
 
   drawConnection() {
@@ -179,10 +320,17 @@ export class UI {
   drawList() {
     const app = this.app;
     const list = $("#conversations");
-    const convs = [...app.convs.values()].sort((a, b) => (b.last?.at || 0) - (a.last?.at || 0));
+    // A conversation that holds only messages withheld from us is not shown.
+    const hiddenOnly = (c) => !c.last && c.msgs.size > 0 && [...c.msgs.values()].every((m) => m.withheld);
+    const convs = [...app.convs.values()]
+      .filter((c) => !hiddenOnly(c) || c.id === app.active)
+      .sort((a, b) => (b.last?.at || 0) - (a.last?.at || 0));
     list.replaceChildren(
       ...convs.map((c) => {
-        const typing = c.typing.size > 0;
+        const typers = [...c.typing.values()];
+        const typing = typers.length > 0;
+        const typingLabel = typingText(typers.some((t) => t.state === "typing") ? "typing" : typers[0]?.state);
+        const presence = c.kind === "direct" ? presenceLabel(app.presenceOf(c.peer)) : null;
         const button = el(
           "button",
           {
@@ -190,22 +338,26 @@ export class UI {
             class: "conv" + (c.id === app.active ? " active" : ""),
             "data-conv": c.id,
             "aria-current": c.id === app.active ? "true" : "false",
+            "data-presence": presence?.state || "",
             onclick: () => app.open(c.id),
           },
-          el("span", { class: "avatar", "aria-hidden": "true", text: app.title(c).slice(0, 1).toUpperCase() }),
+          el("span", { class: "avatar", "aria-hidden": "true" }, app.title(c).slice(0, 1).toUpperCase(), dot(presence)),
           el(
             "span",
             { class: "conv-main" },
             el("span", { class: "conv-title", text: app.title(c) }),
             el("span", {
               class: "conv-last" + (typing ? " typing" : ""),
-              text: typing ? "typing…" : c.last?.text || "",
+              text: typing ? typingLabel : c.last?.text || "",
             }),
           ),
           el(
             "span",
             { class: "conv-side" },
             el("span", { class: "conv-time", text: time(c.last?.at) }),
+            presence?.short
+              ? el("span", { class: `conv-presence ${presence.state}`, title: presence.text, text: presence.short })
+              : null,
             c.unread > 0 && c.id !== app.active
               ? el("span", { class: "badge", "aria-label": `${c.unread} unread`, text: String(c.unread) })
               : null,
@@ -224,12 +376,25 @@ export class UI {
     $("#chat").hidden = !conv;
     $("#no-chat").hidden = !!conv;
     if (!conv) return;
+    if (app.peopleOpen) {
+      // Drawn again (and scrolled to the end) when the people panel closes.
+      $("#messages").dataset.conv = "";
+      return;
+    }
     $("#chat-title").textContent = app.title(conv);
     this.drawGroup(conv);
-    const typers = [...conv.typing.keys()].map((u) => app.name(u));
-    $("#typing").textContent = typers.length
-      ? `${typers.join(", ")} ${typers.length > 1 ? "are" : "is"} typing…`
-      : "";
+    this.drawPeer(conv);
+    const typers = [...conv.typing.entries()];
+    let typingLine = "";
+    if (typers.length === 1) {
+      const [u, t] = typers[0];
+      typingLine = `${app.contactName(u)} is ${typingText(t.state)}`;
+    } else if (typers.length > 1) {
+      const names = typers.map(([u]) => app.contactName(u)).join(", ");
+      typingLine = typers.every(([, t]) => t.state === "recording") ? `${names} are recording audio…` : `${names} are typing…`;
+    }
+    $("#typing").textContent = typingLine;
+    $("#chat-presence").hidden = !!typingLine;
 
     const box = $("#messages");
     const nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
@@ -246,6 +411,7 @@ export class UI {
     else if (!conv.more && msgs.length) items.push(el("li", { class: "note", text: "Start of the conversation" }));
     let lastDay = null;
     for (const m of msgs) {
+      if (m.withheld) continue;
       const d = day(m.createdAtMs || Date.now());
       if (d !== lastDay) {
         items.push(el("li", { class: "day", role: "separator", text: d }));
@@ -259,6 +425,203 @@ export class UI {
     } else if (opts.keepBottomOffset) {
       box.scrollTop = box.scrollHeight - fromBottom;
     }
+  }
+
+  /** A direct chat's header: avatar with presence dot, "online" / "last seen …", the menu. */
+  drawPeer(conv) {
+    const app = this.app;
+    const direct = conv.kind === "direct";
+    const blocked = direct && app.blocked.has(conv.peer);
+    const presence = direct ? presenceLabel(app.presenceOf(conv.peer)) : null;
+    const avatar = $("#chat-avatar");
+    avatar.replaceChildren(app.title(conv).slice(0, 1).toUpperCase(), dot(presence) || "");
+    const line = $("#chat-presence");
+    line.textContent = presence?.text || "";
+    line.dataset.presence = presence?.state || "";
+    $("#blocked-note").hidden = !blocked;
+    const btn = $("#chat-menu-btn");
+    btn.hidden = !direct;
+    const open = direct && app.chatMenuOpen;
+    btn.setAttribute("aria-expanded", String(open));
+    $("#chat-menu").hidden = !open;
+    if (!direct) return;
+    const contact = $("#menu-contact");
+    contact.hidden = app.contacts.has(conv.peer);
+    $("#menu-block").textContent = blocked ? "Unblock" : "Block";
+    $("#menu-block").dataset.action = blocked ? "unblock" : "block";
+  }
+
+  /** The people panel: status updates, contacts, blocked users, my profile, privacy. */
+  drawPeople() {
+    const app = this.app;
+    const p = app.people;
+    const open = app.peopleOpen;
+    $("#people").hidden = !open;
+    $("#people-btn").setAttribute("aria-expanded", String(open));
+    if (open) {
+      document.body.classList.add("in-chat");
+      $("#chat").hidden = true;
+      $("#no-chat").hidden = true;
+    }
+    if (!open) return;
+    for (const tab of document.querySelectorAll("#people-tabs [role=tab]")) {
+      const selected = tab.dataset.tab === p.tab;
+      tab.setAttribute("aria-selected", String(selected));
+      tab.tabIndex = selected ? 0 : -1;
+      $(`#tab-${tab.dataset.tab}`).hidden = !selected;
+    }
+    for (const form of p.reset) $(`#${form}`).reset();
+    p.reset.clear();
+    $("#people-notice").textContent = p.notice || "";
+    $("#people-info").textContent = p.info || "";
+    if (p.tab === "status") this.drawStatus();
+    if (p.tab === "contacts") this.drawContacts();
+    if (p.tab === "blocked") this.drawBlocked();
+    if (p.tab === "profile" && p.profileFresh && p.profile) {
+      p.profileFresh = false;
+      $("#profile-name").value = p.profile.displayName || "";
+      $("#profile-about").value = p.profile.about || "";
+      $("#profile-avatar").value = p.profile.avatarMediaId || "";
+    }
+    if (p.tab === "privacy") {
+      for (const select of document.querySelectorAll("#privacy-form select")) {
+        select.disabled = !p.privacy;
+        const value = p.privacy?.[select.dataset.field];
+        if (value && document.activeElement !== select) select.value = value;
+      }
+    }
+  }
+
+  drawStatus() {
+    const app = this.app;
+    const p = app.people;
+    const button = (label, action, fn, cls = "small secondary") =>
+      el("button", { type: "button", class: cls, "data-action": action, text: label, onclick: fn });
+    $("#status-mine").replaceChildren(
+      ...p.mine.map((s) => {
+        const views = Number(s.viewCount || 0);
+        const viewers = p.viewersOf === s.statusId ? p.viewers.get(s.statusId) : null;
+        return el(
+          "li",
+          { "data-status": s.statusId },
+          el(
+            "div",
+            { class: "prow" },
+            el("span", { class: "ptext", text: s.text || "(media)" }),
+            el("time", { class: "pmeta", text: time(Number(s.createdAtMs)) }),
+            button(`${views} view${views === 1 ? "" : "s"}`, "viewers", () => app.statusViewers(s.statusId), "small link views"),
+            button("Delete", "delete", () => app.deleteStatus(s.statusId), "small danger"),
+          ),
+          p.viewersOf === s.statusId
+            ? el(
+                "ul",
+                { class: "viewers", "aria-label": "Viewed by" },
+                ...(viewers
+                  ? viewers.length
+                    ? viewers.map((v) =>
+                        el("li", { "data-user": v.userId, text: `${app.contactName(v.userId)} · ${lastSeen(Number(v.viewedAtMs))}` }),
+                      )
+                    : [el("li", { class: "pmeta", text: "Nobody has viewed it yet." })]
+                  : [el("li", { class: "pmeta", text: "Loading…" })]),
+              )
+            : null,
+        );
+      }),
+    );
+    $("#status-mine-empty").hidden = p.mine.length > 0;
+    $("#status-list").replaceChildren(
+      ...p.statuses.map((u) => {
+        const items = u.statuses || [];
+        const unseen = items.filter((s) => !s.viewed).length;
+        const newest = items[items.length - 1];
+        const name = app.contactName(u.userId) || u.username;
+        return el(
+          "li",
+          { "data-user": u.userId },
+          el(
+            "button",
+            {
+              type: "button",
+              class: "status-user" + (unseen ? " unseen" : "") + (p.viewing === u.userId ? " active" : ""),
+              "aria-label": `${name}: ${items.length} update${items.length === 1 ? "" : "s"}${unseen ? `, ${unseen} new` : ""}`,
+              onclick: () => app.viewStatuses(u.userId),
+            },
+            el("span", { class: "avatar ring", "aria-hidden": "true", text: name.slice(0, 1).toUpperCase() }),
+            el("span", { class: "conv-main" }, el("span", { class: "conv-title", text: name }), el("span", { class: "conv-last", text: newest ? lastSeen(Number(newest.createdAtMs)) : "" })),
+            unseen ? el("span", { class: "badge", text: String(unseen) }) : null,
+          ),
+        );
+      }),
+    );
+    $("#status-list-empty").hidden = p.statuses.length > 0;
+    const viewing = p.viewing && p.statuses.find((u) => u.userId === p.viewing);
+    $("#status-view").hidden = !viewing;
+    if (viewing) {
+      $("#status-view-title").textContent = app.contactName(viewing.userId) || viewing.username;
+      $("#status-view-items").replaceChildren(
+        ...(viewing.statuses || []).map((s) =>
+          el(
+            "li",
+            { "data-status": s.statusId },
+            el("span", { class: "ptext", text: s.text || "(media)" }),
+            el("time", { class: "pmeta", text: lastSeen(Number(s.createdAtMs)) }),
+          ),
+        ),
+      );
+    }
+  }
+
+  drawContacts() {
+    const app = this.app;
+    const p = app.people;
+    const contacts = [...app.contacts.values()].sort((a, b) => app.contactName(a.userId).localeCompare(app.contactName(b.userId)));
+    const button = (label, action, fn, cls = "small secondary") =>
+      el("button", { type: "button", class: cls, "data-action": action, text: label, onclick: fn });
+    $("#contacts").replaceChildren(
+      ...contacts.map((c) => {
+        const presence = presenceLabel(app.presenceOf(c.userId));
+        const name = app.contactName(c.userId);
+        const about = c.profile?.about;
+        return el(
+          "li",
+          { "data-user": c.userId, "data-presence": presence?.state || "" },
+          el("span", { class: "avatar", "aria-hidden": "true" }, name.slice(0, 1).toUpperCase(), dot(presence)),
+          el(
+            "span",
+            { class: "conv-main" },
+            el("span", { class: "conv-title cname", text: name }),
+            el("span", { class: "conv-last", text: [`@${c.username}`, presence?.text, about].filter(Boolean).join(" · ") }),
+          ),
+          button("Chat", "chat", () => app.chatWith(c.userId)),
+          button("Rename", "rename", () => {
+            p.editing = c.userId;
+            $("#contact-username").value = c.username;
+            $("#contact-name").value = c.name || "";
+            $("#contact-name").focus();
+            this.render();
+          }),
+          button("Remove", "remove", () => app.removeContact(c.userId), "small danger"),
+        );
+      }),
+    );
+    $("#contacts-empty").hidden = contacts.length > 0;
+    $("#contact-submit").textContent = p.editing && app.contacts.has(p.editing) ? "Save" : "Add";
+  }
+
+  drawBlocked() {
+    const app = this.app;
+    const ids = [...app.blocked].sort();
+    $("#blocked").replaceChildren(
+      ...ids.map((id) =>
+        el(
+          "li",
+          { "data-user": id },
+          el("span", { class: "conv-main" }, el("span", { class: "conv-title", text: app.contactName(id) })),
+          el("button", { type: "button", class: "small secondary", "data-action": "unblock", text: "Unblock", onclick: () => app.unblock(id) }),
+        ),
+      ),
+    );
+    $("#blocked-empty").hidden = ids.length > 0;
   }
 
   /** The group info panel, the conversation's notice and the "not a member" note. */

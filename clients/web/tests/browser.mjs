@@ -2,13 +2,20 @@
 // register, chat both ways, see ticks move to read and typing, one goes offline and
 // catches up, one sends while offline (queued, sent once). Then groups, with a third
 // user: create, system messages, add, roles, rename, remove (and the refused send), invite
-// link, leave. Saves screenshots.
+// link, leave. Then people and presence, with ann and bo: online dots and "last seen"
+// as bo disconnects and comes back, typing and recording indicators that expire,
+// contacts (add by username, rename, add from the chat menu), a status update seen by
+// a contact (view counts, viewers), blocking from the chat menu (presence gone on both
+// sides, messages withheld) and unblocking. Saves screenshots.
 //
 //   node browser.mjs <base url> <screenshot dir>
 //
-// Exits 0 on success, 1 with a message on the first failure; never runs over 90 s.
+// NATTER_WEB_DIR=<clients/web> serves the page and its assets from that directory
+// instead of the server (to try client changes without rebuilding natter).
+//
+// Exits 0 on success, 1 with a message on the first failure; never runs over 110 s.
 
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -19,7 +26,7 @@ if (!base || !outDir) {
 }
 mkdirSync(outDir, { recursive: true });
 
-const TOTAL_MS = 90_000;
+const TOTAL_MS = 110_000;
 const WAIT_MS = 15_000;
 const started = Date.now();
 const watchdog = setTimeout(() => {
@@ -37,6 +44,8 @@ const PASSWORD = "correct horse battery";
 let browser;
 const pages = {};
 const pageErrors = [];
+// The presenceSubscribe frames each page sent: their userIds.
+const presenceFrames = {};
 
 function log(msg) {
   console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}`);
@@ -122,19 +131,54 @@ async function register(page, who, username) {
   await waitConn(page, who, "online");
 }
 
+/** A browser context; with NATTER_WEB_DIR, the web client's files come from there. */
+async function newContext(browser, options) {
+  const ctx = await browser.newContext(options);
+  const dir = process.env.NATTER_WEB_DIR;
+  if (dir) {
+    const types = { js: "text/javascript", css: "text/css", html: "text/html" };
+    await ctx.route(
+      (url) => url.origin === new URL(base).origin && (url.pathname === "/" || url.pathname.startsWith("/web/")),
+      (route) => {
+        const path = new URL(route.request().url()).pathname;
+        const file = path === "/" ? "index.html" : path.slice("/web/".length);
+        const body = readFileSync(join(dir, file), "utf8");
+        return route.fulfill({ status: 200, contentType: types[file.split(".").pop()], body });
+      },
+    );
+  }
+  return ctx;
+}
+
 async function main() {
   browser = await chromium.launch({
     executablePath: process.env.NATTER_CHROMIUM || "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      // A page served by route.fulfill counts as public: let it reach the loopback server.
+      ...(process.env.NATTER_WEB_DIR ? ["--disable-features=LocalNetworkAccessChecks"] : []),
+    ],
     timeout: 30_000,
   });
-  const ctxA = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  const ctxB = await browser.newContext({ viewport: { width: 390, height: 844 }, hasTouch: true });
+  const ctxA = await newContext(browser, { viewport: { width: 1280, height: 800 } });
+  const ctxB = await newContext(browser, { viewport: { width: 390, height: 844 }, hasTouch: true });
   const a = (pages.ann = await ctxA.newPage());
   const b = (pages.bo = await ctxB.newPage());
   for (const [who, p] of Object.entries(pages)) {
     p.setDefaultTimeout(WAIT_MS);
     p.on("pageerror", (e) => pageErrors.push(`${who}: ${e.message}`));
+    presenceFrames[who] = [];
+    p.on("websocket", (ws) =>
+      ws.on("framesent", (f) => {
+        try {
+          const frame = JSON.parse(String(f.payload));
+          if (frame.presenceSubscribe && !frame.presenceSubscribe.unsubscribe) presenceFrames[who].push(frame.presenceSubscribe.userIds || []);
+        } catch {}
+      }),
+    );
   }
 
   await register(a, "ann", userA);
@@ -216,10 +260,12 @@ async function main() {
   log(`screenshots in ${outDir}`);
   await groups(browser, a, b);
   if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
+  await people(a, b);
+  if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
 }
 
 async function groups(browser, a, b) {
-  const ctxC = await browser.newContext({ viewport: { width: 1024, height: 720 } });
+  const ctxC = await newContext(browser, { viewport: { width: 1024, height: 720 } });
   const c = (pages.cy = await ctxC.newPage());
   c.setDefaultTimeout(WAIT_MS);
   c.on("pageerror", (e) => pageErrors.push(`cy: ${e.message}`));
@@ -348,3 +394,306 @@ try {
   clearTimeout(watchdog);
 }
 process.exit(failed ? 1 : 0);
+
+// ---- people and presence ----
+
+function directId(x, y) {
+  return BigInt(x) < BigInt(y) ? `d.${x}.${y}` : `d.${y}.${x}`;
+}
+
+/** Opens a conversation from the list (on a phone, going back to the list first). */
+async function openConv(page, who, convId) {
+  if (await page.isVisible("#people")) await page.click((await page.isVisible("#people-back")) ? "#people-back" : "#people-close");
+  if (await page.isVisible("#back")) await page.click("#back");
+  await page.click(`#conversations .conv[data-conv="${convId}"]`);
+  await waitFor(page, `${who}'s chat ${convId} to open`, (id) => document.querySelector("#messages").dataset.conv === id && !document.querySelector("#chat").hidden, convId);
+}
+
+/** Opens the people panel on `tab` (on a phone, from the conversation list). */
+async function openPeople(page, who, tab) {
+  if (!(await page.isVisible("#people"))) {
+    if (await page.isVisible("#back")) await page.click("#back");
+    await page.click("#people-btn");
+  }
+  await page.click(`#people-tabs [data-tab="${tab}"]`);
+  await waitFor(page, `${who}'s ${tab} tab`, (tab) => !document.querySelector(`#tab-${tab}`).hidden, tab);
+}
+
+/** The chat header's presence line, e.g. "online" or "last seen today at 14:05" ("" while hidden). */
+function headerPresence() {
+  const line = document.querySelector("#chat-presence");
+  return line.hidden ? "" : line.textContent;
+}
+
+/** Waits until `page`'s list entry of `convId` shows presence `state` ("" = none). */
+async function waitListPresence(page, who, convId, state) {
+  await waitFor(
+    page,
+    `${who}'s conversation list to show presence "${state}" for ${convId}`,
+    ([id, state]) => {
+      const conv = document.querySelector(`#conversations .conv[data-conv="${id}"]`);
+      if (!conv || conv.dataset.presence !== state) return false;
+      return state === "" ? !conv.querySelector(".dot") : !!conv.querySelector(`.dot.${state}`);
+    },
+    [convId, state],
+  );
+}
+
+/** Waits for `page`'s chat header presence to match `re` (a RegExp source), or (null) be empty. */
+async function waitHeaderPresence(page, who, what, re) {
+  await waitFor(
+    page,
+    `${who}'s chat header to show ${what}`,
+    (re) => {
+      const line = document.querySelector("#chat-presence");
+      const text = line.hidden ? "" : line.textContent;
+      return re === null ? text === "" : new RegExp(re).test(text);
+    },
+    re,
+  );
+}
+
+/** Polls `check()` (in node) until it is true. */
+async function until(what, check) {
+  const deadline = Date.now() + WAIT_MS;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${WAIT_MS / 1000} s waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function people(a, b) {
+  const idOf = (p) => p.evaluate(() => window.natter.me.userId);
+  const [idA, idB] = [await idOf(a), await idOf(b)];
+  const direct = directId(idA, idB);
+  const ctxB = b.context();
+  const LAST_SEEN = "^last seen today at \\d{1,2}:\\d{2}";
+
+  // Presence: ann sees bo online, in the header and with a dot in her list.
+  await openConv(a, "ann", direct);
+  await waitHeaderPresence(a, "ann", "bo online", "^online$");
+  await waitListPresence(a, "ann", direct, "online");
+  log("ann sees bo online");
+
+  // bo's connection drops: after the server's debounce, ann sees "last seen today at …".
+  await ctxB.setOffline(true);
+  await waitConn(b, "bo", "offline");
+  await waitHeaderPresence(a, "ann", "bo's last seen", LAST_SEEN);
+  await waitListPresence(a, "ann", direct, "offline");
+  await waitFor(a, "bo's last seen time in ann's list", (id) =>
+    /^last seen \d{1,2}:\d{2}/.test(document.querySelector(`#conversations .conv[data-conv="${id}"] .conv-presence`)?.textContent), direct);
+  await a.screenshot({ path: join(outDir, "last-seen-desktop.png") });
+  await ctxB.setOffline(false);
+  await waitConn(b, "bo", "online");
+  await waitHeaderPresence(a, "ann", "bo online again", "^online$");
+  await waitListPresence(a, "ann", direct, "online");
+  log("bo went offline (last seen) and came back online");
+
+  // The subscription is renewed at half its lease (here: made due now).
+  const renewIn = await a.evaluate(() => window.natter.presenceRenewAt - Date.now());
+  if (!(renewIn > 0)) throw new Error(`ann's presence renewal is not scheduled (${renewIn} ms)`);
+  const sent = presenceFrames.ann.length;
+  await a.evaluate(() => {
+    window.natter.presenceRenewAt = Date.now();
+  });
+  await until("ann to renew her presence subscriptions", () => presenceFrames.ann.slice(sent).some((ids) => ids.includes(idB)));
+  log(`presence renewal was due in ${Math.round(renewIn / 1000)} s; renewed`);
+
+  // Typing: bo types and stops; ann's indicator shows, then expires by itself.
+  await openConv(b, "bo", direct);
+  await waitHeaderPresence(b, "bo", "ann online", "^online$");
+  await b.fill("#composer-input", "I was about to say");
+  await waitFor(a, "ann to see that bo is typing", (n) => document.querySelector("#typing").textContent === `${n} is typing…`, userB);
+  await waitFor(a, "typing… in ann's list", (id) =>
+    document.querySelector(`#conversations .conv[data-conv="${id}"] .conv-last.typing`)?.textContent === "typing…", direct);
+  if ((await a.evaluate(headerPresence)) !== "") throw new Error("ann's header shows presence and typing at once");
+  const shownAt = Date.now();
+  await waitFor(a, "bo's typing indicator to expire", () => document.querySelector("#typing").textContent === "");
+  const after = Date.now() - shownAt;
+  if (after < 3000) throw new Error(`bo's typing indicator went after ${after} ms: it should last until it expires`);
+  await waitHeaderPresence(a, "ann", "bo online after typing", "^online$");
+  log(`typing indicator expired after ${(after / 1000).toFixed(1)} s`);
+
+  // Recording a voice note shows as such; clearing the composer ends typing at once.
+  await b.evaluate(() => window.natter.typing(true, "CHAT_STATE_RECORDING"));
+  await waitFor(a, "ann to see that bo is recording", (n) => document.querySelector("#typing").textContent === `${n} is recording audio…`, userB);
+  await waitFor(a, "recording audio… in ann's list", (id) =>
+    document.querySelector(`#conversations .conv[data-conv="${id}"] .conv-last.typing`)?.textContent === "recording audio…", direct);
+  await b.evaluate(() => window.natter.typing(false));
+  await waitFor(a, "bo's recording indicator to end", () => document.querySelector("#typing").textContent === "");
+  await b.fill("#composer-input", "");
+  await b.fill("#composer-input", "ok");
+  await waitFor(a, "ann to see bo typing again", (n) => document.querySelector("#typing").textContent === `${n} is typing…`, userB);
+  const typedAt = Date.now();
+  await b.fill("#composer-input", "");
+  await waitFor(a, "bo's typing to end when he cleared the composer", () => document.querySelector("#typing").textContent === "");
+  if (Date.now() - typedAt > 4000) throw new Error("clearing the composer did not end the typing indicator (it only expired)");
+  log("recording indicator; typing ends when the composer is cleared");
+
+  // Contacts: an unknown username is a notice; ann adds bo as "Bobby", renames him.
+  await openPeople(a, "ann", "contacts");
+  await a.fill("#contact-username", `nobody_${suffix}`);
+  await a.press("#contact-username", "Enter");
+  await waitFor(a, "a notice about the unknown contact", () => /No such user/.test(document.querySelector("#people-notice").textContent));
+  await a.fill("#contact-username", userB);
+  await a.fill("#contact-name", "Bobby");
+  await a.press("#contact-name", "Enter");
+  const contactRow = (id) => `#contacts li[data-user="${id}"]`;
+  await waitFor(a, "bo in ann's contacts as Bobby", (sel) => document.querySelector(`${sel} .cname`)?.textContent === "Bobby", contactRow(idB));
+  await waitFor(a, "the notice to clear", () => document.querySelector("#people-notice").textContent === "");
+  await waitFor(a, "bo's contact entry to show him online", (sel) => document.querySelector(sel)?.dataset.presence === "online", contactRow(idB));
+  await a.click(`${contactRow(idB)} [data-action="rename"]`);
+  await a.fill("#contact-name", "Bo B.");
+  await a.press("#contact-name", "Enter");
+  await waitFor(a, "bo renamed in ann's contacts", (sel) => document.querySelector(`${sel} .cname`)?.textContent === "Bo B.", contactRow(idB));
+  if ((await a.$$("#contacts li")).length !== 1) throw new Error("ann's contact list should hold exactly bo");
+  await a.screenshot({ path: join(outDir, "contacts-desktop.png") });
+  await openConv(a, "ann", direct);
+  await waitFor(a, "ann's chat titled with her name for bo", () => document.querySelector("#chat-title").textContent === "Bo B.");
+  await a.click("#chat-menu-btn");
+  await a.screenshot({ path: join(outDir, "chat-menu-desktop.png") });
+  await a.keyboard.press("Escape");
+  await waitFor(a, "ann's chat menu to close", () => document.querySelector("#chat-menu").hidden);
+  log("ann added bo as a contact and renamed him");
+
+  // bo adds ann from his chat's menu; she is listed in his contacts.
+  await b.click("#chat-menu-btn");
+  await b.click("#menu-contact");
+  await openPeople(b, "bo", "contacts");
+  await waitFor(b, "ann in bo's contacts", ([sel, n]) => document.querySelector(`${sel} .cname`)?.textContent === n, [contactRow(idA), userA]);
+  log("bo added ann from the chat menu");
+
+  // Status: ann posts one; bo (they are each other's contacts) sees it and opens it;
+  // ann sees one view, by bo.
+  const STATUS = `On a trip ${suffix}`;
+  await openPeople(a, "ann", "status");
+  await a.fill("#status-text", STATUS);
+  await a.press("#status-text", "Enter");
+  await waitFor(a, "ann's own status", (t) => [...document.querySelectorAll("#status-mine .ptext")].some((e) => e.textContent === t), STATUS);
+  await waitFor(a, "ann's status with 0 views", () => document.querySelector('#status-mine [data-action="viewers"]')?.textContent === "0 views");
+  await openPeople(b, "bo", "status");
+  const entry = (id) => `#status-list li[data-user="${id}"] button`;
+  await waitFor(b, "ann's status, unseen, in bo's list", (sel) => document.querySelector(sel)?.classList.contains("unseen"), entry(idA));
+  await b.click(entry(idA));
+  await waitFor(b, "bo to see ann's status", (t) => [...document.querySelectorAll("#status-view-items .ptext")].some((e) => e.textContent === t), STATUS);
+  await waitFor(b, "ann's status marked viewed", (sel) => !document.querySelector(sel)?.classList.contains("unseen"), entry(idA));
+  await a.click("#status-refresh");
+  await waitFor(a, "ann's status with 1 view", () => document.querySelector('#status-mine [data-action="viewers"]')?.textContent === "1 view");
+  await a.click('#status-mine [data-action="viewers"]');
+  await waitFor(a, "bo among the viewers", (id) => !!document.querySelector(`#status-mine .viewers li[data-user="${id}"]`), idB);
+  await a.screenshot({ path: join(outDir, "people-desktop.png") });
+  await b.screenshot({ path: join(outDir, "people-phone.png") });
+  log("ann's status seen by bo; ann sees who viewed it");
+
+  // Blocking: ann blocks bo from the chat menu. She no longer shows his presence, and
+  // he no longer gets hers.
+  await openConv(a, "ann", direct);
+  await openConv(b, "bo", direct);
+  await waitHeaderPresence(b, "bo", "ann online", "^online$");
+  await a.click("#chat-menu-btn");
+  await a.click("#menu-block");
+  await waitFor(a, "ann's blocked note", () => !document.querySelector("#blocked-note").hidden);
+  await waitHeaderPresence(a, "ann", "no presence for blocked bo", null);
+  await waitListPresence(a, "ann", direct, "");
+  await a.screenshot({ path: join(outDir, "blocked-desktop.png") });
+  let pushed = true;
+  try {
+    await b.waitForFunction(() => document.querySelector("#chat-presence").textContent === "", null, { timeout: 4000, polling: 100 });
+  } catch {
+    pushed = false;
+  }
+  if (!pushed) {
+    // Not pushed: a new subscription (after a reconnect) must not show it.
+    await ctxB.setOffline(true);
+    await waitConn(b, "bo", "offline");
+    await ctxB.setOffline(false);
+    await waitConn(b, "bo", "online");
+    await b.waitForTimeout(1000);
+  }
+  await waitHeaderPresence(b, "bo", "no presence of ann, who blocked him", null);
+  await waitListPresence(b, "bo", direct, "");
+  log(`ann blocked bo: presence gone on both sides (bo's ${pushed ? "pushed" : "after reconnecting"})`);
+
+  // bo writes while blocked: his message is withheld from ann (one tick for him).
+  await send(b, "are you there?");
+  await waitStatus(b, "bo", "are you there?", ["sent"]);
+  await b.waitForTimeout(1500);
+  const bStatus = (await shown(b)).find((m) => m.text === "are you there?")?.status;
+  if (bStatus !== "sent") throw new Error(`bo's message to ann, who blocked him, shows as "${bStatus}", expected "sent" (one tick)`);
+  if ((await shown(a)).some((m) => m.text === "are you there?")) throw new Error("ann was shown a message bo sent while she blocked him");
+  await openPeople(a, "ann", "blocked");
+  await waitFor(a, "bo in ann's blocked list", (id) => !!document.querySelector(`#blocked li[data-user="${id}"]`), idB);
+  await a.click(`#blocked li[data-user="${idB}"] [data-action="unblock"]`);
+  await waitFor(a, "ann's blocked list to empty", () => document.querySelectorAll("#blocked li").length === 0);
+  await openConv(a, "ann", direct);
+  await waitFor(a, "ann's blocked note to go", () => document.querySelector("#blocked-note").hidden);
+  await waitHeaderPresence(a, "ann", "bo online once unblocked", "^online$");
+  await send(b, "and now?");
+  await waitShown(a, "ann", "and now?");
+  await b.waitForTimeout(500);
+  if ((await shown(a)).some((m) => m.text === "are you there?")) throw new Error("ann was shown a message sent while she blocked bo");
+  const withheld = await a.evaluate((id) => [...window.natter.convs.get(id).msgs.values()].filter((m) => m.withheld).length, direct);
+  if (withheld !== 1) throw new Error(`ann's client holds ${withheld} withheld messages, expected 1`);
+  log("bo's message while blocked withheld; unblocked, presence and messages are back");
+
+  // Profile and privacy: ann saves hers; both read back; bo sees her about and name.
+  await openPeople(a, "ann", "profile");
+  await a.fill("#profile-name", "Ann A.");
+  await a.fill("#profile-about", `Out hiking ${suffix}`);
+  await a.click('#profile-form button[type="submit"]');
+  await waitFor(a, "the profile saved", () => document.querySelector("#people-info").textContent === "Profile saved.");
+  await openPeople(a, "ann", "privacy");
+  await waitFor(a, "ann's privacy settings to load", () => !document.querySelector("#privacy-lastSeen").disabled);
+  const privacy = () => [...document.querySelectorAll("#privacy-form select")].map((s) => s.value).join(",");
+  const defaults = await a.evaluate(privacy);
+  if (defaults !== "VISIBILITY_EVERYONE,VISIBILITY_EVERYONE,VISIBILITY_EVERYONE,VISIBILITY_EVERYONE") {
+    throw new Error(`ann's default privacy settings: ${defaults}`);
+  }
+  await a.selectOption("#privacy-lastSeen", "VISIBILITY_CONTACTS");
+  await waitFor(a, "the privacy setting saved", () => document.querySelector("#people-info").textContent === "Privacy settings saved.");
+  await a.selectOption("#privacy-about", "VISIBILITY_NOBODY");
+  await waitFor(a, "the second privacy setting saved", () => document.querySelector("#privacy-about").value === "VISIBILITY_NOBODY" && document.querySelector("#people-info").textContent === "Privacy settings saved.");
+  const beforeReload = presenceFrames.ann.length;
+  await a.reload();
+  await waitConn(a, "ann", "online");
+  await until("ann to subscribe to bo's presence again after the reload", () =>
+    presenceFrames.ann.slice(beforeReload).some((ids) => ids.includes(idB)));
+  await openPeople(a, "ann", "privacy");
+  await waitFor(a, "ann's saved privacy settings after a reload", (want) =>
+    [...document.querySelectorAll("#privacy-form select")].map((s) => s.value).join(",") === want && !document.querySelector("#privacy-about").disabled,
+    "VISIBILITY_CONTACTS,VISIBILITY_EVERYONE,VISIBILITY_EVERYONE,VISIBILITY_NOBODY");
+  await openPeople(a, "ann", "profile");
+  await waitFor(a, "ann's saved profile after a reload", (about) =>
+    document.querySelector("#profile-name").value === "Ann A." && document.querySelector("#profile-about").value === about, `Out hiking ${suffix}`);
+  // bo has ann as a contact without a name of his own: he sees her display name; her
+  // about is hidden from everyone now.
+  await openPeople(b, "bo", "contacts");
+  await waitFor(b, "ann's display name in bo's contacts", (sel) => document.querySelector(`${sel} .cname`)?.textContent === "Ann A.", contactRow(idA));
+  const row = await b.textContent(contactRow(idA));
+  if (row.includes("Out hiking")) throw new Error(`bo sees ann's about, which she hid: ${row}`);
+  log("profile and privacy settings saved and applied");
+
+  // ann blocks cy by username from the Blocked tab, then unblocks her.
+  const idC = await idOf(pages.cy);
+  await openPeople(a, "ann", "blocked");
+  await a.fill("#block-username", userC);
+  await a.press("#block-username", "Enter");
+  await waitFor(a, "cy in ann's blocked list", (id) => !!document.querySelector(`#blocked li[data-user="${id}"]`), idC);
+  await waitFor(a, "the block form to clear", () => document.querySelector("#block-username").value === "");
+  await a.click(`#blocked li[data-user="${idC}"] [data-action="unblock"]`);
+  await waitFor(a, "ann's blocked list to empty again", () => document.querySelectorAll("#blocked li").length === 0);
+
+  // ann deletes her status: bo no longer gets it. She removes bo from her contacts.
+  await openPeople(a, "ann", "status");
+  await a.click('#status-mine [data-action="delete"]');
+  await waitFor(a, "ann's status gone", () => document.querySelectorAll("#status-mine li").length === 0);
+  await openPeople(b, "bo", "status");
+  await waitFor(b, "ann's status gone from bo's list", (sel) => !document.querySelector(sel), entry(idA));
+  await openPeople(a, "ann", "contacts");
+  await a.click(`${contactRow(idB)} [data-action="remove"]`);
+  await waitFor(a, "ann's contacts to empty", () => document.querySelectorAll("#contacts li").length === 0);
+  await openConv(a, "ann", direct);
+  await waitFor(a, "ann's chat titled with bo's username again", (n) => document.querySelector("#chat-title").textContent === n, userB);
+  await waitHeaderPresence(a, "ann", "bo (a chat, no longer a contact) still online", "^online$");
+  log("blocked and unblocked by username; status deleted; contact removed");
+}
