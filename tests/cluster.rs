@@ -608,3 +608,132 @@ async fn a_group_spread_over_two_edges_keeps_one_order_through_an_owner_kill() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------
+// Presence across edges, on the test's own Redis.
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
+
+/// The next presence push about `user` on `c` in state `want`, within `secs`; pushes
+/// before it (the server pushes presence again after a change of settings, contacts or
+/// blocks) must be in state `allowed`.
+async fn presence_push(
+    c: &Client,
+    user: UserId,
+    secs: u64,
+    want: v1::PresenceState,
+    allowed: v1::PresenceState,
+) -> v1::UserPresence {
+    next_matching(c, Duration::from_secs(secs), |ev| match ev {
+        Event::Presence(p) if p.user_id == user.get() => {
+            let state = presence_state(p);
+            assert!(state == want || state == allowed, "unexpected push {p:?}");
+            (state == want).then_some(*p)
+        }
+        _ => None,
+    })
+    .await
+}
+
+/// What `c` is answered about `user` now.
+async fn presence_snapshot(c: &Client, user: UserId) -> v1::UserPresence {
+    let s = c.subscribe_presence(&[user]).await.expect("subscribe");
+    assert_eq!(s.users.len(), 1, "{s:?}");
+    s.users[0]
+}
+
+fn presence_state(p: &v1::UserPresence) -> v1::PresenceState {
+    v1::PresenceState::try_from(p.state).unwrap_or(v1::PresenceState::Unspecified)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_crosses_edges_and_an_edge_that_dies_without_a_word_goes_offline() {
+    const TTL_MS: u64 = 1500;
+    const DEBOUNCE_MS: u64 = 300;
+    let mut cluster = Cluster::start(Shape {
+        directory_ttl_ms: TTL_MS,
+        presence_debounce_ms: Some(DEBOUNCE_MS),
+        people: true,
+        presence: true,
+        ..Shape::default()
+    })
+    .await;
+    bounded(120, async {
+        use v1::PresenceState::{Offline, Online, Unspecified};
+        // Uma on edge 0, Wes watching from edge 1, Bob (whom Uma blocks) from edge 1.
+        // Nobody reconnects by themselves: Uma must not come back through edge 1.
+        let uma = cluster.user("uma").await;
+        let wes = cluster.user("wes").await;
+        let bob = cluster.user("bob").await;
+        let cw = cluster.connect(&wes, 1, opts()).await;
+        let cb = cluster.connect(&bob, 1, opts()).await;
+        let p = presence_snapshot(&cw, uma.user_id).await;
+        assert_eq!((presence_state(&p), p.last_seen_ms), (Offline, 0));
+
+        // Online through edge 0, seen from edge 1.
+        let cu = cluster.connect(&uma, 0, opts()).await;
+        let p = presence_push(&cw, uma.user_id, 10, Online, Offline).await;
+        assert_eq!((presence_state(&p), p.last_seen_ms), (Online, 0));
+        // The people role answers, and its block reaches the presence role.
+        cu.block(bob.user_id).await.expect("block");
+        let p = presence_snapshot(&cb, uma.user_id).await;
+        assert_eq!((presence_state(&p), p.last_seen_ms), (Unspecified, 0));
+
+        // A clean close: offline after the debounce, last seen at the close.
+        let closing = epoch_ms();
+        cu.close();
+        let p = presence_push(&cw, uma.user_id, 10, Offline, Online).await;
+        let arrived = epoch_ms();
+        assert!(
+            p.last_seen_ms + 50 >= closing && p.last_seen_ms <= closing + 1000,
+            "last seen {} vs close at {closing}",
+            p.last_seen_ms
+        );
+        assert!(
+            arrived + 50 >= closing + DEBOUNCE_MS,
+            "pushed within the debounce"
+        );
+
+        // Back on edge 0; then edge 0 dies without a goodbye.
+        let cu = cluster.connect(&uma, 0, opts()).await;
+        presence_push(&cw, uma.user_id, 10, Online, Offline).await;
+        let p = presence_snapshot(&cw, uma.user_id).await;
+        assert_eq!(presence_state(&p), Online, "{p:?}");
+        let killed = epoch_ms();
+        cluster.edges[0].kill9().await;
+        let p = presence_push(&cw, uma.user_id, 15, Offline, Online).await;
+        let arrived = epoch_ms();
+        // Last seen is edge 0's last beat (it beats every TTL / 3), not the reap's time.
+        assert!(
+            p.last_seen_ms <= killed + 100 && p.last_seen_ms + TTL_MS / 3 + 500 >= killed,
+            "last seen {} should be edge 0's last beat, before the kill at {killed}",
+            p.last_seen_ms
+        );
+        // Nobody said goodbye: only the lapsed TTL tells.
+        assert!(
+            arrived >= p.last_seen_ms + TTL_MS - 100,
+            "offline {} ms after the last beat, before the {TTL_MS} ms TTL lapsed",
+            arrived - p.last_seen_ms
+        );
+        assert_eq!(presence_snapshot(&cw, uma.user_id).await, p);
+        // Bob, blocked, was told nothing of any of it.
+        while let Some(ev) = cb.try_recv() {
+            if let Event::Presence(p) = &ev
+                && p.user_id == uma.user_id.get()
+            {
+                assert_eq!(
+                    (presence_state(p), p.last_seen_ms),
+                    (Unspecified, 0),
+                    "{p:?}"
+                );
+            }
+        }
+        drop(cu);
+    })
+    .await;
+}

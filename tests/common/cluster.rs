@@ -1,7 +1,8 @@
 //! A cluster of real processes on loopback: `nats-server` and `redis-server` (started by
 //! natter-testkit on ephemeral ports), and `natter sessions`, `natter store`,
-//! `natter groups`, N × `natter messages` and M × `natter edge`, each its own child
-//! process that can be killed with SIGKILL and restarted on the same port.
+//! `natter groups`, N × `natter messages` and M × `natter edge` (and, when the shape asks,
+//! `natter people` and `natter presence`), each its own child process that can be killed
+//! with SIGKILL and restarted on the same port.
 
 use std::{
     net::SocketAddr,
@@ -194,6 +195,10 @@ pub struct Cluster {
     pub groups: Role,
     pub messages: Vec<Role>,
     pub edges: Vec<Role>,
+    /// `natter people` (embedded store), if the shape asked for it.
+    pub people: Option<Role>,
+    /// `natter presence` on the cluster's Redis, if the shape asked for it.
+    pub presence: Option<Role>,
     pub http: HttpClient,
     _dir: tempfile::TempDir,
 }
@@ -203,6 +208,15 @@ pub struct Shape {
     pub edges: usize,
     pub messages: usize,
     pub lease_ttl_ms: u64,
+    /// The edges' `--directory-ttl-ms` (also how long the presence store keeps a silent
+    /// edge's users online).
+    pub directory_ttl_ms: u64,
+    /// The edges' `--presence-debounce-ms` (`None`: the binary's default).
+    pub presence_debounce_ms: Option<u64>,
+    /// Run a `natter people` role.
+    pub people: bool,
+    /// Run a `natter presence` role on the cluster's Redis.
+    pub presence: bool,
 }
 
 impl Default for Shape {
@@ -211,6 +225,10 @@ impl Default for Shape {
             edges: 2,
             messages: 2,
             lease_ttl_ms: 3_000,
+            directory_ttl_ms: 3_000,
+            presence_debounce_ms: None,
+            people: false,
+            presence: false,
         }
     }
 }
@@ -278,14 +296,34 @@ impl Cluster {
                     "--jwt-secret-file".into(),
                     secret.clone(),
                     "--directory-ttl-ms".into(),
-                    "3000".into(),
+                    shape.directory_ttl_ms.to_string(),
                 ]);
+                if let Some(ms) = shape.presence_debounce_ms {
+                    args.extend(["--presence-debounce-ms".into(), ms.to_string()]);
+                }
                 Role::new(&format!("edge-{i}"), dir.path(), args)
             })
             .collect();
+        let mut people = shape.people.then(|| {
+            let mut args = common("people");
+            args.extend([
+                "--data-dir".into(),
+                dir.path().join("people").display().to_string(),
+            ]);
+            Role::new("people", dir.path(), args)
+        });
+        let mut presence = shape.presence.then(|| {
+            let mut args = common("presence");
+            args.extend(["--redis".into(), redis.url()]);
+            Role::new("presence", dir.path(), args)
+        });
         sessions.start().await;
         store.start().await;
         groups.start().await;
+        // Before the edges, so that their first presence reports find a service.
+        for r in people.iter_mut().chain(presence.iter_mut()) {
+            r.start().await;
+        }
         for m in &mut messages {
             m.start().await;
         }
@@ -301,6 +339,8 @@ impl Cluster {
             groups,
             messages,
             edges,
+            people,
+            presence,
             http,
             _dir: dir,
         };
