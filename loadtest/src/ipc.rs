@@ -45,6 +45,21 @@ pub enum Task {
         rate: f64,
         window: usize,
     },
+    /// Every subscriber subscribes to `subject`'s presence; then `subject` connects and
+    /// disconnects `cycles` times, and every subscriber must get a push for each change.
+    Presence {
+        subject: Cred,
+        subscribers: Vec<Cred>,
+        /// Not in `subject`'s contacts (contacts-only privacy): must see nothing.
+        stranger: Option<Cred>,
+        cycles: u32,
+        /// `subject` shows its online state and last seen to its contacts only.
+        contacts_only: bool,
+        /// Seconds between one transition's last push and the next transition.
+        pause_s: f64,
+        /// Seconds a transition's pushes may take before the missing ones count as lost.
+        transition_timeout_s: f64,
+    },
 }
 
 /// Everything a worker needs, sent as its first stdin line.
@@ -121,4 +136,44 @@ pub struct Outcome {
     pub errors: u64,
     pub error_samples: Vec<String>,
     pub interrupted: bool,
+    /// Presence: the per-transition figures.
+    #[serde(default)]
+    pub presence: Option<PresenceOutcome>,
+}
+
+/// What the presence scenario measured. Times in nanoseconds; a transition starts when
+/// the subject's Welcome arrives (online) or just before it closes (offline).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PresenceOutcome {
+    pub subscribers: usize,
+    /// Transitions carried out (two per cycle).
+    pub transitions: u32,
+    /// Per online transition: start → the last subscriber's push (complete ones only).
+    pub online_last_ns: Vec<u64>,
+    /// Per offline transition: start → the last subscriber's push (complete ones only).
+    pub offline_last_ns: Vec<u64>,
+    /// Per online transition: start → the first push.
+    pub online_first_ns: Vec<u64>,
+    pub offline_first_ns: Vec<u64>,
+    /// The subject's connect → Welcome, per cycle.
+    pub welcome_ns: Vec<u64>,
+    /// Start → arrival of every push, per kind of transition (encoded histograms).
+    pub online_latency: String,
+    pub offline_latency: String,
+    /// Pushes that arrived after their transition's timeout (already counted lost).
+    pub late: u64,
+    /// Pushes (or snapshots) showing the subject to the stranger, who may not see it.
+    pub leaked: u64,
+    /// Pushes whose state was neither the expected one nor a repeat.
+    pub unexpected: u64,
+    /// Setup: pushes repeating what a subscriber's snapshot already said (allowed there).
+    pub setup_repeats: u64,
+    /// Subscriptions renewed (all subscribers at once) because their TTL was running out.
+    pub renewals: u32,
+    /// Setup: the subject's contact adds and privacy change, seconds.
+    pub contacts_s: f64,
+    /// Setup: subscribers connecting, adding the subject and subscribing, seconds.
+    pub subscribe_s: f64,
+    /// The subscription TTL the server gave, seconds.
+    pub subscription_ttl_s: u32,
 }

@@ -129,6 +129,30 @@ enum ScenarioCmd {
         #[arg(long, default_value = "20s", value_parser = parse_duration)]
         duration: Duration,
     },
+    /// One user watched by S subscribers: every subscriber subscribes to the user's
+    /// presence, then the user connects and disconnects `cycles` times; every subscriber
+    /// must get one push for each change. Times the fan-out of each transition. Run the
+    /// server with a short offline debounce (`natter serve --presence-debounce-ms 0`):
+    /// the offline figures include it.
+    Presence {
+        /// Users subscribed to the watched user (each is in its contacts, and has it in
+        /// theirs).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        subscribers: u32,
+        /// Times the watched user connects and disconnects (two transitions each).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        cycles: u32,
+        /// The watched user's online and last-seen setting. With `contacts`, one more
+        /// user (not a contact) subscribes too and must never see it.
+        #[arg(long, default_value = "everyone", value_parser = ["everyone", "contacts"])]
+        privacy: String,
+        /// Pause after each transition's last push before the next transition.
+        #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+        pause: Duration,
+        /// How long a transition's pushes may take; missing ones count as lost.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        transition_timeout: Duration,
+    },
     /// Internal: one worker process (plan on stdin, reports on stdout).
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -226,6 +250,19 @@ fn main() -> ExitCode {
             rate,
             window: window as usize,
             duration,
+        },
+        ScenarioCmd::Presence {
+            subscribers,
+            cycles,
+            privacy,
+            pause,
+            transition_timeout,
+        } => run::Scenario::Presence {
+            subscribers: subscribers as usize,
+            cycles,
+            contacts_only: privacy == "contacts",
+            pause,
+            transition_timeout: transition_timeout.max(Duration::from_millis(100)),
         },
     };
     let verdict = runtime.block_on(run::run(common, scenario));

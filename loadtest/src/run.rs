@@ -20,7 +20,7 @@ use tokio::{
 
 use crate::{
     audit::Tally,
-    ipc::{Control, Cred, Outcome, Plan, Progress, Report, Task},
+    ipc::{Control, Cred, Outcome, Plan, PresenceOutcome, Progress, Report, Task},
     report,
     stats::{self, ProcProbe, ProcSample, Series},
 };
@@ -75,6 +75,15 @@ pub enum Scenario {
         window: usize,
         duration: Duration,
     },
+    /// One watched user and `subscribers` users subscribed to its presence (plus a
+    /// stranger with `contacts_only`).
+    Presence {
+        subscribers: usize,
+        cycles: u32,
+        contacts_only: bool,
+        pause: Duration,
+        transition_timeout: Duration,
+    },
 }
 
 impl Scenario {
@@ -85,6 +94,7 @@ impl Scenario {
             Scenario::Direct { .. } => "direct",
             Scenario::Offline { .. } => "offline",
             Scenario::Group { .. } => "group",
+            Scenario::Presence { .. } => "presence",
         }
     }
 
@@ -97,6 +107,11 @@ impl Scenario {
             Scenario::Direct { users, .. } => *users,
             Scenario::Offline { .. } => 2,
             Scenario::Group { members, .. } => *members,
+            Scenario::Presence {
+                subscribers,
+                contacts_only,
+                ..
+            } => subscribers + 1 + usize::from(*contacts_only),
         }
     }
 
@@ -105,6 +120,7 @@ impl Scenario {
             Scenario::Idle { .. } | Scenario::Connect { .. } => "connect_to_welcome",
             Scenario::Direct { .. } | Scenario::Group { .. } => "send_to_arrival",
             Scenario::Offline { .. } => "send_to_ack",
+            Scenario::Presence { .. } => "transition_to_push",
         }
     }
 }
@@ -403,6 +419,7 @@ struct Folded {
     reconnects: u64,
     errors: u64,
     error_samples: Vec<String>,
+    presence: Option<PresenceOutcome>,
 }
 
 impl Folded {
@@ -447,6 +464,10 @@ impl Folded {
             if self.error_samples.len() < 10 {
                 self.error_samples.push(e.clone());
             }
+        }
+        // Presence runs in one worker.
+        if o.presence.is_some() {
+            self.presence.clone_from(&o.presence);
         }
         Ok(())
     }
@@ -609,9 +630,12 @@ async fn drive(
     let workers = match scenario {
         // One process holds the whole group: its one audit sees the sender's clock and
         // every member's arrivals (a group is far below a worker's 10,000 connections).
-        Scenario::Group { .. } => {
+        Scenario::Group { .. } | Scenario::Presence { .. } => {
             if common.workers.is_some_and(|w| w > 1) {
-                eprintln!("natter-loadtest: group runs in one worker process; --workers ignored");
+                eprintln!(
+                    "natter-loadtest: {} runs in one worker process; --workers ignored",
+                    scenario.name()
+                );
             }
             1
         }
@@ -673,6 +697,29 @@ async fn drive(
                 members: it.collect(),
                 rate: f64::from(*rate),
                 window: *window,
+            }]
+        }
+        Scenario::Presence {
+            cycles,
+            contacts_only,
+            pause,
+            transition_timeout,
+            ..
+        } => {
+            let mut creds = creds;
+            let stranger = if *contacts_only { creds.pop() } else { None };
+            let mut it = creds.into_iter();
+            let Some(subject) = it.next() else {
+                return Err("provisioning returned too few users".into());
+            };
+            vec![Task::Presence {
+                subject,
+                subscribers: it.collect(),
+                stranger,
+                cycles: *cycles,
+                contacts_only: *contacts_only,
+                pause_s: pause.as_secs_f64(),
+                transition_timeout_s: transition_timeout.as_secs_f64(),
             }]
         }
     };
@@ -789,7 +836,7 @@ async fn conduct(
 ) -> Result<(), String> {
     let setup_conns = match scenario {
         Scenario::Idle { .. } => connections,
-        Scenario::Direct { .. } | Scenario::Group { .. } => connections,
+        Scenario::Direct { .. } | Scenario::Group { .. } | Scenario::Presence { .. } => connections,
         Scenario::Connect { .. } | Scenario::Offline { .. } => 0,
     };
     bars.stage("connecting", setup_conns);
@@ -840,6 +887,20 @@ async fn conduct(
             measured_phase(*duration, live, reports, bars, interrupt, summary).await?;
             summary.server_end = sample("end of the measured phase");
             bars.stage("draining", 0);
+        }
+        Scenario::Presence { cycles, .. } => {
+            bars.stage(&format!("{cycles} cycles"), 0);
+            for r in live.ready.iter_mut() {
+                *r = false;
+            }
+            summary.server_start = sample("start");
+            control_all(workers, Control::Go).await;
+            // Ready again once the last transition is in: the measured phase is over.
+            wait_until!(live.all_ready() || live.all_done());
+            summary.server_end = sample("end of the transitions");
+            control_all(workers, Control::Stop).await;
+            wait_until!(live.all_done());
+            return Ok(());
         }
         Scenario::Offline { messages, .. } => {
             summary.server_start = sample("start");
@@ -912,6 +973,8 @@ struct Summary {
     report: Option<PathBuf>,
     /// Group: members (the sender included) and the target send rate.
     group: Option<(usize, u32)>,
+    /// Presence: cycles and the privacy setting.
+    presence: Option<(u32, &'static str)>,
 }
 
 impl Summary {
@@ -925,7 +988,7 @@ impl Summary {
             Scenario::Group {
                 duration, window, ..
             } => (Some(duration.as_secs_f64()), Some(*window)),
-            Scenario::Connect { .. } => (None, None),
+            Scenario::Connect { .. } | Scenario::Presence { .. } => (None, None),
         };
         Summary {
             scenario: scenario.name(),
@@ -948,6 +1011,21 @@ impl Summary {
                 Scenario::Group { members, rate, .. } => Some((*members, *rate)),
                 _ => None,
             },
+            presence: match scenario {
+                Scenario::Presence {
+                    cycles,
+                    contacts_only,
+                    ..
+                } => Some((
+                    *cycles,
+                    if *contacts_only {
+                        "contacts"
+                    } else {
+                        "everyone"
+                    },
+                )),
+                _ => None,
+            },
         }
     }
 
@@ -964,6 +1042,11 @@ impl Summary {
             }
             "direct" | "group" => (per_s(t.delivered, f.measured_s), t.delivered),
             "offline" => (per_s(t.delivered, f.sync_s), t.delivered),
+            // Pushes per second of fan-out: every push over the transitions' durations.
+            "presence" => (
+                f.presence.as_ref().map_or(0.0, presence_push_rate),
+                t.delivered,
+            ),
             // Storm or setup: accepted connections per second.
             _ => (per_s(f.progress.connected, f.storm_s), f.progress.connected),
         };
@@ -1103,6 +1186,23 @@ impl Summary {
                     ),
                 );
             }
+            "presence" => {
+                let (cycles, privacy) = self.presence.unwrap_or((0, "everyone"));
+                extra(&mut v, "cycles", json!(cycles));
+                extra(&mut v, "privacy", json!(privacy));
+                if let Some(p) = &f.presence {
+                    presence_figures(&mut v, p);
+                }
+                extra(
+                    &mut v,
+                    "server_cpu_s_per_1000_pushes",
+                    json!(
+                        server_cpu_s
+                            .filter(|_| t.delivered > 0)
+                            .map(|c| round3(c * 1000.0 / t.delivered as f64))
+                    ),
+                );
+            }
             "offline" => {
                 extra(&mut v, "store_s", json!(round3(f.store_s)));
                 extra(&mut v, "sync_s", json!(round3(f.sync_s)));
@@ -1122,7 +1222,11 @@ impl Summary {
         }
         let verdict = if self.error.is_some() {
             Verdict::Error
-        } else if !t.clean() {
+        } else if !t.clean()
+            || f.presence
+                .as_ref()
+                .is_some_and(|p| p.leaked > 0 || p.unexpected > 0)
+        {
             Verdict::AuditFailed
         } else if self.interrupted {
             Verdict::Interrupted
@@ -1158,6 +1262,90 @@ impl Summary {
     }
 }
 
+/// Pushes per second while transitions were fanning out: all complete transitions'
+/// pushes over the sum of their durations (start → last push).
+fn presence_push_rate(p: &PresenceOutcome) -> f64 {
+    let lasts = p.online_last_ns.iter().chain(&p.offline_last_ns);
+    let (count, ns) = lasts.fold((0u64, 0u64), |(c, t), &x| (c + 1, t + x));
+    per_s(count * p.subscribers as u64, ns as f64 / 1e9)
+}
+
+/// The `q` quantile of `xs` (nearest rank), in milliseconds; `None` when empty.
+fn quantile_ms(xs: &[u64], q: f64) -> Option<f64> {
+    let mut v = xs.to_vec();
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len().max(1));
+    v.get(rank - 1).map(|&ns| round3(ns as f64 / 1e6))
+}
+
+/// The presence scenario's own fields of the summary.
+fn presence_figures(v: &mut Value, p: &PresenceOutcome) {
+    let Some(o) = v.as_object_mut() else {
+        return;
+    };
+    let n = p.subscribers as f64;
+    o.insert("subscribers".into(), json!(p.subscribers));
+    o.insert("transitions".into(), json!(p.transitions));
+    for (kind, lasts, firsts, hist) in [
+        (
+            "online",
+            &p.online_last_ns,
+            &p.online_first_ns,
+            &p.online_latency,
+        ),
+        (
+            "offline",
+            &p.offline_last_ns,
+            &p.offline_first_ns,
+            &p.offline_latency,
+        ),
+    ] {
+        // Start of the transition → the last subscriber's push, across transitions.
+        for (q, name) in [(0.5, "p50"), (0.99, "p99"), (1.0, "max")] {
+            o.insert(
+                format!("{kind}_last_{name}_ms"),
+                json!(quantile_ms(lasts, q)),
+            );
+        }
+        o.insert(
+            format!("{kind}_first_p50_ms"),
+            json!(quantile_ms(firsts, 0.5)),
+        );
+        // Every push, start of its transition → arrival.
+        let h = stats::decode_histogram(hist).unwrap_or_else(|_| stats::histogram());
+        o.insert(
+            format!("{kind}_push_p50_ms"),
+            json!(round3(stats::ms_at(&h, 0.5))),
+        );
+        o.insert(
+            format!("{kind}_push_p99_ms"),
+            json!(round3(stats::ms_at(&h, 0.99))),
+        );
+        // One transition's pushes over its median time to the last push.
+        o.insert(
+            format!("{kind}_pushes_per_s"),
+            json!(
+                quantile_ms(lasts, 0.5)
+                    .filter(|ms| *ms > 0.0)
+                    .map(|ms| round3(n * 1000.0 / ms))
+            ),
+        );
+        o.insert(format!("{kind}_transitions_complete"), json!(lasts.len()));
+    }
+    o.insert(
+        "welcome_p50_ms".into(),
+        json!(quantile_ms(&p.welcome_ns, 0.5)),
+    );
+    o.insert("late".into(), json!(p.late));
+    o.insert("leaked".into(), json!(p.leaked));
+    o.insert("unexpected".into(), json!(p.unexpected));
+    o.insert("renewals".into(), json!(p.renewals));
+    o.insert("setup_repeats".into(), json!(p.setup_repeats));
+    o.insert("subscription_ttl_s".into(), json!(p.subscription_ttl_s));
+    o.insert("contacts_setup_s".into(), json!(round3(p.contacts_s)));
+    o.insert("subscribe_setup_s".into(), json!(round3(p.subscribe_s)));
+}
+
 fn per_s(n: u64, s: f64) -> f64 {
     if s > 0.0 { n as f64 / s } else { 0.0 }
 }
@@ -1177,6 +1365,30 @@ mod tests {
         assert_eq!(s.iter().map(Vec::len).sum::<usize>(), 10);
         assert!(s.iter().all(|x| x.len() >= 3));
         assert_eq!(shares((0..2).collect::<Vec<_>>(), 5).len(), 2);
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let ms = |x: u64| x * 1_000_000;
+        let xs: Vec<u64> = (1..=20).rev().map(ms).collect();
+        assert_eq!(quantile_ms(&xs, 0.5), Some(10.0));
+        assert_eq!(quantile_ms(&xs, 0.99), Some(20.0));
+        assert_eq!(quantile_ms(&xs, 1.0), Some(20.0));
+        assert_eq!(quantile_ms(&[ms(7)], 0.5), Some(7.0));
+        assert_eq!(quantile_ms(&[], 0.5), None);
+    }
+
+    #[test]
+    fn push_rate_is_pushes_over_the_transitions_time() {
+        let p = PresenceOutcome {
+            subscribers: 1000,
+            // Two transitions of 100 ms and 300 ms: 2,000 pushes in 0.4 s.
+            online_last_ns: vec![100_000_000],
+            offline_last_ns: vec![300_000_000],
+            ..Default::default()
+        };
+        assert!((presence_push_rate(&p) - 5000.0).abs() < 1e-6);
+        assert_eq!(presence_push_rate(&PresenceOutcome::default()), 0.0);
     }
 
     #[test]

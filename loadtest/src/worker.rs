@@ -26,6 +26,8 @@ use tokio::{
     sync::{Semaphore, mpsc, watch},
 };
 
+mod presence;
+
 use crate::{
     audit::{self, Conversation, Origin, Tally},
     ipc::{Control, Cred, Outcome, Plan, Progress, Report, Task},
@@ -274,6 +276,24 @@ pub async fn main() -> std::process::ExitCode {
             rate,
             window,
         } => group_task(ctx.clone(), sender, members, rate, window, phase).await,
+        Task::Presence {
+            subject,
+            subscribers,
+            stranger,
+            cycles,
+            contacts_only,
+            pause_s,
+            transition_timeout_s,
+        } => {
+            let settings = presence::Settings {
+                cycles,
+                contacts_only,
+                pause: Duration::from_secs_f64(pause_s),
+                timeout: Duration::from_secs_f64(transition_timeout_s),
+            };
+            presence::presence_task(ctx.clone(), subject, subscribers, stranger, settings, phase)
+                .await
+        }
     };
     ticker.abort();
     emit(&Report::Done(Box::new(outcome)));

@@ -365,3 +365,85 @@ fn group_larger_than_the_server_allows_is_a_run_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("GroupFull"), "{stderr}");
 }
+
+/// The presence scenario against a server with a short offline debounce: every
+/// subscriber sees every transition once, and the summary's accounting adds up.
+fn presence_run(privacy: &str) {
+    let server = Server::start_with(&["--presence-debounce-ms", "0"]);
+    let (subscribers, cycles) = (8u64, 3u64);
+    let (code, v, out) = loadtest(
+        &server,
+        &[
+            "presence",
+            "--subscribers",
+            &subscribers.to_string(),
+            "--cycles",
+            &cycles.to_string(),
+            "--privacy",
+            privacy,
+            "--pause",
+            "50ms",
+        ],
+    );
+    assert_clean(code, &v, &out);
+    assert_eq!(v["scenario"], "presence");
+    assert_eq!(v["privacy"], privacy, "{v}");
+    let stranger = u64::from(privacy == "contacts");
+    assert_eq!(u(&v, "connections"), subscribers + 1 + stranger, "{v}");
+    assert_eq!(u(&v, "subscribers"), subscribers, "{v}");
+    assert_eq!(u(&v, "transitions"), 2 * cycles, "{v}");
+    let owed = 2 * cycles * subscribers;
+    assert_eq!(u(&v, "delivered"), owed, "{v}");
+    assert_eq!(u(&v, "latency_samples"), owed, "one latency per push: {v}");
+    for key in ["leaked", "unexpected", "late"] {
+        assert_eq!(u(&v, key), 0, "{key} in {v}");
+    }
+    for kind in ["online", "offline"] {
+        assert_eq!(
+            u(&v, &format!("{kind}_transitions_complete")),
+            cycles,
+            "{v}"
+        );
+        let p50 = f(&v, &format!("{kind}_last_p50_ms"));
+        let max = f(&v, &format!("{kind}_last_max_ms"));
+        assert!(p50 <= max, "{v}");
+        assert!(f(&v, &format!("{kind}_pushes_per_s")) > 0.0, "{v}");
+    }
+    assert!(f(&v, "rate_per_s") > 0.0, "{v}");
+    assert!(v["server_cpu_s_per_1000_pushes"].is_number(), "{v}");
+}
+
+#[test]
+fn presence_reaches_every_subscriber_at_every_transition() {
+    presence_run("everyone");
+}
+
+#[test]
+fn presence_with_contacts_only_privacy_hides_the_user_from_a_stranger() {
+    presence_run("contacts");
+}
+
+#[test]
+fn presence_pushes_missing_their_timeout_fail_the_run() {
+    // The default 3 s offline debounce against a 1 s transition timeout: every offline
+    // push comes too late.
+    let server = Server::start();
+    let (code, v, _out) = loadtest(
+        &server,
+        &[
+            "presence",
+            "--subscribers",
+            "3",
+            "--cycles",
+            "1",
+            "--transition-timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(u(&v, "lost"), 3, "the offline transition's pushes: {v}");
+    assert_eq!(u(&v, "delivered"), 3, "the online transition's pushes: {v}");
+    assert_eq!(u(&v, "online_transitions_complete"), 1, "{v}");
+    assert_eq!(u(&v, "offline_transitions_complete"), 0, "{v}");
+}
