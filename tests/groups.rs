@@ -9,7 +9,6 @@
 mod common;
 
 use std::{
-    fmt::Debug,
     ops::Deref,
     sync::atomic::{AtomicUsize, Ordering::Relaxed},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -18,8 +17,8 @@ use std::{
 use ErrorCode::{Banned, Forbidden, GroupFull, InvalidArgument, NotFound};
 use common::*;
 use natter_client::{
-    Client, ClientError, ClientOptions, Connection, ConversationId, ErrorCode, Event, Seq, Session,
-    UserId, WireFormat,
+    Client, ClientOptions, Connection, ConversationId, ErrorCode, Event, Seq, Session, UserId,
+    WireFormat,
     tungstenite::Message as WsMessage,
     v1::{self, server_frame::Body as SBody},
 };
@@ -380,19 +379,6 @@ impl Group {
 
 // ---------------------------------------------------------------------------------
 // Requests, answers and shared assertions.
-
-fn code(e: ClientError) -> ErrorCode {
-    e.server_code()
-        .unwrap_or_else(|| panic!("expected an error frame, got {e}"))
-}
-
-/// The error code of a request that must be refused.
-fn refusal<T: Debug>(r: Result<T, ClientError>) -> ErrorCode {
-    match r {
-        Ok(v) => panic!("must be refused, got {v:?}"),
-        Err(e) => code(e),
-    }
-}
 
 /// A group operation that must succeed.
 async fn ok(c: &Client, op: Op) -> v1::GroupResult {

@@ -13,7 +13,6 @@
 mod common;
 
 use std::{
-    fmt::Debug,
     ops::Deref,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -21,8 +20,8 @@ use std::{
 use ErrorCode::{Forbidden, InvalidArgument, NotFound};
 use common::*;
 use natter_client::{
-    Client, ClientError, ClientOptions, Connection, ConversationId, ErrorCode, Event, Seq, Session,
-    UserId, WireFormat,
+    Client, ClientOptions, Connection, ConversationId, ErrorCode, Event, Seq, Session, UserId,
+    WireFormat,
     v1::{
         self, PresenceState, Visibility, client_frame::Body as CBody, people_request::Op,
         server_frame::Body as SBody,
@@ -128,18 +127,6 @@ fn now_ms() -> u64 {
 
 // ---------------------------------------------------------------------------------
 // Requests.
-
-fn code(e: ClientError) -> ErrorCode {
-    e.server_code()
-        .unwrap_or_else(|| panic!("expected an error frame, got {e}"))
-}
-
-fn refusal<T: Debug>(r: Result<T, ClientError>) -> ErrorCode {
-    match r {
-        Ok(v) => panic!("must be refused, got {v:?}"),
-        Err(e) => code(e),
-    }
-}
 
 /// A people operation that must succeed.
 async fn ok(c: &Client, op: Op) -> v1::PeopleResult {

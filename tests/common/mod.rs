@@ -446,3 +446,19 @@ impl Bystanders {
         assert!(server.healthy().await, "/healthz must stay 200");
     }
 }
+
+/// The error code of an error frame (panics on any other failure).
+pub fn code(e: natter_client::ClientError) -> natter_client::v1::ErrorCode {
+    e.server_code()
+        .unwrap_or_else(|| panic!("expected an error frame, got {e}"))
+}
+
+/// The error code of a request that must be refused.
+pub fn refusal<T: std::fmt::Debug>(
+    r: Result<T, natter_client::ClientError>,
+) -> natter_client::v1::ErrorCode {
+    match r {
+        Ok(v) => panic!("must be refused, got {v:?}"),
+        Err(e) => code(e),
+    }
+}
