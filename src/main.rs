@@ -98,9 +98,8 @@ struct ServeArgs {
     /// offline (a reconnect within it is no change for anyone watching).
     #[arg(long, env = "NATTER_PRESENCE_DEBOUNCE_MS", default_value_t = 3_000)]
     presence_debounce_ms: u64,
-    /// Seconds a status update stays visible.
-    #[arg(long, env = "NATTER_STATUS_TTL_S", default_value_t = 86_400)]
-    status_ttl_s: u64,
+    #[command(flatten)]
+    people: roles::PeopleConfigArgs,
 }
 
 /// Pending connections the kernel queues for `accept` (tokio's default is 1,024; a
@@ -220,11 +219,12 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             "--max-group-members must be at least 2"
         )));
     }
-    if args.access_ttl_s == 0 || args.idle_timeout_s == 0 || args.status_ttl_s == 0 {
+    if args.access_ttl_s == 0 || args.idle_timeout_s == 0 {
         return Err(Failure::Config(anyhow::anyhow!(
-            "--access-ttl-s, --idle-timeout-s and --status-ttl-s must be positive"
+            "--access-ttl-s and --idle-timeout-s must be positive"
         )));
     }
+    let people_config = args.people.config()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
         .map_err(Failure::Config)?;
@@ -274,10 +274,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let people_task = natter_people::start(
         Arc::new(people_store),
         bus.clone(),
-        natter_people::Config {
-            status_ttl: Duration::from_secs(args.status_ttl_s),
-            ..Default::default()
-        },
+        people_config,
         services_stop.clone(),
     )
     .await

@@ -117,12 +117,45 @@ pub struct PeopleArgs {
     /// Where the embedded people store lives (without `--scylla`).
     #[arg(long, env = "NATTER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
-    /// Seconds a status update stays visible.
-    #[arg(long, env = "NATTER_STATUS_TTL_S", default_value_t = 86_400)]
-    status_ttl_s: u64,
+    #[command(flatten)]
+    people: PeopleConfigArgs,
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
     drain_grace_s: u64,
+}
+
+/// The people service's settings, shared by `natter people` and `natter serve`.
+#[derive(clap::Args, Debug)]
+pub struct PeopleConfigArgs {
+    /// Seconds a status update stays visible.
+    #[arg(long, env = "NATTER_STATUS_TTL_S", default_value_t = 86_400)]
+    status_ttl_s: u64,
+    /// Most contacts a user may have.
+    #[arg(long, env = "NATTER_MAX_CONTACTS", default_value_t = 5_000)]
+    max_contacts: u32,
+    /// Most users a user may block.
+    #[arg(long, env = "NATTER_MAX_BLOCKS", default_value_t = 5_000)]
+    max_blocks: u32,
+    /// Most status updates a user may post in 24 hours.
+    #[arg(long, env = "NATTER_MAX_STATUSES_PER_DAY", default_value_t = 30)]
+    max_statuses_per_day: u32,
+}
+
+impl PeopleConfigArgs {
+    /// The people service's config; every value must be positive.
+    pub(crate) fn config(&self) -> Result<natter_people::Config, Failure> {
+        positive("status-ttl-s", self.status_ttl_s)?;
+        positive("max-contacts", self.max_contacts.into())?;
+        positive("max-blocks", self.max_blocks.into())?;
+        positive("max-statuses-per-day", self.max_statuses_per_day.into())?;
+        Ok(natter_people::Config {
+            status_ttl: Duration::from_secs(self.status_ttl_s),
+            max_contacts: self.max_contacts,
+            max_blocks: self.max_blocks,
+            max_statuses_per_day: self.max_statuses_per_day,
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -586,7 +619,7 @@ pub async fn groups(args: GroupsArgs) -> Result<(), Failure> {
 
 pub async fn people(args: PeopleArgs) -> Result<(), Failure> {
     positive("store-timeout-ms", args.scylla.store_timeout_ms)?;
-    positive("status-ttl-s", args.status_ttl_s)?;
+    let config = args.people.config()?;
     let sc = &args.scylla;
     let store: Arc<dyn natter_people::PeopleStore> = if sc.scylla.is_empty() {
         std::fs::create_dir_all(&args.data_dir)
@@ -621,18 +654,10 @@ pub async fn people(args: PeopleArgs) -> Result<(), Failure> {
     .await?;
     let bus: Arc<dyn Bus> = Arc::new(nats.clone());
     let stop = CancellationToken::new();
-    let service = natter_people::start(
-        store,
-        bus,
-        natter_people::Config {
-            status_ttl: Duration::from_secs(args.status_ttl_s),
-            ..Default::default()
-        },
-        stop.clone(),
-    )
-    .await
-    .context("starting the people service")
-    .map_err(Failure::Runtime)?;
+    let service = natter_people::start(store, bus, config, stop.clone())
+        .await
+        .context("starting the people service")
+        .map_err(Failure::Runtime)?;
     let grace = Duration::from_secs(args.drain_grace_s);
     run_service("people", args.listen, nats, stop, service, grace).await
 }

@@ -5,10 +5,8 @@
 //! "Contacts" always means users in the *owner's* contact list: the owner adding the
 //! reader makes the reader a contact, the reader adding the owner does not.
 //!
-//! Not tested here: the contact limit (5,000), the block limit and the daily status
-//! limit (30 per 24 hours) are fixed in `natter_people::Config` and no flag of
-//! `natter serve` changes them, so reaching them would take thousands of requests (or,
-//! for statuses, a test that hard-codes today's default).
+//! The per-user limits (contacts, blocks, statuses a day) are checked on a server started
+//! with small ones (`--max-contacts` and friends).
 
 mod common;
 
@@ -1337,6 +1335,52 @@ async fn statuses_expire_after_the_status_ttl() {
             status_feed(&mo).await,
             [(pia.uid(), vec!["next".to_owned()])]
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn per_user_limits_are_refused_with_limit_reached_and_change_nothing() {
+    let env = [
+        ("NATTER_MAX_CONTACTS", "2"),
+        ("NATTER_MAX_BLOCKS", "1"),
+        ("NATTER_MAX_STATUSES_PER_DAY", "2"),
+    ];
+    scenario_with(&env, 90, async |server| {
+        let [ann, bo, cy, di] = people(server, ["ann", "bo", "cy", "di"]).await;
+        let c = &ann.client;
+        // Contacts: two fit; a third is refused and not stored; renaming one that is
+        // there still works, and removing one makes room.
+        ok(c, add_contact(bo.uid(), "Bo")).await;
+        ok(c, add_contact(cy.uid(), "Cy")).await;
+        assert_eq!(
+            refused(c, add_contact(di.uid(), "Di")).await,
+            ErrorCode::LimitReached
+        );
+        let listed = ok(c, Op::ContactList(v1::ContactList {})).await.contacts;
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        ok(c, add_contact(cy.uid(), "Cyrus")).await;
+        ok(c, remove_contact(bo.uid())).await;
+        ok(c, add_contact(di.uid(), "Di")).await;
+        // Blocks: one fits; blocking again is no new entry; a second is refused.
+        ok(c, block(bo.uid())).await;
+        ok(c, block(bo.uid())).await;
+        assert_eq!(refused(c, block(cy.uid())).await, ErrorCode::LimitReached);
+        assert_eq!(
+            ok(c, Op::BlockList(v1::BlockList {})).await.blocked,
+            vec![bo.uid()]
+        );
+        // Statuses: two a day; a retry of one posted still answers; a third is refused.
+        let first = ok(c, post("p1", "one")).await.status.expect("status");
+        ok(c, post("p2", "two")).await;
+        let again = ok(c, post("p1", "one")).await.status.expect("status");
+        assert_eq!(again.status_id, first.status_id);
+        assert_eq!(
+            refused(c, post("p3", "three")).await,
+            ErrorCode::LimitReached
+        );
+        let mine = ok(c, Op::StatusMine(v1::StatusMine {})).await.statuses;
+        assert_eq!(mine.len(), 2, "{mine:?}");
     })
     .await;
 }
