@@ -45,7 +45,8 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run every role in one process: WebSocket edge, accounts and tokens, messages,
-    /// groups, with an in-process bus and embedded stores under the data directory.
+    /// groups, people and presence, with an in-process bus and embedded stores under the
+    /// data directory.
     Serve(ServeArgs),
     /// Run the WebSocket edge role against NATS (and Redis for the session directory).
     Edge(roles::EdgeArgs),
