@@ -58,6 +58,8 @@ struct Shared {
     config: Config,
     store: Arc<dyn GroupStore>,
     bus: Arc<dyn Bus>,
+    /// Whether users exist (sessions' lookup, cached).
+    users: natter_sessions::Users,
     /// Whom each user blocked: a blocked user cannot add them to groups.
     audiences: Arc<natter_people::Audiences>,
 }
@@ -79,10 +81,12 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, BusError> {
     let audiences = natter_people::Audiences::start(bus.clone(), config.request_timeout).await?;
+    let users = natter_sessions::Users::new(bus.clone(), config.request_timeout);
     let shared = Arc::new(Shared {
         config,
         store,
         bus: bus.clone(),
+        users,
         audiences,
     });
     let mut subs = Vec::new();
@@ -280,36 +284,10 @@ async fn users_exist(
     ask.sort_unstable();
     ask.dedup();
     let mut out = HashMap::with_capacity(ask.len());
-    // In bounded rounds (a stream combinator here would make the future not `Send`).
-    for chunk in ask.chunks(LOOKUP_CONCURRENCY) {
-        let answers = futures::future::join_all(chunk.iter().map(|&u| lookup(shared, u))).await;
-        for (&u, answer) in chunk.iter().zip(answers) {
-            out.insert(u, answer?);
-        }
+    for (u, answer) in shared.users.check_many(ask).await {
+        out.insert(u, answer?);
     }
     Ok(out)
-}
-
-async fn lookup(shared: &Shared, user: UserId) -> Result<bool, v1::Error> {
-    let unavailable = || error(ErrorCode::Unavailable, "user directory unavailable, retry");
-    let req = bus::UserLookup {
-        user_id: user.get(),
-        username: String::new(),
-    };
-    let reply = shared
-        .bus
-        .request(
-            &Subject::sessions_user(),
-            Bytes::from(req.encode_to_vec()),
-            shared.config.request_timeout,
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "user lookup at sessions failed");
-            unavailable()
-        })?;
-    let info = bus::UserInfo::decode(reply).map_err(|_| unavailable())?;
-    Ok(info.exists && info.user_id == user.get())
 }
 
 async fn state(shared: &Shared, payload: Bytes) -> bus::GroupStateReply {

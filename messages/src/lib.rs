@@ -22,7 +22,6 @@ mod redb_store;
 pub mod remote_store;
 mod scylla_store;
 mod store;
-mod users;
 
 use std::{sync::Arc, time::Duration};
 
@@ -73,7 +72,7 @@ pub enum MessagesError {
 pub(crate) struct Shared {
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn Bus>,
-    pub users: users::UserDirectory,
+    pub users: natter_sessions::Users,
     pub groups: groups::GroupClient,
     /// Who blocked whom (from the people service, cached): a direct message to someone
     /// who blocked its sender is stored withheld, typing and receipts are not relayed.
@@ -111,7 +110,7 @@ pub async fn start(
     let shared = Arc::new(Shared {
         store,
         bus: bus.clone(),
-        users: users::UserDirectory::new(bus.clone(), config.request_timeout),
+        users: natter_sessions::Users::new(bus.clone(), config.request_timeout),
         groups: groups::GroupClient::new(bus, config.request_timeout),
         audiences,
     });

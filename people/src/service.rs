@@ -9,12 +9,7 @@
 //! user's privacy settings, contacts or blocks, `Subject::people_changed()` tells every
 //! service that caches audiences to drop that user's.
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use natter_bus::{Bus, BusError, BusMessage, Subscription};
@@ -40,8 +35,6 @@ const SUB_CAPACITY: usize = 4096;
 const MAX_CONCURRENT: usize = 64;
 /// Store reads (or user lookups) one request runs concurrently.
 const ROUND: usize = 32;
-/// Usernames cached at most (the cache starts afresh when full).
-const MAX_CACHED_NAMES: usize = 100_000;
 /// The window of the daily status limit.
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 /// Shortest prune interval honoured (a zero interval would spin).
@@ -81,8 +74,8 @@ struct Shared {
     config: Config,
     store: Arc<dyn PeopleStore>,
     bus: Arc<dyn Bus>,
-    /// Usernames of users known to exist.
-    names: Mutex<HashMap<UserId, String>>,
+    /// Users and their names, asked of sessions (cached).
+    users: natter_sessions::Users,
 }
 
 #[derive(Clone, Copy)]
@@ -105,11 +98,12 @@ pub async fn start(
     let audiences = bus
         .queue_subscribe(&Subject::people_audience(), QUEUE_GROUP, SUB_CAPACITY)
         .await?;
+    let users = natter_sessions::Users::new(bus.clone(), config.request_timeout);
     let shared = Arc::new(Shared {
         config,
         store,
         bus,
-        names: Mutex::new(HashMap::new()),
+        users,
     });
     Ok(tokio::spawn(async move {
         tokio::join!(
@@ -221,79 +215,22 @@ fn view_count(n: usize) -> u32 {
 // Users, asked of sessions.
 
 impl Shared {
-    fn names(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, String>> {
-        // Each update is one insert or a clear: a poisoned map is still consistent.
-        self.names.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn remember(&self, user: UserId, username: &str) {
-        let mut names = self.names();
-        if names.len() >= MAX_CACHED_NAMES && !names.contains_key(&user) {
-            names.clear();
-        }
-        names.insert(user, username.to_owned());
-    }
-
-    /// Asks sessions; `None` when the user does not exist.
-    async fn ask_sessions(
-        &self,
-        lookup: bus::UserLookup,
-    ) -> Result<Option<(UserId, String)>, v1::Error> {
-        let unavailable = || error(ErrorCode::Unavailable, "user directory unavailable, retry");
-        let reply = self
-            .bus
-            .request(
-                &Subject::sessions_user(),
-                Bytes::from(lookup.encode_to_vec()),
-                self.config.request_timeout,
-            )
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "user lookup at sessions failed");
-                unavailable()
-            })?;
-        let info = bus::UserInfo::decode(reply).map_err(|_| {
-            tracing::error!("undecodable UserInfo from sessions");
-            unavailable()
-        })?;
-        if !info.exists {
-            return Ok(None);
-        }
-        let Ok(user) = UserId::new(info.user_id) else {
-            tracing::error!("sessions answered a lookup with user id 0");
-            return Err(unavailable());
-        };
-        if lookup.user_id != 0 && lookup.user_id != user.get() {
-            tracing::error!(
-                asked = lookup.user_id,
-                got = user.get(),
-                "sessions answered another user"
-            );
-            return Err(unavailable());
-        }
-        self.remember(user, &info.username);
-        Ok(Some((user, info.username)))
-    }
-
     /// The username of `user`; `None` when there is no such user.
     async fn username(&self, user: UserId) -> Result<Option<String>, v1::Error> {
-        if let Some(name) = self.names().get(&user) {
-            return Ok(Some(name.clone()));
-        }
-        let lookup = bus::UserLookup {
-            user_id: user.get(),
-            username: String::new(),
-        };
-        Ok(self.ask_sessions(lookup).await?.map(|(_, name)| name))
+        Ok(self
+            .users
+            .username(user)
+            .await?
+            .map(|name| name.to_string()))
     }
 
     /// The user named `username`; `None` when there is none.
     async fn user_named(&self, username: &str) -> Result<Option<(UserId, String)>, v1::Error> {
-        let lookup = bus::UserLookup {
-            user_id: 0,
-            username: username.to_owned(),
-        };
-        self.ask_sessions(lookup).await
+        Ok(self
+            .users
+            .find(username)
+            .await?
+            .map(|(user, name)| (user, name.to_string())))
     }
 
     // -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! natter-sessions: accounts (argon2id passwords), devices (one per login), JWT access
 //! tokens and rotating refresh tokens, the REST endpoints for them ([`router`]) and the
 //! bus endpoints other roles ask ([`start`]): "is this device still logged in?" and
-//! "does this user exist?".
+//! "does this user exist?" — [`Users`] is the client other services ask the latter with.
 //!
 //! State lives in one redb file; the users and the active/revoked state of every device
 //! are also cached in memory so the bus endpoints (hit on every WebSocket connect) and
@@ -16,6 +16,7 @@ mod keyfile;
 mod password;
 mod store;
 mod token;
+mod users;
 
 use std::{
     path::PathBuf,
@@ -26,6 +27,7 @@ use std::{
 pub use api::router;
 pub use bus_service::start;
 pub use token::{AuthError, Claims, TokenVerifier};
+pub use users::Users;
 
 use natter_proto::{DeviceId, UserId};
 
