@@ -105,7 +105,7 @@ pub struct Edge {
 struct Inner {
     config: Config,
     bus: Arc<dyn Bus>,
-    verifier: TokenVerifier,
+    auth: natter_sessions::DeviceAuth,
     /// Cancelled to drain: connections stop reading, finish their in-flight requests
     /// and close with 1001.
     shutdown: CancellationToken,
@@ -129,6 +129,7 @@ impl Edge {
         directory: Arc<dyn SessionDirectory>,
         shutdown: CancellationToken,
     ) -> Edge {
+        let request_timeout = config.request_timeout;
         let directory_stop = CancellationToken::new();
         let (notes, task) = directory::start(
             directory,
@@ -149,8 +150,8 @@ impl Edge {
         Edge {
             inner: Arc::new(Inner {
                 config,
+                auth: natter_sessions::DeviceAuth::new(verifier, bus.clone(), request_timeout),
                 bus,
-                verifier,
                 shutdown,
                 tracker: TaskTracker::new(),
                 next_connection: AtomicU64::new(rand::random::<u32>() as u64),

@@ -11,6 +11,7 @@ mod accounts;
 mod api;
 mod bus_service;
 mod cache;
+mod device_auth;
 pub mod directory;
 mod keyfile;
 mod password;
@@ -26,6 +27,7 @@ use std::{
 
 pub use api::router;
 pub use bus_service::start;
+pub use device_auth::{DeviceAuth, DeviceAuthError, Identity};
 pub use token::{AuthError, Claims, TokenVerifier};
 pub use users::Users;
 

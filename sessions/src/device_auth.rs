@@ -1,0 +1,111 @@
+//! Who is calling: a bearer token (the `Authorization` header, or a query token for
+//! browsers that cannot set headers on a WebSocket or an `<img>`), verified locally,
+//! and the device's logged-in state asked of the sessions service over the bus. The edge
+//! and the media service authenticate with this; identity comes from nowhere else.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use natter_bus::Bus;
+use natter_proto::{DeviceId, Subject, UserId, bus};
+use prost::Message as _;
+
+use crate::TokenVerifier;
+
+/// A verified, logged-in device.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub username: String,
+}
+
+/// Why a caller was not authenticated.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeviceAuthError {
+    /// No token, a bad or expired one, or a logged-out device: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The sessions service did not answer: 503, retry.
+    #[error("sessions service unavailable")]
+    Unavailable,
+    /// The sessions service answered nonsense: 500.
+    #[error("internal error")]
+    Internal,
+}
+
+/// Authenticates devices. Cheap to clone.
+#[derive(Clone)]
+pub struct DeviceAuth {
+    verifier: TokenVerifier,
+    bus: Arc<dyn Bus>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for DeviceAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceAuth").finish_non_exhaustive()
+    }
+}
+
+impl DeviceAuth {
+    pub fn new(verifier: TokenVerifier, bus: Arc<dyn Bus>, timeout: Duration) -> DeviceAuth {
+        DeviceAuth {
+            verifier,
+            bus,
+            timeout,
+        }
+    }
+
+    /// The caller of a request: the bearer token from `headers`, else `query_token`.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Identity, DeviceAuthError> {
+        let header_token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let token = header_token
+            .or(query_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| DeviceAuthError::Unauthorized("missing access token".into()))?;
+        let claims = self
+            .verifier
+            .verify(token)
+            .map_err(|e| DeviceAuthError::Unauthorized(format!("invalid access token: {e}")))?;
+        let check = bus::DeviceCheck {
+            user_id: claims.user.get(),
+            device_id: claims.device.get(),
+        };
+        let reply = self
+            .bus
+            .request(
+                &Subject::sessions_device(),
+                Bytes::from(check.encode_to_vec()),
+                self.timeout,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "sessions service did not answer a device check");
+                DeviceAuthError::Unavailable
+            })?;
+        let status = bus::DeviceStatus::decode(reply).map_err(|e| {
+            tracing::error!(error = %e, "undecodable device status from the sessions service");
+            DeviceAuthError::Internal
+        })?;
+        if !status.active {
+            return Err(DeviceAuthError::Unauthorized(
+                "this device is logged out".into(),
+            ));
+        }
+        Ok(Identity {
+            user: claims.user,
+            device: claims.device,
+            username: status.username,
+        })
+    }
+}
