@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.boxed(".natter.v1.ServerFrame.body.people_result");
     config.boxed(".natter.v1.ServerFrame.body.presence_snapshot");
     config.boxed(".natter.v1.Message.event");
+    config.boxed(".natter.v1.Message.media");
+    config.boxed(".natter.v1.Send.media");
     config.compile_fds(fds)?;
 
     pbjson_build::Builder::new()

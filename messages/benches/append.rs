@@ -66,6 +66,7 @@ impl Writer {
                         created_at_ms: 1_700_000_000_000,
                         event: None,
                         withheld: false,
+                        media: None,
                     },
                     members: members.clone(),
                 }

@@ -35,6 +35,62 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn MessageStore>) {
     member_cursors_are_ordered_by_user(make()).await;
     group_system_messages_keep_their_event(make()).await;
     withheld_messages_keep_their_flag(make()).await;
+    media_refs_round_trip(make()).await;
+}
+
+/// A media message keeps its attachment exactly (every field, the preview's bytes), on
+/// every read path, next to messages without one.
+pub async fn media_refs_round_trip(store: Arc<dyn MessageStore>) {
+    let conv = conversation();
+    let dev = device();
+    let mut photo = message(&conv, 1, dev, "m-1");
+    photo.message.kind = v1::MessageKind::Media as i32;
+    photo.message.body = Bytes::new();
+    photo.message.media = Some(Box::new(v1::MediaRef {
+        id: "AAECAwQFBgcICQoLDA0ODw".into(),
+        kind: v1::MediaKind::Image as i32,
+        mime: "image/jpeg".into(),
+        size: 1_234_567,
+        sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        width: 4032,
+        height: 3024,
+        duration_ms: 0,
+        // Every byte value: a preview is binary.
+        preview: Bytes::from((0..=255u8).rev().collect::<Vec<u8>>()),
+        caption: "Ünïcödé caption ✓\nsecond line".into(),
+        filename: "IMG_0001.jpg".into(),
+        voice: false,
+        ..Default::default()
+    }));
+    let text = message(&conv, 2, dev, "m-2");
+    let mut voice = message(&conv, 3, dev, "m-3");
+    voice.message.kind = v1::MessageKind::Media as i32;
+    voice.message.media = Some(Box::new(v1::MediaRef {
+        id: "voice-note-id-22-chars".into(),
+        kind: v1::MediaKind::Audio as i32,
+        mime: "audio/ogg".into(),
+        size: 4096,
+        duration_ms: 3_500,
+        voice: true,
+        ..Default::default()
+    }));
+    let all = vec![photo, text, voice];
+    store.append(all.clone()).await.expect("append");
+    let expected: Vec<v1::Message> = all.into_iter().map(|m| m.message).collect();
+    let after = store
+        .read_after(&conv, Seq::ZERO, 10)
+        .await
+        .expect("read_after");
+    assert_eq!(after, expected);
+    let before = store
+        .read_before(&conv, Seq(0), 10)
+        .await
+        .expect("read_before");
+    assert_eq!(before, expected);
+    assert_eq!(
+        store.read_after(&conv, Seq(2), 10).await.expect("sync"),
+        expected[2..].to_vec()
+    );
 }
 
 /// A message withheld from its recipient (they blocked the sender) is stored as such:
@@ -99,6 +155,7 @@ fn message(conv: &ConversationId, seq: u64, dev: DeviceId, cmid: &str) -> NewMes
             created_at_ms: 1_700_000_000_000 + seq,
             event: None,
             withheld: false,
+            media: None,
         },
         members: members.to_vec(),
     }
@@ -136,6 +193,7 @@ pub async fn group_system_messages_keep_their_event(store: Arc<dyn MessageStore>
             created_at_ms: 1_700_000_000_000,
             event: Some(Box::new(event)),
             withheld: false,
+            media: None,
         },
         members: Vec::new(),
     };

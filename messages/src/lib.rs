@@ -15,6 +15,7 @@
 
 pub mod conformance;
 mod groups;
+mod media;
 mod ownership;
 mod partition;
 mod queries;
@@ -77,6 +78,8 @@ pub(crate) struct Shared {
     /// Who blocked whom (from the people service, cached): a direct message to someone
     /// who blocked its sender is stored withheld, typing and receipts are not relayed.
     pub audiences: Arc<natter_people::Audiences>,
+    /// Describes (and pins) the media a message carries.
+    pub media: media::MediaClient,
 }
 
 /// A running messages service.
@@ -111,7 +114,8 @@ pub async fn start(
         store,
         bus: bus.clone(),
         users: natter_sessions::Users::new(bus.clone(), config.request_timeout),
-        groups: groups::GroupClient::new(bus, config.request_timeout),
+        groups: groups::GroupClient::new(bus.clone(), config.request_timeout),
+        media: media::MediaClient::new(bus, config.request_timeout),
         audiences,
     });
     let mut tasks = JoinSet::new();

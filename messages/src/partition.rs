@@ -262,6 +262,7 @@ fn system_message(group: GroupId, seq: Seq, event: v1::GroupEvent) -> v1::Messag
         created_at_ms: now_ms(),
         event: Some(Box::new(event)),
         withheld: false,
+        media: None,
     }
 }
 
@@ -606,6 +607,30 @@ impl Worker {
             Ok(kind) => kind,
             Err(_) => return Err(error(ErrorCode::InvalidArgument, "unknown kind")),
         };
+        match (kind, &send.media) {
+            (v1::MessageKind::Media, None) => {
+                return Err(error(
+                    ErrorCode::InvalidArgument,
+                    "a media message needs `media` (upload it first: POST /v1/media)",
+                ));
+            }
+            (v1::MessageKind::Media, Some(media)) => {
+                if !send.body.is_empty() {
+                    return Err(error(
+                        ErrorCode::InvalidArgument,
+                        "a media message has no body: put the text in media.caption",
+                    ));
+                }
+                crate::media::validate(media)?;
+            }
+            (_, Some(_)) => {
+                return Err(error(
+                    ErrorCode::InvalidArgument,
+                    "`media` needs kind MESSAGE_KIND_MEDIA",
+                ));
+            }
+            (_, None) => {}
+        }
         if kind == v1::MessageKind::Text && std::str::from_utf8(&send.body).is_err() {
             return Err(error(
                 ErrorCode::InvalidArgument,
@@ -615,6 +640,34 @@ impl Worker {
         let (conv, dest) = destination(caller, &send.conversation_id, send.to_user)?;
         self.check_partition(&conv)?;
         Ok((conv, dest, kind))
+    }
+
+    /// Replaces each media message's reference with the media service's description;
+    /// those refused are answered here and dropped.
+    async fn describe_media(&self, checked: Vec<Unique>) -> Vec<Unique> {
+        if !checked.iter().any(|u| u.send.send.media.is_some()) {
+            return checked;
+        }
+        let media = &self.shared.media;
+        let described = futures::future::join_all(checked.iter().map(|u| async move {
+            match &u.send.send.media {
+                Some(wanted) => Some(media.describe(u.send.caller, wanted).await),
+                None => None,
+            }
+        }))
+        .await;
+        let mut out = Vec::with_capacity(checked.len());
+        for (mut u, described) in checked.into_iter().zip(described) {
+            match described {
+                None => out.push(u),
+                Some(Ok(reference)) => {
+                    u.send.send.media = Some(Box::new(reference));
+                    out.push(u);
+                }
+                Some(Err(e)) => self.answer(&u, partition_reply::Body::Error(e)).await,
+            }
+        }
+        out
     }
 
     async fn sends(&mut self, sends: Vec<(BusMessage, Caller, v1::Send)>) {
@@ -750,6 +803,12 @@ impl Worker {
             }
         }
 
+        // 4b. A media message carries what the media service says the media is, and
+        // only media its sender may share (their upload, or forwarded from a message
+        // they can read). Asked concurrently for the batch, before seqs are assigned,
+        // so a refusal leaves no gap.
+        let checked = self.describe_media(checked).await;
+
         // 5. Assign seqs.
         let mut accepted: Vec<Unique> = Vec::new();
         let mut batch: Vec<NewMessage> = Vec::new();
@@ -786,6 +845,7 @@ impl Worker {
                 created_at_ms: now_ms(),
                 event: None,
                 withheld: p.withheld,
+                media: p.send.media.clone(),
             };
             // A group's members are not listed per message: sync asks the groups
             // service which groups a user is in and reads their heads.

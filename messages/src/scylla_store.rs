@@ -256,7 +256,9 @@ fn validate_message(nm: &NewMessage) -> Result<(), StoreError> {
 }
 
 fn row_bytes(m: &v1::Message) -> usize {
-    m.body.len() + m.client_msg_id.len() + m.conversation_id.len() + ROW_OVERHEAD_BYTES
+    // A media ref carries its inline preview (a few KB): it counts against the batch.
+    let media = m.media.as_ref().map_or(0, |r| r.encoded_len());
+    m.body.len() + m.client_msg_id.len() + m.conversation_id.len() + media + ROW_OVERHEAD_BYTES
 }
 
 /// Validates the batch, groups it by conversation (in order of first appearance) and
@@ -337,6 +339,8 @@ struct MessageRow {
     /// A system message's group change, prost-encoded `v1::GroupEvent`.
     event: Option<Bytes>,
     withheld: Option<bool>,
+    /// A media message's attachment, prost-encoded `v1::MediaRef`.
+    media: Option<Bytes>,
 }
 
 impl MessageRow {
@@ -367,6 +371,13 @@ impl MessageRow {
                 _ => None,
             },
             withheld: self.withheld.unwrap_or(false),
+            media: match self.media {
+                Some(bytes) if !bytes.is_empty() => Some(Box::new(
+                    v1::MediaRef::decode(bytes)
+                        .map_err(|e| StoreError::Corrupt(format!("media ref: {e}")))?,
+                )),
+                _ => None,
+            },
         }))
     }
 }
@@ -476,7 +487,8 @@ struct Statements {
 }
 
 const MESSAGE_COLUMNS: &str = "seq, message_id, sender_user, sender_device, client_msg_id, \
-                               kind, body, reply_to_seq, created_at_ms, event, withheld";
+                               kind, body, reply_to_seq, created_at_ms, event, withheld, \
+                               media";
 
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
@@ -530,7 +542,7 @@ impl Statements {
             insert_message: p(
                 format!(
                     "INSERT INTO {ks}.messages (conversation_id, bucket, {MESSAGE_COLUMNS}) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 Kind::Lwt,
             )
@@ -1050,6 +1062,7 @@ impl ScyllaStore {
                 to_cql(m.created_at_ms, "created_at_ms")?,
                 m.event.as_ref().map(|e| e.encode_to_vec()),
                 m.withheld,
+                m.media.as_ref().map(|r| r.encode_to_vec()),
             )));
         }
         match self.session.batch(&statements, values).await {
@@ -1541,6 +1554,7 @@ mod tests {
                 created_at_ms: 1_700_000_000_000,
                 event: None,
                 withheld: false,
+                media: None,
             },
             members: c.direct_members().expect("direct").to_vec(),
         }

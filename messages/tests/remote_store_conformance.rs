@@ -299,6 +299,7 @@ fn new_message(conv: &ConversationId, seq: u64, body_bytes: usize) -> NewMessage
             created_at_ms: 1_700_000_000_000 + seq,
             event: None,
             withheld: false,
+            media: None,
         },
         members: members.to_vec(),
     }

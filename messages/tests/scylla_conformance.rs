@@ -72,6 +72,7 @@ fn message(c: &ConversationId, seq: u64) -> NewMessage {
             created_at_ms: 1_700_000_000_000 + seq,
             event: None,
             withheld: false,
+            media: None,
         },
         members: c.direct_members().expect("direct").to_vec(),
     }

@@ -48,6 +48,7 @@ fn message_frame() -> ServerFrame {
             created_at_ms: 1_700_000_000_000,
             event: None,
             withheld: false,
+            media: None,
         })),
     }
 }

@@ -97,6 +97,11 @@ impl Subject {
         Subject("natter.presence.subscribe".to_owned())
     }
 
+    /// Media service: may this sender share this media, and what is it (`MediaDescribe`).
+    pub fn media_describe() -> Subject {
+        Subject("natter.media.describe".to_owned())
+    }
+
     /// "Is this device still logged in?"
     pub fn sessions_device() -> Subject {
         Subject("natter.sessions.device".to_owned())
