@@ -1,0 +1,33 @@
+//! natter-media: how attachments travel in natter.
+//!
+//! - `http.rs`: the REST endpoints under `/v1/media` (single-shot and resumable uploads,
+//!   downloads with ranges, thumbnails, usage).
+//! - `service.rs`: what they do: stream an upload into the object store while hashing,
+//!   sniffing and counting it, check limits and quota, probe and thumbnail, commit the
+//!   records; decide who may download; collect garbage.
+//! - `describe.rs`: `natter.media.describe`, asked by a conversation's owner before it
+//!   stores a media message (may the sender share it, what is it).
+//! - `sniff.rs`, `probe.rs`, `thumb.rs`: what a content is (magic bytes), how long
+//!   (container headers, no transcoding), what it looks like (thumbnails).
+//! - `objects.rs`: the object store (local files or S3) and the key layout.
+//! - `store.rs`: the metadata store trait; `redb_store.rs`, `scylla_store.rs`, both run
+//!   by `conformance.rs`.
+
+pub mod conformance;
+pub mod describe;
+pub mod http;
+pub mod objects;
+pub mod probe;
+pub mod redb_store;
+pub mod scylla_store;
+pub mod service;
+pub mod sniff;
+pub mod store;
+pub mod thumb;
+
+pub use store::{BlobRecord, Commit, MediaRecord, MediaStore, StoreError, UploadPart, UploadRecord};
+pub use http::router;
+pub use objects::{Objects, S3Options};
+pub use service::{Config, Limits, Media, MediaError, MediaInfo};
+pub use redb_store::RedbMediaStore;
+pub use scylla_store::{ScyllaMediaConfig, ScyllaMediaStore};
