@@ -45,7 +45,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run every role in one process: WebSocket edge, accounts and tokens, messages,
-    /// groups, people and presence, with an in-process bus and embedded stores under the
+    /// groups, people, presence and media, with an in-process bus and embedded stores under the
     /// data directory.
     Serve(ServeArgs),
     /// Run the WebSocket edge role against NATS (and Redis for the session directory).
@@ -66,6 +66,10 @@ enum Command {
     /// Run the presence role: online and last seen per user in Redis (heartbeats per
     /// edge), subscriptions and privacy-filtered pushes, over NATS.
     Presence(roles::PresenceArgs),
+    /// Run the media role: uploads (single-shot and resumable), access-checked
+    /// downloads, thumbnails, quotas and garbage collection, with the bytes in S3 (or a
+    /// directory) and the records in ScyllaDB (or embedded, for one instance).
+    Media(roles::MediaArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +105,8 @@ struct ServeArgs {
     presence_debounce_ms: u64,
     #[command(flatten)]
     people: roles::PeopleConfigArgs,
+    #[command(flatten)]
+    media: roles::MediaConfigArgs,
 }
 
 /// Pending connections the kernel queues for `accept` (tokio's default is 1,024; a
@@ -160,6 +166,7 @@ fn main() -> ExitCode {
             Command::Groups(args) => roles::groups(args).await,
             Command::People(args) => roles::people(args).await,
             Command::Presence(args) => roles::presence(args).await,
+            Command::Media(args) => roles::media(args).await,
         }
     });
     match result {
@@ -226,6 +233,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         )));
     }
     let people_config = args.people.config()?;
+    let (media_config, media_objects) = args.media.config(&args.data_dir)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
         .map_err(Failure::Config)?;
@@ -311,6 +319,21 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     .map_err(run)?;
     let messages_task = messages.task;
 
+    let media_store = natter_media::RedbMediaStore::open(&args.data_dir.join("media.redb"))
+        .context("opening the media store")
+        .map_err(run)?;
+    let media = natter_media::Media::new(
+        media_config,
+        Arc::new(media_store),
+        media_objects,
+        bus.clone(),
+        natter_sessions::DeviceAuth::new(sessions.verifier(), bus.clone(), Duration::from_secs(10)),
+    );
+    let media_task = natter_media::describe::start(media.clone(), bus.clone(), services_stop.clone())
+        .await
+        .context("starting the media service")
+        .map_err(run)?;
+
     let edge = natter_edge::Edge::new(
         natter_edge::Config {
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
@@ -325,6 +348,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let app = Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .merge(natter_sessions::router(sessions, bus.clone()))
+        .merge(natter_media::router(media))
         .merge(edge.router());
 
     tracing::info!(data_dir = %args.data_dir.display(), "natter starting");
@@ -351,6 +375,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     services_stop.cancel();
     for (name, task) in [
         ("messages", messages_task),
+        ("media", media_task),
         ("groups", groups_task),
         ("presence", presence_task),
         ("people", people_task),

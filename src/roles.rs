@@ -158,6 +158,150 @@ impl PeopleConfigArgs {
     }
 }
 
+/// The media service's settings, shared by `natter media` and `natter serve`.
+#[derive(clap::Args, Debug)]
+pub struct MediaConfigArgs {
+    /// Where media bytes are kept: a directory (default `<data-dir>/media`) or
+    /// `s3://bucket[/prefix]` (credentials, region and endpoint from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).
+    #[arg(long, env = "NATTER_MEDIA_STORE")]
+    media_store: Option<String>,
+    /// Largest image, in MiB.
+    #[arg(long, env = "NATTER_MEDIA_MAX_IMAGE_MIB", default_value_t = 16)]
+    media_max_image_mib: u64,
+    /// Largest video, in MiB.
+    #[arg(long, env = "NATTER_MEDIA_MAX_VIDEO_MIB", default_value_t = 100)]
+    media_max_video_mib: u64,
+    /// Largest audio file or voice note, in MiB.
+    #[arg(long, env = "NATTER_MEDIA_MAX_AUDIO_MIB", default_value_t = 16)]
+    media_max_audio_mib: u64,
+    /// Largest document, in MiB.
+    #[arg(long, env = "NATTER_MEDIA_MAX_DOCUMENT_MIB", default_value_t = 2048)]
+    media_max_document_mib: u64,
+    /// Largest single-shot upload (`POST /v1/media`), in MiB; larger files use
+    /// resumable uploads.
+    #[arg(long, env = "NATTER_MEDIA_SINGLE_MAX_MIB", default_value_t = 16)]
+    media_single_max_mib: u64,
+    /// Storage each user may use, in MiB.
+    #[arg(long, env = "NATTER_MEDIA_QUOTA_MIB", default_value_t = 10_240)]
+    media_quota_mib: u64,
+    /// Accepted MIME types, comma separated (default: every type natter recognises).
+    #[arg(long, env = "NATTER_MEDIA_ALLOW", value_delimiter = ',')]
+    media_allow: Vec<String>,
+    /// Resumable uploads a user may have open at once.
+    #[arg(long, env = "NATTER_MEDIA_MAX_OPEN_UPLOADS", default_value_t = 8)]
+    media_max_open_uploads: usize,
+    /// Seconds an untouched resumable upload is kept.
+    #[arg(long, env = "NATTER_MEDIA_UPLOAD_TTL_S", default_value_t = 86_400)]
+    media_upload_ttl_s: u64,
+    /// Seconds an upload no message references is kept.
+    #[arg(long, env = "NATTER_MEDIA_GC_GRACE_S", default_value_t = 86_400)]
+    media_gc_grace_s: u64,
+    /// Seconds between garbage collection rounds.
+    #[arg(long, env = "NATTER_MEDIA_GC_INTERVAL_S", default_value_t = 600)]
+    media_gc_interval_s: u64,
+}
+
+impl MediaConfigArgs {
+    /// The media service's config and the object store (opened, not yet contacted).
+    pub(crate) fn config(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Result<(natter_media::Config, natter_media::Objects), Failure> {
+        const MIB: u64 = 1 << 20;
+        for (name, value) in [
+            ("media-max-image-mib", self.media_max_image_mib),
+            ("media-max-video-mib", self.media_max_video_mib),
+            ("media-max-audio-mib", self.media_max_audio_mib),
+            ("media-max-document-mib", self.media_max_document_mib),
+            ("media-single-max-mib", self.media_single_max_mib),
+            ("media-quota-mib", self.media_quota_mib),
+            ("media-max-open-uploads", self.media_max_open_uploads as u64),
+            ("media-upload-ttl-s", self.media_upload_ttl_s),
+            ("media-gc-grace-s", self.media_gc_grace_s),
+            ("media-gc-interval-s", self.media_gc_interval_s),
+        ] {
+            positive(name, value)?;
+        }
+        for (name, value) in [
+            ("media-max-image-mib", self.media_max_image_mib),
+            ("media-max-video-mib", self.media_max_video_mib),
+            ("media-max-audio-mib", self.media_max_audio_mib),
+            ("media-max-document-mib", self.media_max_document_mib),
+            ("media-single-max-mib", self.media_single_max_mib),
+            ("media-quota-mib", self.media_quota_mib),
+        ] {
+            if value > (1 << 24) {
+                return Err(config_error(anyhow::anyhow!("--{name} is above 16 TiB")));
+            }
+        }
+        let allow: Vec<String> = self
+            .media_allow
+            .iter()
+            .map(|m| m.trim().to_ascii_lowercase())
+            .filter(|m| !m.is_empty())
+            .collect();
+        if let Some(unknown) = allow
+            .iter()
+            .find(|m| natter_media::sniff::extension(m) == "bin")
+        {
+            return Err(config_error(anyhow::anyhow!(
+                "--media-allow: natter does not recognise `{unknown}` (docs/protocol.md, Media, lists the types)"
+            )));
+        }
+        let spec = match &self.media_store {
+            Some(s) if !s.is_empty() => s.clone(),
+            _ => data_dir.join("media").display().to_string(),
+        };
+        let objects = natter_media::Objects::open(&spec).map_err(|e| config_error(anyhow::anyhow!("--media-store: {e}")))?;
+        let config = natter_media::Config {
+            limits: natter_media::Limits {
+                image: self.media_max_image_mib * MIB,
+                video: self.media_max_video_mib * MIB,
+                audio: self.media_max_audio_mib * MIB,
+                document: self.media_max_document_mib * MIB,
+            },
+            allow: if allow.is_empty() {
+                None
+            } else {
+                Some(allow.into_iter().collect())
+            },
+            single_max: self.media_single_max_mib * MIB,
+            quota: self.media_quota_mib * MIB,
+            max_open_uploads: self.media_max_open_uploads,
+            upload_ttl: Duration::from_secs(self.media_upload_ttl_s),
+            gc_grace: Duration::from_secs(self.media_gc_grace_s),
+            gc_interval: Duration::from_secs(self.media_gc_interval_s),
+            ..Default::default()
+        };
+        Ok((config, objects))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MediaArgs {
+    /// Address for the media REST endpoints (`/v1/media`) and health.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8087")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// The HS256 secret access tokens are signed with (the sessions role's).
+    #[arg(long, env = "NATTER_JWT_SECRET_FILE")]
+    jwt_secret_file: PathBuf,
+    /// Without `--scylla`, media records are kept in an embedded store under
+    /// `--data-dir`: then run exactly one media instance.
+    #[command(flatten)]
+    scylla: ScyllaArgs,
+    /// Where the embedded media store (and, by default, the media bytes) live.
+    #[arg(long, env = "NATTER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    media: MediaConfigArgs,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct PresenceArgs {
     /// Address for health checks.
@@ -660,6 +804,61 @@ pub async fn people(args: PeopleArgs) -> Result<(), Failure> {
         .map_err(Failure::Runtime)?;
     let grace = Duration::from_secs(args.drain_grace_s);
     run_service("people", args.listen, nats, stop, service, grace).await
+}
+
+pub async fn media(args: MediaArgs) -> Result<(), Failure> {
+    positive("store-timeout-ms", args.scylla.store_timeout_ms)?;
+    let secret = read_secret(&args.jwt_secret_file)?;
+    let verifier = natter_sessions::TokenVerifier::from_secret(&secret)
+        .map_err(|e| config_error(anyhow::anyhow!("--jwt-secret-file: {e}")))?;
+    let (config, objects) = args.media.config(&args.data_dir)?;
+    let sc = &args.scylla;
+    let store: Arc<dyn natter_media::MediaStore> = if sc.scylla.is_empty() {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
+            .map_err(Failure::Config)?;
+        tracing::info!("no --scylla: media records are kept in the embedded store (one instance only)");
+        Arc::new(
+            natter_media::RedbMediaStore::open(&args.data_dir.join("media.redb"))
+                .context("opening the media store")
+                .map_err(Failure::Runtime)?,
+        )
+    } else {
+        Arc::new(
+            natter_media::ScyllaMediaStore::connect(natter_media::ScyllaMediaConfig {
+                nodes: sc.scylla.clone(),
+                keyspace: sc.scylla_keyspace.clone(),
+                replication_factor: sc.scylla_replication_factor,
+                local_dc: sc.scylla_local_dc.clone(),
+                request_timeout: Duration::from_millis(sc.store_timeout_ms),
+            })
+            .await
+            .with_context(|| format!("connecting to ScyllaDB at {}", sc.scylla.join(",")))
+            .map_err(Failure::Runtime)?,
+        )
+    };
+    let nats = connect_nats(&args.nats, format!("natter-media-{}", default_name("media"))).await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let auth = natter_sessions::DeviceAuth::new(verifier, bus.clone(), config.request_timeout);
+    let media = natter_media::Media::new(config, store, objects, bus.clone(), auth);
+    let stop = CancellationToken::new();
+    let service = natter_media::describe::start(media.clone(), bus, stop.clone())
+        .await
+        .context("starting the media service")
+        .map_err(Failure::Runtime)?;
+    let http_stop = CancellationToken::new();
+    let app = health(nats).merge(natter_media::router(media));
+    let server = serve_http("media", args.listen, app, http_stop.clone()).await?;
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let grace = Duration::from_secs(args.drain_grace_s);
+    http_stop.cancel();
+    wait("http", server, grace).await;
+    stop.cancel();
+    wait("media", service, grace).await;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 pub async fn presence(args: PresenceArgs) -> Result<(), Failure> {
