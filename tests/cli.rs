@@ -548,3 +548,92 @@ async fn presence_from_the_command_line() {
     })
     .await;
 }
+
+/// A 3x2 RGB PNG.
+const TINY_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x02, 0x08, 0x02, 0x00, 0x00, 0x00, 0x12, 0x16, 0xf1,
+    0x4d, 0x00, 0x00, 0x00, 0x1c, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0x60, 0x67, 0x10, 0xd5,
+    0x67, 0x10, 0x0d, 0x67, 0x10, 0x65, 0x60, 0xb7, 0x11, 0xd5, 0xb7, 0x31, 0x0e, 0xb7, 0x09, 0x04,
+    0x00, 0x12, 0xf8, 0x02, 0xa7, 0x39, 0x50, 0xa7, 0xc5, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e,
+    0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// `send-file`, media in `listen` and `history`, and `download` by the receiver.
+#[tokio::test]
+async fn files_from_the_command_line() {
+    bounded(120, async {
+        let server = Server::start().await;
+        let (a, b) = (Terminal::new(&server), Terminal::new(&server));
+        let ann = a.sign_up("ann").await;
+        let bo = b.sign_up("bo").await;
+
+        let png = a.dir.path().join("cat.png");
+        std::fs::write(&png, TINY_PNG).expect("write the PNG");
+        let png = png.to_str().expect("a UTF-8 path");
+        let sent = a
+            .json(&["send-file", &format!("@{bo}"), png, "--caption", "look"])
+            .await;
+        let media_id = sent[0]["media_id"].as_str().expect("a media id").to_owned();
+        let conversation = sent[0]["conversation_id"]
+            .as_str()
+            .expect("a conversation")
+            .to_owned();
+        let seq = sent[0]["seq"].as_u64().expect("a seq");
+        assert_eq!(sent[0]["media"]["kind"], "image", "{sent:?}");
+        assert_eq!(sent[0]["media"]["width"], 3, "{sent:?}");
+        assert_eq!(sent[0]["media"]["height"], 2, "{sent:?}");
+        assert_eq!(sent[0]["media"]["size"], TINY_PNG.len(), "{sent:?}");
+
+        // Bo gets it live, with everything the server found in the upload.
+        let got = b.json(&["listen", "--count", "1", "--for", "20s"]).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["kind"], "media", "{got:?}");
+        assert_eq!(got[0]["text"], "look", "{got:?}");
+        assert_eq!(got[0]["media"]["id"], media_id.as_str(), "{got:?}");
+        assert_eq!(got[0]["media"]["mime"], "image/png", "{got:?}");
+        assert_eq!(got[0]["media"]["width"], 3, "{got:?}");
+        let lines = b.ok(&["history", &conversation]).await;
+        let want = format!(
+            "{conversation} #{seq} {ann}: [photo 3x2 {} B] look",
+            TINY_PNG.len()
+        );
+        assert!(lines.contains(&want), "{lines}");
+
+        // Bo downloads it with his own token: the same bytes.
+        let out = b.dir.path().join("got.png");
+        let out_s = out.to_str().expect("a UTF-8 path");
+        let saved = b
+            .json(&["download", &conversation, &seq.to_string(), "-o", out_s])
+            .await;
+        assert_eq!(saved[0]["size"], TINY_PNG.len(), "{saved:?}");
+        assert_eq!(std::fs::read(&out).expect("the download"), TINY_PNG);
+        // Into a directory: the sender's file name, else <id>.png.
+        let dir = b.dir.path().join("downloads");
+        std::fs::create_dir(&dir).expect("a directory");
+        let line = b
+            .ok(&[
+                "download",
+                &conversation,
+                &seq.to_string(),
+                "-o",
+                dir.to_str().unwrap(),
+            ])
+            .await;
+        let named = [dir.join("cat.png"), dir.join(format!("{media_id}.png"))];
+        let file = named.iter().find(|p| p.exists()).unwrap_or_else(|| {
+            panic!("no file in {}: {line}", dir.display());
+        });
+        assert_eq!(std::fs::read(file).expect("the download"), TINY_PNG);
+        assert!(line.starts_with("saved "), "{line}");
+
+        // A text message has nothing to download (usage: 2); a missing one is refused (3).
+        let ack = a.json(&["send", &conversation, "plain"]).await;
+        let text_seq = ack[0]["seq"].as_u64().expect("a seq").to_string();
+        let out = b.run(&["download", &conversation, &text_seq]).await;
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let out = b.run(&["download", &conversation, "999"]).await;
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+    })
+    .await;
+}

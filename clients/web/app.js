@@ -2,8 +2,8 @@
 // cursors, the outbox of unacked sends, receipts, typing, presence, and people (profile,
 // privacy, contacts, blocks, status updates). ui.js draws it.
 
-import { ApiError, Auth, Connection, decodeText, directId, encodeText } from "./protocol.js";
-import { UI } from "./ui.js";
+import { ApiError, Auth, Connection, decodeText, directId, encodeText, mediaRefOf, mediaUrl, uploadMedia } from "./protocol.js";
+import { UI, mediaSummary } from "./ui.js";
 
 const TYPING_TTL_MS = 6000;
 const TYPING_RESEND_MS = 3000;
@@ -24,6 +24,7 @@ const ERROR_LABEL = {
   CONFLICT: "Someone changed the group at the same time; try again",
   LIMIT_REACHED: "Limit reached",
   RATE_LIMITED: "Too many requests; slow down",
+  MEDIA_REFUSED: "This file cannot be shared",
   UNAVAILABLE: "The server is busy; try again",
   INTERNAL: "The server failed; try again",
 };
@@ -34,6 +35,16 @@ export function readableError(e) {
   const label = ERROR_LABEL[code] || (code ? code.toLowerCase().replace(/_/g, " ") : "Error");
   return e.message ? `${label} (${e.message})` : label;
 }
+
+/** Readable REST media errors (by their `code`). */
+const MEDIA_ERROR = {
+  too_large: "The file is too large",
+  unsupported_type: "This type of file cannot be sent",
+  quota_exceeded: "Your storage is full",
+  too_many_uploads: "Too many uploads at once; try again shortly",
+  hash_mismatch: "The file changed while it was sent; try again",
+  unreachable: "The server is unreachable",
+};
 
 function randomId() {
   const b = crypto.getRandomValues(new Uint8Array(12));
@@ -130,7 +141,8 @@ class App {
         seq: 0,
         sender: this.me.userId,
         clientMsgId: o.clientMsgId,
-        text: decodeText(o.body),
+        text: o.media ? o.media.caption || "" : decodeText(o.body),
+        media: o.shown || o.media || null,
         createdAtMs: o.createdAtMs,
         pending: true,
       });
@@ -497,7 +509,8 @@ class App {
       clientMsgId: m.clientMsgId,
       system: m.kind === "MESSAGE_KIND_SYSTEM",
       event: m.event,
-      text: decodeText(m.body),
+      media: m.kind === "MESSAGE_KIND_MEDIA" ? m.media || {} : null,
+      text: m.kind === "MESSAGE_KIND_MEDIA" ? m.media?.caption || "" : decodeText(m.body),
       createdAtMs: Number(m.createdAtMs || 0),
     };
     if (mine && m.senderDevice === this.me.deviceId) {
@@ -533,7 +546,8 @@ class App {
   }
 
   preview(conv, msg) {
-    const text = msg.system ? this.systemText(msg, conv) : msg.text;
+    let text = msg.system ? this.systemText(msg, conv) : msg.text;
+    if (msg.media) text = msg.text ? `${mediaSummary(msg.media).split(" ")[0]} ${msg.text}` : mediaSummary(msg.media);
     if (msg.system || conv.kind !== "group") return text;
     return `${msg.sender === this.me.userId ? "You" : this.name(msg.sender)}: ${text}`;
   }
@@ -677,6 +691,79 @@ class App {
     this.ui.render({ toBottom: true });
   }
 
+  /**
+   * Sends a file to the open conversation: shown at once with upload progress, uploaded
+   * (resumable when large), then sent as a media message through the outbox like text.
+   * `caption` goes with it; `voice`: a voice note recorded here (`kind=audio`).
+   */
+  async sendFile(file, { caption = "", voice = false } = {}) {
+    const conv = this.active && this.convs.get(this.active);
+    if (!conv || !file) return;
+    conv.notice = "";
+    const clientMsgId = randomId();
+    const filename = voice ? "" : file.name || "";
+    const msg = {
+      seq: 0,
+      sender: this.me.userId,
+      clientMsgId,
+      text: caption,
+      media: { id: "", filename: file.name || "", size: String(file.size), voice },
+      upload: { done: 0, total: file.size },
+      createdAtMs: Date.now(),
+      pending: true,
+    };
+    conv.msgs.set(`p:${clientMsgId}`, msg);
+    this.typing(false);
+    this.ui.render({ toBottom: true });
+    let info;
+    try {
+      info = await uploadMedia(this.auth, file, {
+        filename,
+        audio: voice,
+        voice,
+        onProgress: (done, total) => {
+          msg.upload = { done, total };
+          this.ui.render();
+        },
+      });
+    } catch (e) {
+      msg.upload = null;
+      const why = MEDIA_ERROR[e.code] || e.message || "failed";
+      msg.failed = why;
+      conv.notice = `${file.name || "The file"} was not sent: ${why}`;
+      this.ui.render();
+      return;
+    }
+    msg.upload = null;
+    const shown = { ...mediaRefOf(info), caption };
+    msg.media = shown;
+    const media = { id: info.id, caption, filename: info.filename || filename, voice };
+    const entry = {
+      clientMsgId,
+      convId: conv.id,
+      toUser: conv.kind === "direct" ? conv.peer : null,
+      media,
+      shown: { ...shown, preview: "" },
+      body: "",
+      createdAtMs: msg.createdAtMs,
+      reqId: null,
+      sentAt: 0,
+    };
+    // The conversation may have moved on (or been left) while the bytes travelled.
+    if (!conv.msgs.has(`p:${clientMsgId}`)) return;
+    this.outbox.push(entry);
+    conv.last = { seq: conv.last?.seq ?? 0, text: this.preview(conv, msg), at: entry.createdAtMs };
+    this.save();
+    this.flush();
+    this.ui.render({ toBottom: true });
+  }
+
+  /** Where an `<img>` etc. loads a message's media from (with our current token). */
+  mediaSrc(conv, m) {
+    if (!m.media?.id) return "";
+    return mediaUrl(m.media.id, this.me?.accessToken, m.seq ? conv.id : null, m.seq);
+  }
+
   /** Sends (again) every unacked message, with its original clientMsgId. */
   flush() {
     if (!this.conn.online) return;
@@ -684,9 +771,10 @@ class App {
     for (const o of this.outbox) {
       if (o.reqId && now - o.sentAt < RESEND_AFTER_MS) continue;
       const target = o.toUser ? { toUser: o.toUser } : { conversationId: o.convId };
-      const id = this.conn.send({
-        send: { clientMsgId: o.clientMsgId, ...target, kind: "MESSAGE_KIND_TEXT", body: o.body },
-      });
+      const send = o.media
+        ? { clientMsgId: o.clientMsgId, ...target, kind: "MESSAGE_KIND_MEDIA", media: o.media }
+        : { clientMsgId: o.clientMsgId, ...target, kind: "MESSAGE_KIND_TEXT", body: o.body };
+      const id = this.conn.send({ send });
       if (!id) return;
       o.reqId = id;
       o.sentAt = now;

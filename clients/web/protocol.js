@@ -281,3 +281,184 @@ export class Connection {
     this.timer = setTimeout(() => this.connect(), delay);
   }
 }
+
+// ---- media (docs/protocol.md "Media") ----
+
+/** Uploads up to this size go in one request; larger ones are resumable. */
+export const SINGLE_SHOT_MAX = 8 * 1024 * 1024;
+/** Bytes per PATCH of a resumable upload. */
+export const CHUNK_SIZE = 4 * 1024 * 1024;
+const UPLOAD_RETRIES = 5;
+
+function hex(buffer) {
+  return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * One request with upload progress (fetch has none): resolves {status, header(name),
+ * data} for any answer, rejects with ApiError(0, "unreachable") when none came.
+ */
+function xhr(method, url, { token, body, headers = {}, onProgress } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = new XMLHttpRequest();
+    req.open(method, url);
+    if (token) req.setRequestHeader("authorization", `Bearer ${token}`);
+    for (const [k, v] of Object.entries(headers)) req.setRequestHeader(k, v);
+    if (onProgress) req.upload.onprogress = (ev) => onProgress(ev.loaded);
+    req.onload = () => {
+      let data = null;
+      try {
+        data = req.responseText ? JSON.parse(req.responseText) : null;
+      } catch {
+        data = null;
+      }
+      resolve({ status: req.status, header: (name) => req.getResponseHeader(name), data });
+    };
+    req.onerror = req.ontimeout = () => reject(new ApiError(0, "unreachable", "the server is unreachable"));
+    req.send(body ?? null);
+  });
+}
+
+function failure(res) {
+  const e = res.data?.error || {};
+  return new ApiError(res.status, e.code, e.message || `HTTP ${res.status}`);
+}
+
+const transient = (e) => e.status === 0 || e.status >= 500;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** `call(token)` with a fresh token after a 401, once. */
+async function authorized(auth, call) {
+  const res = await call(await auth.token());
+  if (res.status !== 401) return res;
+  return call(await auth.token(true));
+}
+
+/**
+ * Uploads a File or Blob: one `POST /v1/media` (with its SHA-256, so the server checks
+ * it) up to SINGLE_SHOT_MAX, else a resumable upload in CHUNK_SIZE pieces that asks
+ * `HEAD` where it stands after a failure and goes on from there. `onProgress(done,
+ * total)`; resolves with the server's media JSON.
+ */
+export async function uploadMedia(auth, file, { filename, audio = false, voice = false, onProgress } = {}) {
+  const total = file.size;
+  const progress = (done) => onProgress?.(Math.min(done, total), total);
+  if (total <= SINGLE_SHOT_MAX) {
+    const q = new URLSearchParams();
+    if (filename) q.set("filename", filename);
+    if (crypto.subtle) q.set("sha256", hex(await crypto.subtle.digest("SHA-256", await file.arrayBuffer())));
+    if (audio) q.set("kind", "audio");
+    if (voice) q.set("voice", "true");
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const res = await authorized(auth, (token) =>
+          xhr("POST", `/v1/media?${q}`, { token, body: file, headers: { "content-type": "application/octet-stream" }, onProgress: progress }),
+        );
+        if (res.status >= 200 && res.status < 300) {
+          progress(total);
+          return res.data;
+        }
+        throw failure(res);
+      } catch (e) {
+        if (!transient(e) || attempt >= UPLOAD_RETRIES) throw e;
+        await sleep(500 * 2 ** attempt);
+      }
+    }
+  }
+  const body = { size: total };
+  if (filename) body.filename = filename;
+  if (audio) body.kind = "audio";
+  if (voice) body.voice = true;
+  const created = await authorized(auth, (token) =>
+    xhr("POST", "/v1/media/uploads", { token, body: JSON.stringify(body), headers: { "content-type": "application/json" } }),
+  );
+  if (created.status !== 201 && created.status !== 200) throw failure(created);
+  const path = `/v1/media/uploads/${encodeURIComponent(created.data.upload_id)}`;
+  let offset = Number(created.data.offset || 0);
+  let failures = 0;
+  progress(offset);
+  while (offset < total) {
+    const end = Math.min(offset + CHUNK_SIZE, total);
+    const start = offset;
+    try {
+      const res = await authorized(auth, (token) =>
+        xhr("PATCH", path, {
+          token,
+          body: file.slice(start, end),
+          headers: { "upload-offset": String(start), "content-type": "application/offset+octet-stream" },
+          onProgress: (n) => progress(start + n),
+        }),
+      );
+      const at = Number(res.header("upload-offset"));
+      if (res.status === 204 || res.status === 200) {
+        offset = Number.isFinite(at) && res.header("upload-offset") !== null ? at : end;
+        failures = 0;
+        progress(offset);
+        continue;
+      }
+      if (res.status === 409 && res.data?.error?.code === "offset_mismatch" && Number.isFinite(at)) {
+        if (++failures > UPLOAD_RETRIES) throw failure(res);
+        offset = at;
+        continue;
+      }
+      throw failure(res);
+    } catch (e) {
+      if (!transient(e) || ++failures > UPLOAD_RETRIES) {
+        if (!transient(e)) authorized(auth, (token) => xhr("DELETE", path, { token })).catch(() => {});
+        throw e;
+      }
+      await sleep(500 * 2 ** (failures - 1));
+      // Where does the upload stand? (A PATCH cut off keeps what arrived.)
+      try {
+        const head = await authorized(auth, (token) => xhr("HEAD", path, { token }));
+        if (head.status === 200) offset = Number(head.header("upload-offset"));
+        else if (head.status === 404) throw new ApiError(404, "not_found", "the upload expired");
+      } catch (h) {
+        if (!transient(h)) throw h;
+      }
+      progress(offset);
+    }
+  }
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const res = await authorized(auth, (token) => xhr("POST", `${path}/complete`, { token }));
+      if (res.status >= 200 && res.status < 300) return res.data;
+      throw failure(res);
+    } catch (e) {
+      if (!transient(e) || attempt >= UPLOAD_RETRIES) throw e;
+      await sleep(500 * 2 ** attempt);
+    }
+  }
+}
+
+/**
+ * The URL an `<img>`/`<video>`/`<audio>` or a link loads a media from: with the
+ * message that carries it (others' media) and the token in the query (elements cannot
+ * set headers).
+ */
+export function mediaUrl(id, token, conversationId, seq) {
+  const q = new URLSearchParams();
+  if (conversationId && seq) {
+    q.set("conversation", conversationId);
+    q.set("seq", String(seq));
+  }
+  if (token) q.set("access_token", token);
+  return `/v1/media/${encodeURIComponent(id)}?${q}`;
+}
+
+/** The REST media JSON as the proto JSON of a MediaRef (what messages carry). */
+export function mediaRefOf(info) {
+  return {
+    id: info.id,
+    kind: info.kind ? `MEDIA_KIND_${String(info.kind).toUpperCase()}` : "MEDIA_KIND_UNSPECIFIED",
+    mime: info.mime || "",
+    size: String(info.size || 0),
+    sha256: info.sha256 || "",
+    width: info.width || 0,
+    height: info.height || 0,
+    durationMs: info.duration_ms || 0,
+    preview: info.preview || "",
+    filename: info.filename || "",
+    voice: !!info.voice,
+  };
+}

@@ -69,6 +69,42 @@ function typingText(state) {
   return state === "recording" ? "recording audio…" : "typing…";
 }
 
+/** "📷 Photo", "🎤 Voice message 0:07", "📄 report.pdf": a media in one line. */
+export function mediaSummary(media) {
+  const kind = (media?.kind || "").replace("MEDIA_KIND_", "");
+  const duration = Number(media?.durationMs || 0) ? ` ${durationText(media.durationMs)}` : "";
+  switch (kind) {
+    case "IMAGE":
+      return "📷 Photo";
+    case "VIDEO":
+      return `🎥 Video${duration}`;
+    case "AUDIO":
+      return media.voice ? `🎤 Voice message${duration}` : `🎵 ${media.filename || "Audio"}${duration}`;
+    case "DOCUMENT":
+      return `📄 ${media.filename || "Document"}`;
+    default:
+      return `📎 ${media?.filename || "File"}`;
+  }
+}
+
+/** 7000 → "0:07". */
+export function durationText(ms) {
+  const s = Math.ceil(Number(ms) / 1000);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor(s / 60) % 60;
+  const ss = String(s % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
+}
+
+/** 187492 → "183 KiB" sizes (binary units, as the CLI). */
+export function sizeText(bytes) {
+  const n = Number(bytes || 0);
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${Math.round(n / 1024)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(1)} GiB`;
+}
+
 const VISIBILITY = [
   ["VISIBILITY_EVERYONE", "Everyone"],
   ["VISIBILITY_CONTACTS", "My contacts"],
@@ -80,6 +116,9 @@ const ROLE_LABEL = { GROUP_ROLE_OWNER: "owner", GROUP_ROLE_ADMIN: "admin" };
 export class UI {
   constructor(app) {
     this.app = app;
+    // Media elements by message and media, kept across draws so that images, videos
+    // and audio do not load again (or stop playing) each time the list is drawn.
+    this.mediaNodes = new Map();
     this.bind();
   }
 
@@ -166,11 +205,100 @@ export class UI {
       input.value = "";
       app.sendText(text);
     });
+    // Attachments: the file button, a pasted file, or files dropped on the chat. The
+    // text in the composer goes with the (first) file as its caption.
+    const attach = $("#attach-input");
+    const sendFiles = (files) => {
+      const list = [...(files || [])];
+      if (!list.length) return;
+      const caption = input.value.trim();
+      input.value = "";
+      list.forEach((f, i) => app.sendFile(f, { caption: i === 0 ? caption : "" }));
+      input.focus();
+    };
+    $("#attach-btn").addEventListener("click", () => attach.click());
+    attach.addEventListener("change", () => {
+      sendFiles(attach.files);
+      attach.value = "";
+    });
+    input.addEventListener("paste", (ev) => {
+      const files = ev.clipboardData?.files;
+      if (files?.length) {
+        ev.preventDefault();
+        sendFiles(files);
+      }
+    });
+    const chat = $("#chat");
+    chat.addEventListener("dragover", (ev) => {
+      if (![...(ev.dataTransfer?.types || [])].includes("Files")) return;
+      ev.preventDefault();
+      chat.classList.add("dropping");
+    });
+    chat.addEventListener("dragleave", (ev) => {
+      if (!chat.contains(ev.relatedTarget)) chat.classList.remove("dropping");
+    });
+    chat.addEventListener("drop", (ev) => {
+      chat.classList.remove("dropping");
+      if (!ev.dataTransfer?.files?.length) return;
+      ev.preventDefault();
+      sendFiles(ev.dataTransfer.files);
+    });
+    this.bindRecorder();
     input.addEventListener("input", () => app.typing(input.value.length > 0));
     input.addEventListener("blur", () => app.typing(false));
     $("#messages").addEventListener("scroll", () => {
       const conv = app.active && app.convs.get(app.active);
       if (conv && $("#messages").scrollTop < 60) app.loadHistory(conv);
+    });
+  }
+
+  /**
+   * Voice notes: 🎤 starts recording (the others see "recording audio…"), ■ stops and
+   * sends it as a voice message. Hidden where the browser cannot record.
+   */
+  bindRecorder() {
+    const app = this.app;
+    const btn = $("#record-btn");
+    if (!window.MediaRecorder || !navigator.mediaDevices?.getUserMedia) return;
+    btn.hidden = false;
+    let recorder = null;
+    let beat = null;
+    btn.addEventListener("click", async () => {
+      if (recorder) {
+        recorder.stop();
+        return;
+      }
+      let stream;
+      try {
+        stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      } catch (e) {
+        const conv = app.active && app.convs.get(app.active);
+        if (conv) conv.notice = `Cannot record: ${e.message}`;
+        this.render();
+        return;
+      }
+      const chunks = [];
+      recorder = new MediaRecorder(stream);
+      recorder.ondataavailable = (ev) => ev.data.size && chunks.push(ev.data);
+      recorder.onstop = () => {
+        clearInterval(beat);
+        for (const t of stream.getTracks()) t.stop();
+        const type = recorder.mimeType || "audio/webm";
+        recorder = null;
+        btn.textContent = "🎤";
+        btn.setAttribute("aria-label", "Record a voice message");
+        btn.classList.remove("recording");
+        app.typing(false);
+        const ext = type.includes("ogg") ? "ogg" : type.includes("mp4") ? "m4a" : "webm";
+        const blob = new Blob(chunks, { type });
+        if (blob.size) app.sendFile(new File([blob], `voice.${ext}`, { type }), { voice: true });
+      };
+      recorder.start();
+      btn.textContent = "■";
+      btn.setAttribute("aria-label", "Stop and send the voice message");
+      btn.classList.add("recording");
+      app.typing(true, "CHAT_STATE_RECORDING");
+      beat = setInterval(() => app.typing(true, "CHAT_STATE_RECORDING"), 2500);
     });
   }
 
@@ -420,6 +548,8 @@ export class UI {
       items.push(this.message(conv, m));
     }
     box.replaceChildren(...items);
+    // Forget media elements no longer shown (another conversation, a pending one acked).
+    for (const [key, node] of this.mediaNodes) if (!node.isConnected) this.mediaNodes.delete(key);
     if (switched || opts.toBottom === true || (opts.toBottom === "ifNear" && nearBottom)) {
       box.scrollTop = box.scrollHeight;
     } else if (opts.keepBottomOffset) {
@@ -671,6 +801,80 @@ export class UI {
     $("#gp-invite-link").value = conv.invite || "";
   }
 
+  /**
+   * A message's media: an image (its inline preview until the full image has loaded),
+   * a video or audio player, or a document link; upload progress while it is sent.
+   */
+  media(conv, m) {
+    const media = m.media;
+    if (m.upload || !media.id) {
+      const { done = 0, total = 0 } = m.upload || {};
+      const pct = total ? Math.floor((done * 100) / total) : 0;
+      return el(
+        "div",
+        { class: "media media-upload" },
+        el("span", { class: "media-name", text: media.filename || "File" }),
+        m.upload ? el("progress", { max: 100, value: pct, "aria-label": "Upload progress" }) : null,
+        el("span", { class: "media-meta", text: m.failed ? "not sent" : `Uploading ${pct}% of ${sizeText(total)}` }),
+      );
+    }
+    const key = `${conv.id}|${m.seq}|${media.id}`;
+    let node = this.mediaNodes.get(key);
+    if (node) return node;
+    const src = this.app.mediaSrc(conv, m);
+    const kind = (media.kind || "").replace("MEDIA_KIND_", "");
+    const w = Number(media.width || 0);
+    const h = Number(media.height || 0);
+    if (kind === "IMAGE") {
+      const img = el("img", { class: "media-img", alt: media.caption ? `Photo: ${media.caption}` : "Photo", "data-media": media.id });
+      if (w && h) {
+        // Shown at most 320 px wide, and tiny images at least 96 (so they can be seen).
+        img.width = Math.min(Math.max(w, 96), 320);
+        img.height = Math.round((img.width * h) / w);
+        if (img.width > w) img.classList.add("pixelated");
+      }
+      img.dataset.state = "loading";
+      if (media.preview) {
+        img.src = `data:image/jpeg;base64,${media.preview}`;
+        img.dataset.state = "preview";
+      }
+      const full = new Image();
+      full.onload = () => {
+        img.src = full.src;
+        img.dataset.state = "full";
+      };
+      full.onerror = () => {
+        img.dataset.state = "error";
+        img.title = "The photo could not be loaded";
+      };
+      full.src = src;
+      node = el("a", { class: "media media-image", href: src, target: "_blank", rel: "noopener" }, img);
+    } else if (kind === "VIDEO") {
+      const video = el("video", { class: "media-video", controls: true, preload: "metadata", src, "data-media": media.id });
+      if (media.preview) video.poster = `data:image/jpeg;base64,${media.preview}`;
+      node = el("div", { class: "media" }, video);
+    } else if (kind === "AUDIO") {
+      node = el(
+        "div",
+        { class: "media media-audio" },
+        el("span", { class: "media-name", text: mediaSummary(media) }),
+        el("audio", { controls: true, preload: "metadata", src, "data-media": media.id }),
+      );
+    } else {
+      const name = media.filename || "Document";
+      node = el(
+        "a",
+        { class: "media media-doc", href: src, download: name, "data-media": media.id },
+        el("span", { class: "media-icon", "aria-hidden": "true", text: "📄" }),
+        el("span", { class: "media-name", text: name }),
+        el("span", { class: "media-meta", text: [sizeText(media.size), media.mime].filter(Boolean).join(" · ") }),
+      );
+    }
+    if (Number(media.durationMs || 0) && kind !== "AUDIO") node.title = durationText(media.durationMs);
+    this.mediaNodes.set(key, node);
+    return node;
+  }
+
   message(conv, m) {
     const app = this.app;
     if (m.system) {
@@ -705,6 +909,7 @@ export class UI {
         "data-status": status,
       },
       conv.kind === "group" && !mine ? el("span", { class: "sender", text: app.name(m.sender) }) : null,
+      m.media ? this.media(conv, m) : null,
       el("span", { class: "text", text: m.text }),
       el("span", { class: "meta" }, el("time", { text: time(m.createdAtMs) }), tick),
     );

@@ -48,6 +48,11 @@ pub enum AppEvent {
         local_id: u64,
         ack: v1::Ack,
     },
+    /// The file of `local_id` is uploaded: what its line reads as now.
+    Uploaded {
+        local_id: u64,
+        text: String,
+    },
     /// Sending `local_id` failed for good.
     SendFailed {
         local_id: u64,
@@ -88,6 +93,12 @@ pub enum Action {
     Send {
         conversation: ConversationId,
         text: String,
+        local_id: u64,
+    },
+    /// `/send-file PATH`: upload the file, then send it as a media message.
+    SendFile {
+        conversation: ConversationId,
+        path: String,
         local_id: u64,
     },
     Typing {
@@ -407,6 +418,15 @@ impl App {
             }
             AppEvent::Resize { width, height } => self.size = (width, height),
             AppEvent::Acked { local_id, ack } => self.on_ack(local_id, &ack),
+            AppEvent::Uploaded { local_id, text } => {
+                for c in &mut self.conversations {
+                    for m in &mut c.pending {
+                        if m.local_id == Some(local_id) {
+                            m.text.clone_from(&text);
+                        }
+                    }
+                }
+            }
             AppEvent::SendFailed { local_id, error } => {
                 for c in &mut self.conversations {
                     for m in &mut c.pending {
@@ -513,6 +533,7 @@ impl App {
             (MessageKind::System, Some(e)) => render::system_text(self, e),
             (MessageKind::System, None) => "(group change)".into(),
             (MessageKind::Binary, _) => format!("({} bytes)", m.body.len()),
+            (MessageKind::Media, _) => render::media_message_text(m),
             _ => String::from_utf8_lossy(&m.body).into_owned(),
         };
         ChatMessage {
@@ -775,12 +796,30 @@ impl App {
             self.command(cmd, actions);
             return;
         }
-        let Some(id) = self.selected.clone() else {
-            self.status = "no conversation: start one with /new @user".into();
+        let Some((id, local_id)) = self.add_pending(text.to_owned(), actions) else {
             self.input = line;
             return;
         };
-        let Some(i) = self.index(&id) else { return };
+        actions.push(Action::Send {
+            conversation: id,
+            text: text.to_owned(),
+            local_id,
+        });
+        self.sort();
+    }
+
+    /// Shows a message of ours as pending in the selected conversation (and ends our
+    /// typing indicator): the conversation and the message's local id.
+    fn add_pending(
+        &mut self,
+        text: String,
+        actions: &mut Vec<Action>,
+    ) -> Option<(ConversationId, u64)> {
+        let Some(id) = self.selected.clone() else {
+            self.status = "no conversation: start one with /new @user".into();
+            return None;
+        };
+        let i = self.index(&id)?;
         let local_id = self.next_local_id;
         self.next_local_id += 1;
         let c = &mut self.conversations[i];
@@ -789,7 +828,7 @@ impl App {
             seq: 0,
             sender: self.me,
             created_at_ms: self.now_ms,
-            text: text.to_owned(),
+            text,
             system: false,
             local_id: Some(local_id),
             failed: false,
@@ -800,18 +839,38 @@ impl App {
                 active: false,
             });
         }
-        actions.push(Action::Send {
-            conversation: id,
-            text: text.to_owned(),
-            local_id,
-        });
-        self.sort();
+        Some((id, local_id))
     }
 
     fn command(&mut self, cmd: &str, actions: &mut Vec<Action>) {
         let mut words = cmd.split_whitespace();
-        let usage = "commands: /new @user, /group NAME @a @b, /quit";
+        let usage = "commands: /new @user, /group NAME @a @b, /send-file PATH, /quit";
         match words.next() {
+            Some("send-file" | "file") => {
+                // The rest of the line is the path (it may hold spaces).
+                let path = cmd
+                    .split_once(char::is_whitespace)
+                    .map(|(_, p)| p.trim())
+                    .unwrap_or("");
+                if path.is_empty() {
+                    self.status = "usage: /send-file PATH".into();
+                    return;
+                }
+                let name = std::path::Path::new(path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| path.to_owned());
+                if let Some((conversation, local_id)) =
+                    self.add_pending(format!("[uploading {name}…]"), actions)
+                {
+                    actions.push(Action::SendFile {
+                        conversation,
+                        path: path.to_owned(),
+                        local_id,
+                    });
+                    self.sort();
+                }
+            }
             Some("quit" | "q" | "exit") => actions.push(Action::Quit),
             Some("new") => match (words.next(), words.next()) {
                 (Some(u), None) => {
@@ -1391,6 +1450,27 @@ pub mod tests {
                 members: vec!["@bo".into(), "@cy".into()]
             }]
         );
+        // A file goes to the selected conversation (bo's), shown as pending until acked.
+        type_text(&mut a, "/send-file /tmp/my cat.png");
+        assert_eq!(
+            a.on_event(key(KeyCode::Enter)),
+            vec![Action::SendFile {
+                conversation: dm(ME, BO),
+                path: "/tmp/my cat.png".into(),
+                local_id: 1,
+            }]
+        );
+        let pending = &a.conversation(&dm(ME, BO)).unwrap().pending;
+        assert_eq!(pending[0].text, "[uploading my cat.png…]");
+        a.on_event(AppEvent::Uploaded {
+            local_id: 1,
+            text: "[photo 2x2 70 B] ".into(),
+        });
+        let pending = &a.conversation(&dm(ME, BO)).unwrap().pending;
+        assert_eq!(pending[0].text, "[photo 2x2 70 B] ");
+        type_text(&mut a, "/send-file");
+        assert!(a.on_event(key(KeyCode::Enter)).is_empty());
+        assert_eq!(a.status, "usage: /send-file PATH");
         type_text(&mut a, "/quit");
         assert_eq!(a.on_event(key(KeyCode::Enter)), vec![Action::Quit]);
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);

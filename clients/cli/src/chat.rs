@@ -1,8 +1,14 @@
-//! Chat commands over the WebSocket: send, listen, history, read-by.
+//! Chat commands over the WebSocket: send, send-file, download, listen, history, read-by.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{IsTerminal as _, Write as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
-use natter_client::{Client, ConversationId, Event, Seq};
+use natter_client::{Client, ConversationId, Event, Seq, UploadOptions, download_name, v1};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -18,6 +24,134 @@ pub async fn send(ctx: &Context, target: &str, text: &str) -> Result<(), CliErro
     let client = id.connect(false).await?;
     let ack = client.send_text(target, text).await?;
     ctx.print(|| render::ack_line(&ack), || render::ack_json(&ack));
+    Ok(())
+}
+
+/// `send-file`: uploads the file (resumable when large), then sends it as a media
+/// message. Progress goes to stderr when it is a terminal.
+pub async fn send_file(
+    ctx: &Context,
+    target: &str,
+    path: &Path,
+    caption: &str,
+    voice: bool,
+) -> Result<(), CliError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| CliError::io(format!("reading {}", path.display()), e))?;
+    if !meta.is_file() {
+        return Err(CliError::Usage(format!("{}: not a file", path.display())));
+    }
+    let mut id = Identity::load(ctx.store.clone(), ctx.server.as_deref())?;
+    let target = id.target(target).await?;
+    let mut opts = UploadOptions::for_path(path);
+    opts.voice = voice;
+    opts.kind_hint_audio = voice;
+    let terminal = std::io::stderr().is_terminal();
+    if terminal {
+        let name = opts.filename.clone().unwrap_or_default();
+        opts.progress = Some(Arc::new(move |done, total| {
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
+            eprint!(
+                "\ruploading {name}: {pct}% ({} of {})   ",
+                render::size_text(done),
+                render::size_text(total)
+            );
+            let _ = std::io::stderr().flush();
+        }));
+    }
+    let info = id.upload(path, &opts).await;
+    if terminal {
+        eprintln!();
+    }
+    let info = info?;
+    let client = id.connect(false).await?;
+    let mut sent = info.media_ref(caption);
+    if sent.filename.is_empty() {
+        sent.filename = opts.filename.clone().unwrap_or_default();
+    }
+    let ack = client.send_media(target, sent).await?;
+    let mut media = info.to_media_ref();
+    media.caption = caption.to_owned();
+    ctx.print(
+        || {
+            format!(
+                "{} media {} {}",
+                render::ack_line(&ack),
+                info.id,
+                render::media_text(&media)
+            )
+        },
+        || {
+            let mut v = render::ack_json(&ack);
+            v["media_id"] = json!(info.id);
+            v["media"] = render::media_json(&media);
+            v
+        },
+    );
+    Ok(())
+}
+
+/// `download`: finds message `seq` of the conversation in its history and streams its
+/// media into `output` (a file, or a directory to put it in), by default
+/// `./<file name>` or `./<id>.<ext>`.
+pub async fn download(
+    ctx: &Context,
+    conversation: &str,
+    seq: u64,
+    output: Option<PathBuf>,
+) -> Result<(), CliError> {
+    let mut id = Identity::load(ctx.store.clone(), ctx.server.as_deref())?;
+    let conversation = id.conversation(conversation).await?;
+    let client = id.connect(false).await?;
+    let page = client
+        .history(&conversation, Seq(seq.saturating_add(1)), 1)
+        .await?;
+    drop(client);
+    let Some(m) = page
+        .messages
+        .into_iter()
+        .find(|m| m.seq == seq && !m.withheld)
+    else {
+        return Err(CliError::Refused {
+            code: "not_found".into(),
+            message: format!("no message #{seq} in {conversation}"),
+        });
+    };
+    let media = match (m.kind(), m.media) {
+        (v1::MessageKind::Media, Some(media)) => media,
+        _ => {
+            return Err(CliError::Usage(format!(
+                "{conversation} #{seq} is not a media message"
+            )));
+        }
+    };
+    let path = match output {
+        Some(p) if p.is_dir() => p.join(download_name(&media)),
+        Some(p) => p,
+        None => PathBuf::from(download_name(&media)),
+    };
+    let got = id.download(&media.id, &conversation, seq, &path).await?;
+    ctx.print(
+        || {
+            format!(
+                "saved {} ({}, {})",
+                got.path.display(),
+                render::size_text(got.size),
+                got.mime
+            )
+        },
+        || {
+            json!({
+                "path": got.path.display().to_string(),
+                "media_id": media.id,
+                "conversation_id": conversation.to_string(),
+                "seq": seq,
+                "size": got.size,
+                "mime": got.mime,
+                "sha256": got.sha256,
+            })
+        },
+    );
     Ok(())
 }
 

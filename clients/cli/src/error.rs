@@ -1,6 +1,6 @@
 //! The CLI's one error type, and the exit code each kind of failure leaves for scripts.
 
-use natter_client::{ClientError, ConnectionError, ErrorCode, HttpError};
+use natter_client::{ClientError, ConnectionError, ErrorCode, HttpError, MediaError};
 
 /// Exit code: bad usage, or no saved login (clap also exits 2 on bad arguments).
 pub const EXIT_USAGE: u8 = 2;
@@ -85,6 +85,17 @@ impl From<HttpError> for CliError {
             HttpError::Transport(ref t) => CliError::Unreachable(chain(t)),
             HttpError::Unexpected { .. } => CliError::Other(e.to_string()),
             HttpError::Url(u) => CliError::Usage(format!("bad server URL {u}")),
+        }
+    }
+}
+
+impl From<MediaError> for CliError {
+    fn from(e: MediaError) -> Self {
+        match e {
+            MediaError::Http(h) => h.into(),
+            MediaError::Io { what, source } => CliError::Io { what, source },
+            MediaError::HashMismatch { .. } => CliError::Other(e.to_string()),
+            MediaError::Invalid(m) => CliError::Usage(m),
         }
     }
 }

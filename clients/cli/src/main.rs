@@ -66,6 +66,27 @@ enum Command {
     Whoami,
     /// Send a text message to @user, a user id, or a conversation (d.… / g.…).
     Send { target: String, text: String },
+    /// Send a file (photo, video, audio, voice note, document) to @user, a user id, or a
+    /// conversation. Large files are uploaded in resumable chunks.
+    SendFile {
+        target: String,
+        path: PathBuf,
+        /// Text shown with the file (at most 1,024 bytes).
+        #[arg(long, default_value = "")]
+        caption: String,
+        /// A voice note (audio recorded for this chat) rather than an audio file.
+        #[arg(long)]
+        voice: bool,
+    },
+    /// Save the photo, video, audio or document of message SEQ of a conversation.
+    Download {
+        conversation: String,
+        seq: u64,
+        /// Where to save it (a file, or a directory) [default: the sender's file name, else
+        /// <media id>.<ext>, in the current directory].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Print incoming messages until Ctrl-C, --for or --count.
     Listen {
         /// Stop after this long (e.g. 30s, 5m).
@@ -87,7 +108,8 @@ enum Command {
     /// typing / recording indicators and an input line.
     ///
     /// Keys: Enter sends, Tab / Up / Down switch conversations, PageUp loads older
-    /// messages, Ctrl-C quits. Commands: /new @user, /group NAME @a @b, /quit.
+    /// messages, Ctrl-C quits. Commands: /new @user, /group NAME @a @b, /send-file PATH,
+    /// /quit.
     Chat {
         /// Show ticks as text ([sent] [delivered] [read]) instead of ✓ / ✓✓.
         #[arg(long)]
@@ -182,6 +204,17 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Logout => account::logout(&ctx).await,
         Command::Whoami => account::whoami(&ctx),
         Command::Send { target, text } => chat::send(&ctx, &target, &text).await,
+        Command::SendFile {
+            target,
+            path,
+            caption,
+            voice,
+        } => chat::send_file(&ctx, &target, &path, &caption, voice).await,
+        Command::Download {
+            conversation,
+            seq,
+            output,
+        } => chat::download(&ctx, &conversation, seq, output).await,
         Command::Listen { duration, count } => chat::listen(&ctx, duration, count).await,
         Command::History {
             conversation,
@@ -243,6 +276,26 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn media_commands_parse() {
+        assert!(matches!(
+            parse(&["send-file", "@bo", "cat.png", "--caption", "look"]).unwrap().command,
+            Command::SendFile { ref target, ref path, ref caption, voice: false }
+                if target == "@bo" && path == &PathBuf::from("cat.png") && caption == "look"
+        ));
+        assert!(matches!(
+            parse(&["send-file", "d.1.2", "note.ogg", "--voice"])
+                .unwrap()
+                .command,
+            Command::SendFile { voice: true, .. }
+        ));
+        assert!(matches!(
+            parse(&["download", "d.1.2", "3", "-o", "x.png"]).unwrap().command,
+            Command::Download { seq: 3, output: Some(ref o), .. } if o == &PathBuf::from("x.png")
+        ));
+        assert!(parse(&["download", "d.1.2"]).is_err(), "needs a seq");
     }
 
     #[test]

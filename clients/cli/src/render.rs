@@ -89,7 +89,90 @@ pub fn system_text(names: &impl Names, e: &v1::GroupEvent) -> String {
     }
 }
 
-/// The readable part of a message: its text, the system sentence or a size.
+/// `183 KiB`, `2.1 MiB`: sizes as people read them (binary units).
+pub fn size_text(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else if b < KIB * KIB {
+        format!("{} KiB", (b / KIB).round())
+    } else if b < KIB * KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else {
+        format!("{:.1} GiB", b / (KIB * KIB * KIB))
+    }
+}
+
+/// `0:07`, `12:30`, `1:02:03`.
+pub fn duration_text(ms: u32) -> String {
+    let s = u64::from(ms).div_ceil(1000);
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    if h > 0 {
+        format!("{h}:{m:02}:{s:02}")
+    } else {
+        format!("{m}:{s:02}")
+    }
+}
+
+/// What a media is, in brackets: `[photo 1600x1200 183 KiB]`, `[voice 0:07]`,
+/// `[document report.pdf 2.1 MiB]`.
+pub fn media_label(m: &v1::MediaRef) -> String {
+    let dims = (m.width > 0 && m.height > 0).then(|| format!("{}x{}", m.width, m.height));
+    let duration = (m.duration_ms > 0).then(|| duration_text(m.duration_ms));
+    let name = (!m.filename.is_empty()).then(|| m.filename.clone());
+    let size = Some(size_text(m.size));
+    let parts: Vec<Option<String>> = match m.kind() {
+        v1::MediaKind::Image => vec![Some("photo".into()), dims, size],
+        v1::MediaKind::Video => vec![Some("video".into()), dims, duration, size],
+        v1::MediaKind::Audio if m.voice => match duration {
+            Some(d) => vec![Some("voice".into()), Some(d)],
+            None => vec![Some("voice".into()), size],
+        },
+        v1::MediaKind::Audio => vec![Some("audio".into()), name, duration, size],
+        v1::MediaKind::Document => vec![Some("document".into()), name, size],
+        v1::MediaKind::Unspecified => vec![Some("media".into()), name, size],
+    };
+    let words: Vec<String> = parts.into_iter().flatten().collect();
+    format!("[{}]", words.join(" "))
+}
+
+/// The label and the caption: `[photo 1600x1200 183 KiB] look`.
+pub fn media_text(m: &v1::MediaRef) -> String {
+    let label = media_label(m);
+    if m.caption.is_empty() {
+        label
+    } else {
+        format!("{label} {}", m.caption)
+    }
+}
+
+pub fn media_json(m: &v1::MediaRef) -> Value {
+    json!({
+        "id": m.id,
+        "kind": natter_client::media::media_kind_name(m.kind()),
+        "mime": m.mime,
+        "size": m.size,
+        "sha256": m.sha256,
+        "width": m.width,
+        "height": m.height,
+        "duration_ms": m.duration_ms,
+        "filename": m.filename,
+        "voice": m.voice,
+        "caption": m.caption,
+        "label": media_label(m),
+    })
+}
+
+/// What a media message reads as (it may lack its media only if the server is broken).
+pub fn media_message_text(m: &v1::Message) -> String {
+    match &m.media {
+        Some(media) => media_text(media),
+        None => "[media]".into(),
+    }
+}
+
+/// The readable part of a message: its text, the system sentence, the media or a size.
 fn body_text(names: &impl Names, m: &v1::Message) -> String {
     match m.kind() {
         MessageKind::System => match &m.event {
@@ -97,6 +180,7 @@ fn body_text(names: &impl Names, m: &v1::Message) -> String {
             None => "(group change)".into(),
         },
         MessageKind::Binary => format!("({} bytes)", m.body.len()),
+        MessageKind::Media => media_message_text(m),
         _ => String::from_utf8_lossy(&m.body).into_owned(),
     }
 }
@@ -120,6 +204,7 @@ pub fn message_json(names: &impl Names, m: &v1::Message) -> Value {
     let kind = match m.kind() {
         MessageKind::System => "system",
         MessageKind::Binary => "binary",
+        MessageKind::Media => "media",
         _ => "text",
     };
     let mut v = json!({
@@ -135,6 +220,11 @@ pub fn message_json(names: &impl Names, m: &v1::Message) -> Value {
     });
     if m.reply_to_seq != 0 {
         v["reply_to_seq"] = json!(m.reply_to_seq);
+    }
+    if let Some(media) = &m.media {
+        // `text` is the caption; `media` all the rest.
+        v["text"] = json!(media.caption);
+        v["media"] = media_json(media);
     }
     if let Some(e) = &m.event {
         v["event"] = json!({
@@ -386,6 +476,70 @@ mod tests {
             presence_text(&p(v1::PresenceState::Unspecified, 0), T0),
             "hidden"
         );
+    }
+
+    #[test]
+    fn media_reads_naturally() {
+        let photo = v1::MediaRef {
+            id: "m1".into(),
+            kind: v1::MediaKind::Image as i32,
+            mime: "image/jpeg".into(),
+            size: 183 * 1024 + 100,
+            width: 1600,
+            height: 1200,
+            caption: "look".into(),
+            ..Default::default()
+        };
+        assert_eq!(media_text(&photo), "[photo 1600x1200 183 KiB] look");
+        let voice = v1::MediaRef {
+            kind: v1::MediaKind::Audio as i32,
+            voice: true,
+            duration_ms: 6_500,
+            size: 20_000,
+            ..Default::default()
+        };
+        assert_eq!(media_text(&voice), "[voice 0:07]");
+        let doc = v1::MediaRef {
+            kind: v1::MediaKind::Document as i32,
+            filename: "report.pdf".into(),
+            size: 2_200_000,
+            ..Default::default()
+        };
+        assert_eq!(media_text(&doc), "[document report.pdf 2.1 MiB]");
+        let video = v1::MediaRef {
+            kind: v1::MediaKind::Video as i32,
+            duration_ms: 3_723_000,
+            size: 900,
+            ..Default::default()
+        };
+        assert_eq!(media_text(&video), "[video 1:02:03 900 B]");
+        let m = v1::Message {
+            conversation_id: "d.1.2".into(),
+            seq: 3,
+            sender_user: 1,
+            kind: MessageKind::Media as i32,
+            media: Some(Box::new(photo)),
+            ..Default::default()
+        };
+        struct NoNames;
+        impl Names for NoNames {
+            fn name(&self, user: u64) -> String {
+                user.to_string()
+            }
+            fn known(&self, _: u64) -> Option<String> {
+                None
+            }
+        }
+        assert_eq!(
+            message_line(&NoNames, &m),
+            "d.1.2 #3 1: [photo 1600x1200 183 KiB] look"
+        );
+        let v = message_json(&NoNames, &m);
+        assert_eq!(v["kind"], "media");
+        assert_eq!(v["text"], "look");
+        assert_eq!(v["media"]["id"], "m1");
+        assert_eq!(v["media"]["kind"], "image");
+        assert_eq!(v["media"]["width"], 1600);
     }
 
     #[test]

@@ -7,9 +7,11 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use std::path::Path;
+
 use natter_client::{
-    Client, ClientError, ClientOptions, ConnectionError, ConversationId, HttpClient, HttpError,
-    Session, Target, UserId,
+    Client, ClientError, ClientOptions, ConnectionError, ConversationId, Downloaded, HttpClient,
+    HttpError, MediaError, MediaInfo, Session, Target, UploadOptions, UserId,
 };
 
 use crate::{
@@ -136,6 +138,49 @@ impl Identity {
             Err(ClientError::Connection(ConnectionError::Rejected { status: 401, .. })) => {
                 self.refresh().await?;
                 Ok(Client::connect(&ws, &self.saved.access_token, options).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Uploads the file at `path`, refreshing the token once if it is refused.
+    pub async fn upload(
+        &mut self,
+        path: &Path,
+        opts: &UploadOptions,
+    ) -> Result<MediaInfo, CliError> {
+        let token = self.token().await?;
+        match self.http.upload_media(&token, path, opts).await {
+            Err(MediaError::Http(HttpError::Api { status: 401, .. })) => {
+                self.refresh().await?;
+                Ok(self
+                    .http
+                    .upload_media(&self.saved.access_token, path, opts)
+                    .await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Streams media `id` (of message `seq` of `conversation`) into `path`, refreshing
+    /// the token once if it is refused.
+    pub async fn download(
+        &mut self,
+        id: &str,
+        conversation: &ConversationId,
+        seq: u64,
+        path: &Path,
+    ) -> Result<Downloaded, CliError> {
+        let conversation = conversation.to_string();
+        let message = Some((conversation.as_str(), seq));
+        let token = self.token().await?;
+        match self.http.download_media_to(&token, id, message, path).await {
+            Err(MediaError::Http(HttpError::Api { status: 401, .. })) => {
+                self.refresh().await?;
+                Ok(self
+                    .http
+                    .download_media_to(&self.saved.access_token, id, message, path)
+                    .await?)
             }
             other => Ok(other?),
         }

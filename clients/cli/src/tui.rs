@@ -14,7 +14,7 @@ use std::{
 
 use crossterm::event::{self as term, Event as TermEvent};
 use natter_client::{
-    Client, ConversationId, Event, Seq, Target, UserId,
+    Client, ConversationId, Event, Seq, Target, UploadOptions, UserId,
     v1::{self, GroupList, ReceiptKind, group_request::Op},
 };
 use tokio::sync::{Mutex, mpsc};
@@ -311,6 +311,17 @@ fn perform(
                     error: CliError::from(e).to_string(),
                 },
             },
+            Action::SendFile {
+                conversation,
+                path,
+                local_id,
+            } => match send_file(&client, &id, conversation, &path, local_id, &tx).await {
+                Ok(ack) => AppEvent::Acked { local_id, ack },
+                Err(e) => AppEvent::SendFailed {
+                    local_id,
+                    error: format!("{path}: {e}"),
+                },
+            },
             Action::Typing {
                 conversation,
                 active,
@@ -433,6 +444,35 @@ fn perform(
         };
         let _ = tx.send(ev);
     });
+}
+
+/// `/send-file`: uploads (the token taken from the identity, not holding it while the
+/// bytes travel), tells the app what the file is, then sends the media message.
+async fn send_file(
+    client: &Client,
+    id: &Mutex<Identity>,
+    conversation: ConversationId,
+    path: &str,
+    local_id: u64,
+    tx: &mpsc::UnboundedSender<AppEvent>,
+) -> Result<v1::Ack, CliError> {
+    let path = std::path::Path::new(path);
+    if !path.is_file() {
+        return Err(CliError::Usage("not a file".into()));
+    }
+    let (http, token) = {
+        let mut id = id.lock().await;
+        (id.http.clone(), id.token().await?)
+    };
+    let opts = UploadOptions::for_path(path);
+    let info = http.upload_media(&token, path, &opts).await?;
+    let _ = tx.send(AppEvent::Uploaded {
+        local_id,
+        text: render::media_text(&info.to_media_ref()),
+    });
+    Ok(client
+        .send_media(Target::Conversation(conversation), info.media_ref(""))
+        .await?)
 }
 
 /// Asks who has our newest message, and turns the answer into the other user's receipts.

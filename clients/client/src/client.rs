@@ -42,6 +42,11 @@ use crate::{
     presence::{self, Subscriptions},
 };
 
+/// A media message's caption, at most (docs/protocol.md "Media").
+pub const MAX_CAPTION_BYTES: usize = 1024;
+/// A media message's file name, at most.
+pub const MAX_FILENAME_BYTES: usize = 255;
+
 /// Frames queued for one connection's writer.
 const WRITE_QUEUE: usize = 1024;
 /// Frames queued from the readers to the dispatcher.
@@ -770,6 +775,8 @@ impl Shared {
                         kind: s.kind,
                         body: s.body.clone(),
                         reply_to_seq: s.reply_to_seq,
+                        // What was sent (id, caption...): the stored message has it all.
+                        media: s.media.clone(),
                         created_at_ms: ack.created_at_ms,
                         ..Default::default()
                     };
@@ -1199,6 +1206,53 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// Sends a media message (`MESSAGE_KIND_MEDIA`) for an uploaded media (see
+    /// [`crate::HttpClient::upload_media`] and [`crate::MediaInfo::media_ref`]). Only what
+    /// a sender may set travels: `id`, `caption`, `filename`, `voice` and the
+    /// `forwarded_from_*` of a forward; the server fills in the rest from the upload.
+    /// Refused with `MEDIA_REFUSED` (or `NOT_FOUND`) for media the sender may not share.
+    pub async fn send_media(
+        &self,
+        target: impl Into<Target>,
+        media: v1::MediaRef,
+    ) -> Result<v1::Ack, ClientError> {
+        if media.id.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "a media message needs a media id".into(),
+            ));
+        }
+        if media.caption.len() > MAX_CAPTION_BYTES {
+            return Err(ClientError::InvalidArgument(format!(
+                "caption is longer than {MAX_CAPTION_BYTES} bytes"
+            )));
+        }
+        if media.filename.len() > MAX_FILENAME_BYTES {
+            return Err(ClientError::InvalidArgument(format!(
+                "filename is longer than {MAX_FILENAME_BYTES} bytes"
+            )));
+        }
+        let media = v1::MediaRef {
+            id: media.id,
+            caption: media.caption,
+            filename: media.filename,
+            voice: media.voice,
+            forwarded_from_conversation: media.forwarded_from_conversation,
+            forwarded_from_seq: media.forwarded_from_seq,
+            ..Default::default()
+        };
+        let mut send = v1::Send {
+            client_msg_id: new_client_msg_id(),
+            kind: MessageKind::Media as i32,
+            media: Some(Box::new(media)),
+            ..Default::default()
+        };
+        match target.into() {
+            Target::User(u) => send.to_user = u.get(),
+            Target::Conversation(c) => send.conversation_id = c.into(),
+        }
+        self.send_frame(send).await
     }
 
     /// Sends a message and waits for its Ack. Retries with the same `client_msg_id`

@@ -1,4 +1,5 @@
 //! The REST half of the API: accounts, sessions (login, refresh, logout) and user lookup.
+//! Media uploads and downloads (also REST) are in `media.rs`.
 //! Ids travel as decimal strings in JSON; this module turns them into typed ids.
 
 use std::time::Duration;
@@ -33,7 +34,7 @@ pub struct Session {
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     base: Url,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +64,22 @@ struct ErrorBody {
     code: String,
     #[serde(default)]
     message: String,
+}
+
+/// natter's error body (`{"error": {"code", "message"}}`) of a failed call, or
+/// `Unexpected` when the body is something else.
+pub(crate) fn api_error(status: u16, body: &[u8]) -> HttpError {
+    match serde_json::from_slice::<ErrorWire>(body) {
+        Ok(e) => HttpError::Api {
+            status,
+            code: e.error.code,
+            message: e.error.message,
+        },
+        Err(_) => HttpError::Unexpected {
+            status,
+            detail: String::from_utf8_lossy(body).chars().take(200).collect(),
+        },
+    }
 }
 
 fn parse_id<T>(
@@ -127,7 +144,7 @@ impl HttpClient {
         format!("{}/v1/ws", url.as_str().trim_end_matches('/'))
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
+    pub(crate) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             // `with_client` refused cannot-be-a-base URLs, so this branch always runs.
@@ -158,17 +175,7 @@ impl HttpClient {
         }
         let bytes = resp.bytes().await?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorWire>(&bytes) {
-                Ok(e) => HttpError::Api {
-                    status: code,
-                    code: e.error.code,
-                    message: e.error.message,
-                },
-                Err(_) => HttpError::Unexpected {
-                    status: code,
-                    detail: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                },
-            });
+            return Err(api_error(code, &bytes));
         }
         serde_json::from_slice(&bytes)
             .map(|v| (code, Some(v)))

@@ -1,6 +1,7 @@
 //! An async Rust client for natter.
 //!
-//! - [`HttpClient`]: accounts, login/refresh/logout, user lookup (REST).
+//! - [`HttpClient`]: accounts, login/refresh/logout, user lookup (REST), and media
+//!   ([`media`]): uploads (single-shot or resumable, SHA-256 checked), downloads, usage.
 //! - [`Connection`]: one WebSocket, frame by frame (for tools and protocol tests).
 //! - [`Client`]: one device, the way an app uses it: sends that retry with the same
 //!   `client_msg_id` until acked (exactly once for the user), an event stream that yields
@@ -33,6 +34,7 @@ pub mod connection;
 mod error;
 mod http;
 mod inbox;
+pub mod media;
 mod presence;
 #[cfg(test)]
 mod scripted;
@@ -41,6 +43,9 @@ pub use client::{Client, ClientOptions, ClientStats, Event, Target, new_client_m
 pub use connection::{ConnectOptions, Connection, ws_request};
 pub use error::{ClientError, ConnectionError, HttpError, error_code};
 pub use http::{Account, HttpClient, Session};
+pub use media::{
+    Downloaded, MediaError, MediaInfo, MediaRange, MediaUsage, UploadOptions, download_name,
+};
 pub use natter_proto::{
     self as proto, ConversationId, DeviceId, ErrorCode, MessageId, Seq, UserId, codec::WireFormat,
     v1,

@@ -6,7 +6,9 @@
 // as bo disconnects and comes back, typing and recording indicators that expire,
 // contacts (add by username, rename, add from the chat menu), a status update seen by
 // a contact (view counts, viewers), blocking from the chat menu (presence gone on both
-// sides, messages withheld) and unblocking. Saves screenshots.
+// sides, messages withheld) and unblocking. Then media: ann attaches a PNG with a
+// caption and bo's page shows the photo, downloaded with his own token; a document
+// arrives as a download link. Saves screenshots.
 //
 //   node browser.mjs <base url> <screenshot dir>
 //
@@ -261,6 +263,8 @@ async function main() {
   await groups(browser, a, b);
   if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
   await people(a, b);
+  if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
+  await media(a, b);
   if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
 }
 
@@ -696,4 +700,65 @@ async function people(a, b) {
   await waitFor(a, "ann's chat titled with bo's username again", (n) => document.querySelector("#chat-title").textContent === n, userB);
   await waitHeaderPresence(a, "ann", "bo (a chat, no longer a contact) still online", "^online$");
   log("blocked and unblocked by username; status deleted; contact removed");
+}
+
+// ---- media ----
+
+async function media(a, b) {
+  // A 7x5 RGB PNG (a top-level const would not be initialised yet when main() runs).
+  const PNG_7X5 =
+    "iVBORw0KGgoAAAANSUhEUgAAAAcAAAAFCAIAAAAG+GGPAAAAcElEQVR42gXBMQ0DMQwF0C9lKoSD8GUAXbxWBWAVQXQcvFY3ZgqEYIj3AomCoIvXbn0PFWzgBBdYQAENRFU2fU49l15Fh+jHdKM6m5/Tx/Jd/BB/mXfUYItrxl5xL9ElvhYP1GTLMfNY2UveJN+Wvz8XKC2Rla6IVgAAAABJRU5ErkJggg==";
+  const idOf = (p) => p.evaluate(() => window.natter.me.userId);
+  const direct = directId(await idOf(a), await idOf(b));
+  await openConv(a, "ann", direct);
+  await openConv(b, "bo", direct);
+
+  // ann types a caption, then picks a photo: it goes with the caption.
+  const caption = `a tiny picture ${suffix}`;
+  await a.fill("#composer-input", caption);
+  await a.setInputFiles("#attach-input", { name: "tiny.png", mimeType: "image/png", buffer: Buffer.from(PNG_7X5, "base64") });
+  await waitStatus(a, "ann", caption, ["sent", "delivered", "read"]);
+  if ((await a.inputValue("#composer-input")) !== "") throw new Error("the caption stayed in ann's composer");
+  // bo's page shows it as an <img> loaded from the download URL with his token.
+  await waitFor(
+    b,
+    "bo to see ann's photo, downloaded with his own token",
+    (caption) => {
+      const li = [...document.querySelectorAll("#messages .msg.theirs")].find((e) => e.querySelector(".text")?.textContent === caption);
+      const img = li?.querySelector("img.media-img");
+      return (
+        !!img &&
+        img.dataset.state === "full" &&
+        img.complete &&
+        img.naturalWidth === 7 &&
+        img.naturalHeight === 5 &&
+        /\/v1\/media\/[^?]+\?conversation=[^&]+&seq=\d+&access_token=/.test(img.getAttribute("src"))
+      );
+    },
+    caption,
+  );
+  await waitFor(a, "ann's own photo shown too", (caption) => {
+    const li = [...document.querySelectorAll("#messages .msg.mine")].find((e) => e.querySelector(".text")?.textContent === caption);
+    const img = li?.querySelector("img.media-img");
+    return !!img && img.naturalWidth === 7;
+  }, caption);
+  await waitFor(b, "bo's list to preview the photo", (id) =>
+    document.querySelector(`#conversations .conv[data-conv="${id}"] .conv-last`)?.textContent.startsWith("📷"), direct);
+  log("ann sent a photo; bo sees it, downloaded with his token");
+
+  // A document: a download link with its name and size, which works with bo's token.
+  const notes = `notes from ann ${suffix}\n`;
+  await a.setInputFiles("#attach-input", { name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from(notes) });
+  await waitFor(b, "bo to see the document link", () =>
+    [...document.querySelectorAll("#messages a.media-doc .media-name")].some((e) => e.textContent === "notes.txt"));
+  const got = await b.evaluate(async () => {
+    const link = [...document.querySelectorAll("#messages a.media-doc")].pop();
+    const res = await fetch(link.href);
+    return { status: res.status, text: await res.text(), meta: link.querySelector(".media-meta").textContent };
+  });
+  if (got.status !== 200 || got.text !== notes) throw new Error(`bo's download of the document: ${JSON.stringify(got)}`);
+  if (!/^\d+ B/.test(got.meta)) throw new Error(`the document's size is not shown: ${got.meta}`);
+  log("ann sent a document; bo downloads it from the link");
+  await a.screenshot({ path: join(outDir, "media-desktop.png") });
+  await b.screenshot({ path: join(outDir, "media-phone.png") });
 }
