@@ -302,6 +302,10 @@ pub struct Download {
     pub blob: BlobRecord,
 }
 
+/// A checked download right: this user may read message `seq` of `conversation`, which
+/// carries media `id`.
+type Grant = (UserId, String, String, u64);
+
 /// The media service. Cheap to clone.
 #[derive(Clone)]
 pub struct Media {
@@ -314,7 +318,7 @@ struct Inner {
     objects: Objects,
     bus: Arc<dyn Bus>,
     auth: DeviceAuth,
-    grants: Mutex<HashMap<(UserId, String), Instant>>,
+    grants: Mutex<HashMap<Grant, Instant>>,
 }
 
 impl std::fmt::Debug for Media {
@@ -470,11 +474,12 @@ impl Media {
                 "single-shot uploads are at most {cap} bytes; use a resumable upload (POST /v1/media/uploads)"
             ))
         };
-        if let Some(n) = content_length {
-            if n > cap {
-                return Err(single_too_large());
-            }
-            self.check_quota(who.user, n).await?;
+        // The quota is checked when the records are committed, not here: the same
+        // content uploaded again by the same user counts once, and that is known only
+        // once it is hashed (a single-shot upload wastes at most `single_max` of
+        // bandwidth).
+        if content_length.is_some_and(|n| n > cap) {
+            return Err(single_too_large());
         }
         let id = new_id();
         let key = Objects::blob_key(&id);
@@ -725,7 +730,16 @@ impl Media {
                 max / MIB
             )));
         }
-        self.check_quota(who.user, size).await?;
+        // Refused early rather than after gigabytes, unless the client names content
+        // that is stored already (possibly theirs, which counts once): then the commit
+        // decides.
+        let known = match &expected {
+            Some(sha) => self.inner.store.blob(sha).await?.is_some(),
+            None => false,
+        };
+        if !known {
+            self.check_quota(who.user, size).await?;
+        }
         let now = now_ms();
         let upload = UploadRecord {
             id: new_id(),
@@ -985,21 +999,24 @@ impl Media {
             return Err(not_found());
         }
         let record = self.inner.store.media(id).await?.ok_or_else(not_found)?;
-        if record.owner != who.user && !self.granted(who.user, id) {
+        if record.owner != who.user {
             let Some((conversation, seq)) = via else {
                 return Err(MediaError::Forbidden(
                     "name the message that carries this media (conversation and seq)".into(),
                 ));
             };
-            if !self
-                .message_carries(who.user, who.device, id, conversation, seq)
-                .await?
-            {
-                return Err(MediaError::Forbidden(
-                    "you cannot read a message with this media there".into(),
-                ));
+            let grant = (who.user, id.to_owned(), conversation.to_owned(), seq);
+            if !self.granted(&grant) {
+                if !self
+                    .message_carries(who.user, who.device, id, conversation, seq)
+                    .await?
+                {
+                    return Err(MediaError::Forbidden(
+                        "you cannot read a message with this media there".into(),
+                    ));
+                }
+                self.grant(grant);
             }
-            self.grant(who.user, id);
         }
         let blob = self
             .inner
@@ -1013,29 +1030,31 @@ impl Media {
         Ok(Download { record, blob })
     }
 
-    fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<(UserId, String), Instant>> {
+    fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<Grant, Instant>> {
         // Each update is one insert, remove or clear: a poisoned map is still consistent.
         self.inner.grants.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn granted(&self, user: UserId, id: &str) -> bool {
+    /// A right checked less than `GRANT_TTL` ago (a video's range requests ask once; a
+    /// member removed meanwhile keeps it that long at most).
+    fn granted(&self, grant: &Grant) -> bool {
         let mut grants = self.grants();
-        match grants.get(&(user, id.to_owned())) {
+        match grants.get(grant) {
             Some(at) if at.elapsed() < GRANT_TTL => true,
             Some(_) => {
-                grants.remove(&(user, id.to_owned()));
+                grants.remove(grant);
                 false
             }
             None => false,
         }
     }
 
-    fn grant(&self, user: UserId, id: &str) {
+    fn grant(&self, grant: Grant) {
         let mut grants = self.grants();
         if grants.len() >= MAX_GRANTS {
             grants.clear();
         }
-        grants.insert((user, id.to_owned()), Instant::now());
+        grants.insert(grant, Instant::now());
     }
 
     /// Does message `seq` of `conversation`, as `user` may read it, carry media `id`?
