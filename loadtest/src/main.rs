@@ -4,6 +4,7 @@
 
 mod audit;
 mod ipc;
+mod media;
 mod report;
 mod run;
 mod stats;
@@ -153,6 +154,43 @@ enum ScenarioCmd {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         transition_timeout: Duration,
     },
+    /// Media over HTTP: one user uploads a document of `--size-mib` (`%PDF-1.4` then
+    /// pseudo-random bytes, generated as sent) as a resumable upload in PATCHes of
+    /// `--chunk-mib`, completes it, downloads it and checks its SHA-256. With `--single`:
+    /// `--count` single-shot uploads of `--size-mib` (default 16), `--concurrency` at a
+    /// time. Reports throughput, latency, and with --server-pid the server's RSS over
+    /// time and its peak. The server's limits must allow the size
+    /// (`NATTER_MEDIA_MAX_DOCUMENT_MIB`, `--media-single-max-mib`).
+    Media {
+        /// File size in MiB (default 1024, or 16 with --single).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+        size_mib: Option<u64>,
+        /// File size in bytes (instead of --size-mib).
+        #[arg(long, conflicts_with = "size_mib", value_parser = clap::value_parser!(u64).range(1..=(1u64 << 36)))]
+        size_bytes: Option<u64>,
+        /// Bytes per PATCH of the resumable upload, in MiB.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        chunk_mib: u64,
+        /// Single-shot uploads (`POST /v1/media`) instead of one resumable upload.
+        #[arg(long)]
+        single: bool,
+        /// With --single: uploads in all.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
+        /// With --single: uploads in flight at once.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        concurrency: u32,
+        /// Seed of the content (default: random, so the server does not deduplicate
+        /// against an earlier run's upload).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// How often RSS is sampled.
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        sample: Duration,
+        /// The whole run's time limit.
+        #[arg(long, default_value = "30m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Internal: one worker process (plan on stdin, reports on stdout).
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -190,6 +228,41 @@ fn main() -> ExitCode {
         }
     };
     let c = cli.common;
+    if let ScenarioCmd::Media {
+        size_mib,
+        size_bytes,
+        chunk_mib,
+        single,
+        count,
+        concurrency,
+        seed,
+        sample,
+        timeout,
+    } = cli.scenario
+    {
+        let media = media::Media {
+            url: c.url,
+            server_pid: c.server_pid,
+            size: size_bytes.unwrap_or(size_mib.unwrap_or(if single { 16 } else { 1024 }) << 20),
+            mode: if single {
+                media::Mode::Single {
+                    count: count as usize,
+                    concurrency: concurrency as usize,
+                }
+            } else {
+                media::Mode::Resumable {
+                    chunk: chunk_mib << 20,
+                }
+            },
+            seed: seed.unwrap_or_else(rand::random),
+            sample: sample.max(Duration::from_millis(10)),
+            timeout,
+            report: c.report,
+        };
+        let verdict = runtime.block_on(media::run(media));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return ExitCode::from(verdict.exit_code());
+    }
     let common = run::Common {
         url: c.url,
         ws_urls: c.ws_url,
@@ -205,6 +278,8 @@ fn main() -> ExitCode {
         spread_sources: !c.no_source_spread,
     };
     let scenario = match cli.scenario {
+        // Handled above.
+        ScenarioCmd::Media { .. } => return ExitCode::from(2),
         ScenarioCmd::Worker => {
             let code = runtime.block_on(worker::main());
             // The stdin reader may sit in a blocking read: do not wait for it.

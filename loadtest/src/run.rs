@@ -268,7 +268,11 @@ async fn provision(
 }
 
 /// Registers and logs in one user, retrying what a busy server may refuse for a moment.
-async fn provision_one(http: &HttpClient, name: &str, password: &str) -> Result<Cred, String> {
+pub(crate) async fn provision_one(
+    http: &HttpClient,
+    name: &str,
+    password: &str,
+) -> Result<Cred, String> {
     let mut attempt = 0;
     let mut registered = false;
     loop {

@@ -25,7 +25,9 @@ fn natter_bin() -> PathBuf {
         // `cargo test -p natter-loadtest` alone does not build the server.
         let profile_release = dir.ends_with("release");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--locked", "--bin", "natter"]);
+        // From the workspace root: in this package's directory there is no `natter` bin.
+        cmd.args(["build", "--locked", "--bin", "natter"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
         if profile_release {
             cmd.arg("--release");
         }
@@ -446,4 +448,91 @@ fn presence_pushes_missing_their_timeout_fail_the_run() {
     assert_eq!(u(&v, "delivered"), 3, "the online transition's pushes: {v}");
     assert_eq!(u(&v, "online_transitions_complete"), 1, "{v}");
     assert_eq!(u(&v, "offline_transitions_complete"), 0, "{v}");
+}
+
+/// A media run passed: exit 0, ok, and the server's memory was sampled.
+fn assert_media_ok(code: Option<i32>, v: &Value, out: &Output) {
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        code,
+        Some(0),
+        "exit code; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["scenario"], "media");
+    assert!(f(v, "server_vmhwm_mib") > 0.0, "{v}");
+    assert!(f(v, "server_rss_max_sampled_mib") > 0.0, "{v}");
+    assert!(f(v, "client_vmhwm_mib") > 0.0, "{v}");
+    assert!(
+        !v["rss_series"].as_array().expect("series").is_empty(),
+        "{v}"
+    );
+}
+
+#[test]
+fn media_resumable_upload_completes_and_downloads_intact() {
+    let server = Server::start();
+    // Not a multiple of the chunk: the last PATCH is short.
+    let size = 3 * 1024 * 1024 + 5;
+    let (code, v, out) = loadtest(
+        &server,
+        &[
+            "media",
+            "--size-bytes",
+            &size.to_string(),
+            "--chunk-mib",
+            "1",
+            "--seed",
+            "7",
+        ],
+    );
+    assert_media_ok(code, &v, &out);
+    assert_eq!(v["mode"], "resumable");
+    assert_eq!(u(&v, "size_bytes"), size);
+    assert_eq!(u(&v["upload"], "patches"), 4);
+    assert_eq!(u(&v["upload"], "retries"), 0);
+    assert!(f(&v["upload"], "mib_per_s") > 0.0, "{v}");
+    assert!(f(&v["download"], "mib_per_s") > 0.0, "{v}");
+    assert_eq!(v["sha256"].as_str().map(str::len), Some(64), "{v}");
+}
+
+#[test]
+fn media_single_shot_uploads_report_latency() {
+    let server = Server::start();
+    let (code, v, out) = loadtest(
+        &server,
+        &[
+            "media",
+            "--single",
+            "--size-mib",
+            "1",
+            "--count",
+            "6",
+            "--concurrency",
+            "3",
+        ],
+    );
+    assert_media_ok(code, &v, &out);
+    assert_eq!(v["mode"], "single");
+    assert_eq!(u(&v["upload"], "uploads"), 6);
+    assert_eq!(u(&v["upload"], "failed"), 0);
+    assert!(f(&v["upload"], "latency_ms_p99") >= f(&v["upload"], "latency_ms_p50"));
+}
+
+#[test]
+fn media_refused_by_the_server_is_a_run_error() {
+    // Larger than the server's document limit: the server learns the kind from the first
+    // bytes of the first PATCH and refuses the upload (413), possibly before reading the
+    // rest of the body, which the client then sees as a closed connection (and the
+    // upload gone): exit 2 either way.
+    let server = Server::start_with(&["--media-max-document-mib", "1"]);
+    let (code, v, _) = loadtest(&server, &["media", "--size-mib", "2"]);
+    assert_eq!(code, Some(2), "{v}");
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("413") || e.contains("PATCH at 0")),
+        "{v}"
+    );
 }
