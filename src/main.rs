@@ -329,10 +329,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         bus.clone(),
         natter_sessions::DeviceAuth::new(sessions.verifier(), bus.clone(), Duration::from_secs(10)),
     );
-    let media_task = natter_media::describe::start(media.clone(), bus.clone(), services_stop.clone())
-        .await
-        .context("starting the media service")
-        .map_err(run)?;
+    let media_task =
+        natter_media::describe::start(media.clone(), bus.clone(), services_stop.clone())
+            .await
+            .context("starting the media service")
+            .map_err(run)?;
 
     let edge = natter_edge::Edge::new(
         natter_edge::Config {

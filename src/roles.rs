@@ -253,7 +253,8 @@ impl MediaConfigArgs {
             Some(s) if !s.is_empty() => s.clone(),
             _ => data_dir.join("media").display().to_string(),
         };
-        let objects = natter_media::Objects::open(&spec).map_err(|e| config_error(anyhow::anyhow!("--media-store: {e}")))?;
+        let objects = natter_media::Objects::open(&spec)
+            .map_err(|e| config_error(anyhow::anyhow!("--media-store: {e}")))?;
         let config = natter_media::Config {
             limits: natter_media::Limits {
                 image: self.media_max_image_mib * MIB,
@@ -817,7 +818,9 @@ pub async fn media(args: MediaArgs) -> Result<(), Failure> {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
             .map_err(Failure::Config)?;
-        tracing::info!("no --scylla: media records are kept in the embedded store (one instance only)");
+        tracing::info!(
+            "no --scylla: media records are kept in the embedded store (one instance only)"
+        );
         Arc::new(
             natter_media::RedbMediaStore::open(&args.data_dir.join("media.redb"))
                 .context("opening the media store")
@@ -837,7 +840,11 @@ pub async fn media(args: MediaArgs) -> Result<(), Failure> {
             .map_err(Failure::Runtime)?,
         )
     };
-    let nats = connect_nats(&args.nats, format!("natter-media-{}", default_name("media"))).await?;
+    let nats = connect_nats(
+        &args.nats,
+        format!("natter-media-{}", default_name("media")),
+    )
+    .await?;
     let bus: Arc<dyn Bus> = Arc::new(nats.clone());
     let auth = natter_sessions::DeviceAuth::new(verifier, bus.clone(), config.request_timeout);
     let media = natter_media::Media::new(config, store, objects, bus.clone(), auth);

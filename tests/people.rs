@@ -143,6 +143,29 @@ async fn refused(c: &Client, op: Op) -> ErrorCode {
     }
 }
 
+/// A 3x2 RGB PNG, 73 bytes (the one of tests/media.rs, where it is explained).
+const PNG: [u8; 73] = [
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x02, 0x08, 0x02, 0x00, 0x00, 0x00, 0x12, 0x16, 0xf1,
+    0x4d, 0x00, 0x00, 0x00, 0x10, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0xf8, 0xcf, 0xc0, 0xc0,
+    0x00, 0xc1, 0x70, 0x16, 0x00, 0x3b, 0xd8, 0x05, 0xfb, 0x36, 0x11, 0x98, 0xea, 0x00, 0x00, 0x00,
+    0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// Uploads a PNG as `p`: the media id (an avatar or a status's media must be the user's
+/// own upload).
+async fn photo(server: &Server, p: &Person) -> String {
+    let http = natter_client::HttpClient::new(&server.base_url()).expect("an HTTP client");
+    http.upload_media_bytes(
+        &p.session.access_token,
+        bytes::Bytes::from_static(&PNG),
+        &natter_client::UploadOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("uploading a photo as {}: {e}", p.name()))
+    .id
+}
+
 fn update(display_name: Option<&str>, about: Option<&str>, avatar: Option<&str>) -> Op {
     Op::ProfileUpdate(v1::ProfileUpdate {
         display_name: display_name.map(str::to_owned),
@@ -415,11 +438,9 @@ async fn profile_update_get_and_validation() {
             (ann.uid(), ann.name(), "")
         );
 
-        let r = ok(
-            &ann,
-            update(Some("Ann A."), Some("hiking"), Some("media-1")),
-        )
-        .await;
+        let media_1 = photo(server, &ann).await;
+        let media_1 = media_1.as_str();
+        let r = ok(&ann, update(Some("Ann A."), Some("hiking"), Some(media_1))).await;
         let p = &r.profiles[0];
         assert_eq!(
             (
@@ -427,7 +448,7 @@ async fn profile_update_get_and_validation() {
                 p.about.as_str(),
                 p.avatar_media_id.as_str()
             ),
-            ("Ann A.", "hiking", "media-1")
+            ("Ann A.", "hiking", media_1)
         );
         assert!(p.updated_at_ms > 0);
         // Absent fields stay; an empty string clears.
@@ -439,7 +460,7 @@ async fn profile_update_get_and_validation() {
                 own.about.as_str(),
                 own.avatar_media_id.as_str()
             ),
-            ("Ann A.", "", "media-1")
+            ("Ann A.", "", media_1)
         );
         ok(&ann, update(None, Some("climbing"), None)).await;
 
@@ -452,7 +473,7 @@ async fn profile_update_get_and_validation() {
                 seen.about.as_str(),
                 seen.avatar_media_id.as_str()
             ),
-            (ann.name(), "Ann A.", "climbing", "media-1")
+            (ann.name(), "Ann A.", "climbing", media_1)
         );
         // Unknown users are left out; duplicates answered once.
         let r = ok(&bo, profile_get(&[ann.uid(), 999_999_999, ann.uid()])).await;
@@ -474,11 +495,7 @@ async fn profile_update_get_and_validation() {
         ] {
             assert_eq!(refused(&ann, op).await, InvalidArgument);
         }
-        ok(
-            &ann,
-            update(None, Some(&"a".repeat(256)), Some(&"m".repeat(128))),
-        )
-        .await;
+        ok(&ann, update(None, Some(&"a".repeat(256)), Some(media_1))).await;
         // A refused update changed nothing.
         let own = ann.my_profile().await.expect("own profile");
         assert_eq!(own.display_name, name64);
@@ -547,9 +564,11 @@ async fn photo_and_about_follow_the_owners_settings_for_each_reader() {
         // contacts but is not in hers (so he is a stranger to her settings); Sam is a
         // stranger.
         let [olivia, cat, fan, sam] = people(server, ["olivia", "cat", "fan", "sam"]).await;
+        let photo_o = photo(server, &olivia).await;
+        let photo_o = photo_o.as_str();
         ok(
             &olivia,
-            update(Some("Olivia O."), Some("about olivia"), Some("photo-o")),
+            update(Some("Olivia O."), Some("about olivia"), Some(photo_o)),
         )
         .await;
         adds(&olivia, &cat).await;
@@ -569,7 +588,7 @@ async fn photo_and_about_follow_the_owners_settings_for_each_reader() {
                     let want = (
                         "Olivia O.",
                         if sees(about) { "about olivia" } else { "" },
-                        if sees(photo) { "photo-o" } else { "" },
+                        if sees(photo) { photo_o } else { "" },
                     );
                     let case = format!(
                         "photo {photo:?}, about {about:?}, read by {}",
@@ -599,7 +618,7 @@ async fn photo_and_about_follow_the_owners_settings_for_each_reader() {
                 let own = olivia.my_profile().await.expect("own profile");
                 assert_eq!(
                     (own.about.as_str(), own.avatar_media_id.as_str()),
-                    ("about olivia", "photo-o")
+                    ("about olivia", photo_o)
                 );
             }
         }
@@ -1028,9 +1047,10 @@ async fn a_blocked_user_sees_no_photo_about_status_or_presence() {
         // Al and Bea are mutual contacts, with every setting EVERYONE.
         let [al, bea] = people(server, ["al", "bea"]).await;
         mutual(&al, &bea).await;
+        let bea_photo = photo(server, &bea).await;
         ok(
             &bea,
-            update(Some("Bea B."), Some("bea's about"), Some("bea-photo")),
+            update(Some("Bea B."), Some("bea's about"), Some(&bea_photo)),
         )
         .await;
         let status = bea.post_status("bea's status").await.expect("post");
@@ -1045,7 +1065,7 @@ async fn a_blocked_user_sees_no_photo_about_status_or_presence() {
         let everything = (
             "Bea B.".to_owned(),
             "bea's about".to_owned(),
-            "bea-photo".to_owned(),
+            bea_photo.clone(),
         );
         let name_only = ("Bea B.".to_owned(), String::new(), String::new());
         assert_eq!(full(&profile_seen(&al, &bea).await), everything);
@@ -1273,18 +1293,19 @@ async fn status_post_is_idempotent_and_checked() {
         assert_eq!(my_statuses(&pia).await.len(), 2);
 
         // Media alone is enough.
+        let media_9 = photo(server, &pia).await;
         let m = ok(
             &pia,
             Op::StatusPost(v1::StatusPost {
                 post_id: "post-3".into(),
                 text: String::new(),
-                media_id: "media-9".into(),
+                media_id: media_9.clone(),
             }),
         )
         .await
         .status
         .expect("status");
-        assert_eq!(m.media_id, "media-9");
+        assert_eq!(m.media_id, media_9);
 
         for op in [
             post("", "no post id"),

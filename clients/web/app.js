@@ -2,7 +2,7 @@
 // cursors, the outbox of unacked sends, receipts, typing, presence, and people (profile,
 // privacy, contacts, blocks, status updates). ui.js draws it.
 
-import { ApiError, Auth, Connection, decodeText, directId, encodeText, mediaRefOf, mediaUrl, uploadMedia } from "./protocol.js";
+import { ApiError, Auth, Connection, avatarUrl, decodeText, directId, encodeText, mediaRefOf, mediaUrl, uploadMedia } from "./protocol.js";
 import { UI, mediaSummary } from "./ui.js";
 
 const TYPING_TTL_MS = 6000;
@@ -756,6 +756,11 @@ class App {
     this.save();
     this.flush();
     this.ui.render({ toBottom: true });
+  }
+
+  /** Where a user's profile photo `id` (default: a contact's, as we know it) loads from ("" for none). */
+  avatarSrc(userId, id = this.contacts.get(userId)?.profile?.avatarMediaId) {
+    return id ? avatarUrl(id, this.me?.accessToken, userId) : "";
   }
 
   /** Where an `<img>` etc. loads a message's media from (with our current token). */

@@ -446,6 +446,16 @@ export function mediaUrl(id, token, conversationId, seq) {
   return `/v1/media/${encodeURIComponent(id)}?${q}`;
 }
 
+/**
+ * The URL of `userId`'s profile photo `id` (`?profile=`): the server lets us load it
+ * only while their privacy settings show it to us.
+ */
+export function avatarUrl(id, token, userId) {
+  const q = new URLSearchParams({ profile: String(userId) });
+  if (token) q.set("access_token", token);
+  return `/v1/media/${encodeURIComponent(id)}?${q}`;
+}
+
 /** The REST media JSON as the proto JSON of a MediaRef (what messages carry). */
 export function mediaRefOf(info) {
   return {

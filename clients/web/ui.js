@@ -59,6 +59,31 @@ function presenceLabel(p) {
   return { state: "offline", text: `last seen ${lastSeen(p.lastSeenMs)}`, short: `last seen ${lastSeenShort(p.lastSeenMs)}` };
 }
 
+/** Photo URLs that failed to load (not asked again on every redraw). */
+const brokenAvatars = new Set();
+
+/**
+ * An avatar: the profile photo at `src` if there is one, else (or when it fails to
+ * load: hidden since, say) the initial of `name`; with the presence dot.
+ */
+function avatar(name, src, presence, cls = "avatar") {
+  const initial = name.slice(0, 1).toUpperCase();
+  const span = el("span", { class: cls, "aria-hidden": "true" });
+  if (src && !brokenAvatars.has(src)) {
+    const img = el("img", { class: "avatar-img", src, alt: "" });
+    img.onerror = () => {
+      brokenAvatars.add(src);
+      img.replaceWith(initial);
+    };
+    span.append(img);
+  } else {
+    span.append(initial);
+  }
+  const d = dot(presence);
+  if (d) span.append(d);
+  return span;
+}
+
 /** The presence dot on an avatar (absent while presence is unknown or hidden). */
 function dot(label) {
   if (!label) return null;
@@ -469,7 +494,7 @@ export class UI {
             "data-presence": presence?.state || "",
             onclick: () => app.open(c.id),
           },
-          el("span", { class: "avatar", "aria-hidden": "true" }, app.title(c).slice(0, 1).toUpperCase(), dot(presence)),
+          avatar(app.title(c), c.kind === "direct" ? app.avatarSrc(c.peer) : "", presence),
           el(
             "span",
             { class: "conv-main" },
@@ -563,8 +588,7 @@ export class UI {
     const direct = conv.kind === "direct";
     const blocked = direct && app.blocked.has(conv.peer);
     const presence = direct ? presenceLabel(app.presenceOf(conv.peer)) : null;
-    const avatar = $("#chat-avatar");
-    avatar.replaceChildren(app.title(conv).slice(0, 1).toUpperCase(), dot(presence) || "");
+    $("#chat-avatar").replaceChildren(...avatar(app.title(conv), direct ? app.avatarSrc(conv.peer) : "", presence).childNodes);
     const line = $("#chat-presence");
     line.textContent = presence?.text || "";
     line.dataset.presence = presence?.state || "";
@@ -612,6 +636,11 @@ export class UI {
       $("#profile-name").value = p.profile.displayName || "";
       $("#profile-about").value = p.profile.about || "";
       $("#profile-avatar").value = p.profile.avatarMediaId || "";
+      const id = p.profile.avatarMediaId;
+      const mine = $("#profile-avatar-img");
+      mine.onerror = () => (mine.hidden = true);
+      mine.hidden = !id;
+      mine.src = id ? app.avatarSrc(p.profile.userId, id) : "";
     }
     if (p.tab === "privacy") {
       for (const select of document.querySelectorAll("#privacy-form select")) {
@@ -715,7 +744,7 @@ export class UI {
         return el(
           "li",
           { "data-user": c.userId, "data-presence": presence?.state || "" },
-          el("span", { class: "avatar", "aria-hidden": "true" }, name.slice(0, 1).toUpperCase(), dot(presence)),
+          avatar(name, app.avatarSrc(c.userId), presence),
           el(
             "span",
             { class: "conv-main" },

@@ -7,8 +7,8 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-pub(crate) use natter_sessions::Identity;
 use natter_sessions::DeviceAuthError;
+pub(crate) use natter_sessions::Identity;
 
 use crate::Inner;
 
@@ -27,7 +27,9 @@ pub(crate) async fn authenticate(
         .authenticate(headers, query_token)
         .await
         .map_err(|e| match e {
-            DeviceAuthError::Unauthorized(m) => reject(StatusCode::UNAUTHORIZED, "unauthorized", &m),
+            DeviceAuthError::Unauthorized(m) => {
+                reject(StatusCode::UNAUTHORIZED, "unauthorized", &m)
+            }
             DeviceAuthError::Unavailable => reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

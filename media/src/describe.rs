@@ -29,13 +29,18 @@ pub async fn start(
     Ok(tokio::spawn(async move {
         // A request taken but not started at shutdown times out at its sender, which
         // retries.
-        let _unstarted =
-            natter_bus::serve_requests("media.describe", &mut sub, MAX_CONCURRENT, &shutdown, |msg| {
+        let _unstarted = natter_bus::serve_requests(
+            "media.describe",
+            &mut sub,
+            MAX_CONCURRENT,
+            &shutdown,
+            |msg| {
                 let media = media.clone();
                 let bus = bus.clone();
                 async move { answer(&media, bus.as_ref(), msg).await }
-            })
-            .await;
+            },
+        )
+        .await;
         let _ = gc.await;
         tracing::debug!("media service stopped");
     }))

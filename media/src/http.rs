@@ -13,11 +13,12 @@ use axum::{
     routing::{get, post},
 };
 use futures::StreamExt as _;
+use natter_proto::UserId;
 use serde::Deserialize;
 
 use crate::{
     Media,
-    service::{Download, MediaError, UploadInfo, UploadOptions, Variant},
+    service::{Download, MediaError, UploadInfo, UploadOptions, Variant, Via},
 };
 
 const JSON_MAX_BYTES: usize = 16 << 10;
@@ -103,7 +104,9 @@ async fn usage(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> Result<Response, MediaError> {
-    let who = media.authenticate(&headers, q.access_token.as_deref()).await?;
+    let who = media
+        .authenticate(&headers, q.access_token.as_deref())
+        .await?;
     let (used, quota) = media.usage(&who).await?;
     Ok(Json(serde_json::json!({ "used": used, "quota": quota })).into_response())
 }
@@ -114,7 +117,9 @@ async fn upload(
     request: Request,
 ) -> Result<Response, MediaError> {
     let headers = request.headers().clone();
-    let who = media.authenticate(&headers, q.access_token.as_deref()).await?;
+    let who = media
+        .authenticate(&headers, q.access_token.as_deref())
+        .await?;
     let options = UploadOptions {
         filename: q.filename.unwrap_or_default(),
         sha256: q.sha256,
@@ -151,7 +156,11 @@ async fn create_upload(
         .await?;
     let bytes = axum::body::to_bytes(request.into_body(), JSON_MAX_BYTES)
         .await
-        .map_err(|_| MediaError::BadRequest(format!("the body must be JSON of at most {JSON_MAX_BYTES} bytes")))?;
+        .map_err(|_| {
+            MediaError::BadRequest(format!(
+                "the body must be JSON of at most {JSON_MAX_BYTES} bytes"
+            ))
+        })?;
     let create: CreateUpload = serde_json::from_slice(&bytes)
         .map_err(|e| MediaError::BadRequest(format!("bad JSON: {e}")))?;
     let options = UploadOptions {
@@ -178,7 +187,9 @@ async fn upload_state(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, MediaError> {
-    let who = media.authenticate(&headers, q.access_token.as_deref()).await?;
+    let who = media
+        .authenticate(&headers, q.access_token.as_deref())
+        .await?;
     let state = media.upload_state(&who, &id).await?;
     let mut response = if method == Method::HEAD {
         StatusCode::OK.into_response()
@@ -201,12 +212,16 @@ async fn append(
     request: Request,
 ) -> Result<Response, MediaError> {
     let headers = request.headers().clone();
-    let who = media.authenticate(&headers, q.access_token.as_deref()).await?;
+    let who = media
+        .authenticate(&headers, q.access_token.as_deref())
+        .await?;
     let offset: u64 = headers
         .get(UPLOAD_OFFSET)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| MediaError::BadRequest("the Upload-Offset header is missing or not a number".into()))?;
+        .ok_or_else(|| {
+            MediaError::BadRequest("the Upload-Offset header is missing or not a number".into())
+        })?;
     let length = content_length(&headers)?;
     let body = request.into_body().into_data_stream();
     // Its own task: if the client goes away mid-body, hyper drops this handler, but the
@@ -224,7 +239,9 @@ async fn delete_upload(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, MediaError> {
-    let who = media.authenticate(&headers, q.access_token.as_deref()).await?;
+    let who = media
+        .authenticate(&headers, q.access_token.as_deref())
+        .await?;
     media.delete_upload(&who, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -235,7 +252,9 @@ async fn complete(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, MediaError> {
-    let who = media.authenticate(&headers, q.access_token.as_deref()).await?;
+    let who = media
+        .authenticate(&headers, q.access_token.as_deref())
+        .await?;
     // Its own task: a client that gives up waiting must not leave a half-finished
     // completion behind.
     let task = tokio::spawn(async move { media.complete(&who, &id).await });
@@ -250,6 +269,37 @@ struct DownloadQuery {
     access_token: Option<String>,
     conversation: Option<String>,
     seq: Option<u64>,
+    /// A user whose profile photo this media is.
+    profile: Option<u64>,
+    /// A user whose status update carries this media.
+    status: Option<u64>,
+}
+
+impl DownloadQuery {
+    /// How the caller reaches the media: nothing (their own upload) or exactly one of
+    /// conversation and seq, profile, status.
+    fn via(&self) -> Result<Option<Via>, MediaError> {
+        let bad = |m: &str| Err(MediaError::BadRequest(m.into()));
+        let user = |raw: u64| {
+            UserId::new(raw).map_err(|_| MediaError::BadRequest("a user id is never 0".into()))
+        };
+        let message = match (&self.conversation, self.seq) {
+            (Some(c), Some(s)) => Some(Via::Message {
+                conversation: c.clone(),
+                seq: s,
+            }),
+            (None, None) => None,
+            _ => return bad("give both conversation and seq, or neither"),
+        };
+        let profile = self.profile.map(user).transpose()?.map(Via::Profile);
+        let status = self.status.map(user).transpose()?.map(Via::Status);
+        let mut given = [message, profile, status].into_iter().flatten();
+        let via = given.next();
+        if given.next().is_some() {
+            return bad("give only one of conversation and seq, profile or status");
+        }
+        Ok(via)
+    }
 }
 
 async fn opened(
@@ -258,16 +308,10 @@ async fn opened(
     q: &DownloadQuery,
     headers: &HeaderMap,
 ) -> Result<Download, MediaError> {
-    let who = media.authenticate(headers, q.access_token.as_deref()).await?;
-    let via = match (&q.conversation, q.seq) {
-        (Some(c), Some(s)) => Some((c.as_str(), s)),
-        (None, None) => None,
-        _ => {
-            return Err(MediaError::BadRequest(
-                "give both conversation and seq, or neither".into(),
-            ));
-        }
-    };
+    let who = media
+        .authenticate(headers, q.access_token.as_deref())
+        .await?;
+    let via = q.via()?;
     media.open(&who, id, via).await
 }
 
@@ -352,7 +396,11 @@ pub fn parse_range(value: Option<&str>, size: u64) -> Result<Option<Range<u64>>,
 /// Quotes a file name for `Content-Disposition` (RFC 6266): an ASCII fallback and the
 /// UTF-8 name percent-encoded.
 fn disposition(filename: &str, fallback: &str) -> String {
-    let name = if filename.is_empty() { fallback } else { filename };
+    let name = if filename.is_empty() {
+        fallback
+    } else {
+        filename
+    };
     let ascii: String = name
         .chars()
         .map(|c| {
@@ -372,6 +420,13 @@ fn disposition(filename: &str, fallback: &str) -> String {
         }
     }
     format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+fn unreadable(key: &str) -> impl FnOnce(crate::objects::ObjectError) -> MediaError + '_ {
+    move |e| {
+        tracing::warn!(key, error = %e, "media object unreadable");
+        MediaError::Unavailable("media storage unavailable, retry".into())
+    }
 }
 
 async fn serve(
@@ -401,7 +456,10 @@ async fn serve(
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         // Served from natter's origin: never let user content run as a page.
-        (header::CONTENT_SECURITY_POLICY, "sandbox; default-src 'none'"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "sandbox; default-src 'none'",
+        ),
     ];
     for (name, value) in static_headers {
         headers.insert(name, HeaderValue::from_static(value));
@@ -426,7 +484,7 @@ async fn serve(
         }
     }
     let objects = media.objects();
-    let (status, got, len) = match variant {
+    let (status, range) = match variant {
         Variant::Original => {
             let size = d.blob.size;
             let range = parse_range(
@@ -440,25 +498,23 @@ async fn serve(
                     {
                         headers.insert(header::CONTENT_RANGE, v);
                     }
-                    let len = r.end - r.start;
-                    let got = objects.get(key, Some(r)).await;
-                    (StatusCode::PARTIAL_CONTENT, got, len)
+                    (StatusCode::PARTIAL_CONTENT, r)
                 }
-                None => (StatusCode::OK, objects.get(key, None).await, size),
+                None => (StatusCode::OK, 0..size),
             }
         }
         Variant::Thumbnail => {
-            let got = objects.get(key, None).await;
-            let len = got.as_ref().map_or(0, |g| g.meta.size);
-            (StatusCode::OK, got, len)
+            let size = objects.size(key).await.map_err(unreadable(key))?;
+            (StatusCode::OK, 0..size)
         }
     };
-    let got = got.map_err(|e| {
-        tracing::warn!(key, error = %e, "media object unreadable");
-        MediaError::Unavailable("media storage unavailable, retry".into())
-    })?;
+    let len = range.end - range.start;
+    let stream = objects
+        .stream(key, range)
+        .await
+        .map_err(unreadable(key))?
+        .map(|r| r.map_err(std::io::Error::other));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    let stream = got.into_stream().map(|r| r.map_err(std::io::Error::other));
     Ok((status, headers, Body::from_stream(stream)).into_response())
 }
 

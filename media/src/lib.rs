@@ -17,6 +17,7 @@ pub mod conformance;
 pub mod describe;
 pub mod http;
 pub mod objects;
+mod people;
 pub mod probe;
 pub mod redb_store;
 pub mod scylla_store;
@@ -25,9 +26,11 @@ pub mod sniff;
 pub mod store;
 pub mod thumb;
 
-pub use store::{BlobRecord, Commit, MediaRecord, MediaStore, StoreError, UploadPart, UploadRecord};
 pub use http::router;
 pub use objects::{Objects, S3Options};
-pub use service::{Config, Limits, Media, MediaError, MediaInfo};
 pub use redb_store::RedbMediaStore;
 pub use scylla_store::{ScyllaMediaConfig, ScyllaMediaStore};
+pub use service::{Config, Limits, Media, MediaError, MediaInfo, Via};
+pub use store::{
+    BlobRecord, Commit, MediaRecord, MediaStore, StoreError, UploadPart, UploadRecord,
+};

@@ -10,11 +10,10 @@
 use std::{ops::Range, path::Path, sync::Arc};
 
 use bytes::Bytes;
-use futures::StreamExt as _;
+use futures::{StreamExt as _, stream::BoxStream};
 use object_store::{
-    GetOptions, GetRange, GetResult, ObjectStore, ObjectStoreExt as _, WriteMultipart,
-    aws::AmazonS3Builder, local::LocalFileSystem, path::Path as ObjectPath,
-    prefix::PrefixStore,
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, WriteMultipart, aws::AmazonS3Builder,
+    local::LocalFileSystem, path::Path as ObjectPath, prefix::PrefixStore,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -38,11 +37,17 @@ pub struct S3Options {
     pub allow_http: bool,
 }
 
+/// Bytes one read of a local download takes (one blocking read each).
+const LOCAL_READ_BYTES: u64 = 1 << 20;
+
 /// The media object store. Cheap to clone.
 #[derive(Clone)]
 pub struct Objects {
     store: Arc<dyn ObjectStore>,
     describe: String,
+    /// Local files: downloads read ranges (object_store's local stream is one blocking
+    /// task per 8 KiB); remote stores stream one response.
+    local: bool,
 }
 
 impl std::fmt::Debug for Objects {
@@ -70,7 +75,8 @@ impl Objects {
                 secret_access_key: env("AWS_SECRET_ACCESS_KEY"),
                 allow_http: env("AWS_ALLOW_HTTP").is_some_and(|v| v == "true" || v == "1"),
             };
-            return Objects::s3(bucket, prefix, options).map_err(|e| format!("media store `{spec}`: {e}"));
+            return Objects::s3(bucket, prefix, options)
+                .map_err(|e| format!("media store `{spec}`: {e}"));
         }
         let dir = spec.strip_prefix("file://").unwrap_or(spec);
         Objects::local(Path::new(dir))
@@ -108,18 +114,19 @@ impl Objects {
         Ok(Objects {
             store,
             describe: format!("s3://{bucket}/{prefix}"),
+            local: false,
         })
     }
 
     /// Objects under a local directory (created if missing).
     pub fn local(dir: &Path) -> Result<Objects, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("media store {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("media store {}: {e}", dir.display()))?;
         let fs = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| format!("media store {}: {e}", dir.display()))?;
         Ok(Objects {
             store: Arc::new(fs),
             describe: dir.display().to_string(),
+            local: true,
         })
     }
 
@@ -181,41 +188,81 @@ impl Objects {
         self.store.get_range(&ObjectPath::from(key), range).await
     }
 
-    /// An object, or a range of it, as a stream. The range must lie within the object
-    /// (the caller checks against the stored size: some S3 servers answer an
-    /// out-of-bounds range with an error that clients retry).
-    pub async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, ObjectError> {
-        let options = GetOptions {
-            range: range.map(GetRange::Bounded),
-            ..GetOptions::default()
-        };
-        self.store.get_opts(&ObjectPath::from(key), options).await
+    /// An object's size.
+    pub async fn size(&self, key: &str) -> Result<u64, ObjectError> {
+        Ok(self.store.head(&ObjectPath::from(key)).await?.size)
     }
 
-    /// Copies objects `keys` one after the other into a new object `to`, streaming,
-    /// and returns its size and SHA-256.
-    pub async fn concat(&self, keys: &[String], to: &str) -> Result<(u64, [u8; 32]), ObjectError> {
-        let mut writer = self.writer(to).await?;
-        for key in keys {
-            let mut stream = match self.store.get(&ObjectPath::from(key.as_str())).await {
-                Ok(got) => got.into_stream(),
-                Err(e) => {
-                    writer.abort().await;
-                    return Err(e);
-                }
+    /// Bytes `range` of an object as a stream. The range must lie within the object (the
+    /// caller checks against the stored size: some S3 servers answer an out-of-bounds
+    /// range with an error that clients retry). The first read happens before this
+    /// returns, so a missing object is an error here, not in the middle of a response.
+    pub async fn stream(
+        &self,
+        key: &str,
+        range: Range<u64>,
+    ) -> Result<BoxStream<'static, Result<Bytes, ObjectError>>, ObjectError> {
+        if range.is_empty() {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let path = ObjectPath::from(key);
+        if !self.local {
+            let options = GetOptions {
+                range: Some(GetRange::Bounded(range)),
+                ..GetOptions::default()
             };
-            while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(bytes) => {
-                        if let Err(e) = writer.write(bytes).await {
-                            writer.abort().await;
-                            return Err(e);
-                        }
-                    }
+            return Ok(self.store.get_opts(&path, options).await?.into_stream());
+        }
+        let store = self.store.clone();
+        let first_end = (range.start + LOCAL_READ_BYTES).min(range.end);
+        let first = store.get_range(&path, range.start..first_end).await?;
+        let rest = futures::stream::try_unfold(
+            (store, path, first_end, range.end),
+            |(store, path, at, end)| async move {
+                if at >= end {
+                    return Ok(None);
+                }
+                let next = (at + LOCAL_READ_BYTES).min(end);
+                let bytes = store.get_range(&path, at..next).await?;
+                Ok(Some((bytes, (store, path, next, end))))
+            },
+        );
+        Ok(futures::stream::once(async move { Ok(first) })
+            .chain(rest)
+            .boxed())
+    }
+
+    /// Copies objects `parts` (key, length) one after the other into a new object `to`
+    /// and returns its size and SHA-256. Read in ranges (5 MiB requests from S3, 1 MiB
+    /// blocking reads of local files) rather than object_store's stream of 8 KiB
+    /// chunks, each its own blocking task locally; memory stays one range plus the
+    /// writer's parts.
+    pub async fn concat(
+        &self,
+        parts: &[(String, u64)],
+        to: &str,
+    ) -> Result<(u64, [u8; 32]), ObjectError> {
+        let step = if self.local {
+            LOCAL_READ_BYTES
+        } else {
+            PART_BYTES as u64
+        };
+        let mut writer = self.writer(to).await?;
+        for (key, len) in parts {
+            let mut at = 0u64;
+            while at < *len {
+                let end = (at + step).min(*len);
+                let bytes = match self.read_range(key, at..end).await {
+                    Ok(bytes) => bytes,
                     Err(e) => {
                         writer.abort().await;
                         return Err(e);
                     }
+                };
+                at = end;
+                if let Err(e) = writer.write(bytes).await {
+                    writer.abort().await;
+                    return Err(e);
                 }
             }
         }

@@ -71,7 +71,10 @@ impl Limits {
     }
 
     pub fn max(&self) -> u64 {
-        self.image.max(self.video).max(self.audio).max(self.document)
+        self.image
+            .max(self.video)
+            .max(self.audio)
+            .max(self.document)
     }
 }
 
@@ -302,9 +305,19 @@ pub struct Download {
     pub blob: BlobRecord,
 }
 
-/// A checked download right: this user may read message `seq` of `conversation`, which
-/// carries media `id`.
-type Grant = (UserId, String, String, u64);
+/// Through what a downloader reaches someone else's media.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// Message `seq` of `conversation`, which carries it (`?conversation=&seq=`).
+    Message { conversation: String, seq: u64 },
+    /// This user's profile photo (`?profile=`).
+    Profile(UserId),
+    /// One of this user's status updates (`?status=`).
+    Status(UserId),
+}
+
+/// A checked download right: this user may reach media `id` through this [`Via`].
+type Grant = (UserId, String, Via);
 
 /// The media service. Cheap to clone.
 #[derive(Clone)]
@@ -413,9 +426,8 @@ impl Media {
 
     /// The type of a content from its first bytes, if natter accepts it.
     fn detect(&self, head: &[u8], options: &UploadOptions) -> Result<Detected, MediaError> {
-        let detected = sniff::sniff(head, options.hint_audio()).ok_or_else(|| {
-            MediaError::Unsupported("this type of file is not accepted".into())
-        })?;
+        let detected = sniff::sniff(head, options.hint_audio())
+            .ok_or_else(|| MediaError::Unsupported("this type of file is not accepted".into()))?;
         if let Some(allow) = &self.inner.config.allow
             && !allow.contains(detected.mime)
         {
@@ -594,7 +606,14 @@ impl Media {
             },
         };
         let ours_is_new = blob.key == key;
-        let our_keys = [key.as_str(), if ours_is_new { blob.thumbnail_key.as_str() } else { "" }];
+        let our_keys = [
+            key.as_str(),
+            if ours_is_new {
+                blob.thumbnail_key.as_str()
+            } else {
+                ""
+            },
+        ];
         let record = MediaRecord {
             id,
             owner,
@@ -754,7 +773,12 @@ impl Media {
             parts: Vec::new(),
         };
         let max_open = self.inner.config.max_open_uploads;
-        if !self.inner.store.create_upload(upload.clone(), max_open).await? {
+        if !self
+            .inner
+            .store
+            .create_upload(upload.clone(), max_open)
+            .await?
+        {
             return Err(MediaError::TooManyUploads(max_open));
         }
         Ok(self.upload_info(&upload))
@@ -936,7 +960,11 @@ impl Media {
         let objects = &self.inner.objects;
         let media_id = new_id();
         let key = Objects::blob_key(&media_id);
-        let parts: Vec<String> = upload.parts.iter().map(|p| p.key.clone()).collect();
+        let parts: Vec<(String, u64)> = upload
+            .parts
+            .iter()
+            .map(|p| (p.key.clone(), p.len))
+            .collect();
         let (size, sha) = objects.concat(&parts, &key).await.map_err(object_failure)?;
         let sha = hex(&sha);
         let checked = async {
@@ -984,15 +1012,17 @@ impl Media {
 
     // ---- downloads ---------------------------------------------------------------
 
-    /// May `who` download media `id`? The uploader may; anyone else must name a message
-    /// they can read (`conversation`, `seq`) that carries it. Answered by the messages
-    /// service's own history rules (membership, a group's joined/left seqs, withheld
-    /// messages), so the rule is not written twice.
+    /// May `who` download media `id`? The uploader may; anyone else must name how they
+    /// reach it (`via`): a message they can read that carries it (answered by the
+    /// messages service's own history rules: membership, a group's joined/left seqs,
+    /// withheld messages), or a user whose profile photo it is or whose status update
+    /// carries it (answered by the people service as it shows that user to `who`:
+    /// privacy settings, blocks, who sees statuses). No rule is written twice.
     pub async fn open(
         &self,
         who: &Identity,
         id: &str,
-        via: Option<(&str, u64)>,
+        via: Option<Via>,
     ) -> Result<Download, MediaError> {
         let not_found = || MediaError::NotFound("no such media".into());
         if !valid_id(id) {
@@ -1000,20 +1030,35 @@ impl Media {
         }
         let record = self.inner.store.media(id).await?.ok_or_else(not_found)?;
         if record.owner != who.user {
-            let Some((conversation, seq)) = via else {
+            let Some(via) = via else {
                 return Err(MediaError::Forbidden(
-                    "name the message that carries this media (conversation and seq)".into(),
+                    "name what carries this media (conversation and seq, profile or status)".into(),
                 ));
             };
-            let grant = (who.user, id.to_owned(), conversation.to_owned(), seq);
+            let grant = (who.user, id.to_owned(), via);
             if !self.granted(&grant) {
-                if !self
-                    .message_carries(who.user, who.device, id, conversation, seq)
-                    .await?
-                {
-                    return Err(MediaError::Forbidden(
-                        "you cannot read a message with this media there".into(),
-                    ));
+                let (bus, timeout) = (self.inner.bus.as_ref(), self.inner.config.request_timeout);
+                let (allowed, refusal) = match &grant.2 {
+                    Via::Message { conversation, seq } => (
+                        self.message_carries(who.user, who.device, id, conversation, *seq)
+                            .await?,
+                        "you cannot read a message with this media there",
+                    ),
+                    Via::Profile(owner) => (
+                        crate::people::profile_shows(
+                            bus, timeout, who.user, who.device, *owner, id,
+                        )
+                        .await?,
+                        "this media is not a profile photo of that user you may see",
+                    ),
+                    Via::Status(owner) => (
+                        crate::people::status_shows(bus, timeout, who.user, who.device, *owner, id)
+                            .await?,
+                        "this media is in no status update of that user you may see",
+                    ),
+                };
+                if !allowed {
+                    return Err(MediaError::Forbidden(refusal.into()));
                 }
                 self.grant(grant);
             }
@@ -1249,7 +1294,10 @@ impl Media {
     }
 
     /// Runs the collector every `gc_interval` until `stop`.
-    pub fn start_gc(&self, stop: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn start_gc(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let media = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(media.inner.config.gc_interval);

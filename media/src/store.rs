@@ -104,7 +104,10 @@ pub enum Commit {
     /// another key, so the caller's new objects (`blob.key`, `blob.thumbnail_key`) are
     /// not needed and must be deleted by the caller. Otherwise the caller's blob was
     /// stored as given, with `refs` 1.
-    Stored { record: MediaRecord, blob_existed: bool },
+    Stored {
+        record: MediaRecord,
+        blob_existed: bool,
+    },
     /// The owner already had this content: their existing record, unchanged. The
     /// caller's new objects are not needed.
     Existing(MediaRecord),
@@ -148,8 +151,11 @@ pub trait MediaStore: Send + Sync + 'static {
 
     /// Unreferenced records created before `before_ms`, at most `limit`, for the
     /// garbage collector.
-    async fn unreferenced(&self, before_ms: u64, limit: usize)
-    -> Result<Vec<MediaRecord>, StoreError>;
+    async fn unreferenced(
+        &self,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<MediaRecord>, StoreError>;
 
     /// Deletes a record *if it is still unreferenced*: subtracts its size from the
     /// owner's usage and a ref from its blob. Returns `Some(blob)` when that was the
@@ -163,8 +169,11 @@ pub trait MediaStore: Send + Sync + 'static {
 
     /// Stores a new upload, unless the owner already has `max_open` uploads in progress
     /// (returns false, nothing stored).
-    async fn create_upload(&self, upload: UploadRecord, max_open: usize)
-    -> Result<bool, StoreError>;
+    async fn create_upload(
+        &self,
+        upload: UploadRecord,
+        max_open: usize,
+    ) -> Result<bool, StoreError>;
 
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError>;
 
@@ -182,6 +191,9 @@ pub trait MediaStore: Send + Sync + 'static {
     async fn delete_upload(&self, id: &str) -> Result<(), StoreError>;
 
     /// Uploads not updated since `before_ms`, at most `limit`, for the garbage collector.
-    async fn stale_uploads(&self, before_ms: u64, limit: usize)
-    -> Result<Vec<UploadRecord>, StoreError>;
+    async fn stale_uploads(
+        &self,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<UploadRecord>, StoreError>;
 }

@@ -11,19 +11,18 @@ use bytes::Bytes;
 use futures::stream;
 use natter_bus::{Bus, InProcessBus};
 use natter_media::{
-    Config, Media, MediaError, Objects, RedbMediaStore, S3Options,
-    service::UploadOptions,
+    Config, Media, MediaError, Objects, RedbMediaStore, S3Options, service::UploadOptions,
 };
 use natter_proto::{DeviceId, UserId, bus, v1};
 use natter_sessions::{DeviceAuth, Identity, TokenVerifier};
 
 /// A 2x2 PNG (RGB, made with Python's zlib and struct).
 const PNG: &[u8] = &[
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44,
-    0x52, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x02, 0x08, 0x02, 0x00, 0x00, 0x00, 0xfd,
-    0xd4, 0x9a, 0x73, 0x00, 0x00, 0x00, 0x11, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8,
-    0xcf, 0xc0, 0xc0, 0xf0, 0x1f, 0x8c, 0x80, 0x18, 0x00, 0x1d, 0xf0, 0x03, 0xfd, 0xd3, 0xd0,
-    0x7d, 0x26, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x02, 0x08, 0x02, 0x00, 0x00, 0x00, 0xfd, 0xd4, 0x9a,
+    0x73, 0x00, 0x00, 0x00, 0x11, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0xc0,
+    0xf0, 0x1f, 0x8c, 0x80, 0x18, 0x00, 0x1d, 0xf0, 0x03, 0xfd, 0xd3, 0xd0, 0x7d, 0x26, 0x00, 0x00,
+    0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
 ];
 
 fn pdf(len: usize, seed: u8) -> Vec<u8> {
@@ -62,7 +61,10 @@ enum Backend {
 fn fixture(backend: Backend, config: Config) -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("tempdir");
     let (objects, s3) = match backend {
-        Backend::Local => (Objects::local(&dir.path().join("objects")).expect("objects"), None),
+        Backend::Local => (
+            Objects::local(&dir.path().join("objects")).expect("objects"),
+            None,
+        ),
         Backend::S3 => {
             let Some(server) = natter_testkit::S3Server::start() else {
                 assert!(
@@ -97,7 +99,10 @@ fn fixture(backend: Backend, config: Config) -> Option<Fixture> {
     })
 }
 
-fn body(data: &[u8], chunk: usize) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+fn body(
+    data: &[u8],
+    chunk: usize,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
     let chunks: Vec<Result<Bytes, std::io::Error>> = data
         .chunks(chunk)
         .map(|c| Ok(Bytes::copy_from_slice(c)))
@@ -106,7 +111,12 @@ fn body(data: &[u8], chunk: usize) -> impl futures::Stream<Item = Result<Bytes, 
 }
 
 async fn keys(objects: &Objects, prefix: &str) -> BTreeSet<String> {
-    objects.list(prefix).await.expect("list").into_iter().collect()
+    objects
+        .list(prefix)
+        .await
+        .expect("list")
+        .into_iter()
+        .collect()
 }
 
 async fn describe(media: &Media, user: u64, id: &str) -> v1::MediaRef {
@@ -133,7 +143,12 @@ async fn content_is_stored_once_and_spare_copies_are_deleted(backend: Backend) {
     let data = pdf(300_000, 1);
     let a = f
         .media
-        .upload(&who(1), UploadOptions::default(), Some(data.len() as u64), body(&data, 7000))
+        .upload(
+            &who(1),
+            UploadOptions::default(),
+            Some(data.len() as u64),
+            body(&data, 7000),
+        )
         .await
         .expect("first upload");
     let again = f
@@ -151,8 +166,14 @@ async fn content_is_stored_once_and_spare_copies_are_deleted(backend: Backend) {
     assert_eq!(b.sha256, a.sha256);
     let blobs = keys(&f.objects, "blobs").await;
     assert_eq!(blobs.len(), 1, "one stored copy: {blobs:?}");
-    assert_eq!(f.media.usage(&who(1)).await.expect("usage").0, data.len() as u64);
-    assert_eq!(f.media.usage(&who(2)).await.expect("usage").0, data.len() as u64);
+    assert_eq!(
+        f.media.usage(&who(1)).await.expect("usage").0,
+        data.len() as u64
+    );
+    assert_eq!(
+        f.media.usage(&who(2)).await.expect("usage").0,
+        data.len() as u64
+    );
     // Both read back the same bytes.
     let stored = blobs.iter().next().expect("a blob");
     assert_eq!(f.objects.read_all(stored).await.expect("read"), data);
@@ -204,7 +225,11 @@ async fn refused_uploads_leave_nothing(backend: Backend) {
         .await
         .expect_err("a broken image");
     assert!(matches!(e, MediaError::Unsupported(_)), "{e:?}");
-    assert_eq!(keys(&f.objects, "").await, BTreeSet::new(), "nothing stored");
+    assert_eq!(
+        keys(&f.objects, "").await,
+        BTreeSet::new(),
+        "nothing stored"
+    );
     assert_eq!(f.media.usage(&who(1)).await.expect("usage").0, 0);
 }
 
@@ -226,7 +251,12 @@ async fn garbage_collection_deletes_only_what_nothing_needs(backend: Backend) {
     assert_eq!(keys(&f.objects, "thumbs").await.len(), 1, "a thumbnail");
     let kept = f
         .media
-        .upload(&who(1), UploadOptions::default(), None, body(&pdf(50_000, 4), 4096))
+        .upload(
+            &who(1),
+            UploadOptions::default(),
+            None,
+            body(&pdf(50_000, 4), 4096),
+        )
         .await
         .expect("document");
     let described = describe(&f.media, 1, &kept.id).await;
@@ -241,7 +271,13 @@ async fn garbage_collection_deletes_only_what_nothing_needs(backend: Backend) {
         .expect("create");
     let state = f
         .media
-        .append(&who(1), &upload.upload_id, 0, None, body(&data[..80_000], 10_000))
+        .append(
+            &who(1),
+            &upload.upload_id,
+            0,
+            None,
+            body(&data[..80_000], 10_000),
+        )
         .await
         .expect("append");
     assert_eq!(state.offset, 80_000);
@@ -293,7 +329,13 @@ async fn a_resumable_upload_in_parts_assembles_the_content(backend: Backend) {
         let part = &data[offset..offset + len];
         let state = f
             .media
-            .append(&who(1), &upload.upload_id, offset as u64, None, body(part, 256 << 10))
+            .append(
+                &who(1),
+                &upload.upload_id,
+                offset as u64,
+                None,
+                body(part, 256 << 10),
+            )
             .await
             .expect("append");
         offset += len;
@@ -307,7 +349,11 @@ async fn a_resumable_upload_in_parts_assembles_the_content(backend: Backend) {
     assert_eq!(info.sha256, sha);
     assert_eq!(info.mime, "application/pdf");
     assert_eq!(info.filename, "big.pdf");
-    assert_eq!(keys(&f.objects, "parts").await, BTreeSet::new(), "parts deleted");
+    assert_eq!(
+        keys(&f.objects, "parts").await,
+        BTreeSet::new(),
+        "parts deleted"
+    );
     let d = f.media.open(&who(1), &info.id, None).await.expect("open");
     let ranged = f
         .objects

@@ -21,7 +21,10 @@ const MAX_MEDIA_ID_BYTES: usize = 64;
 /// Checks the client's part of a media reference (before anything is asked).
 pub(crate) fn validate(media: &v1::MediaRef) -> Result<(), v1::Error> {
     if media.id.is_empty() || media.id.len() > MAX_MEDIA_ID_BYTES {
-        return Err(error(ErrorCode::InvalidArgument, "media.id is missing or too long"));
+        return Err(error(
+            ErrorCode::InvalidArgument,
+            "media.id is missing or too long",
+        ));
     }
     if media.caption.len() > MAX_CAPTION_BYTES {
         return Err(error(
@@ -29,11 +32,12 @@ pub(crate) fn validate(media: &v1::MediaRef) -> Result<(), v1::Error> {
             format!("media.caption is longer than {MAX_CAPTION_BYTES} bytes"),
         ));
     }
-    if media.filename.len() > MAX_FILENAME_BYTES || media.filename.chars().any(char::is_control)
-    {
+    if media.filename.len() > MAX_FILENAME_BYTES || media.filename.chars().any(char::is_control) {
         return Err(error(
             ErrorCode::InvalidArgument,
-            format!("media.filename must be at most {MAX_FILENAME_BYTES} bytes without control characters"),
+            format!(
+                "media.filename must be at most {MAX_FILENAME_BYTES} bytes without control characters"
+            ),
         ));
     }
     Ok(())
@@ -52,7 +56,11 @@ impl MediaClient {
 
     /// The reference to store: the media service's description plus the client's
     /// caption, file name and voice flag (the forwarding source is dropped).
-    pub async fn describe(&self, caller: Caller, wanted: &v1::MediaRef) -> Result<v1::MediaRef, v1::Error> {
+    pub async fn describe(
+        &self,
+        caller: Caller,
+        wanted: &v1::MediaRef,
+    ) -> Result<v1::MediaRef, v1::Error> {
         let request = bus::MediaDescribe {
             caller: Some(bus::Caller {
                 user_id: caller.user.get(),
@@ -72,11 +80,17 @@ impl MediaClient {
             Ok(reply) => reply,
             Err(e @ (BusError::NoResponders(_) | BusError::Timeout(_))) => {
                 tracing::debug!(error = %e, "media describe unanswered");
-                return Err(error(ErrorCode::Unavailable, "media service unavailable, retry"));
+                return Err(error(
+                    ErrorCode::Unavailable,
+                    "media service unavailable, retry",
+                ));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "media describe failed");
-                return Err(error(ErrorCode::Unavailable, "media service unavailable, retry"));
+                return Err(error(
+                    ErrorCode::Unavailable,
+                    "media service unavailable, retry",
+                ));
             }
         };
         let reply = bus::MediaDescribeReply::decode(reply)

@@ -372,10 +372,11 @@ impl MessageRow {
             },
             withheld: self.withheld.unwrap_or(false),
             media: match self.media {
-                Some(bytes) if !bytes.is_empty() => Some(Box::new(
-                    v1::MediaRef::decode(bytes)
-                        .map_err(|e| StoreError::Corrupt(format!("media ref: {e}")))?,
-                )),
+                Some(bytes) if !bytes.is_empty() => {
+                    Some(Box::new(v1::MediaRef::decode(bytes).map_err(|e| {
+                        StoreError::Corrupt(format!("media ref: {e}"))
+                    })?))
+                }
                 _ => None,
             },
         }))

@@ -5,6 +5,7 @@
 
 pub mod audience;
 pub mod conformance;
+mod media;
 mod redb_store;
 mod rules;
 mod scylla_store;

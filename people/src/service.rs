@@ -7,7 +7,8 @@
 //! never change, so they are cached. Every read applies the owner's privacy settings and
 //! blocks from the reader's side ([`crate::AudienceInfo::may_see`]). After a change to a
 //! user's privacy settings, contacts or blocks, `Subject::people_changed()` tells every
-//! service that caches audiences to drop that user's.
+//! service that caches audiences to drop that user's. An avatar or a status's media is
+//! checked (and pinned) by the media service before it is stored ([`crate::media`]).
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     audience::AudienceInfo,
+    media::{MediaClient, Use},
     rules::{self, invalid, limit_reached, not_found},
     store::{Added, ContactRecord, PeopleStore, StatusRecord, StoreError, View},
 };
@@ -53,7 +55,8 @@ pub struct Config {
     pub status_ttl: Duration,
     /// How often expired statuses are deleted from the store.
     pub prune_interval: Duration,
-    /// Timeout of the service's own bus requests (user lookups at sessions).
+    /// Timeout of the service's own bus requests (user lookups at sessions, media
+    /// checks at the media service).
     pub request_timeout: Duration,
 }
 
@@ -76,6 +79,8 @@ struct Shared {
     bus: Arc<dyn Bus>,
     /// Users and their names, asked of sessions (cached).
     users: natter_sessions::Users,
+    /// Checks and pins avatars and status media (`natter.media.describe`).
+    media: MediaClient,
 }
 
 #[derive(Clone, Copy)]
@@ -99,11 +104,13 @@ pub async fn start(
         .queue_subscribe(&Subject::people_audience(), QUEUE_GROUP, SUB_CAPACITY)
         .await?;
     let users = natter_sessions::Users::new(bus.clone(), config.request_timeout);
+    let media = MediaClient::new(bus.clone(), config.request_timeout);
     let shared = Arc::new(Shared {
         config,
         store,
         bus,
         users,
+        media,
     });
     Ok(tokio::spawn(async move {
         tokio::join!(
@@ -326,9 +333,11 @@ async fn request(shared: &Shared, payload: Bytes) -> bus::PeopleReply {
     }
 }
 
-fn caller_of(c: Option<bus::Caller>) -> Result<UserId, v1::Error> {
+/// The caller (user and device) the edge attached.
+fn caller_of(c: Option<bus::Caller>) -> Result<(UserId, bus::Caller), v1::Error> {
     let c = c.ok_or_else(|| invalid("caller missing"))?;
-    UserId::new(c.user_id).map_err(|_| invalid("caller missing"))
+    let user = UserId::new(c.user_id).map_err(|_| invalid("caller missing"))?;
+    Ok((user, c))
 }
 
 fn user_arg(raw: u64) -> Result<UserId, v1::Error> {
@@ -345,12 +354,16 @@ fn status_arg(raw: u64) -> Result<u64, v1::Error> {
 async fn try_request(shared: &Shared, payload: Bytes) -> Result<v1::PeopleResult, v1::Error> {
     let query = bus::PeopleQuery::decode(payload)
         .map_err(|_| error(ErrorCode::BadFrame, "undecodable PeopleQuery"))?;
-    let caller = caller_of(query.caller)?;
+    let (caller, device) = caller_of(query.caller)?;
     let op = query
         .request
         .and_then(|r| r.op)
         .ok_or_else(|| invalid("people request has no operation"))?;
-    let cx = Cx { shared, caller };
+    let cx = Cx {
+        shared,
+        caller,
+        device,
+    };
     match op {
         Op::ProfileGet(r) => cx.profile_get(&r).await,
         Op::ProfileUpdate(r) => cx.profile_update(&r).await,
@@ -376,6 +389,8 @@ async fn try_request(shared: &Shared, payload: Bytes) -> Result<v1::PeopleResult
 struct Cx<'a> {
     shared: &'a Shared,
     caller: UserId,
+    /// The caller with their device, as the edge attached it (asked on their behalf).
+    device: bus::Caller,
 }
 
 type Answer = Result<v1::PeopleResult, v1::Error>;
@@ -383,6 +398,12 @@ type Answer = Result<v1::PeopleResult, v1::Error>;
 impl Cx<'_> {
     fn store(&self) -> &dyn PeopleStore {
         self.shared.store.as_ref()
+    }
+
+    /// Checks that the caller may use media `id` for `what` (their own upload, of a
+    /// fitting kind) and pins it against garbage collection.
+    async fn check_media(&self, id: &str, what: Use) -> Result<(), v1::Error> {
+        self.shared.media.check(self.device, id, what).await
     }
 
     /// The caller's own profile, whole.
@@ -414,6 +435,10 @@ impl Cx<'_> {
 
     async fn profile_update(&self, r: &v1::ProfileUpdate) -> Answer {
         rules::check_profile_update(r)?;
+        // Before anything is stored: an avatar is the caller's own image (and is pinned).
+        if let Some(avatar) = r.avatar_media_id.as_deref().filter(|m| !m.is_empty()) {
+            self.check_media(avatar, Use::Avatar).await?;
+        }
         // Named first, so a stored update is never answered with an error.
         let name = self.shared.username(self.caller).await?.unwrap_or_default();
         let old = st(self.store().profile(self.caller).await)?;
@@ -632,6 +657,10 @@ impl Cx<'_> {
             return Err(limit_reached(format!(
                 "status limit reached: at most {limit} status updates per 24 hours"
             )));
+        }
+        // The caller's own image or video (and pinned), before anything is stored.
+        if !r.media_id.is_empty() {
+            self.check_media(&r.media_id, Use::Status).await?;
         }
         let ttl = u64::try_from(self.shared.config.status_ttl.as_millis()).unwrap_or(u64::MAX);
         let record = StatusRecord {

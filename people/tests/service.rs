@@ -1,13 +1,14 @@
 //! The people service end to end on its bus contract: an [`InProcessBus`], a
 //! [`RedbPeopleStore`] in a temporary directory, and a small stand-in for sessions that
 //! answers `UserLookup` on `Subject::sessions_user()` for a few users (sessions' real bus
-//! contract). Every operation, its errors, and every visibility rule from the reader's
-//! side.
+//! contract), and one for the media service that answers `MediaDescribe` on
+//! `Subject::media_describe()` by the id's prefix ([`fake_media`]). Every operation, its
+//! errors, and every visibility rule from the reader's side.
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -41,6 +42,8 @@ struct Env {
     store: Arc<RedbPeopleStore>,
     /// Lookups the stand-in for sessions answered.
     lookups: Arc<AtomicUsize>,
+    /// (caller, media id) of every MediaDescribe the stand-in for media answered.
+    described: Arc<Mutex<Vec<(u64, String)>>>,
     /// Every PeopleChanged published, subscribed before the service started.
     changes: Subscription,
     shutdown: CancellationToken,
@@ -99,6 +102,65 @@ async fn fake_sessions(
     });
 }
 
+/// Answers `MediaDescribe` like the media service by the id's prefix, until `shutdown`:
+/// `theirs-` MEDIA_REFUSED (someone else's upload), `gone-` NOT_FOUND, `silent-` never
+/// answered, `doc-` a document, `video-` a video, anything else an image; the caller's
+/// own upload otherwise. Records what it described (and so pinned).
+async fn fake_media(
+    bus: Arc<InProcessBus>,
+    described: Arc<Mutex<Vec<(u64, String)>>>,
+    shutdown: CancellationToken,
+) {
+    let mut sub = bus
+        .queue_subscribe(&Subject::media_describe(), "media", 1024)
+        .await
+        .expect("subscribe media");
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                () = shutdown.cancelled() => break,
+                ev = sub.next() => match ev {
+                    Some(BusEvent::Message(m)) => m,
+                    Some(BusEvent::Lagged) => continue,
+                    None => break,
+                },
+            };
+            let q = bus::MediaDescribe::decode(msg.payload.clone()).unwrap_or_default();
+            let caller = q.caller.map_or(0, |c| c.user_id);
+            let id = q.media.map(|m| m.id).unwrap_or_default();
+            let refuse = |code, m: &str| bus::MediaDescribeReply {
+                media: None,
+                error: Some(natter_proto::error(code, m)),
+            };
+            let kind = |k: v1::MediaKind| bus::MediaDescribeReply {
+                media: Some(v1::MediaRef {
+                    id: id.clone(),
+                    kind: k as i32,
+                    ..Default::default()
+                }),
+                error: None,
+            };
+            let reply = if id.starts_with("silent-") {
+                continue;
+            } else if id.starts_with("theirs-") {
+                refuse(ErrorCode::MediaRefused, "uploaded by someone else")
+            } else if id.starts_with("gone-") {
+                refuse(ErrorCode::NotFound, "no such media")
+            } else {
+                described.lock().unwrap().push((caller, id.clone()));
+                if id.starts_with("doc-") {
+                    kind(v1::MediaKind::Document)
+                } else if id.starts_with("video-") {
+                    kind(v1::MediaKind::Video)
+                } else {
+                    kind(v1::MediaKind::Image)
+                }
+            };
+            let _ = natter_bus::reply(bus.as_ref(), &msg, Bytes::from(reply.encode_to_vec())).await;
+        }
+    });
+}
+
 async fn env_with(config: Config, sessions: bool) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(RedbPeopleStore::open(&dir.path().join("people.redb")).expect("open"));
@@ -108,6 +170,8 @@ async fn env_with(config: Config, sessions: bool) -> Env {
     if sessions {
         fake_sessions(bus.clone(), lookups.clone(), shutdown.clone()).await;
     }
+    let described = Arc::new(Mutex::new(Vec::new()));
+    fake_media(bus.clone(), described.clone(), shutdown.clone()).await;
     let changes = bus
         .subscribe(&Subject::people_changed(), 1024)
         .await
@@ -119,6 +183,7 @@ async fn env_with(config: Config, sessions: bool) -> Env {
         bus,
         store,
         lookups,
+        described,
         changes,
         shutdown,
         service: Some(service),
@@ -359,6 +424,80 @@ async fn profile_update_and_own_profile() {
     assert_eq!(r.profiles[0].display_name, "Ann");
     assert_eq!(shown(&r.profiles[0]), ("", "avatar-1"));
     assert_eq!(e.profiles(ANN, vec![]).await, r.profiles);
+}
+
+#[tokio::test]
+async fn avatars_and_status_media_are_checked_by_the_media_service() {
+    let e = env_with(
+        Config {
+            request_timeout: Duration::from_millis(300),
+            ..Config::default()
+        },
+        true,
+    )
+    .await;
+    let avatar = |id: &str| {
+        Op::ProfileUpdate(v1::ProfileUpdate {
+            avatar_media_id: Some(id.into()),
+            ..Default::default()
+        })
+    };
+    let status = |post_id: &str, id: &str| {
+        Op::StatusPost(v1::StatusPost {
+            post_id: post_id.into(),
+            text: String::new(),
+            media_id: id.into(),
+        })
+    };
+    e.ok(ANN, avatar("pic-1")).await;
+    for (id, code) in [
+        ("theirs-1", ErrorCode::MediaRefused),
+        ("gone-1", ErrorCode::NotFound),
+        ("doc-1", ErrorCode::InvalidArgument),
+        ("video-1", ErrorCode::InvalidArgument),
+        ("silent-1", ErrorCode::Unavailable),
+    ] {
+        assert_eq!(e.fails(ANN, avatar(id)).await, code, "avatar {id}");
+        // A status may be a video (posted below).
+        if id != "video-1" {
+            assert_eq!(e.fails(ANN, status(id, id)).await, code, "status {id}");
+        }
+    }
+    // Nothing refused was stored.
+    assert_eq!(shown(&e.profiles(ANN, vec![]).await[0]).1, "pic-1");
+    // Clearing the avatar, or changing other fields, asks nothing.
+    let before = e.described.lock().unwrap().len();
+    e.ok(ANN, update("Ann", "hi", "")).await;
+    e.ok(
+        ANN,
+        Op::ProfileUpdate(v1::ProfileUpdate {
+            about: Some("x".into()),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(e.described.lock().unwrap().len(), before);
+    // A status with an image or a video; a retry asks again nothing.
+    e.ok(ANN, status("s-img", "pic-2")).await;
+    e.ok(ANN, status("s-vid", "video-2")).await;
+    e.ok(ANN, status("s-vid", "video-2")).await;
+    let described = e.described.lock().unwrap().clone();
+    let asked: Vec<&str> = described.iter().map(|(_, id)| id.as_str()).collect();
+    assert!(
+        described.iter().all(|(caller, _)| *caller == ANN),
+        "{described:?}"
+    );
+    assert_eq!(
+        asked.iter().filter(|id| **id == "video-2").count(),
+        1,
+        "{asked:?}"
+    );
+    assert!(
+        asked.contains(&"pic-1") && asked.contains(&"pic-2"),
+        "{asked:?}"
+    );
+    let mine = e.mine(ANN).await;
+    assert_eq!(mine.len(), 2, "only the accepted statuses: {mine:?}");
 }
 
 #[tokio::test]

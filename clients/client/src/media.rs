@@ -11,6 +11,8 @@
 //!   server's answer.
 //! - Downloads: whole ([`HttpClient::download_media`]), streamed to a file
 //!   ([`HttpClient::download_media_to`], checked against the `ETag` hash) or a range.
+//!   Someone else's media is reached through what carries it ([`MediaVia`]): a message,
+//!   a profile photo or a status update.
 //!
 //! A media message is then sent with [`crate::Client::send_media`], usually with
 //! [`MediaInfo::media_ref`].
@@ -23,7 +25,7 @@ use std::{
 
 use base64::Engine as _;
 use bytes::Bytes;
-use natter_proto::v1;
+use natter_proto::{UserId, v1};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url, header};
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -81,6 +83,34 @@ where
     T: Default + Deserialize<'de>,
 {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// How a download reaches a media (docs/protocol.md, "Downloading"): the uploader needs
+/// nothing; anyone else names what carries it. Every download helper takes
+/// `impl Into<MediaVia>`, so `None`/`Some((conversation, seq))` still work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MediaVia<'a> {
+    /// The caller's own upload: no query.
+    #[default]
+    Own,
+    /// Message `seq` of conversation `.0`, which carries it (`?conversation=&seq=`).
+    Message(&'a str, u64),
+    /// This user's profile photo (`?profile=`).
+    Profile(UserId),
+    /// One of this user's status updates (`?status=`).
+    Status(UserId),
+}
+
+impl<'a> From<Option<(&'a str, u64)>> for MediaVia<'a> {
+    fn from(message: Option<(&'a str, u64)>) -> Self {
+        message.map_or(MediaVia::Own, MediaVia::from)
+    }
+}
+
+impl<'a> From<(&'a str, u64)> for MediaVia<'a> {
+    fn from((conversation, seq): (&'a str, u64)) -> Self {
+        MediaVia::Message(conversation, seq)
+    }
 }
 
 /// `image` → `MediaKind::Image`; anything unknown is `Unspecified`.
@@ -486,16 +516,33 @@ impl HttpClient {
         self.http.request(method, url).bearer_auth(token)
     }
 
-    /// `GET /v1/media/{id}` (and its `/thumbnail`, `/info`), with `?conversation=&seq=`
-    /// when the media is reached through a message (others' media).
-    pub fn media_url(&self, id: &str, suffix: Option<&str>, message: Option<(&str, u64)>) -> Url {
+    /// `GET /v1/media/{id}` (and its `/thumbnail`, `/info`), with what carries the
+    /// media when it is someone else's: `?conversation=&seq=` (a message), `?profile=`
+    /// (a profile photo) or `?status=` (a status update).
+    pub fn media_url<'a>(
+        &self,
+        id: &str,
+        suffix: Option<&str>,
+        via: impl Into<MediaVia<'a>>,
+    ) -> Url {
         let mut segments = vec!["v1", "media", id];
         segments.extend(suffix);
         let mut url = self.url(&segments);
-        if let Some((conversation, seq)) = message {
-            url.query_pairs_mut()
-                .append_pair("conversation", conversation)
-                .append_pair("seq", &seq.to_string());
+        match via.into() {
+            MediaVia::Own => {}
+            MediaVia::Message(conversation, seq) => {
+                url.query_pairs_mut()
+                    .append_pair("conversation", conversation)
+                    .append_pair("seq", &seq.to_string());
+            }
+            MediaVia::Profile(user) => {
+                url.query_pairs_mut()
+                    .append_pair("profile", &user.get().to_string());
+            }
+            MediaVia::Status(user) => {
+                url.query_pairs_mut()
+                    .append_pair("status", &user.get().to_string());
+            }
         }
         url
     }
@@ -912,16 +959,16 @@ impl HttpClient {
         }
     }
 
-    /// The whole media. `message`: the (conversation, seq) of a message that carries it
-    /// (needed for media someone else uploaded).
+    /// The whole media. `via`: what carries it ([`MediaVia`]; needed for media someone
+    /// else uploaded), e.g. `Some((conversation, seq))` of a message.
     pub async fn download_media(
         &self,
         token: &str,
         id: &str,
-        message: Option<(&str, u64)>,
+        via: impl Into<MediaVia<'_>>,
     ) -> Result<Bytes, HttpError> {
         let resp = self
-            .media_get(token, self.media_url(id, None, message), None)
+            .media_get(token, self.media_url(id, None, via), None)
             .await?;
         Ok(resp.bytes().await?)
     }
@@ -932,14 +979,14 @@ impl HttpClient {
         &self,
         token: &str,
         id: &str,
-        message: Option<(&str, u64)>,
+        via: impl Into<MediaVia<'_>>,
         start: u64,
         end: Option<u64>,
     ) -> Result<MediaRange, HttpError> {
         let resp = self
             .media_get(
                 token,
-                self.media_url(id, None, message),
+                self.media_url(id, None, via),
                 Some(range_header(start, end)),
             )
             .await?;
@@ -979,11 +1026,11 @@ impl HttpClient {
         &self,
         token: &str,
         id: &str,
-        message: Option<(&str, u64)>,
+        via: impl Into<MediaVia<'_>>,
         path: &Path,
     ) -> Result<Downloaded, MediaError> {
         let mut resp = self
-            .media_get(token, self.media_url(id, None, message), None)
+            .media_get(token, self.media_url(id, None, via), None)
             .await?;
         let mime = resp
             .headers()
@@ -1054,10 +1101,10 @@ impl HttpClient {
         &self,
         token: &str,
         id: &str,
-        message: Option<(&str, u64)>,
+        via: impl Into<MediaVia<'_>>,
     ) -> Result<MediaInfo, HttpError> {
         let resp = self
-            .media_get(token, self.media_url(id, Some("info"), message), None)
+            .media_get(token, self.media_url(id, Some("info"), via), None)
             .await?;
         json_of(resp).await
     }
@@ -1067,10 +1114,10 @@ impl HttpClient {
         &self,
         token: &str,
         id: &str,
-        message: Option<(&str, u64)>,
+        via: impl Into<MediaVia<'_>>,
     ) -> Result<Bytes, HttpError> {
         let resp = self
-            .media_get(token, self.media_url(id, Some("thumbnail"), message), None)
+            .media_get(token, self.media_url(id, Some("thumbnail"), via), None)
             .await?;
         Ok(resp.bytes().await?)
     }
@@ -1170,6 +1217,25 @@ mod tests {
         assert_eq!(send.id, info.id);
         assert_eq!(send.caption, "look");
         assert_eq!(send.size, 0, "the server fills in the rest");
+    }
+
+    #[test]
+    fn urls_name_what_carries_the_media() {
+        let http = HttpClient::new("http://natter.test/").unwrap();
+        let url = |suffix, via: MediaVia<'_>| http.media_url("m1", suffix, via).to_string();
+        assert_eq!(url(None, MediaVia::Own), "http://natter.test/v1/media/m1");
+        assert_eq!(
+            http.media_url("m1", None, Some(("d.1.2", 7))).to_string(),
+            "http://natter.test/v1/media/m1?conversation=d.1.2&seq=7"
+        );
+        assert_eq!(
+            url(Some("thumbnail"), MediaVia::Profile(UserId(42))),
+            "http://natter.test/v1/media/m1/thumbnail?profile=42"
+        );
+        assert_eq!(
+            url(Some("info"), MediaVia::Status(UserId(43))),
+            "http://natter.test/v1/media/m1/info?status=43"
+        );
     }
 
     #[test]
