@@ -737,3 +737,126 @@ async fn presence_crosses_edges_and_an_edge_that_dies_without_a_word_goes_offlin
     })
     .await;
 }
+
+/// A 3x2 RGB PNG, 73 bytes (python3's zlib and struct; the same as tests/media.rs).
+const PNG: [u8; 73] = [
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x02, 0x08, 0x02, 0x00, 0x00, 0x00, 0x12, 0x16, 0xf1,
+    0x4d, 0x00, 0x00, 0x00, 0x10, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0xf8, 0xcf, 0xc0, 0xc0,
+    0x00, 0xc1, 0x70, 0x16, 0x00, 0x3b, 0xd8, 0x05, 0xfb, 0x36, 0x11, 0x98, 0xea, 0x00, 0x00, 0x00,
+    0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+/// The media role over NATS: an upload to it is described to the messages owner (the
+/// recipient's message carries the server's description), the recipient downloads it
+/// from the media role, which asks the messages role's history as them; a stranger is
+/// refused. With the media role gone, a media send is refused as UNAVAILABLE (and
+/// retried by the client once it is back) while text keeps flowing.
+#[tokio::test]
+async fn media_role_serves_uploads_and_downloads_over_nats() {
+    let mut cluster = Cluster::start(Shape {
+        edges: 1,
+        messages: 1,
+        media: true,
+        ..Shape::default()
+    })
+    .await;
+    bounded(90, async {
+        let ann = cluster.user("ann").await;
+        let bo = cluster.user("bo").await;
+        let cy = cluster.user("cy").await;
+        // Ann gives up on a send after 4 s (the client retries UNAVAILABLE until then).
+        let quick = ClientOptions {
+            request_timeout: Duration::from_secs(2),
+            send_deadline: Duration::from_secs(4),
+            ..opts()
+        };
+        let ca = cluster.connect(&ann, 0, quick).await;
+        let cb = cluster.connect(&bo, 0, opts()).await;
+        let media_url = cluster.media.as_ref().expect("media role").base_url();
+        let http = reqwest::Client::new();
+
+        let uploaded: serde_json::Value = http
+            .post(format!("{media_url}/v1/media?filename=dots.png"))
+            .bearer_auth(&ann.access_token)
+            .body(PNG.to_vec())
+            .send()
+            .await
+            .expect("upload")
+            .error_for_status()
+            .expect("upload accepted")
+            .json()
+            .await
+            .expect("upload answer");
+        assert_eq!(uploaded["kind"], "image", "{uploaded}");
+        assert_eq!(
+            (uploaded["width"].as_u64(), uploaded["height"].as_u64()),
+            (Some(3), Some(2))
+        );
+        let id = uploaded["id"].as_str().expect("media id").to_owned();
+
+        let media_send = |id: &str, client_msg_id: &str| v1::Send {
+            client_msg_id: client_msg_id.to_owned(),
+            to_user: bo.user_id.get(),
+            kind: MessageKind::Media as i32,
+            media: Some(Box::new(v1::MediaRef {
+                id: id.to_owned(),
+                caption: "dots".into(),
+                // The client's word on what it is counts for nothing.
+                size: 1,
+                mime: "text/plain".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let ack = ca
+            .send_frame(media_send(&id, "m1"))
+            .await
+            .expect("media send acked");
+        let got = next_matching(&cb, Duration::from_secs(10), |e| match e {
+            Event::Message(m) if m.media.is_some() => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+        let media = got.media.as_ref().expect("media");
+        assert_eq!(media.id, id);
+        assert_eq!(media.caption, "dots");
+        assert_eq!(
+            (media.size, media.mime.as_str()),
+            (PNG.len() as u64, "image/png")
+        );
+        assert_eq!(media.sha256, uploaded["sha256"].as_str().expect("sha256"));
+        assert!(!media.preview.is_empty(), "an inline preview");
+
+        let download = |token: &str| {
+            http.get(format!(
+                "{media_url}/v1/media/{id}?conversation={}&seq={}",
+                ack.conversation_id, ack.seq
+            ))
+            .bearer_auth(token.to_owned())
+            .send()
+        };
+        let resp = download(&bo.access_token).await.expect("download");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(&resp.bytes().await.expect("bytes")[..], &PNG[..]);
+        let resp = download(&cy.access_token).await.expect("download");
+        assert_eq!(resp.status(), 403, "a stranger is refused");
+
+        // Without the media role: media sends are refused as UNAVAILABLE (the client
+        // retries until its deadline), text is unaffected; back, media sends work again.
+        let media_role = cluster.media.as_mut().expect("media role");
+        media_role.kill9().await;
+        let refused = ca.send_frame(media_send(&id, "m2")).await;
+        assert!(refused.is_err(), "acked with no media service: {refused:?}");
+        ca.send(bo.user_id, MessageKind::Text, "still here", None)
+            .await
+            .expect("text without the media role");
+        media_role.start().await;
+        let ack = ca
+            .send_frame(media_send(&id, "m3"))
+            .await
+            .expect("media role back");
+        assert!(ack.seq > 0);
+    })
+    .await;
+}

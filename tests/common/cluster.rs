@@ -199,6 +199,8 @@ pub struct Cluster {
     pub people: Option<Role>,
     /// `natter presence` on the cluster's Redis, if the shape asked for it.
     pub presence: Option<Role>,
+    /// `natter media` (embedded records, bytes in a directory), if the shape asked for it.
+    pub media: Option<Role>,
     pub http: HttpClient,
     _dir: tempfile::TempDir,
 }
@@ -217,6 +219,8 @@ pub struct Shape {
     pub people: bool,
     /// Run a `natter presence` role on the cluster's Redis.
     pub presence: bool,
+    /// Run a `natter media` role.
+    pub media: bool,
 }
 
 impl Default for Shape {
@@ -229,6 +233,7 @@ impl Default for Shape {
             presence_debounce_ms: None,
             people: false,
             presence: false,
+            media: false,
         }
     }
 }
@@ -317,11 +322,25 @@ impl Cluster {
             args.extend(["--redis".into(), redis.url()]);
             Role::new("presence", dir.path(), args)
         });
+        let mut media = shape.media.then(|| {
+            let mut args = common("media");
+            args.extend([
+                "--data-dir".into(),
+                dir.path().join("media").display().to_string(),
+                "--jwt-secret-file".into(),
+                secret.clone(),
+            ]);
+            Role::new("media", dir.path(), args)
+        });
         sessions.start().await;
         store.start().await;
         groups.start().await;
         // Before the edges, so that their first presence reports find a service.
-        for r in people.iter_mut().chain(presence.iter_mut()) {
+        for r in people
+            .iter_mut()
+            .chain(presence.iter_mut())
+            .chain(media.iter_mut())
+        {
             r.start().await;
         }
         for m in &mut messages {
@@ -341,6 +360,7 @@ impl Cluster {
             edges,
             people,
             presence,
+            media,
             http,
             _dir: dir,
         };
