@@ -13,24 +13,43 @@
 //! - `store.rs`: the metadata store trait; `redb_store.rs`, `scylla_store.rs`, both run
 //!   by `conformance.rs`.
 
+pub mod client;
+#[cfg(feature = "service")]
 pub mod conformance;
+#[cfg(feature = "service")]
 pub mod describe;
+#[cfg(feature = "service")]
 pub mod http;
+#[cfg(feature = "service")]
 pub mod objects;
+#[cfg(feature = "service")]
 mod people;
+#[cfg(feature = "service")]
 pub mod probe;
+#[cfg(feature = "service")]
 pub mod redb_store;
+#[cfg(feature = "service")]
 pub mod scylla_store;
+#[cfg(feature = "service")]
 pub mod service;
+#[cfg(feature = "service")]
 pub mod sniff;
+#[cfg(feature = "service")]
 pub mod store;
+#[cfg(feature = "service")]
 pub mod thumb;
 
+#[cfg(feature = "service")]
 pub use http::router;
+#[cfg(feature = "service")]
 pub use objects::{Objects, S3Options};
+#[cfg(feature = "service")]
 pub use redb_store::RedbMediaStore;
+#[cfg(feature = "service")]
 pub use scylla_store::{ScyllaMediaConfig, ScyllaMediaStore};
+#[cfg(feature = "service")]
 pub use service::{Config, Limits, Media, MediaError, MediaInfo, Via};
+#[cfg(feature = "service")]
 pub use store::{
     BlobRecord, Commit, MediaRecord, MediaStore, StoreError, UploadPart, UploadRecord,
 };

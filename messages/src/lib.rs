@@ -79,7 +79,7 @@ pub(crate) struct Shared {
     /// who blocked its sender is stored withheld, typing and receipts are not relayed.
     pub audiences: Arc<natter_people::Audiences>,
     /// Describes (and pins) the media a message carries.
-    pub media: media::MediaClient,
+    pub media: natter_media::client::MediaClient,
 }
 
 /// A running messages service.
@@ -115,7 +115,7 @@ pub async fn start(
         bus: bus.clone(),
         users: natter_sessions::Users::new(bus.clone(), config.request_timeout),
         groups: groups::GroupClient::new(bus.clone(), config.request_timeout),
-        media: media::MediaClient::new(bus, config.request_timeout),
+        media: natter_media::client::MediaClient::new(bus, config.request_timeout),
         audiences,
     });
     let mut tasks = JoinSet::new();

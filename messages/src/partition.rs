@@ -651,7 +651,7 @@ impl Worker {
         let media = &self.shared.media;
         let described = futures::future::join_all(checked.iter().map(|u| async move {
             match &u.send.send.media {
-                Some(wanted) => Some(media.describe(u.send.caller, wanted).await),
+                Some(wanted) => Some(crate::media::describe(media, u.send.caller, wanted).await),
                 None => None,
             }
         }))

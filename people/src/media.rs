@@ -2,14 +2,10 @@
 //! their avatar or in a status update, before the people service stores its id: the
 //! caller must have uploaded it (the media service's rule, the one a media message
 //! follows), and asking pins it, so the garbage collector keeps it. The same request as
-//! the messages owner's (`natter-messages`' `media.rs`): crates talk over the bus only.
+//! the messages owner's, through the media service's bus client.
 
-use std::{sync::Arc, time::Duration};
-
-use bytes::Bytes;
-use natter_bus::{Bus, BusError};
-use natter_proto::{ErrorCode, Subject, bus, error, v1};
-use prost::Message as _;
+pub(crate) use natter_media::client::MediaClient;
+use natter_proto::{ErrorCode, bus, error, v1};
 
 /// What the media is to be used for: which kinds it may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,64 +39,25 @@ impl Use {
     }
 }
 
-#[derive(Clone)]
-pub(crate) struct MediaClient {
-    bus: Arc<dyn Bus>,
-    timeout: Duration,
-}
-
-impl MediaClient {
-    pub fn new(bus: Arc<dyn Bus>, timeout: Duration) -> Self {
-        MediaClient { bus, timeout }
+/// Checks that `caller` may use media `id` for `what` and pins it (the media service's
+/// `describe`, `natter_media::client`). Its refusal (`NOT_FOUND`, `MEDIA_REFUSED`, ...)
+/// is returned as it is; `UNAVAILABLE` when it does not answer; `INVALID_ARGUMENT` for
+/// a wrong kind.
+pub(crate) async fn check(
+    client: &MediaClient,
+    caller: bus::Caller,
+    id: &str,
+    what: Use,
+) -> Result<(), v1::Error> {
+    let wanted = v1::MediaRef {
+        id: id.to_owned(),
+        ..Default::default()
+    };
+    let described = client.describe(caller, wanted).await?;
+    if !what.allows(described.kind) {
+        return Err(what.refusal());
     }
-
-    /// Checks that `caller` may use media `id` for `what` and pins it. The media
-    /// service's refusal (`NOT_FOUND`, `MEDIA_REFUSED`, ...) is returned as it is;
-    /// `UNAVAILABLE` when it does not answer; `INVALID_ARGUMENT` for a wrong kind.
-    pub async fn check(&self, caller: bus::Caller, id: &str, what: Use) -> Result<(), v1::Error> {
-        let request = bus::MediaDescribe {
-            caller: Some(caller),
-            media: Some(v1::MediaRef {
-                id: id.to_owned(),
-                ..Default::default()
-            }),
-        };
-        let reply = match self
-            .bus
-            .request(
-                &Subject::media_describe(),
-                Bytes::from(request.encode_to_vec()),
-                self.timeout,
-            )
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e @ (BusError::NoResponders(_) | BusError::Timeout(_))) => {
-                tracing::debug!(error = %e, "media describe unanswered");
-                return Err(unavailable());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "media describe failed");
-                return Err(unavailable());
-            }
-        };
-        let reply = bus::MediaDescribeReply::decode(reply)
-            .map_err(|_| error(ErrorCode::Internal, "undecodable media description"))?;
-        if let Some(e) = reply.error {
-            return Err(e);
-        }
-        let described = reply
-            .media
-            .ok_or_else(|| error(ErrorCode::Internal, "empty media description"))?;
-        if !what.allows(described.kind) {
-            return Err(what.refusal());
-        }
-        Ok(())
-    }
-}
-
-fn unavailable() -> v1::Error {
-    error(ErrorCode::Unavailable, "media service unavailable, retry")
+    Ok(())
 }
 
 #[cfg(test)]

@@ -403,7 +403,7 @@ impl Cx<'_> {
     /// Checks that the caller may use media `id` for `what` (their own upload, of a
     /// fitting kind) and pins it against garbage collection.
     async fn check_media(&self, id: &str, what: Use) -> Result<(), v1::Error> {
-        self.shared.media.check(self.device, id, what).await
+        crate::media::check(&self.shared.media, self.device, id, what).await
     }
 
     /// The caller's own profile, whole.
