@@ -35,6 +35,9 @@ const MIB: u64 = 1 << 20;
 const MAX_GRANTS: usize = 100_000;
 /// How long a checked download right is remembered (a video's range requests ask once).
 const GRANT_TTL: Duration = Duration::from_secs(300);
+/// How long (and how many) completed uploads are remembered, for retried completes.
+const COMPLETED_TTL: Duration = Duration::from_secs(3600);
+const MAX_COMPLETED: usize = 10_000;
 /// Records and uploads the garbage collector handles per round and query.
 const GC_BATCH: usize = 256;
 pub const MAX_FILENAME_BYTES: usize = 255;
@@ -332,6 +335,9 @@ struct Inner {
     bus: Arc<dyn Bus>,
     auth: DeviceAuth,
     grants: Mutex<HashMap<Grant, Instant>>,
+    /// Resumable uploads this instance completed lately (id → owner, answer), so a
+    /// client whose `complete` answer was lost gets it again instead of 404.
+    completed: Mutex<HashMap<String, (UserId, MediaInfo, Instant)>>,
 }
 
 impl std::fmt::Debug for Media {
@@ -393,6 +399,7 @@ impl Media {
                 bus,
                 auth,
                 grants: Mutex::new(HashMap::new()),
+                completed: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -943,7 +950,15 @@ impl Media {
     /// `POST /v1/media/uploads/{id}/complete`: the parts become one object (copied in
     /// order, hashed on the way), then as a single-shot upload.
     pub async fn complete(&self, who: &Identity, id: &str) -> Result<MediaInfo, MediaError> {
-        let upload = self.owned_upload(who, id).await?;
+        let upload = match self.owned_upload(who, id).await {
+            Ok(upload) => upload,
+            Err(MediaError::NotFound(m)) => {
+                return self
+                    .completed_answer(who.user, id)
+                    .ok_or(MediaError::NotFound(m));
+            }
+            Err(e) => return Err(e),
+        };
         let offset = upload.offset();
         if offset < upload.size {
             return Err(MediaError::Incomplete {
@@ -1004,10 +1019,43 @@ impl Media {
         let result = self
             .finalize(who.user, media_id, key, size, sha, detected, &options)
             .await;
+        if let Ok(info) = &result {
+            self.remember_completed(who.user, id, info.clone());
+        }
         if !matches!(result, Err(MediaError::Unavailable(_))) {
             self.discard_upload(&upload).await;
         }
         result
+    }
+
+    fn completions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (UserId, MediaInfo, Instant)>> {
+        // Each update is one insert or a clear: a poisoned map is still consistent.
+        self.inner
+            .completed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember_completed(&self, owner: UserId, id: &str, info: MediaInfo) {
+        let mut completed = self.completions();
+        if completed.len() >= MAX_COMPLETED {
+            completed.retain(|_, (_, _, at)| at.elapsed() < COMPLETED_TTL);
+            if completed.len() >= MAX_COMPLETED {
+                completed.clear();
+            }
+        }
+        completed.insert(id.to_owned(), (owner, info, Instant::now()));
+    }
+
+    /// The answer of a `complete` of upload `id` by `owner` this instance gave lately.
+    fn completed_answer(&self, owner: UserId, id: &str) -> Option<MediaInfo> {
+        let completed = self.completions();
+        completed
+            .get(id)
+            .filter(|(o, _, at)| *o == owner && at.elapsed() < COMPLETED_TTL)
+            .map(|(_, info, _)| info.clone())
     }
 
     // ---- downloads ---------------------------------------------------------------

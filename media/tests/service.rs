@@ -348,6 +348,19 @@ async fn a_resumable_upload_in_parts_assembles_the_content(backend: Backend) {
         .expect("complete");
     assert_eq!(info.sha256, sha);
     assert_eq!(info.mime, "application/pdf");
+    // A retried complete (its answer lost) gets the same answer; someone else's gets 404.
+    let again = f
+        .media
+        .complete(&who(1), &upload.upload_id)
+        .await
+        .expect("complete again");
+    assert_eq!(again, info);
+    let e = f
+        .media
+        .complete(&who(2), &upload.upload_id)
+        .await
+        .expect_err("not theirs");
+    assert!(matches!(e, MediaError::NotFound(_)), "{e:?}");
     assert_eq!(info.filename, "big.pdf");
     assert_eq!(
         keys(&f.objects, "parts").await,
