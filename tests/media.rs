@@ -168,9 +168,9 @@ async fn media_quota() {
 async fn media_garbage_collection() {
     let server = Arc::new(
         Server::start_with(&[
-            ("NATTER_MEDIA_GC_GRACE_S", "1"),
+            ("NATTER_MEDIA_GC_GRACE_S", "3"),
             ("NATTER_MEDIA_GC_INTERVAL_S", "1"),
-            ("NATTER_MEDIA_UPLOAD_TTL_S", "2"),
+            ("NATTER_MEDIA_UPLOAD_TTL_S", "4"),
         ])
         .await,
     );
@@ -1025,7 +1025,8 @@ async fn garbage_collection(server: &Server) {
     let c = conv(al.id(), bea.id());
     let orphan = api.upload_ok(t, "filename=o.png", &PNG).await;
     let kept = api.upload_ok(t, "filename=k.jpg", &JPEG).await;
-    // Within the 1 s grace: both are counted.
+    // Within the 3 s grace (long enough for a loaded CI machine to send one): both
+    // are counted.
     assert_eq!(api.usage(t).await.0, (PNG.len() + JPEG.len()) as u64);
     let ack = al
         .send_frame(media_send(bea.id(), media(&kept.id, |_| {})))
@@ -1053,12 +1054,12 @@ async fn garbage_collection(server: &Server) {
     api.download(t, &orphan.id, None, &[])
         .await
         .refused(404, "not_found", "a collected upload");
-    // The untouched resumable upload expires (TTL 2 s).
+    // The untouched resumable upload expires (TTL 4 s).
     let deadline = Instant::now() + WAIT;
     while api.upload_state(t, &open, "HEAD").await.status != 404 {
         assert!(
             Instant::now() < deadline,
-            "an untouched upload is still open after {WAIT:?} (TTL 2 s)"
+            "an untouched upload is still open after {WAIT:?} (TTL 4 s)"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -137,7 +137,8 @@ fn pdf(seed: u8) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avatars_are_checked_pinned_and_shared_by_privacy() {
     let server = Server::start_with(&[
-        ("NATTER_MEDIA_GC_GRACE_S", "1"),
+        // Long enough for a loaded CI machine to set the avatar after its upload.
+        ("NATTER_MEDIA_GC_GRACE_S", "3"),
         ("NATTER_MEDIA_GC_INTERVAL_S", "1"),
     ])
     .await;
@@ -223,11 +224,18 @@ async fn avatars_are_checked_pinned_and_shared_by_privacy() {
         amy.set_avatar("").await.expect("clearing the avatar");
         amy.set_avatar(&photo.id).await.expect("the photo again");
 
-        // Garbage collection (grace 1 s, every 1 s): the avatar stays, the unused goes.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Garbage collection (grace 3 s, every 1 s): the unused upload goes, the avatar
+        // (older than it) stays.
         let own = MediaVia::Own;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while download(&http, &amy, &unused.id, own, &pdf(1)).await != 404 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the unused upload was not collected"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         assert_eq!(download(&http, &amy, &photo.id, own, &PNG).await, 200);
-        assert_eq!(download(&http, &amy, &unused.id, own, &[]).await, 404);
         amy.ok(photo_visible_to(Visibility::Everyone)).await;
         assert_eq!(download(&http, &dee, &photo.id, via, &PNG).await, 200);
     })

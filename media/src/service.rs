@@ -1111,15 +1111,15 @@ impl Media {
                 self.grant(grant);
             }
         }
-        let blob = self
-            .inner
-            .store
-            .blob(&record.sha256)
-            .await?
-            .ok_or_else(|| {
-                tracing::error!(media = id, "a media record without its blob");
-                MediaError::Internal("media content missing".into())
-            })?;
+        let Some(blob) = self.inner.store.blob(&record.sha256).await? else {
+            // The collector deleted the record (and its blob, its last ref) since it was
+            // read: gone, as if it had been a moment earlier.
+            if self.inner.store.media(id).await?.is_none() {
+                return Err(not_found());
+            }
+            tracing::error!(media = id, "a media record without its blob");
+            return Err(MediaError::Internal("media content missing".into()));
+        };
         Ok(Download { record, blob })
     }
 
