@@ -81,6 +81,35 @@ pub struct ScyllaArgs {
     store_timeout_ms: u64,
 }
 
+impl ScyllaArgs {
+    /// The ScyllaDB settings, or `None` without `--scylla` (the role then keeps its data
+    /// some other way: an embedded store, or the store role).
+    fn config(&self) -> Option<natter_cql::ScyllaConfig> {
+        (!self.scylla.is_empty()).then(|| natter_cql::ScyllaConfig {
+            nodes: self.scylla.clone(),
+            keyspace: self.scylla_keyspace.clone(),
+            replication_factor: self.scylla_replication_factor,
+            local_dc: self.scylla_local_dc.clone(),
+            request_timeout: Duration::from_millis(self.store_timeout_ms),
+        })
+    }
+
+    /// The error context of a failed connect.
+    fn connecting(&self) -> String {
+        format!("connecting to ScyllaDB at {}", self.scylla.join(","))
+    }
+}
+
+/// `<data_dir>/<file>` for a role's embedded store (without `--scylla`), the directory
+/// created; says that `what` is then kept by this one instance.
+fn embedded(data_dir: &std::path::Path, file: &str, what: &str) -> Result<PathBuf, Failure> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating --data-dir {}", data_dir.display()))
+        .map_err(Failure::Config)?;
+    tracing::info!("no --scylla: {what} kept in the embedded store (one instance only)");
+    Ok(data_dir.join(file))
+}
+
 #[derive(clap::Args, Debug)]
 pub struct GroupsArgs {
     /// Address for health checks.
@@ -602,20 +631,15 @@ pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
     let bus: Arc<dyn Bus> = Arc::new(nats.clone());
     let sc = &args.scylla;
     let store_timeout = Duration::from_millis(sc.store_timeout_ms);
-    let store: Arc<dyn natter_messages::MessageStore> = if sc.scylla.is_empty() {
-        tracing::info!("no --scylla: messages are kept by the store role over NATS");
-        natter_messages::remote_store::RemoteStore::new(bus.clone(), store_timeout)
-    } else {
-        natter_messages::ScyllaStore::connect(natter_messages::ScyllaConfig {
-            nodes: sc.scylla.clone(),
-            keyspace: sc.scylla_keyspace.clone(),
-            replication_factor: sc.scylla_replication_factor,
-            local_dc: sc.scylla_local_dc.clone(),
-            request_timeout: store_timeout,
-        })
-        .await
-        .with_context(|| format!("connecting to ScyllaDB at {}", sc.scylla.join(",")))
-        .map_err(Failure::Runtime)?
+    let store: Arc<dyn natter_messages::MessageStore> = match sc.config() {
+        None => {
+            tracing::info!("no --scylla: messages are kept by the store role over NATS");
+            natter_messages::remote_store::RemoteStore::new(bus.clone(), store_timeout)
+        }
+        Some(config) => natter_messages::ScyllaStore::connect(config)
+            .await
+            .with_context(|| sc.connecting())
+            .map_err(Failure::Runtime)?,
     };
     let mut lease = natter_messages::LeaseConfig::new(args.redis.clone(), instance.clone());
     lease.ttl = Duration::from_millis(args.lease_ttl_ms);
@@ -716,25 +740,18 @@ pub async fn groups(args: GroupsArgs) -> Result<(), Failure> {
         )));
     }
     let sc = &args.scylla;
-    let store: Arc<dyn natter_groups::GroupStore> = if sc.scylla.is_empty() {
-        std::fs::create_dir_all(&args.data_dir)
-            .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
-            .map_err(Failure::Config)?;
-        tracing::info!("no --scylla: groups are kept in the embedded store (one instance only)");
-        natter_groups::RedbGroupStore::open(&args.data_dir.join("groups.redb"))
-            .context("opening the group store")
-            .map_err(Failure::Runtime)?
-    } else {
-        natter_groups::ScyllaGroupStore::connect(natter_groups::ScyllaGroupConfig {
-            nodes: sc.scylla.clone(),
-            keyspace: sc.scylla_keyspace.clone(),
-            replication_factor: sc.scylla_replication_factor,
-            local_dc: sc.scylla_local_dc.clone(),
-            request_timeout: Duration::from_millis(sc.store_timeout_ms),
-        })
-        .await
-        .with_context(|| format!("connecting to ScyllaDB at {}", sc.scylla.join(",")))
-        .map_err(Failure::Runtime)?
+    let store: Arc<dyn natter_groups::GroupStore> = match sc.config() {
+        None => natter_groups::RedbGroupStore::open(&embedded(
+            &args.data_dir,
+            "groups.redb",
+            "groups are",
+        )?)
+        .context("opening the group store")
+        .map_err(Failure::Runtime)?,
+        Some(config) => natter_groups::ScyllaGroupStore::connect(config)
+            .await
+            .with_context(|| sc.connecting())
+            .map_err(Failure::Runtime)?,
     };
     let nats = connect_nats(
         &args.nats,
@@ -766,31 +783,22 @@ pub async fn people(args: PeopleArgs) -> Result<(), Failure> {
     positive("store-timeout-ms", args.scylla.store_timeout_ms)?;
     let config = args.people.config()?;
     let sc = &args.scylla;
-    let store: Arc<dyn natter_people::PeopleStore> = if sc.scylla.is_empty() {
-        std::fs::create_dir_all(&args.data_dir)
-            .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
-            .map_err(Failure::Config)?;
-        tracing::info!(
-            "no --scylla: people data is kept in the embedded store (one instance only)"
-        );
-        Arc::new(
-            natter_people::RedbPeopleStore::open(&args.data_dir.join("people.redb"))
-                .context("opening the people store")
-                .map_err(Failure::Runtime)?,
-        )
-    } else {
-        Arc::new(
-            natter_people::ScyllaPeopleStore::connect(natter_people::ScyllaPeopleConfig {
-                nodes: sc.scylla.clone(),
-                keyspace: sc.scylla_keyspace.clone(),
-                replication_factor: sc.scylla_replication_factor,
-                local_dc: sc.scylla_local_dc.clone(),
-                request_timeout: Duration::from_millis(sc.store_timeout_ms),
-            })
-            .await
-            .with_context(|| format!("connecting to ScyllaDB at {}", sc.scylla.join(",")))
+    let store: Arc<dyn natter_people::PeopleStore> = match sc.config() {
+        None => Arc::new(
+            natter_people::RedbPeopleStore::open(&embedded(
+                &args.data_dir,
+                "people.redb",
+                "people data is",
+            )?)
+            .context("opening the people store")
             .map_err(Failure::Runtime)?,
-        )
+        ),
+        Some(config) => Arc::new(
+            natter_people::ScyllaPeopleStore::connect(config)
+                .await
+                .with_context(|| sc.connecting())
+                .map_err(Failure::Runtime)?,
+        ),
     };
     let nats = connect_nats(
         &args.nats,
@@ -814,31 +822,22 @@ pub async fn media(args: MediaArgs) -> Result<(), Failure> {
         .map_err(|e| config_error(anyhow::anyhow!("--jwt-secret-file: {e}")))?;
     let (config, objects) = args.media.config(&args.data_dir)?;
     let sc = &args.scylla;
-    let store: Arc<dyn natter_media::MediaStore> = if sc.scylla.is_empty() {
-        std::fs::create_dir_all(&args.data_dir)
-            .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
-            .map_err(Failure::Config)?;
-        tracing::info!(
-            "no --scylla: media records are kept in the embedded store (one instance only)"
-        );
-        Arc::new(
-            natter_media::RedbMediaStore::open(&args.data_dir.join("media.redb"))
-                .context("opening the media store")
-                .map_err(Failure::Runtime)?,
-        )
-    } else {
-        Arc::new(
-            natter_media::ScyllaMediaStore::connect(natter_media::ScyllaMediaConfig {
-                nodes: sc.scylla.clone(),
-                keyspace: sc.scylla_keyspace.clone(),
-                replication_factor: sc.scylla_replication_factor,
-                local_dc: sc.scylla_local_dc.clone(),
-                request_timeout: Duration::from_millis(sc.store_timeout_ms),
-            })
-            .await
-            .with_context(|| format!("connecting to ScyllaDB at {}", sc.scylla.join(",")))
+    let store: Arc<dyn natter_media::MediaStore> = match sc.config() {
+        None => Arc::new(
+            natter_media::RedbMediaStore::open(&embedded(
+                &args.data_dir,
+                "media.redb",
+                "media records are",
+            )?)
+            .context("opening the media store")
             .map_err(Failure::Runtime)?,
-        )
+        ),
+        Some(config) => Arc::new(
+            natter_media::ScyllaMediaStore::connect(config)
+                .await
+                .with_context(|| sc.connecting())
+                .map_err(Failure::Runtime)?,
+        ),
     };
     let nats = connect_nats(
         &args.nats,
