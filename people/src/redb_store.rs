@@ -51,6 +51,45 @@ const PRIVACY: TableDefinition<u64, &[u8]> = TableDefinition::new("privacy");
 const CONTACTS: TableDefinition<(u64, u64), (&str, u64)> = TableDefinition::new("contacts");
 /// (owner, blocked) → blocked_at_ms.
 const BLOCKS: TableDefinition<(u64, u64), u64> = TableDefinition::new("blocks");
+
+/// Whether `owner` already has `limit` entries in a per-owner table keyed (owner, other):
+/// counted up to the limit, not further.
+fn holds_limit<V: redb::Value + 'static>(
+    table: &redb::Table<(u64, u64), V>,
+    owner: u64,
+    limit: u32,
+) -> Result<bool, StoreError> {
+    let mut count: u64 = 0;
+    for entry in table
+        .range((owner, 0u64)..=(owner, u64::MAX))
+        .map_err(storage)?
+    {
+        if count >= u64::from(limit) {
+            return Ok(true);
+        }
+        entry.map_err(storage)?;
+        count += 1;
+    }
+    Ok(count >= u64::from(limit))
+}
+
+/// Removes the (owner, other) entry of a per-owner table; whether there was one.
+fn remove_pair<V: redb::Value + 'static>(
+    txn: &redb::WriteTransaction,
+    table: TableDefinition<(u64, u64), V>,
+    key: (u64, u64),
+) -> Result<Wrote<bool>, StoreError> {
+    let removed = txn
+        .open_table(table)
+        .map_err(storage)?
+        .remove(key)
+        .map_err(storage)?
+        .is_some();
+    Ok(Wrote {
+        value: removed,
+        changed: removed,
+    })
+}
 /// status id → JSON [`StoredStatus`].
 const STATUSES: TableDefinition<u64, &[u8]> = TableDefinition::new("statuses");
 /// (user, created_at_ms, status id) → expires_at_ms.
@@ -432,18 +471,7 @@ impl PeopleStore for RedbPeopleStore {
                 return changed(Added::Updated);
             }
             // Counted inside the transaction: no other write runs until it commits.
-            let mut count: u64 = 0;
-            for entry in table
-                .range((owner, 0u64)..=(owner, u64::MAX))
-                .map_err(storage)?
-            {
-                entry.map_err(storage)?;
-                count += 1;
-                if count >= u64::from(limit) {
-                    return unchanged(Added::LimitReached);
-                }
-            }
-            if limit == 0 {
+            if holds_limit(&table, owner, limit)? {
                 return unchanged(Added::LimitReached);
             }
             table
@@ -455,19 +483,8 @@ impl PeopleStore for RedbPeopleStore {
     }
 
     async fn remove_contact(&self, owner: UserId, contact: UserId) -> Result<bool, StoreError> {
-        self.write(move |txn| {
-            let removed = txn
-                .open_table(CONTACTS)
-                .map_err(storage)?
-                .remove((owner.get(), contact.get()))
-                .map_err(storage)?
-                .is_some();
-            Ok(Wrote {
-                value: removed,
-                changed: removed,
-            })
-        })
-        .await
+        let key = (owner.get(), contact.get());
+        self.write(move |txn| remove_pair(txn, CONTACTS, key)).await
     }
 
     async fn contacts(&self, owner: UserId) -> Result<Vec<ContactRecord>, StoreError> {
@@ -518,18 +535,7 @@ impl PeopleStore for RedbPeopleStore {
                 // The first time stays.
                 return unchanged(Added::Updated);
             }
-            let mut count: u64 = 0;
-            for entry in table
-                .range((owner, 0u64)..=(owner, u64::MAX))
-                .map_err(storage)?
-            {
-                entry.map_err(storage)?;
-                count += 1;
-                if count >= u64::from(limit) {
-                    return unchanged(Added::LimitReached);
-                }
-            }
-            if limit == 0 {
+            if holds_limit(&table, owner, limit)? {
                 return unchanged(Added::LimitReached);
             }
             table.insert((owner, blocked), at_ms).map_err(storage)?;
@@ -539,19 +545,8 @@ impl PeopleStore for RedbPeopleStore {
     }
 
     async fn remove_block(&self, owner: UserId, blocked: UserId) -> Result<bool, StoreError> {
-        self.write(move |txn| {
-            let removed = txn
-                .open_table(BLOCKS)
-                .map_err(storage)?
-                .remove((owner.get(), blocked.get()))
-                .map_err(storage)?
-                .is_some();
-            Ok(Wrote {
-                value: removed,
-                changed: removed,
-            })
-        })
-        .await
+        let key = (owner.get(), blocked.get());
+        self.write(move |txn| remove_pair(txn, BLOCKS, key)).await
     }
 
     async fn blocks(&self, owner: UserId) -> Result<Vec<UserId>, StoreError> {
