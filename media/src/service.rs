@@ -642,7 +642,9 @@ impl Media {
                 return Err(e.into());
             }
         };
-        let record = match committed {
+        // `blob` is the stored blob record unless another upload of the same content
+        // committed its own first: only then is it read again.
+        let (record, stored_elsewhere) = match committed {
             Commit::Stored {
                 record,
                 blob_existed,
@@ -653,20 +655,21 @@ impl Media {
                 } else if !ours_is_new {
                     objects.delete_quietly(&[&key]).await;
                 }
-                record
+                (record, blob_existed && ours_is_new)
             }
             Commit::Existing(record) => {
                 objects.delete_quietly(&our_keys).await;
-                record
+                (record, ours_is_new)
             }
             Commit::QuotaExceeded { used, quota } => {
                 objects.delete_quietly(&our_keys).await;
                 return Err(MediaError::QuotaExceeded { used, quota });
             }
         };
-        let stored = match self.inner.store.blob(&record.sha256).await? {
-            Some(b) => b,
-            None => blob,
+        let stored = if stored_elsewhere {
+            self.inner.store.blob(&record.sha256).await?.unwrap_or(blob)
+        } else {
+            blob
         };
         Ok(info(&record, &stored, options.voice))
     }
