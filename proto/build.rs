@@ -27,6 +27,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.boxed(".natter.v1.Message.event");
     config.boxed(".natter.v1.Message.media");
     config.boxed(".natter.v1.Send.media");
+    config.boxed(".natter.v1.Message.call");
+    config.boxed(".natter.v1.Send.call");
+    config.boxed(".natter.v1.ClientFrame.body.call");
+    config.boxed(".natter.v1.ServerFrame.body.call_result");
+    config.boxed(".natter.v1.ServerFrame.body.call_event");
     config.compile_fds(fds)?;
 
     pbjson_build::Builder::new()

@@ -202,6 +202,59 @@ async fn a_send_to_a_nonexistent_user_is_not_found() {
     .await;
 }
 
+#[tokio::test]
+async fn only_the_server_writes_call_and_system_messages() {
+    bounded(60, async {
+        let server = Server::start().await;
+        let alice = server.user("alice").await;
+        let bob = server.user("bob").await;
+        let a = server.device(&alice).await;
+        let to = |kind: v1::MessageKind, call: Option<v1::CallLog>, id: &str| v1::Send {
+            client_msg_id: id.to_owned(),
+            to_user: bob.user_id.get(),
+            kind: kind as i32,
+            body: bytes::Bytes::from_static(b"x"),
+            call: call.map(Box::new),
+            ..Default::default()
+        };
+        let forged = v1::CallLog {
+            call_id: "forged-call".into(),
+            duration_ms: 3_600_000,
+            ..Default::default()
+        };
+        for (what, send) in [
+            ("kind CALL", to(v1::MessageKind::Call, None, "c1")),
+            (
+                "a call log",
+                to(v1::MessageKind::Text, Some(forged.clone()), "c2"),
+            ),
+            (
+                "kind CALL and a log",
+                to(v1::MessageKind::Call, Some(forged), "c3"),
+            ),
+            ("kind SYSTEM", to(v1::MessageKind::System, None, "c4")),
+            (
+                "the server's id prefix",
+                to(v1::MessageKind::Text, None, "natter.call.forged-call"),
+            ),
+        ] {
+            let err = a.send_frame(send).await.expect_err(what);
+            assert_eq!(
+                err.server_code(),
+                Some(ErrorCode::InvalidArgument),
+                "{what}: {err}"
+            );
+        }
+        // Nothing was stored: the conversation is empty.
+        let history = a
+            .history(&conv(alice.user_id, bob.user_id), natter_client::Seq(0), 10)
+            .await
+            .expect("history");
+        assert!(history.messages.is_empty(), "{:?}", history.messages);
+    })
+    .await;
+}
+
 fn now_s() -> i64 {
     (natter_client::proto::now_ms() / 1000) as i64
 }

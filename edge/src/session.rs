@@ -126,6 +126,7 @@ pub(crate) async fn run(
         }
         Ok(mut subscription) => {
             device.announce().await;
+            device.tell_calls(true).await;
             inner
                 .directory
                 .connected(user, device.identity.device, connection_id);
@@ -213,6 +214,9 @@ pub(crate) async fn run(
         close_code::SLOW_CONSUMER | close_code::REVOKED | close_code::REPLACED
     );
     socket.close(code, reason, graceful).await;
+    if subscribed {
+        device.tell_calls(false).await;
+    }
     inner
         .directory
         .closed(user, device.identity.device, connection_id);
@@ -357,6 +361,19 @@ fn partition_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
     }
 }
 
+fn call_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
+    Some(match bus::CallReply::decode(bytes) {
+        Ok(bus::CallReply {
+            error: Some(err), ..
+        }) => reply(id, Out::Error(err)),
+        Ok(bus::CallReply {
+            result: Some(result),
+            ..
+        }) => reply(id, Out::CallResult(Box::new(result))),
+        _ => error_frame(id, ErrorCode::Internal, "internal error"),
+    })
+}
+
 fn history_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
     Some(match bus::HistoryReply::decode(bytes) {
         Ok(bus::HistoryReply {
@@ -402,6 +419,7 @@ impl Device {
                 },
             )),
             skip_device: 0,
+            only_device: 0,
         };
         if let Err(e) = self
             .bus
@@ -412,6 +430,24 @@ impl Device {
             .await
         {
             tracing::warn!(edge.error = %e, "could not announce a connection");
+        }
+    }
+
+    /// Tells the calls service this device connected or disconnected (a device that
+    /// stays away from a call past its grace period drops out of it).
+    async fn tell_calls(&self, connected: bool) {
+        let event = bus::CallDevice {
+            user_id: self.identity.user.get(),
+            device_id: self.identity.device.get(),
+            connected,
+            connection_id: self.connection_id,
+        };
+        if let Err(e) = self
+            .bus
+            .publish(&Subject::call_device(), Bytes::from(event.encode_to_vec()))
+            .await
+        {
+            tracing::debug!(edge.error = %e, "could not tell the calls service about a connection");
         }
     }
 
@@ -579,6 +615,21 @@ impl Device {
                 )
                 .await
             }
+            Some(In::Call(request)) => {
+                let command = bus::CallCommand {
+                    caller: Some(self.caller()),
+                    request: Some(*request),
+                };
+                self.request(
+                    id,
+                    "calls",
+                    &Subject::call_request(),
+                    command.encode_to_vec(),
+                    call_reply,
+                    in_flight,
+                )
+                .await
+            }
             Some(In::Sync(sync)) => {
                 in_flight.push(self.sync(id, sync.cursors).boxed());
                 None
@@ -737,7 +788,9 @@ impl Device {
         };
         let me = self.identity.device.get();
         match push.body {
-            Some(bus::user_push::Body::Frame(frame)) if push.skip_device != me => {
+            Some(bus::user_push::Body::Frame(frame))
+                if push.skip_device != me && (push.only_device == 0 || push.only_device == me) =>
+            {
                 match socket.format().transcode::<ServerFrame>(frame) {
                     Ok(encoded) => socket.send_encoded(encoded).await.map_err(slow),
                     Err(e) => {

@@ -67,6 +67,7 @@ impl Writer {
                         event: None,
                         withheld: false,
                         media: None,
+                        call: None,
                     },
                     members: members.clone(),
                 }

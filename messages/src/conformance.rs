@@ -142,6 +142,7 @@ fn message(conv: &ConversationId, seq: u64, dev: DeviceId, cmid: &str) -> NewMes
     let members = conv.direct_members().expect("direct conversation");
     NewMessage {
         message: v1::Message {
+            call: None,
             conversation_id: conv.as_str().to_owned(),
             seq,
             message_id: random_id(),
@@ -181,6 +182,7 @@ pub async fn group_system_messages_keep_their_event(store: Arc<dyn MessageStore>
     };
     let system = NewMessage {
         message: v1::Message {
+            call: None,
             conversation_id: conv.as_str().to_owned(),
             seq: 1,
             message_id: random_id(),

@@ -178,6 +178,7 @@ async fn push(shared: &Shared, user: UserId, frame: Bytes, skip_device: u64) {
     let push = bus::UserPush {
         body: Some(user_push::Body::Frame(frame)),
         skip_device,
+        only_device: 0,
     };
     if let Err(e) = shared
         .bus
@@ -197,7 +198,10 @@ async fn push_message(shared: &Shared, message: v1::Message, members: &[UserId])
         return push_withheld(shared, message, members).await;
     }
     let sender = UserId(message.sender_user);
-    let skip_sender = if message.kind == v1::MessageKind::System as i32 {
+    // System messages and call entries come from a service: every device gets them.
+    let skip_sender = if message.kind == v1::MessageKind::System as i32
+        || message.kind == v1::MessageKind::Call as i32
+    {
         0
     } else {
         message.sender_device
@@ -207,6 +211,7 @@ async fn push_message(shared: &Shared, message: v1::Message, members: &[UserId])
         bus::UserPush {
             body: Some(user_push::Body::Frame(frame.clone())),
             skip_device: 0,
+            only_device: 0,
         }
         .encode_to_vec(),
     );
@@ -263,6 +268,7 @@ fn system_message(group: GroupId, seq: Seq, event: v1::GroupEvent) -> v1::Messag
         event: Some(Box::new(event)),
         withheld: false,
         media: None,
+        call: None,
     }
 }
 
@@ -417,7 +423,9 @@ enum Item {
 
 /// A request that does not change a group.
 enum Plain {
-    Send(BusMessage, Caller, v1::Send),
+    /// A send; `true` when it comes from a service (a call's history entry), which may
+    /// use the reserved client_msg_id prefix and the server-only kinds.
+    Send(BusMessage, Caller, v1::Send, bool),
     Receipt(ReceiptReq),
     Typing(BusMessage, Caller, v1::Typing),
     ReadBy(BusMessage, Caller, v1::ReadBy),
@@ -464,7 +472,26 @@ impl Worker {
             };
             items.push(match req.body {
                 Some(partition_request::Body::Send(send)) => {
-                    Item::Plain(Plain::Send(msg, caller, send))
+                    Item::Plain(Plain::Send(msg, caller, send, false))
+                }
+                Some(partition_request::Body::CallLog(c)) => {
+                    let Some(log) = c.log else {
+                        let e = error(ErrorCode::InvalidArgument, "a call log needs `log`");
+                        reply(&self.shared, &msg, reply_error(e)).await;
+                        continue;
+                    };
+                    let send = v1::Send {
+                        client_msg_id: format!(
+                            "{RESERVED_CLIENT_MSG_ID_PREFIX}call.{}",
+                            log.call_id
+                        ),
+                        conversation_id: c.conversation_id,
+                        to_user: c.to_user,
+                        kind: v1::MessageKind::Call as i32,
+                        call: Some(Box::new(log)),
+                        ..Default::default()
+                    };
+                    Item::Plain(Plain::Send(msg, caller, send, true))
                 }
                 Some(partition_request::Body::Received(r)) => {
                     Item::Plain(Plain::Receipt(ReceiptReq {
@@ -520,7 +547,7 @@ impl Worker {
         let mut read_by = Vec::new();
         for item in items {
             match item {
-                Plain::Send(msg, caller, send) => sends.push((msg, caller, send)),
+                Plain::Send(msg, caller, send, trusted) => sends.push((msg, caller, send, trusted)),
                 Plain::Receipt(r) => receipts.push(r),
                 Plain::Typing(msg, caller, t) => typing.push((msg, caller, t)),
                 Plain::ReadBy(msg, caller, r) => read_by.push((msg, caller, r)),
@@ -573,7 +600,21 @@ impl Worker {
         &self,
         caller: Caller,
         send: &v1::Send,
+        trusted: bool,
     ) -> Result<(ConversationId, Dest, v1::MessageKind), v1::Error> {
+        if trusted {
+            // A call's history entry, built by `process` from the calls service's
+            // request: only where it goes needs checking.
+            let (conv, dest) = destination(caller, &send.conversation_id, send.to_user)?;
+            self.check_partition(&conv)?;
+            return Ok((conv, dest, v1::MessageKind::Call));
+        }
+        if send.call.is_some() {
+            return Err(error(
+                ErrorCode::InvalidArgument,
+                "only the server writes call events",
+            ));
+        }
         let id_len = send.client_msg_id.len();
         if id_len == 0 || id_len > MAX_CLIENT_MSG_ID_BYTES {
             return Err(error(
@@ -602,6 +643,12 @@ impl Worker {
                 return Err(error(
                     ErrorCode::InvalidArgument,
                     "only the server writes system messages",
+                ));
+            }
+            Ok(v1::MessageKind::Call) => {
+                return Err(error(
+                    ErrorCode::InvalidArgument,
+                    "only the server writes call events",
                 ));
             }
             Ok(kind) => kind,
@@ -670,11 +717,11 @@ impl Worker {
         out
     }
 
-    async fn sends(&mut self, sends: Vec<(BusMessage, Caller, v1::Send)>) {
+    async fn sends(&mut self, sends: Vec<(BusMessage, Caller, v1::Send, bool)>) {
         // 1. Validate.
         let mut pending = Vec::with_capacity(sends.len());
-        for (msg, caller, send) in sends {
-            match self.validate_send(caller, &send) {
+        for (msg, caller, send, trusted) in sends {
+            match self.validate_send(caller, &send, trusted) {
                 Ok((conv, dest, kind)) => pending.push(PendingSend {
                     msg,
                     caller,
@@ -784,7 +831,11 @@ impl Worker {
                     Some(Err(e)) => Err(e.clone()),
                 },
                 Dest::Group(g) => self.group(g).await.and_then(|group| {
-                    if group.check_member(u.send.caller.user)?.may_send {
+                    // A call's entry is the server's record, not the caller's message:
+                    // the send policy does not apply (membership does).
+                    if group.check_member(u.send.caller.user)?.may_send
+                        || u.send.kind == v1::MessageKind::Call
+                    {
                         Ok(group.members.clone())
                     } else {
                         Err(error(
@@ -846,6 +897,7 @@ impl Worker {
                 event: None,
                 withheld: p.withheld,
                 media: p.send.media.clone(),
+                call: p.send.call.clone(),
             };
             // A group's members are not listed per message: sync asks the groups
             // service which groups a user is in and reads their heads.

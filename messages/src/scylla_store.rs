@@ -341,6 +341,8 @@ struct MessageRow {
     withheld: Option<bool>,
     /// A media message's attachment, prost-encoded `v1::MediaRef`.
     media: Option<Bytes>,
+    /// A call's history entry, prost-encoded `v1::CallLog`.
+    call: Option<Bytes>,
 }
 
 impl MessageRow {
@@ -375,6 +377,14 @@ impl MessageRow {
                 Some(bytes) if !bytes.is_empty() => {
                     Some(Box::new(v1::MediaRef::decode(bytes).map_err(|e| {
                         StoreError::Corrupt(format!("media ref: {e}"))
+                    })?))
+                }
+                _ => None,
+            },
+            call: match self.call {
+                Some(bytes) if !bytes.is_empty() => {
+                    Some(Box::new(v1::CallLog::decode(bytes).map_err(|e| {
+                        StoreError::Corrupt(format!("call log: {e}"))
                     })?))
                 }
                 _ => None,
@@ -489,7 +499,7 @@ struct Statements {
 
 const MESSAGE_COLUMNS: &str = "seq, message_id, sender_user, sender_device, client_msg_id, \
                                kind, body, reply_to_seq, created_at_ms, event, withheld, \
-                               media";
+                               media, call";
 
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
@@ -543,7 +553,7 @@ impl Statements {
             insert_message: p(
                 format!(
                     "INSERT INTO {ks}.messages (conversation_id, bucket, {MESSAGE_COLUMNS}) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 Kind::Lwt,
             )
@@ -1064,6 +1074,7 @@ impl ScyllaStore {
                 m.event.as_ref().map(|e| e.encode_to_vec()),
                 m.withheld,
                 m.media.as_ref().map(|r| r.encode_to_vec()),
+                m.call.as_ref().map(|c| c.encode_to_vec()),
             )));
         }
         match self.session.batch(&statements, values).await {
@@ -1556,6 +1567,7 @@ mod tests {
                 event: None,
                 withheld: false,
                 media: None,
+                call: None,
             },
             members: c.direct_members().expect("direct").to_vec(),
         }

@@ -300,6 +300,7 @@ fn new_message(conv: &ConversationId, seq: u64, body_bytes: usize) -> NewMessage
             event: None,
             withheld: false,
             media: None,
+            call: None,
         },
         members: members.to_vec(),
     }

@@ -73,6 +73,7 @@ fn message(c: &ConversationId, seq: u64) -> NewMessage {
             event: None,
             withheld: false,
             media: None,
+            call: None,
         },
         members: c.direct_members().expect("direct").to_vec(),
     }

@@ -456,6 +456,7 @@ fn encode_push(p: v1::UserPresence) -> Bytes {
         body: Some(server_frame::Body::Presence(p)),
     };
     let push = bus::UserPush {
+        only_device: 0,
         body: Some(bus::user_push::Body::Frame(Bytes::from(
             frame.encode_to_vec(),
         ))),

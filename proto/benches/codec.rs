@@ -49,6 +49,7 @@ fn message_frame() -> ServerFrame {
             event: None,
             withheld: false,
             media: None,
+            call: None,
         })),
     }
 }

@@ -102,6 +102,16 @@ impl Subject {
         Subject("natter.media.describe".to_owned())
     }
 
+    /// Calls service: a device's CallRequest (`CallCommand`, answered with `CallReply`).
+    pub fn call_request() -> Subject {
+        Subject("natter.call.request".to_owned())
+    }
+
+    /// Calls service: an edge saw a device connect or disconnect (`CallDevice`).
+    pub fn call_device() -> Subject {
+        Subject("natter.call.device".to_owned())
+    }
+
     /// "Is this device still logged in?"
     pub fn sessions_device() -> Subject {
         Subject("natter.sessions.device".to_owned())

@@ -272,6 +272,7 @@ impl Sessions {
         }
         self.inner.cache_write().set_device(user, device, false);
         let push = UserPush {
+            only_device: 0,
             body: Some(user_push::Body::DeviceRevoked(device.get())),
             skip_device: 0,
         };

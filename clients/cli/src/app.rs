@@ -534,6 +534,7 @@ impl App {
             (MessageKind::System, None) => "(group change)".into(),
             (MessageKind::Binary, _) => format!("({} bytes)", m.body.len()),
             (MessageKind::Media, _) => render::media_message_text(m),
+            (MessageKind::Call, _) => render::call_text(m),
             _ => String::from_utf8_lossy(&m.body).into_owned(),
         };
         ChatMessage {
@@ -626,6 +627,24 @@ impl App {
                     } else {
                         c.typing.remove(&t.user_id);
                     }
+                }
+            }
+            Event::Call(c) => {
+                let media = match c.call.as_ref().map(|i| i.media()) {
+                    Some(v1::CallMedia::Video) => "video",
+                    _ => "voice",
+                };
+                match c.r#type() {
+                    v1::CallEventType::Ringing => {
+                        self.status = format!(
+                            "incoming {media} call from {} (natter-cli cannot take calls: answer in the web client)",
+                            self.user_name(c.from_user)
+                        );
+                    }
+                    v1::CallEventType::Ended if self.status.starts_with("incoming") => {
+                        self.status.clear();
+                    }
+                    _ => {}
                 }
             }
             Event::JoinRequested(j) => {

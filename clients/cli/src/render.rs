@@ -172,6 +172,31 @@ pub fn media_message_text(m: &v1::Message) -> String {
     }
 }
 
+/// A call's history entry: "missed voice call", "video call, 2:05", "voice call (declined)".
+pub fn call_text(m: &v1::Message) -> String {
+    let Some(log) = &m.call else {
+        return "[call]".into();
+    };
+    let media = if log.media() == v1::CallMedia::Video {
+        "video call"
+    } else {
+        "voice call"
+    };
+    let group = if log.group { "group " } else { "" };
+    if !log.missed {
+        let s = log.duration_ms / 1000;
+        return format!("{group}{media}, {}:{:02}", s / 60, s % 60);
+    }
+    let why = match log.reason() {
+        v1::CallEndReason::Declined => "declined",
+        v1::CallEndReason::Busy => "busy",
+        v1::CallEndReason::Cancelled => "cancelled",
+        v1::CallEndReason::Dropped => "dropped",
+        _ => "no answer",
+    };
+    format!("missed {group}{media} ({why})")
+}
+
 /// The readable part of a message: its text, the system sentence, the media or a size.
 fn body_text(names: &impl Names, m: &v1::Message) -> String {
     match m.kind() {
@@ -181,6 +206,7 @@ fn body_text(names: &impl Names, m: &v1::Message) -> String {
         },
         MessageKind::Binary => format!("({} bytes)", m.body.len()),
         MessageKind::Media => media_message_text(m),
+        MessageKind::Call => call_text(m),
         _ => String::from_utf8_lossy(&m.body).into_owned(),
     }
 }
@@ -205,6 +231,7 @@ pub fn message_json(names: &impl Names, m: &v1::Message) -> Value {
         MessageKind::System => "system",
         MessageKind::Binary => "binary",
         MessageKind::Media => "media",
+        MessageKind::Call => "call",
         _ => "text",
     };
     let mut v = json!({

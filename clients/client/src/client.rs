@@ -169,6 +169,10 @@ pub enum Event {
     /// to (from any of its devices), or found changed by a renewal of this device's
     /// subscriptions (e.g. after a reconnect). See [`Client::subscribe_presence`].
     Presence(v1::UserPresence),
+    /// Something happened in a call this device rings for or takes part in: an incoming
+    /// call, an answer, SDP or an ICE candidate from another device, the end. See
+    /// [`Client::start_call`].
+    Call(Box<v1::CallEvent>),
     /// An Error frame that answers no pending request (e.g. a refused `Received`).
     Error {
         id: u64,
@@ -792,6 +796,11 @@ impl Shared {
                 lock(&self.presence).observe(&p);
                 self.try_emit(Event::Presence(p));
             }
+            SBody::CallEvent(e) => {
+                // Not dropped when the queue is full, like messages: a lost "ringing" or
+                // "ended" would leave the application in the wrong state.
+                let _ = self.events.send(Queued::Event(Event::Call(e))).await;
+            }
             SBody::Welcome(_) => {}
             SBody::Error(e) => {
                 if !self.complete(id, SBody::Error(e.clone())) {
@@ -801,6 +810,7 @@ impl Shared {
             other @ (SBody::HistoryPage(_)
             | SBody::Pong(_)
             | SBody::GroupResult(_)
+            | SBody::CallResult(_)
             | SBody::ReadByResult(_)
             | SBody::PeopleResult(_)
             | SBody::PresenceSnapshot(_)) => {
@@ -1677,6 +1687,102 @@ impl Client {
             SBody::Error(e) => Err(ClientError::from_frame(&e)),
             other => Ok(other),
         }
+    }
+
+    /// One call operation (see the `call_*` helpers). Retried like [`Client::group`]
+    /// while the server is unreachable: a start is idempotent by its `call_id`, an
+    /// answer by the device, a repeated candidate is harmless.
+    pub async fn call(&self, op: v1::call_request::Op) -> Result<v1::CallInfo, ClientError> {
+        let body = self
+            .query(|| {
+                CBody::Call(Box::new(v1::CallRequest {
+                    op: Some(op.clone()),
+                }))
+            })
+            .await?;
+        match body {
+            SBody::CallResult(r) => r.call.ok_or_else(|| {
+                ClientError::UnexpectedReply("a CallResult without its call".into())
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Places a call to `target` (a user: one-to-one, with the SDP `offer`; a group:
+    /// no offer). Returns the call as it started (RINGING, or ENDED with BUSY when the
+    /// callee is in another call). Its id is new and random.
+    pub async fn start_call(
+        &self,
+        target: impl Into<Target>,
+        media: v1::CallMedia,
+        offer: Option<String>,
+    ) -> Result<v1::CallInfo, ClientError> {
+        let (conversation_id, to_user) = match target.into() {
+            Target::User(u) => (String::new(), u.get()),
+            Target::Conversation(c) => (c.as_str().to_owned(), 0),
+        };
+        self.call(v1::call_request::Op::Start(v1::CallStart {
+            call_id: new_client_msg_id(),
+            conversation_id,
+            to_user,
+            media: media as i32,
+            offer: offer.map(|sdp| v1::SessionDescription {
+                r#type: v1::SdpType::Offer as i32,
+                sdp,
+            }),
+        }))
+        .await
+    }
+
+    /// Answers a ringing call on this device (one-to-one: with the SDP answer; a group
+    /// call: `None`, joining it).
+    pub async fn answer_call(
+        &self,
+        call_id: &str,
+        answer: Option<String>,
+    ) -> Result<v1::CallInfo, ClientError> {
+        self.call(v1::call_request::Op::Answer(v1::CallAnswer {
+            call_id: call_id.to_owned(),
+            answer: answer.map(|sdp| v1::SessionDescription {
+                r#type: v1::SdpType::Answer as i32,
+                sdp,
+            }),
+        }))
+        .await
+    }
+
+    /// Declines a ringing call.
+    pub async fn decline_call(&self, call_id: &str) -> Result<v1::CallInfo, ClientError> {
+        self.call(v1::call_request::Op::Decline(v1::CallDecline {
+            call_id: call_id.to_owned(),
+        }))
+        .await
+    }
+
+    /// Hangs up (cancels a call still ringing; leaves a group call).
+    pub async fn hangup_call(&self, call_id: &str) -> Result<v1::CallInfo, ClientError> {
+        self.call(v1::call_request::Op::Hangup(v1::CallHangup {
+            call_id: call_id.to_owned(),
+        }))
+        .await
+    }
+
+    /// Sends SDP or an ICE candidate to another device in the call (`to_device` 0: the
+    /// other side of a one-to-one call).
+    pub async fn call_signal(
+        &self,
+        call_id: &str,
+        to_device: u64,
+        description: Option<v1::SessionDescription>,
+        candidate: Option<v1::IceCandidate>,
+    ) -> Result<v1::CallInfo, ClientError> {
+        self.call(v1::call_request::Op::Signal(v1::CallSignal {
+            call_id: call_id.to_owned(),
+            to_device,
+            description,
+            candidate,
+        }))
+        .await
     }
 
     /// This device's position in a conversation (`None`: not known yet).
