@@ -70,6 +70,12 @@ enum Command {
     /// downloads, thumbnails, quotas and garbage collection, with the bytes in S3 (or a
     /// directory) and the records in ScyllaDB (or embedded, for one instance).
     Media(roles::MediaArgs),
+    /// Run the calls role: the call state machine and the SDP/ICE relay over NATS, and
+    /// `GET /v1/calls/ice-servers` (STUN/TURN URLs with time-limited credentials). Run
+    /// one instance: calls live in its memory.
+    Calls(roles::CallsArgs),
+    /// Run natter's TURN relay (UDP), checking the credentials the calls role hands out.
+    Turn(roles::TurnArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,6 +113,10 @@ struct ServeArgs {
     people: roles::PeopleConfigArgs,
     #[command(flatten)]
     media: roles::MediaConfigArgs,
+    #[command(flatten)]
+    calls: roles::CallsConfigArgs,
+    #[command(flatten)]
+    turn: roles::TurnListenArgs,
 }
 
 /// Pending connections the kernel queues for `accept` (tokio's default is 1,024; a
@@ -167,6 +177,8 @@ fn main() -> ExitCode {
             Command::People(args) => roles::people(args).await,
             Command::Presence(args) => roles::presence(args).await,
             Command::Media(args) => roles::media(args).await,
+            Command::Calls(args) => roles::calls(args).await,
+            Command::Turn(args) => roles::turn(args).await,
         }
     });
     match result {
@@ -192,8 +204,16 @@ fn config_error(e: impl Into<anyhow::Error>) -> Failure {
 }
 
 fn init_tracing(cli: &Cli) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .with_context(|| format!("--log-level `{}`", cli.log_level))?;
+    // The TURN server (webrtc-rs `turn`) logs every datagram it refuses (a bad password,
+    // garbage) at error level: anyone on the internet could fill the log. natter's own
+    // credential check logs refusals at debug; name `turn` in the filter to see these.
+    if !cli.log_level.contains("turn")
+        && let Ok(quiet) = "turn::server=off".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -234,9 +254,21 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     let people_config = args.people.config()?;
     let (media_config, media_objects) = args.media.config(&args.data_dir)?;
+    let calls_config = args.calls.config()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
         .map_err(Failure::Config)?;
+    let turn_secret = match args.calls.turn_secret()? {
+        Some(secret) => secret,
+        None => {
+            let key = natter_sessions::load_or_create_key(&args.data_dir.join("turn.key"))
+                .context("creating the TURN secret")
+                .map_err(Failure::Config)?;
+            Arc::from(hex(&key))
+        }
+    };
+    let turn_config = args.turn.config(&turn_secret)?;
+    let mut ice = args.calls.ice(Some(turn_secret))?;
 
     let run = |e: anyhow::Error| Failure::Runtime(e);
     let services_stop = CancellationToken::new();
@@ -335,6 +367,34 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             .context("starting the media service")
             .map_err(run)?;
 
+    let calls_audiences = natter_people::Audiences::start(bus.clone(), Duration::from_secs(5))
+        .await
+        .context("starting the calls service")
+        .map_err(run)?;
+    let calls_task = natter_calls::service::start(
+        bus.clone(),
+        calls_audiences,
+        calls_config,
+        services_stop.clone(),
+    )
+    .await
+    .context("starting the calls service")
+    .map_err(run)?;
+    let turn = match turn_config {
+        None => None,
+        Some(config) => {
+            let public = config.relay_ip;
+            let relay = natter_calls::turn::TurnServer::start(config)
+                .await
+                .context("starting the TURN relay (--turn-listen)")
+                .map_err(run)?;
+            let addr = std::net::SocketAddr::new(public, relay.local_addr().port());
+            tracing::info!(%addr, "TURN relay listening");
+            ice = ice.with_turn_server(addr);
+            Some(relay)
+        }
+    };
+
     let edge = natter_edge::Edge::new(
         natter_edge::Config {
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
@@ -346,10 +406,13 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Arc::new(natter_sessions::directory::MemoryDirectory::new()),
         edge_stop.clone(),
     );
+    let calls_auth =
+        natter_sessions::DeviceAuth::new(sessions.verifier(), bus.clone(), Duration::from_secs(10));
     let app = Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .merge(natter_sessions::router(sessions, bus.clone()))
         .merge(natter_media::router(media))
+        .merge(natter_calls::ice::router(Arc::new(ice), calls_auth))
         .merge(edge.router());
 
     tracing::info!(data_dir = %args.data_dir.display(), "natter starting");
@@ -377,6 +440,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     for (name, task) in [
         ("messages", messages_task),
         ("media", media_task),
+        ("calls", calls_task),
         ("groups", groups_task),
         ("presence", presence_task),
         ("people", people_task),
@@ -391,8 +455,16 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             ),
         }
     }
+    if let Some(relay) = turn {
+        relay.close().await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(crate) async fn shutdown_signal() {

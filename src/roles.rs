@@ -308,6 +308,195 @@ impl MediaConfigArgs {
     }
 }
 
+/// Call settings, shared by `natter serve` and `natter calls`.
+#[derive(clap::Args, Debug)]
+pub struct CallsConfigArgs {
+    /// Seconds a call rings before it ends unanswered.
+    #[arg(long, env = "NATTER_CALL_RING_TIMEOUT_S", default_value_t = 45)]
+    call_ring_timeout_s: u64,
+    /// Milliseconds a device in a call may stay disconnected before it drops out of it.
+    #[arg(long, env = "NATTER_CALL_DROP_GRACE_MS", default_value_t = 20_000)]
+    call_drop_grace_ms: u64,
+    /// Devices in one call at most (group calls are a mesh: keep this small).
+    #[arg(long, env = "NATTER_CALL_MAX_PARTICIPANTS", default_value_t = 8)]
+    call_max_participants: usize,
+    /// STUN URL handed to devices (`stun:host:port`); repeat for more.
+    #[arg(long = "stun-url", env = "NATTER_STUN_URLS", value_delimiter = ',')]
+    stun_urls: Vec<String>,
+    /// TURN URL handed to devices with credentials (`turn:host:port?transport=udp`,
+    /// `turns:...`); repeat for more. Needs `--turn-secret-file` (coturn's
+    /// `static-auth-secret`, or natter turn's).
+    #[arg(long = "turn-url", env = "NATTER_TURN_URLS", value_delimiter = ',')]
+    turn_urls: Vec<String>,
+    /// File holding the secret TURN credentials are signed with (shared with the TURN
+    /// server). `natter serve` generates <data-dir>/turn.key when unset.
+    #[arg(long, env = "NATTER_TURN_SECRET_FILE")]
+    turn_secret_file: Option<PathBuf>,
+    /// Seconds TURN credentials stay valid.
+    #[arg(long, env = "NATTER_TURN_CREDENTIAL_TTL_S", default_value_t = 86_400)]
+    turn_credential_ttl_s: u64,
+}
+
+impl CallsConfigArgs {
+    pub(crate) fn config(&self) -> Result<natter_calls::service::Config, Failure> {
+        positive("call-ring-timeout-s", self.call_ring_timeout_s)?;
+        positive("call-drop-grace-ms", self.call_drop_grace_ms)?;
+        if !(2..=32).contains(&self.call_max_participants) {
+            return Err(config_error(anyhow::anyhow!(
+                "--call-max-participants must be 2..=32"
+            )));
+        }
+        Ok(natter_calls::service::Config {
+            ring_timeout: Duration::from_secs(self.call_ring_timeout_s),
+            drop_grace: Duration::from_millis(self.call_drop_grace_ms),
+            max_participants: self.call_max_participants,
+            ..Default::default()
+        })
+    }
+
+    /// The TURN secret from `--turn-secret-file`, if given.
+    pub(crate) fn turn_secret(&self) -> Result<Option<Arc<str>>, Failure> {
+        self.turn_secret_file
+            .as_ref()
+            .map(|path| read_turn_secret(path))
+            .transpose()
+    }
+
+    pub(crate) fn ice(
+        &self,
+        secret: Option<Arc<str>>,
+    ) -> Result<natter_calls::ice::IceConfig, Failure> {
+        positive("turn-credential-ttl-s", self.turn_credential_ttl_s)?;
+        if !self.turn_urls.is_empty() && secret.is_none() {
+            return Err(config_error(anyhow::anyhow!(
+                "--turn-url needs --turn-secret-file (the TURN server's shared secret)"
+            )));
+        }
+        for url in self.stun_urls.iter().chain(&self.turn_urls) {
+            if !(url.starts_with("stun:")
+                || url.starts_with("stuns:")
+                || url.starts_with("turn:")
+                || url.starts_with("turns:"))
+            {
+                return Err(config_error(anyhow::anyhow!(
+                    "ICE server URL {url:?} must start with stun:, stuns:, turn: or turns:"
+                )));
+            }
+        }
+        Ok(natter_calls::ice::IceConfig {
+            stun_urls: self.stun_urls.clone(),
+            turn_urls: self.turn_urls.clone(),
+            secret,
+            ttl: Duration::from_secs(self.turn_credential_ttl_s),
+        })
+    }
+}
+
+/// A TURN shared secret: the file's text, trimmed; at least 16 bytes.
+pub(crate) fn read_turn_secret(path: &std::path::Path) -> Result<Arc<str>, Failure> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --turn-secret-file {}", path.display()))
+        .map_err(Failure::Config)?;
+    let secret = text.trim();
+    if secret.len() < 16 {
+        return Err(config_error(anyhow::anyhow!(
+            "--turn-secret-file {} must hold at least 16 characters",
+            path.display()
+        )));
+    }
+    Ok(Arc::from(secret))
+}
+
+/// Where natter's own TURN relay listens (the `natter turn` role, or in `natter serve`).
+#[derive(clap::Args, Debug)]
+pub struct TurnListenArgs {
+    /// UDP address of natter's TURN relay (e.g. `0.0.0.0:3478`). In `natter serve` the
+    /// relay runs only when this is set, and devices get its URL with credentials.
+    #[arg(long, env = "NATTER_TURN_LISTEN")]
+    pub turn_listen: Option<SocketAddr>,
+    /// The relay's public IP, advertised in relayed candidates (default: the
+    /// `--turn-listen` IP, which must then not be 0.0.0.0).
+    #[arg(long, env = "NATTER_TURN_PUBLIC_IP")]
+    pub turn_public_ip: Option<std::net::IpAddr>,
+    /// UDP ports for relayed traffic, `MIN-MAX` (e.g. `49160-49200`, to open or publish
+    /// exactly these); default: any free port.
+    #[arg(long, env = "NATTER_TURN_RELAY_PORTS")]
+    pub turn_relay_ports: Option<String>,
+}
+
+impl TurnListenArgs {
+    /// The relay's config, if one should run.
+    pub(crate) fn config(
+        &self,
+        secret: &Arc<str>,
+    ) -> Result<Option<natter_calls::turn::TurnConfig>, Failure> {
+        let Some(listen) = self.turn_listen else {
+            return Ok(None);
+        };
+        let public = match self.turn_public_ip {
+            Some(ip) => ip,
+            None if !listen.ip().is_unspecified() => listen.ip(),
+            None => {
+                return Err(config_error(anyhow::anyhow!(
+                    "--turn-listen {listen} needs --turn-public-ip (the address peers reach)"
+                )));
+            }
+        };
+        let mut config = natter_calls::turn::TurnConfig::new(listen, public, secret.clone());
+        if let Some(range) = &self.turn_relay_ports {
+            let parsed = range
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                })
+                .filter(|&(a, b)| a >= 1 && a <= b);
+            match parsed {
+                Some(ports) => config.relay_ports = Some(ports),
+                None => {
+                    return Err(config_error(anyhow::anyhow!(
+                        "--turn-relay-ports {range:?} must be MIN-MAX with 1 <= MIN <= MAX"
+                    )));
+                }
+            }
+        }
+        if !listen.ip().is_unspecified() {
+            // Relay sockets on the same interface as the listener (e.g. loopback).
+            config.relay_bind = listen.ip();
+        }
+        Ok(Some(config))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CallsArgs {
+    /// Address for `GET /v1/calls/ice-servers` and health.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8088")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// The HS256 secret access tokens are signed with (the sessions role's).
+    #[arg(long, env = "NATTER_JWT_SECRET_FILE")]
+    jwt_secret_file: PathBuf,
+    #[command(flatten)]
+    calls: CallsConfigArgs,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TurnArgs {
+    /// Address for health checks (HTTP).
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8089")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    turn: TurnListenArgs,
+    /// File holding the shared secret credentials are signed with (the calls role's
+    /// `--turn-secret-file`).
+    #[arg(long, env = "NATTER_TURN_SECRET_FILE")]
+    turn_secret_file: PathBuf,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct MediaArgs {
     /// Address for the media REST endpoints (`/v1/media`) and health.
@@ -551,6 +740,31 @@ async fn run_service(
     wait(name, service, grace).await;
     http_stop.cancel();
     wait("http", server, grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Like [`run_service`] for a role that also serves REST routes: on SIGTERM the HTTP
+/// server stops first (requests in flight finish), then the service.
+async fn run_service_with_routes(
+    name: &'static str,
+    listen: SocketAddr,
+    nats: NatsBus,
+    routes: Router,
+    stop: CancellationToken,
+    service: JoinHandle<()>,
+    grace: Duration,
+) -> Result<(), Failure> {
+    let http_stop = CancellationToken::new();
+    let app = health(nats).merge(routes);
+    let server = serve_http(name, listen, app, http_stop.clone()).await?;
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    http_stop.cancel();
+    wait("http", server, grace).await;
+    stop.cancel();
+    wait(name, service, grace).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -852,17 +1066,60 @@ pub async fn media(args: MediaArgs) -> Result<(), Failure> {
         .await
         .context("starting the media service")
         .map_err(Failure::Runtime)?;
-    let http_stop = CancellationToken::new();
-    let app = health(nats).merge(natter_media::router(media));
-    let server = serve_http("media", args.listen, app, http_stop.clone()).await?;
+    let routes = natter_media::router(media);
+    let grace = Duration::from_secs(args.drain_grace_s);
+    run_service_with_routes("media", args.listen, nats, routes, stop, service, grace).await
+}
 
+pub async fn calls(args: CallsArgs) -> Result<(), Failure> {
+    let secret = read_secret(&args.jwt_secret_file)?;
+    let verifier = natter_sessions::TokenVerifier::from_secret(&secret)
+        .map_err(|e| config_error(anyhow::anyhow!("--jwt-secret-file: {e}")))?;
+    let config = args.calls.config()?;
+    let ice = args.calls.ice(args.calls.turn_secret()?)?;
+    let nats = connect_nats(
+        &args.nats,
+        format!("natter-calls-{}", default_name("calls")),
+    )
+    .await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let audiences = natter_people::Audiences::start(bus.clone(), config.request_timeout)
+        .await
+        .context("subscribing to people changes")
+        .map_err(Failure::Runtime)?;
+    let auth = natter_sessions::DeviceAuth::new(verifier, bus.clone(), config.request_timeout);
+    let stop = CancellationToken::new();
+    let service = natter_calls::service::start(bus, audiences, config, stop.clone())
+        .await
+        .context("starting the calls service")
+        .map_err(Failure::Runtime)?;
+    let routes = natter_calls::ice::router(Arc::new(ice), auth);
+    let grace = Duration::from_secs(args.drain_grace_s);
+    run_service_with_routes("calls", args.listen, nats, routes, stop, service, grace).await
+}
+
+pub async fn turn(args: TurnArgs) -> Result<(), Failure> {
+    let secret = read_turn_secret(&args.turn_secret_file)?;
+    let Some(config) = args.turn.config(&secret)? else {
+        return Err(config_error(anyhow::anyhow!(
+            "natter turn needs --turn-listen (e.g. 0.0.0.0:3478)"
+        )));
+    };
+    let relay = natter_calls::turn::TurnServer::start(config)
+        .await
+        .context("starting the TURN server")
+        .map_err(Failure::Runtime)?;
+    tracing::info!(addr = %relay.local_addr(), "TURN relay listening");
+    let http_stop = CancellationToken::new();
+    let app = Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(|| async { (StatusCode::OK, "ready\n") }));
+    let server = serve_http("turn", args.listen, app, http_stop.clone()).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
-    let grace = Duration::from_secs(args.drain_grace_s);
     http_stop.cancel();
-    wait("http", server, grace).await;
-    stop.cancel();
-    wait("media", service, grace).await;
+    wait("http", server, Duration::from_secs(5)).await;
+    relay.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -31,6 +31,12 @@ pub use device_auth::{DeviceAuth, DeviceAuthError, Identity};
 pub use token::{AuthError, Claims, TokenVerifier};
 pub use users::Users;
 
+/// Reads the secret key at `path`, generating 64 random bytes there (mode 0600) first
+/// if the file does not exist. `natter serve` keeps its generated keys this way.
+pub fn load_or_create_key(path: &std::path::Path) -> Result<Vec<u8>, SessionsError> {
+    keyfile::load_or_create(path)
+}
+
 use natter_proto::{DeviceId, UserId};
 
 /// The JWT issuer (`iss`) of every natter access token.
