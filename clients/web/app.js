@@ -2,8 +2,25 @@
 // cursors, the outbox of unacked sends, receipts, typing, presence, and people (profile,
 // privacy, contacts, blocks, status updates). ui.js draws it.
 
-import { ApiError, Auth, Connection, avatarUrl, decodeText, directId, encodeText, mediaRefOf, mediaUrl, uploadMedia } from "./protocol.js";
-import { UI, mediaSummary } from "./ui.js";
+import {
+  ApiError,
+  Auth,
+  Connection,
+  avatarUrl,
+  candidateIn,
+  candidateOut,
+  decodeText,
+  directId,
+  encodeText,
+  iceServers,
+  mediaRefOf,
+  mediaUrl,
+  newCallId,
+  sdpIn,
+  sdpOut,
+  uploadMedia,
+} from "./protocol.js";
+import { UI, callSummary, mediaSummary } from "./ui.js";
 
 const TYPING_TTL_MS = 6000;
 const TYPING_RESEND_MS = 3000;
@@ -13,6 +30,19 @@ const NAME_RETRY_MS = 30_000;
 const PRESENCE_BATCH = 1000; // users per presenceSubscribe frame
 const PRESENCE_RETRY_MS = 30_000;
 const TYPING = "CHAT_STATE_TYPING";
+/** How long the "Call ended" panel stays up. */
+const CALL_ENDED_SHOWN_MS = 4000;
+/** What an ended call says, by CallEndReason. */
+const CALL_END_TEXT = {
+  CALL_END_REASON_HANGUP: "Call ended",
+  CALL_END_REASON_DECLINED: "Call declined",
+  CALL_END_REASON_BUSY: "Busy",
+  CALL_END_REASON_NO_ANSWER: "No answer",
+  CALL_END_REASON_CANCELLED: "Call cancelled",
+  CALL_END_REASON_DROPPED: "Call dropped: the connection was lost",
+  CALL_END_REASON_ANSWERED_ELSEWHERE: "Answered on another device",
+  CALL_END_REASON_DECLINED_ELSEWHERE: "Declined on another device",
+};
 const RECORDING = "CHAT_STATE_RECORDING";
 
 const ERROR_LABEL = {
@@ -83,6 +113,8 @@ class App {
     this.listNotice = "";
     this.panelOpen = false;
     this.chatMenuOpen = false;
+    // The one call of this device (or null): see "calls" below.
+    this.call = null;
     // Presence: userId → {online, lastSeenMs}, only what the server let us see.
     this.presence = new Map();
     this.presenceSubs = new Set(); // subscribed on this connection
@@ -200,6 +232,7 @@ class App {
   }
 
   async logout() {
+    if (this.call) this.hangup();
     this.conn.stop();
     if (this.me) localStorage.removeItem(this.storeKey());
     await this.auth.logout();
@@ -209,6 +242,7 @@ class App {
 
   onConnState(state, retryMs) {
     if (state === "loggedout") {
+      if (this.call) this.endCall(this.call, "Call ended");
       this.conn.stop();
       this.auth.clear();
       this.reset();
@@ -510,7 +544,8 @@ class App {
       system: m.kind === "MESSAGE_KIND_SYSTEM",
       event: m.event,
       media: m.kind === "MESSAGE_KIND_MEDIA" ? m.media || {} : null,
-      text: m.kind === "MESSAGE_KIND_MEDIA" ? m.media?.caption || "" : decodeText(m.body),
+      call: m.kind === "MESSAGE_KIND_CALL" ? m.call || {} : null,
+      text: m.kind === "MESSAGE_KIND_MEDIA" ? m.media?.caption || "" : m.kind === "MESSAGE_KIND_CALL" ? "" : decodeText(m.body),
       createdAtMs: Number(m.createdAtMs || 0),
     };
     if (mine && m.senderDevice === this.me.deviceId) {
@@ -548,6 +583,7 @@ class App {
   preview(conv, msg) {
     let text = msg.system ? this.systemText(msg, conv) : msg.text;
     if (msg.media) text = msg.text ? `${mediaSummary(msg.media).split(" ")[0]} ${msg.text}` : mediaSummary(msg.media);
+    if (msg.call) return `${msg.call.media === "CALL_MEDIA_VIDEO" ? "🎥" : "📞"} ${callSummary(msg.call, msg.sender === this.me.userId)}`;
     if (msg.system || conv.kind !== "group") return text;
     return `${msg.sender === this.me.userId ? "You" : this.name(msg.sender)}: ${text}`;
   }
@@ -823,6 +859,328 @@ class App {
     this.typingState = state;
     this.typingSentAt = now;
     this.conn.send({ typing: { conversationId: conv.id, active: true, state } });
+  }
+
+  // ---- calls (docs/protocol.md "Calls"): one-to-one voice and video over WebRTC ----
+  //
+  // `this.call` is this device's call: {id, convId, peer, video, outgoing, state, pc,
+  // local, remote, candidates (remote ones waiting for the remote description),
+  // outbox (local ones waiting until our SDP went out), connection (the peer
+  // connection's state), muted, cameraOff, answeredAt, status, peerLost}. `state`:
+  // "starting" (caller, before the offer went out), "outgoing" (ringing at the other
+  // side), "incoming" (ringing here), "connecting" (answered, media not yet flowing),
+  // "active", "ended" (shown for a moment, then `this.call` is null again).
+
+  /** Sends one call operation; false when offline. */
+  callRequest(op, body, meta = {}) {
+    const id = this.conn.send({ call: { [op]: body } });
+    if (!id) return false;
+    this.requests.set(id, { kind: "call", op, callId: body.callId, ...meta });
+    return true;
+  }
+
+  /** Places a call to the peer of the (direct) conversation `convId`. */
+  async startCall(convId, video) {
+    const conv = convId && this.convs.get(convId);
+    if (!conv || conv.kind !== "direct") return;
+    if (this.call && this.call.state !== "ended") {
+      conv.notice = "You are already in a call.";
+      this.ui.render();
+      return;
+    }
+    if (!this.conn.online) {
+      conv.notice = "Not connected; try again when online.";
+      this.ui.render();
+      return;
+    }
+    conv.notice = "";
+    const call = this.newCall({ id: newCallId(), convId, peer: conv.peer, video, outgoing: true, state: "starting" });
+    this.ui.render();
+    try {
+      await this.setUpPeer(call);
+      if (call.state === "ended") return;
+      const offer = await call.pc.createOffer();
+      await call.pc.setLocalDescription(offer);
+      if (call.state === "ended") return;
+      const start = {
+        callId: call.id,
+        toUser: call.peer,
+        media: video ? "CALL_MEDIA_VIDEO" : "CALL_MEDIA_VOICE",
+        offer: sdpOut(call.pc.localDescription),
+      };
+      if (!this.callRequest("start", start)) throw new Error("not connected");
+      call.placed = true;
+      call.state = "outgoing";
+      this.flushCandidates(call);
+    } catch (e) {
+      this.endCall(call, this.mediaFailure(e, "The call could not be placed"));
+    }
+    this.ui.render();
+  }
+
+  newCall(fields) {
+    if (this.call) this.dropCall(this.call);
+    const call = {
+      pc: null,
+      local: null,
+      remote: null,
+      candidates: [],
+      outbox: [],
+      placed: false, // our SDP (offer or answer) went out: our candidates may follow
+      connection: "new",
+      muted: false,
+      cameraOff: false,
+      answeredAt: 0,
+      status: "",
+      peerLost: false,
+      ...fields,
+    };
+    this.call = call;
+    this.resolve(call.peer);
+    return call;
+  }
+
+  /** Camera and microphone, the ICE servers and the peer connection of `call`. */
+  async setUpPeer(call) {
+    const [servers, local] = await Promise.all([
+      iceServers(this.auth).catch(() => []),
+      navigator.mediaDevices.getUserMedia({ audio: true, video: call.video }),
+    ]);
+    call.local = local;
+    if (call.state === "ended" || this.call !== call) {
+      for (const t of local.getTracks()) t.stop();
+      return;
+    }
+    const pc = new RTCPeerConnection({ iceServers: servers });
+    call.pc = pc;
+    for (const track of local.getTracks()) pc.addTrack(track, local);
+    pc.onicecandidate = (ev) => {
+      if (!ev.candidate || !ev.candidate.candidate) return; // the end of candidates: nothing to say
+      call.outbox.push(candidateOut(ev.candidate));
+      this.flushCandidates(call);
+    };
+    pc.ontrack = (ev) => {
+      if (!call.remote) call.remote = ev.streams[0] || new MediaStream();
+      if (!call.remote.getTracks().includes(ev.track)) call.remote.addTrack(ev.track);
+      this.ui.render();
+    };
+    pc.onconnectionstatechange = () => {
+      if (call.pc !== pc) return;
+      call.connection = pc.connectionState;
+      if (pc.connectionState === "connected" && call.state === "connecting") {
+        call.state = "active";
+        if (!call.answeredAt) call.answeredAt = Date.now();
+      }
+      this.ui.render();
+    };
+  }
+
+  /** Sends the local candidates gathered so far, once our SDP went out. */
+  flushCandidates(call) {
+    if (!call.placed || call.state === "ended") return;
+    while (call.outbox.length) {
+      const candidate = call.outbox[0];
+      if (!this.callRequest("signal", { callId: call.id, toDevice: "0", candidate }, { quiet: true })) return;
+      call.outbox.shift();
+    }
+  }
+
+  /** A remote candidate: added once the remote description is set, queued before. */
+  async addCandidate(call, c) {
+    const init = candidateIn(c);
+    if (!init) return;
+    if (!call.pc || !call.pc.remoteDescription) {
+      call.candidates.push(init);
+      return;
+    }
+    await call.pc.addIceCandidate(init).catch(() => {});
+  }
+
+  async setRemote(call, desc) {
+    await call.pc.setRemoteDescription(desc);
+    const queued = call.candidates.splice(0);
+    for (const init of queued) await call.pc.addIceCandidate(init).catch(() => {});
+  }
+
+  /** Answers the call ringing here. */
+  async answerCall() {
+    const call = this.call;
+    if (!call || call.state !== "incoming") return;
+    call.state = "connecting";
+    call.status = "";
+    this.open(call.convId);
+    try {
+      await this.setUpPeer(call);
+      if (call.state === "ended") return;
+      await this.setRemote(call, sdpIn(call.offer));
+      const answer = await call.pc.createAnswer();
+      await call.pc.setLocalDescription(answer);
+      if (call.state === "ended") return;
+      if (!this.callRequest("answer", { callId: call.id, answer: sdpOut(call.pc.localDescription) }))
+        throw new Error("not connected");
+      call.placed = true;
+      this.flushCandidates(call);
+    } catch (e) {
+      const why = this.mediaFailure(e, "The call could not be answered");
+      if (call.state !== "ended") this.callRequest("hangup", { callId: call.id }, { quiet: true });
+      this.endCall(call, why);
+    }
+    this.ui.render();
+  }
+
+  declineCall() {
+    const call = this.call;
+    if (!call || call.state !== "incoming") return;
+    this.callRequest("decline", { callId: call.id }, { quiet: true });
+    this.endCall(call, "Call declined");
+  }
+
+  /** Hangs up (or cancels, or declines) this device's call. */
+  hangup() {
+    const call = this.call;
+    if (!call || call.state === "ended") return;
+    if (call.state === "incoming") return this.declineCall();
+    if (call.placed || call.state !== "starting") this.callRequest("hangup", { callId: call.id }, { quiet: true });
+    this.endCall(call, call.state === "outgoing" ? "Call cancelled" : "Call ended");
+  }
+
+  toggleMute() {
+    const call = this.call;
+    if (!call || !call.local) return;
+    call.muted = !call.muted;
+    for (const t of call.local.getAudioTracks()) t.enabled = !call.muted;
+    this.ui.render();
+  }
+
+  toggleCamera() {
+    const call = this.call;
+    if (!call || !call.local) return;
+    call.cameraOff = !call.cameraOff;
+    for (const t of call.local.getVideoTracks()) t.enabled = !call.cameraOff;
+    this.ui.render();
+  }
+
+  /** Closes the "call ended" panel before it goes by itself. */
+  dismissCall() {
+    if (this.call?.state !== "ended") return;
+    this.call = null;
+    this.ui.render();
+  }
+
+  /** Stops the media and closes the peer connection of `call` (nothing shown). */
+  dropCall(call) {
+    for (const t of call.local?.getTracks() || []) t.stop();
+    if (call.pc) {
+      call.pc.onicecandidate = call.pc.ontrack = call.pc.onconnectionstatechange = null;
+      call.pc.close();
+    }
+    call.pc = null;
+    call.local = null;
+    call.remote = null;
+  }
+
+  /** The call is over: media stopped, `status` shown for a moment. */
+  endCall(call, status) {
+    if (!call || call.state === "ended") return;
+    this.dropCall(call);
+    call.state = "ended";
+    call.connection = "closed";
+    call.status = status;
+    call.peerLost = false;
+    setTimeout(() => {
+      if (this.call === call) {
+        this.call = null;
+        this.ui.render();
+      }
+    }, CALL_ENDED_SHOWN_MS);
+    this.ui.render();
+  }
+
+  mediaFailure(e, what) {
+    if (e?.name === "NotAllowedError") return `${what}: the microphone${this.call?.video ? " or camera" : ""} is not allowed`;
+    if (e?.name === "NotFoundError") return `${what}: no microphone${this.call?.video ? " or camera" : ""} found`;
+    return `${what}${e?.message ? `: ${e.message}` : ""}`;
+  }
+
+  onCallEvent(ev) {
+    const info = ev.call || {};
+    const type = (ev.type || "").replace("CALL_EVENT_TYPE_", "");
+    const call = this.call && this.call.id === info.callId ? this.call : null;
+    if (type === "RINGING") {
+      if (this.call && this.call.state !== "ended") return; // busy here (the server rings only when we are free)
+      if (info.group) return; // group calls: not in this client
+      this.newCall({
+        id: info.callId,
+        convId: info.conversationId,
+        peer: ev.fromUser || info.callerUser,
+        video: info.media === "CALL_MEDIA_VIDEO",
+        outgoing: false,
+        state: "incoming",
+        offer: ev.description,
+      });
+      return;
+    }
+    if (!call || call.state === "ended") return;
+    switch (type) {
+      case "ANSWERED":
+        if (!call.outgoing || !call.pc) return;
+        call.state = call.connection === "connected" ? "active" : "connecting";
+        call.answeredAt = Date.now();
+        if (ev.description) this.setRemote(call, sdpIn(ev.description)).catch((e) => this.failCall(call, e));
+        break;
+      case "SIGNAL":
+        if (ev.candidate) this.addCandidate(call, ev.candidate);
+        if (ev.description?.sdp && call.pc) this.renegotiate(call, ev.description).catch((e) => this.failCall(call, e));
+        break;
+      case "ENDED": {
+        const reason = ev.reason || info.endReason;
+        this.endCall(call, CALL_END_TEXT[reason] || "Call ended");
+        break;
+      }
+      case "PEER_LOST":
+        call.peerLost = true;
+        break;
+      case "PEER_BACK":
+        call.peerLost = false;
+        break;
+    }
+  }
+
+  /** SDP from the other side after the answer: answer an offer, take an answer. */
+  async renegotiate(call, d) {
+    const desc = sdpIn(d);
+    if (desc.type === "offer") {
+      await this.setRemote(call, desc);
+      const answer = await call.pc.createAnswer();
+      await call.pc.setLocalDescription(answer);
+      this.callRequest("signal", { callId: call.id, toDevice: "0", description: sdpOut(call.pc.localDescription) }, { quiet: true });
+    } else {
+      await this.setRemote(call, desc);
+    }
+  }
+
+  failCall(call, e) {
+    if (this.call !== call || call.state === "ended") return;
+    this.callRequest("hangup", { callId: call.id }, { quiet: true });
+    this.endCall(call, `The call failed${e?.message ? `: ${e.message}` : ""}`);
+  }
+
+  onCallResult(res, req) {
+    const info = res.call || {};
+    const call = this.call && this.call.id === info.callId ? this.call : null;
+    if (!call || info.state !== "CALL_STATE_ENDED") return;
+    // Ended at once (the callee is busy), or our hangup's answer.
+    this.endCall(call, CALL_END_TEXT[info.endReason] || "Call ended");
+  }
+
+  onCallError(e, req, message) {
+    const call = this.call && this.call.id === req.callId ? this.call : null;
+    if (!call || call.state === "ended") return;
+    if (e.code === "ERROR_CODE_CALL_ENDED") {
+      this.endCall(call, "Call ended");
+    } else if (req.op === "start" || req.op === "answer") {
+      this.endCall(call, `The call failed: ${message}`);
+    }
   }
 
   // ---- presence ----
@@ -1115,6 +1473,7 @@ class App {
       }
     }
     if (this.outbox.length) this.flush();
+    if (this.call?.state === "active") changed = true; // the call's clock
     if (this.conn.online && this.presenceDirty) this.subscribePresence();
     if (this.conn.online && this.presenceRenewAt && now >= this.presenceRenewAt) {
       this.presenceRenewAt = 0;
@@ -1145,6 +1504,7 @@ class App {
       const id = this.conn.send({ group: { list: {} } });
       if (id) this.requests.set(id, { kind: "groupList" });
       this.flush();
+      if (this.call) this.flushCandidates(this.call);
       const conv = this.active && this.convs.get(this.active);
       if (conv && conv.msgs.size === 0) this.loadHistory(conv);
       if (conv) this.refreshGroup(conv);
@@ -1198,6 +1558,11 @@ class App {
       this.onPresenceSnapshot(f.presenceSnapshot, req);
     } else if (f.presence) {
       this.setPresence(f.presence);
+    } else if (f.callEvent) {
+      this.onCallEvent(f.callEvent);
+    } else if (f.callResult) {
+      this.requests.delete(f.id);
+      this.onCallResult(f.callResult, req);
     } else if (f.error) {
       this.requests.delete(f.id);
       this.onError(f.error, req);
@@ -1292,6 +1657,8 @@ class App {
       // Try again later (e.g. over the subscription limit, or the service is busy).
       for (const id of req.userIds) this.presenceSubs.delete(id);
       if (!this.presenceRenewAt) this.presenceRenewAt = Date.now() + PRESENCE_RETRY_MS;
+    } else if (req?.kind === "call") {
+      this.onCallError(e, req, message);
     } else if (req?.kind === "people") {
       if (req.op === "statusViewers") this.people.viewersOf = null;
       if (req.quiet) return;

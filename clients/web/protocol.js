@@ -472,3 +472,51 @@ export function mediaRefOf(info) {
     voice: !!info.voice,
   };
 }
+
+// ---- calls (docs/protocol.md "Calls") ----
+
+/**
+ * `GET /v1/calls/ice-servers` → the `iceServers` of an RTCPeerConnection (STUN and TURN
+ * with time-limited credentials; may be empty: then only direct paths are tried).
+ */
+export async function iceServers(auth) {
+  const path = "/v1/calls/ice-servers";
+  let data;
+  try {
+    data = await rest("GET", path, undefined, await auth.token());
+  } catch (e) {
+    if (e.status !== 401) throw e;
+    data = await rest("GET", path, undefined, await auth.token(true));
+  }
+  return Array.isArray(data?.ice_servers) ? data.ice_servers : [];
+}
+
+/** A call id: 22 URL-safe characters (the server takes 8..64 of [A-Za-z0-9_-]). */
+export function newCallId() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return btoa(String.fromCharCode(...b)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** An RTCSessionDescription as the proto JSON of a SessionDescription, and back. */
+export function sdpOut(desc) {
+  return { type: desc.type === "answer" ? "SDP_TYPE_ANSWER" : "SDP_TYPE_OFFER", sdp: desc.sdp };
+}
+
+export function sdpIn(d) {
+  return { type: d?.type === "SDP_TYPE_ANSWER" ? "answer" : "offer", sdp: d?.sdp || "" };
+}
+
+/** An RTCIceCandidate as the proto JSON of an IceCandidate, and back (null: none). */
+export function candidateOut(c) {
+  const out = { candidate: c.candidate || "", sdpMid: c.sdpMid || "", sdpMlineIndex: c.sdpMLineIndex ?? 0 };
+  if (c.usernameFragment) out.usernameFragment = c.usernameFragment;
+  return out;
+}
+
+export function candidateIn(c) {
+  if (!c?.candidate) return null;
+  const init = { candidate: c.candidate, sdpMLineIndex: Number(c.sdpMlineIndex || 0) };
+  if (c.sdpMid) init.sdpMid = c.sdpMid;
+  if (c.usernameFragment) init.usernameFragment = c.usernameFragment;
+  return init;
+}

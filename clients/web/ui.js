@@ -112,6 +112,27 @@ export function mediaSummary(media) {
   }
 }
 
+/**
+ * A call's history entry in words, for the caller (`mine`) or the callee: "Missed voice
+ * call", "Video call · 2:05", "Voice call (declined)", "Video call (no answer)".
+ */
+export function callSummary(log, mine) {
+  const video = log?.media === "CALL_MEDIA_VIDEO";
+  const kind = video ? "Video call" : "Voice call";
+  const missedKind = video ? "Missed video call" : "Missed voice call";
+  const reason = (log?.reason || "").replace("CALL_END_REASON_", "");
+  if (!log?.missed) {
+    const text = `${kind} · ${durationText(log?.durationMs || 0)}`;
+    return reason === "DROPPED" ? `${text} (dropped)` : text;
+  }
+  if (reason === "DECLINED") return `${kind} (declined)`;
+  if (!mine) return missedKind;
+  if (reason === "BUSY") return `${kind} (busy)`;
+  if (reason === "NO_ANSWER") return `${kind} (no answer)`;
+  if (reason === "CANCELLED") return `${kind} (cancelled)`;
+  return `${kind} (not answered)`;
+}
+
 /** 7000 → "0:07". */
 export function durationText(ms) {
   const s = Math.ceil(Number(ms) / 1000);
@@ -222,6 +243,7 @@ export class UI {
       if (conv) app.leaveGroup(conv);
     });
     this.bindPeople();
+    this.bindCall();
     const input = $("#composer-input");
     $("#composer").addEventListener("submit", (ev) => {
       ev.preventDefault();
@@ -325,6 +347,93 @@ export class UI {
       app.typing(true, "CHAT_STATE_RECORDING");
       beat = setInterval(() => app.typing(true, "CHAT_STATE_RECORDING"), 2500);
     });
+  }
+
+  /** The chat header's call buttons and the call panel's. */
+  bindCall() {
+    const app = this.app;
+    $("#call-voice-btn").addEventListener("click", () => app.startCall(app.active, false));
+    $("#call-video-btn").addEventListener("click", () => app.startCall(app.active, true));
+    $("#call-answer").addEventListener("click", () => app.answerCall());
+    $("#call-decline").addEventListener("click", () => app.declineCall());
+    $("#call-hangup").addEventListener("click", () => app.hangup());
+    $("#call-mute").addEventListener("click", () => app.toggleMute());
+    $("#call-camera").addEventListener("click", () => app.toggleCamera());
+    $("#call-close").addEventListener("click", () => app.dismissCall());
+  }
+
+  /** The call panel: who, how it goes (data-state, data-connection), videos, controls. */
+  drawCall() {
+    const app = this.app;
+    const call = app.call;
+    const panel = $("#call");
+    panel.hidden = !call;
+    const remoteVideo = $("#call-remote-video");
+    const localVideo = $("#call-local-video");
+    const remoteAudio = $("#call-remote-audio");
+    const attach = (media, stream) => {
+      if (media.srcObject === stream) return;
+      media.srcObject = stream;
+      if (stream) media.play?.().catch(() => {});
+    };
+    if (!call) {
+      panel.dataset.state = "";
+      panel.dataset.connection = "";
+      panel.dataset.callId = "";
+      attach(remoteVideo, null);
+      attach(localVideo, null);
+      attach(remoteAudio, null);
+      return;
+    }
+    panel.dataset.state = call.state;
+    panel.dataset.connection = call.connection;
+    panel.dataset.callId = call.id;
+    panel.dataset.media = call.video ? "video" : "voice";
+    const name = app.contactName(call.peer);
+    $("#call-title").textContent = name;
+    $("#call-avatar").replaceChildren(...avatar(name, app.avatarSrc(call.peer), null).childNodes);
+    const what = call.video ? "video call" : "voice call";
+    let status = "";
+    switch (call.state) {
+      case "starting":
+        status = `Starting a ${what}…`;
+        break;
+      case "outgoing":
+        status = `Calling… (${what})`;
+        break;
+      case "incoming":
+        status = `Incoming ${what}`;
+        break;
+      case "connecting":
+        status = "Connecting…";
+        break;
+      case "active":
+        status = `${call.video ? "Video call" : "Voice call"} · ${durationText(Math.max(0, Date.now() - call.answeredAt))}`;
+        break;
+      case "ended":
+        status = call.status || "Call ended";
+        break;
+    }
+    if (call.peerLost && call.state !== "ended") status = "Reconnecting…";
+    else if (call.connection === "failed" && call.state !== "ended") status = "The connection failed";
+    $("#call-status").textContent = status;
+    const live = call.state !== "ended" && call.state !== "incoming";
+    $("#call-answer").hidden = $("#call-decline").hidden = call.state !== "incoming";
+    $("#call-hangup").hidden = !live;
+    $("#call-mute").hidden = !live;
+    $("#call-camera").hidden = !live || !call.video;
+    $("#call-close").hidden = call.state !== "ended";
+    const mute = $("#call-mute");
+    mute.setAttribute("aria-pressed", String(call.muted));
+    mute.textContent = call.muted ? "Unmute" : "Mute";
+    const camera = $("#call-camera");
+    camera.setAttribute("aria-pressed", String(call.cameraOff));
+    camera.textContent = call.cameraOff ? "Camera on" : "Camera off";
+    $("#call-videos").hidden = !call.video || !live;
+    localVideo.dataset.off = String(call.cameraOff);
+    attach(localVideo, call.video ? call.local : null);
+    attach(remoteVideo, call.video ? call.remote : null);
+    attach(remoteAudio, call.remote);
   }
 
   /** The chat header's menu, and the people panel's tabs and forms. */
@@ -442,6 +551,7 @@ export class UI {
     $("#auth").hidden = loggedIn;
     $("#main").hidden = !loggedIn;
     if (!loggedIn) {
+      this.drawCall();
       $("#auth-error").textContent = app.notice || "";
       return;
     }
@@ -451,6 +561,7 @@ export class UI {
     this.drawList();
     this.drawChat(opts);
     this.drawPeople();
+    this.drawCall();
   }
 
   drawConnection() {
@@ -593,6 +704,12 @@ export class UI {
     line.textContent = presence?.text || "";
     line.dataset.presence = presence?.state || "";
     $("#blocked-note").hidden = !blocked;
+    const busy = !!app.call && app.call.state !== "ended";
+    for (const id of ["#call-voice-btn", "#call-video-btn"]) {
+      const b = $(id);
+      b.hidden = !direct || blocked;
+      b.disabled = busy || !app.conn.online;
+    }
     const btn = $("#chat-menu-btn");
     btn.hidden = !direct;
     const open = direct && app.chatMenuOpen;
@@ -908,6 +1025,16 @@ export class UI {
     const app = this.app;
     if (m.system) {
       return el("li", { class: "system", "data-seq": String(m.seq), text: app.systemText(m, conv) });
+    }
+    if (m.call) {
+      const text = callSummary(m.call, m.sender === app.me.userId);
+      const missed = !!m.call.missed && m.sender !== app.me.userId;
+      return el(
+        "li",
+        { class: `call-log${missed ? " missed" : ""}`, "data-seq": String(m.seq), "data-call": m.call.callId || "" },
+        el("span", { class: "text", text: `${m.call.media === "CALL_MEDIA_VIDEO" ? "🎥" : "📞"} ${text}` }),
+        el("time", { text: time(m.createdAtMs) }),
+      );
     }
     const mine = m.sender === app.me.userId;
     let status = "";

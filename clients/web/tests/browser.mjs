@@ -8,7 +8,10 @@
 // a contact (view counts, viewers), blocking from the chat menu (presence gone on both
 // sides, messages withheld) and unblocking. Then media: ann attaches a PNG with a
 // caption and bo's page shows the photo, downloaded with his own token; a document
-// arrives as a download link. Saves screenshots.
+// arrives as a download link. Then calls: ann places a video call to bo (fake camera and
+// microphone), bo answers from the incoming-call banner, both peer connections connect
+// and bo's page plays ann's video; mute and camera toggles; ann hangs up, both see the
+// call ended and its history line. Saves screenshots.
 //
 //   node browser.mjs <base url> <screenshot dir>
 //
@@ -160,6 +163,9 @@ async function main() {
       "--no-sandbox",
       "--disable-gpu",
       "--disable-background-networking",
+      // Calls: a fake camera and microphone, and no permission prompt.
+      "--use-fake-ui-for-media-stream",
+      "--use-fake-device-for-media-stream",
       // A page served by route.fulfill counts as public: let it reach the loopback server.
       ...(process.env.NATTER_WEB_DIR ? ["--disable-features=LocalNetworkAccessChecks"] : []),
     ],
@@ -265,6 +271,8 @@ async function main() {
   await people(a, b);
   if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
   await media(a, b);
+  if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
+  await calls(a, b);
   if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
 }
 
@@ -761,4 +769,148 @@ async function media(a, b) {
   log("ann sent a document; bo downloads it from the link");
   await a.screenshot({ path: join(outDir, "media-desktop.png") });
   await b.screenshot({ path: join(outDir, "media-phone.png") });
+}
+
+// ---- calls ----
+
+/** Waits until `page`'s call panel has `data-<attr>` = `value`. */
+async function waitCall(page, who, attr, value) {
+  await waitFor(
+    page,
+    `${who}'s call ${attr} to be ${value}`,
+    ([attr, value]) => document.querySelector("#call")?.dataset[attr] === value,
+    [attr, value],
+  );
+}
+
+async function calls(a, b) {
+  const t0 = Date.now();
+  const idOf = (p) => p.evaluate(() => window.natter.me.userId);
+  const direct = directId(await idOf(a), await idOf(b));
+  for (const p of [a, b]) await p.context().grantPermissions(["camera", "microphone"], { origin: new URL(base).origin });
+  await openConv(a, "ann", direct);
+  await openConv(b, "bo", direct);
+  const before = (p) => p.$$eval("#messages .call-log", (els) => els.length);
+  const [logsA, logsB] = [await before(a), await before(b)];
+
+  // ann places a video call from the chat header; bo's page rings with her name.
+  if (!(await a.isVisible("#call-video-btn")) || !(await a.isVisible("#call-voice-btn"))) throw new Error("ann's chat header has no call buttons");
+  await a.click("#call-video-btn");
+  await waitCall(a, "ann", "state", "outgoing");
+  await waitCall(b, "bo", "state", "incoming");
+  const banner = await b.evaluate(() => ({
+    title: document.querySelector("#call-title").textContent,
+    peer: document.querySelector("#chat-title").textContent,
+    status: document.querySelector("#call-status").textContent,
+    answer: !document.querySelector("#call-answer").hidden,
+    decline: !document.querySelector("#call-decline").hidden,
+  }));
+  if (!banner.title || banner.title !== banner.peer || banner.status !== "Incoming video call" || !banner.answer || !banner.decline) {
+    throw new Error(`bo's incoming-call banner: ${JSON.stringify(banner)}`);
+  }
+  await b.screenshot({ path: join(outDir, "call-incoming-phone.png") });
+  log("ann calls bo (video); bo's page rings");
+
+  // bo answers: both peer connections connect, each side plays the other's camera.
+  await b.click("#call-answer");
+  await waitCall(b, "bo", "connection", "connected");
+  await waitCall(a, "ann", "connection", "connected");
+  await waitCall(a, "ann", "state", "active");
+  await waitCall(b, "bo", "state", "active");
+  const playing = () => {
+    const v = document.querySelector("#call-remote-video");
+    return !!v?.srcObject && v.srcObject.getVideoTracks().length > 0 && v.videoWidth > 0;
+  };
+  await waitFor(b, "ann's video to play on bo's page", playing);
+  await waitFor(a, "bo's video to play on ann's page", playing);
+  log(`call connected, video both ways (${((Date.now() - t0) / 1000).toFixed(1)} s in)`);
+
+  // Mute and camera toggles act on ann's own tracks.
+  const tracks = () => {
+    const l = window.natter.call.local;
+    return { audio: l.getAudioTracks().every((t) => t.enabled), video: l.getVideoTracks().every((t) => t.enabled) };
+  };
+  await a.click("#call-mute");
+  await a.click("#call-camera");
+  const off = await a.evaluate(tracks);
+  const pressed = await a.evaluate(() => [document.querySelector("#call-mute"), document.querySelector("#call-camera")].map((e) => e.getAttribute("aria-pressed")).join());
+  if (off.audio || off.video || pressed !== "true,true") throw new Error(`ann muted and turned her camera off, but: ${JSON.stringify({ ...off, pressed })}`);
+  await a.screenshot({ path: join(outDir, "call-desktop.png") });
+  await b.screenshot({ path: join(outDir, "call-phone.png") });
+  await a.click("#call-mute");
+  await a.click("#call-camera");
+  const on = await a.evaluate(tracks);
+  if (!on.audio || !on.video) throw new Error(`ann unmuted and turned her camera on, but: ${JSON.stringify(on)}`);
+
+  // ann hangs up: both pages say the call ended, release the camera and close the peer
+  // connection, and both conversations get the call's history line.
+  await a.click("#call-hangup");
+  for (const [who, p] of [["ann", a], ["bo", b]]) {
+    await waitCall(p, who, "state", "ended");
+    await waitFor(p, `${who}'s page to say "Call ended"`, () => document.querySelector("#call-status").textContent === "Call ended");
+    const closed = await p.evaluate(() => {
+      const c = window.natter.call;
+      return !c || (c.pc === null && c.local === null);
+    });
+    if (!closed) throw new Error(`${who}'s peer connection or camera is still open after the call ended`);
+  }
+  log("ann hung up; both pages show the call ended");
+  await waitCallLog(a, "ann", logsA + 1, "^🎥 Video call · \\d+:\\d\\d$");
+  await waitCallLog(b, "bo", logsB + 1, "^🎥 Video call · \\d+:\\d\\d$");
+  await waitFor(a, "ann's conversation list to preview the call", (id) =>
+    /Video call/.test(document.querySelector(`#conversations .conv[data-conv="${id}"] .conv-last`)?.textContent || ""), direct);
+  await a.screenshot({ path: join(outDir, "call-ended-desktop.png") });
+  await b.screenshot({ path: join(outDir, "call-ended-phone.png") });
+  log("the call's history line shown on both sides");
+
+  // bo calls ann (voice); she declines: both see it declined, with its history line.
+  await closeCallPanel(a, "ann");
+  await closeCallPanel(b, "bo");
+  await b.click("#call-voice-btn");
+  await waitCall(b, "bo", "state", "outgoing");
+  await waitCall(a, "ann", "state", "incoming");
+  await waitFor(a, "ann's banner to say a voice call rings", () => document.querySelector("#call-status").textContent === "Incoming voice call");
+  await a.click("#call-decline");
+  for (const [who, p] of [["ann", a], ["bo", b]]) {
+    await waitCall(p, who, "state", "ended");
+    await waitFor(p, `${who}'s page to say "Call declined"`, () => document.querySelector("#call-status").textContent === "Call declined");
+  }
+  await waitCallLog(a, "ann", logsA + 2, "^📞 Voice call \\(declined\\)$");
+  await waitCallLog(b, "bo", logsB + 2, "^📞 Voice call \\(declined\\)$");
+  log("bo's voice call declined by ann");
+
+  // ann calls bo and gives up before he answers: a missed call for him.
+  await closeCallPanel(a, "ann");
+  await closeCallPanel(b, "bo");
+  await a.click("#call-voice-btn");
+  await waitCall(a, "ann", "state", "outgoing");
+  await waitCall(b, "bo", "state", "incoming");
+  await a.click("#call-hangup");
+  for (const [who, p] of [["ann", a], ["bo", b]]) {
+    await waitCall(p, who, "state", "ended");
+    await waitFor(p, `${who}'s page to say "Call cancelled"`, () => document.querySelector("#call-status").textContent === "Call cancelled");
+  }
+  await waitCallLog(a, "ann", logsA + 3, "^📞 Voice call \\(cancelled\\)$");
+  await waitCallLog(b, "bo", logsB + 3, "^📞 Missed voice call$");
+  await waitFor(b, "bo's missed call marked", () => [...document.querySelectorAll("#messages .call-log")].pop()?.classList.contains("missed"));
+  log(`ann's cancelled call is a missed call for bo (the call scenario took ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+}
+
+/** Waits until `page`'s chat shows `count` call history lines, the last matching `re`. */
+async function waitCallLog(page, who, count, re) {
+  await waitFor(
+    page,
+    `call history line ${count} in ${who}'s chat to match /${re}/`,
+    ([count, re]) => {
+      const lines = [...document.querySelectorAll("#messages .call-log .text")];
+      return lines.length === count && new RegExp(re).test(lines[count - 1].textContent);
+    },
+    [count, re],
+  );
+}
+
+/** Closes the "call ended" panel. */
+async function closeCallPanel(page, who) {
+  await page.click("#call-close");
+  await waitFor(page, `${who}'s call panel to close`, () => document.querySelector("#call").hidden);
 }
