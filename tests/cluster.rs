@@ -860,3 +860,149 @@ async fn media_role_serves_uploads_and_downloads_over_nats() {
     })
     .await;
 }
+
+/// The next call event of `kind` on `c` (other events are skipped).
+async fn call_event(c: &Client, kind: v1::CallEventType, secs: u64) -> v1::CallEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.recv_timeout(left).await {
+            Some(Event::Call(e)) if e.r#type() == kind => return *e,
+            Some(_) => {}
+            None => panic!("no {kind:?} within {secs} s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_ring_and_relay_across_edges_and_a_dropped_side_ends_the_call() {
+    let cluster = Cluster::start(Shape {
+        messages: 1,
+        people: true,
+        calls: Some(1_000),
+        ..Shape::default()
+    })
+    .await;
+    bounded(90, async {
+        let ann = cluster.user("ann").await;
+        let bo = cluster.user("bo").await;
+        // Ann on edge 0, Bo's two devices on edge 1 and edge 0: every push crosses NATS.
+        let a = cluster.connect(&ann, 0, opts()).await;
+        let b1 = cluster.connect(&bo, 1, opts()).await;
+        let bo2 = cluster.login(&bo.username, "second").await;
+        let b2 = cluster.connect(&bo2, 0, opts()).await;
+
+        let call = a
+            .start_call(bo.user_id, v1::CallMedia::Voice, Some("v=0 offer".into()))
+            .await
+            .expect("start");
+        assert_eq!(call.state(), v1::CallState::Ringing);
+        for b in [&b1, &b2] {
+            let ring = call_event(b, v1::CallEventType::Ringing, 10).await;
+            assert_eq!(
+                ring.call.as_ref().map(|c| c.call_id.as_str()),
+                Some(call.call_id.as_str())
+            );
+            assert_eq!(
+                ring.description.map(|d| d.sdp),
+                Some("v=0 offer".to_owned())
+            );
+        }
+        let candidate = |c: &str| v1::IceCandidate {
+            candidate: c.to_owned(),
+            sdp_mid: "0".into(),
+            ..Default::default()
+        };
+        // Held until the answer, then handed to the device that answers.
+        a.call_signal(&call.call_id, 0, None, Some(candidate("candidate:early")))
+            .await
+            .expect("early candidate");
+        b1.answer_call(&call.call_id, Some("v=0 answer".into()))
+            .await
+            .expect("answer");
+        let answered = call_event(&a, v1::CallEventType::Answered, 10).await;
+        assert_eq!(answered.from_device, b1.device_id().get());
+        assert_eq!(
+            answered.description.map(|d| d.sdp),
+            Some("v=0 answer".to_owned())
+        );
+        let elsewhere = call_event(&b2, v1::CallEventType::Ended, 10).await;
+        assert_eq!(elsewhere.reason(), v1::CallEndReason::AnsweredElsewhere);
+        let early = call_event(&b1, v1::CallEventType::Signal, 10).await;
+        assert_eq!(
+            early.candidate.map(|c| c.candidate),
+            Some("candidate:early".to_owned())
+        );
+        b1.call_signal(&call.call_id, 0, None, Some(candidate("candidate:bo")))
+            .await
+            .expect("bo's candidate");
+        let got = call_event(&a, v1::CallEventType::Signal, 10).await;
+        assert_eq!(
+            got.candidate.map(|c| c.candidate),
+            Some("candidate:bo".to_owned())
+        );
+
+        // The calls role hands out TURN credentials for the cluster's relay.
+        let ice: serde_json::Value = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/calls/ice-servers",
+                cluster.calls.as_ref().expect("calls role").base_url()
+            ))
+            .bearer_auth(&ann.access_token)
+            .send()
+            .await
+            .expect("ice servers")
+            .error_for_status()
+            .expect("ice servers answered")
+            .json()
+            .await
+            .expect("json");
+        let turn = format!("turn:{}?transport=udp", cluster.turn_addr.expect("relay"));
+        let servers = ice["ice_servers"].as_array().expect("ice_servers");
+        let entry = servers
+            .iter()
+            .find(|s| {
+                s["urls"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|u| u == &turn))
+            })
+            .unwrap_or_else(|| panic!("{turn} in {ice}"));
+        let username = entry["username"].as_str().expect("username");
+        assert!(
+            username.ends_with(&format!(":{}", ann.user_id)),
+            "{username}"
+        );
+        assert!(!entry["credential"].as_str().unwrap_or_default().is_empty());
+
+        // Bo's answering device goes away: after the 1 s grace the call ends DROPPED.
+        b1.close();
+        let lost = call_event(&a, v1::CallEventType::PeerLost, 10).await;
+        assert_eq!(
+            lost.from_device,
+            bo.device_id.get(),
+            "b1 is Bo's first device"
+        );
+        let ended = call_event(&a, v1::CallEventType::Ended, 10).await;
+        assert_eq!(ended.reason(), v1::CallEndReason::Dropped);
+        // The entry is in the conversation, through the messages role over NATS.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let entry = loop {
+            let found = history(&a, ann.user_id, bo.user_id)
+                .await
+                .into_iter()
+                .find(|m| m.kind() == MessageKind::Call);
+            match found {
+                Some(m) => break m,
+                None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => panic!("no call entry in the history"),
+            }
+        };
+        let log = entry.call.expect("call log");
+        assert_eq!(log.call_id, call.call_id);
+        assert_eq!(log.reason(), v1::CallEndReason::Dropped);
+        assert!(!log.missed, "it was answered");
+    })
+    .await;
+}

@@ -201,6 +201,10 @@ pub struct Cluster {
     pub presence: Option<Role>,
     /// `natter media` (embedded records, bytes in a directory), if the shape asked for it.
     pub media: Option<Role>,
+    /// `natter calls` and `natter turn` (its relay on `turn_addr`), if the shape asked.
+    pub calls: Option<Role>,
+    pub turn: Option<Role>,
+    pub turn_addr: Option<SocketAddr>,
     pub http: HttpClient,
     _dir: tempfile::TempDir,
 }
@@ -221,6 +225,8 @@ pub struct Shape {
     pub presence: bool,
     /// Run a `natter media` role.
     pub media: bool,
+    /// Run `natter calls` (with this drop grace, ms) and a `natter turn` relay.
+    pub calls: Option<u64>,
 }
 
 impl Default for Shape {
@@ -234,6 +240,7 @@ impl Default for Shape {
             people: false,
             presence: false,
             media: false,
+            calls: None,
         }
     }
 }
@@ -332,6 +339,40 @@ impl Cluster {
             ]);
             Role::new("media", dir.path(), args)
         });
+        let turn_secret = dir.path().join("turn.key");
+        std::fs::write(&turn_secret, "cluster-test-turn-secret-0123456789").expect("turn secret");
+        let turn_secret = turn_secret.display().to_string();
+        // A free UDP port for the relay (the calls role must name it in --turn-url).
+        let turn_addr = shape.calls.map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .expect("a free UDP port")
+        });
+        let mut calls = shape.calls.map(|grace_ms| {
+            let mut args = common("calls");
+            let turn = turn_addr.expect("a relay address with calls");
+            args.extend([
+                "--jwt-secret-file".into(),
+                secret.clone(),
+                "--turn-secret-file".into(),
+                turn_secret.clone(),
+                "--turn-url".into(),
+                format!("turn:{turn}?transport=udp"),
+                "--call-drop-grace-ms".into(),
+                grace_ms.to_string(),
+            ]);
+            Role::new("calls", dir.path(), args)
+        });
+        let mut turn = turn_addr.map(|addr| {
+            let args = vec![
+                "turn".to_owned(),
+                "--turn-listen".into(),
+                addr.to_string(),
+                "--turn-secret-file".into(),
+                turn_secret.clone(),
+            ];
+            Role::new("turn", dir.path(), args)
+        });
         sessions.start().await;
         store.start().await;
         groups.start().await;
@@ -340,6 +381,8 @@ impl Cluster {
             .iter_mut()
             .chain(presence.iter_mut())
             .chain(media.iter_mut())
+            .chain(calls.iter_mut())
+            .chain(turn.iter_mut())
         {
             r.start().await;
         }
@@ -361,6 +404,9 @@ impl Cluster {
             people,
             presence,
             media,
+            calls,
+            turn,
+            turn_addr,
             http,
             _dir: dir,
         };
