@@ -371,9 +371,14 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .await
         .context("starting the calls service")
         .map_err(run)?;
+    // One session directory, the edge's: the calls service sweeps it for devices in
+    // calls whose connections are gone.
+    let directory: Arc<dyn natter_sessions::directory::SessionDirectory> =
+        Arc::new(natter_sessions::directory::MemoryDirectory::new());
     let calls_task = natter_calls::service::start(
         bus.clone(),
         calls_audiences,
+        Some(directory.clone()),
         calls_config,
         services_stop.clone(),
     )
@@ -403,7 +408,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         },
         bus.clone(),
         sessions.verifier(),
-        Arc::new(natter_sessions::directory::MemoryDirectory::new()),
+        directory,
         edge_stop.clone(),
     );
     let calls_auth =

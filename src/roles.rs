@@ -320,6 +320,13 @@ pub struct CallsConfigArgs {
     /// Devices in one call at most (group calls are a mesh: keep this small).
     #[arg(long, env = "NATTER_CALL_MAX_PARTICIPANTS", default_value_t = 8)]
     call_max_participants: usize,
+    /// Milliseconds between session-directory sweeps for devices in calls.
+    #[arg(
+        long,
+        env = "NATTER_CALL_LIVENESS_INTERVAL_MS",
+        default_value_t = 5_000
+    )]
+    call_liveness_interval_ms: u64,
     /// STUN URL handed to devices (`stun:host:port`); repeat for more.
     #[arg(long = "stun-url", env = "NATTER_STUN_URLS", value_delimiter = ',')]
     stun_urls: Vec<String>,
@@ -341,6 +348,7 @@ impl CallsConfigArgs {
     pub(crate) fn config(&self) -> Result<natter_calls::service::Config, Failure> {
         positive("call-ring-timeout-s", self.call_ring_timeout_s)?;
         positive("call-drop-grace-ms", self.call_drop_grace_ms)?;
+        positive("call-liveness-interval-ms", self.call_liveness_interval_ms)?;
         if !(2..=32).contains(&self.call_max_participants) {
             return Err(config_error(anyhow::anyhow!(
                 "--call-max-participants must be 2..=32"
@@ -350,6 +358,7 @@ impl CallsConfigArgs {
             ring_timeout: Duration::from_secs(self.call_ring_timeout_s),
             drop_grace: Duration::from_millis(self.call_drop_grace_ms),
             max_participants: self.call_max_participants,
+            liveness_interval: Duration::from_millis(self.call_liveness_interval_ms),
             ..Default::default()
         })
     }
@@ -479,6 +488,10 @@ pub struct CallsArgs {
     jwt_secret_file: PathBuf,
     #[command(flatten)]
     calls: CallsConfigArgs,
+    /// Redis URL of the edges' session directory: devices in calls are looked up there
+    /// every `--call-liveness-interval-ms`, so one whose edge died drops out of its call.
+    #[arg(long, env = "NATTER_REDIS")]
+    redis: Option<String>,
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
     drain_grace_s: u64,
@@ -1089,7 +1102,21 @@ pub async fn calls(args: CallsArgs) -> Result<(), Failure> {
         .map_err(Failure::Runtime)?;
     let auth = natter_sessions::DeviceAuth::new(verifier, bus.clone(), config.request_timeout);
     let stop = CancellationToken::new();
-    let service = natter_calls::service::start(bus, audiences, config, stop.clone())
+    let directory: Option<Arc<dyn natter_sessions::directory::SessionDirectory>> = match &args.redis
+    {
+        None => {
+            tracing::warn!(
+                "no --redis: devices whose edge dies without a word stay in their calls until the other side hangs up"
+            );
+            None
+        }
+        Some(url) => Some(Arc::new(
+            natter_sessions::directory::RedisDirectory::connect_lazy(url, "natter")
+                .with_context(|| format!("--redis {url}"))
+                .map_err(Failure::Config)?,
+        )),
+    };
+    let service = natter_calls::service::start(bus, audiences, directory, config, stop.clone())
         .await
         .context("starting the calls service")
         .map_err(Failure::Runtime)?;

@@ -1006,3 +1006,44 @@ async fn calls_ring_and_relay_across_edges_and_a_dropped_side_ends_the_call() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_edge_dies_without_a_word_drops_after_the_grace() {
+    let mut cluster = Cluster::start(Shape {
+        messages: 1,
+        calls: Some(1_000),
+        ..Shape::default()
+    })
+    .await;
+    bounded(90, async {
+        let ann = cluster.user("ann").await;
+        let bo = cluster.user("bo").await;
+        let a = cluster.connect(&ann, 0, opts()).await;
+        let b = cluster.connect(&bo, 1, opts()).await;
+        let call = a
+            .start_call(bo.user_id, v1::CallMedia::Video, Some("v=0 offer".into()))
+            .await
+            .expect("start");
+        call_event(&b, v1::CallEventType::Ringing, 10).await;
+        b.answer_call(&call.call_id, Some("v=0 answer".into()))
+            .await
+            .expect("answer");
+        call_event(&a, v1::CallEventType::Answered, 10).await;
+        // Bo's edge dies: no close frame, no disconnect event. The session directory
+        // forgets its devices after its TTL (3 s), two sweeps miss Bo's device, and the
+        // grace (1 s) passes.
+        cluster.edges[1].kill9().await;
+        let lost = call_event(&a, v1::CallEventType::PeerLost, 15).await;
+        assert_eq!(lost.from_device, bo.device_id.get());
+        let ended = call_event(&a, v1::CallEventType::Ended, 10).await;
+        assert_eq!(ended.reason(), v1::CallEndReason::Dropped);
+        // Ann is free again: she can place another call (to herself it would be refused,
+        // so to Bo, whose device is offline: it rings nowhere but starts).
+        let again = a
+            .start_call(bo.user_id, v1::CallMedia::Voice, Some("v=0 again".into()))
+            .await
+            .expect("a new call after the drop");
+        assert_eq!(again.state(), v1::CallState::Ringing);
+    })
+    .await;
+}

@@ -30,7 +30,7 @@ use natter_proto::{
     now_ms,
     v1::{self, call_request::Op, server_frame},
 };
-use natter_sessions::Users;
+use natter_sessions::{Users, directory::SessionDirectory};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -75,6 +75,9 @@ pub struct Config {
     pub max_sdp_bytes: usize,
     /// How long a request to another service may take.
     pub request_timeout: Duration,
+    /// How often the devices in calls are looked up in the session directory (when
+    /// the service has one), so a device whose edge died without a word drops out.
+    pub liveness_interval: Duration,
 }
 
 impl Default for Config {
@@ -87,6 +90,7 @@ impl Default for Config {
             max_pending_candidates: 64,
             max_sdp_bytes: 32 * 1024,
             request_timeout: Duration::from_secs(5),
+            liveness_interval: Duration::from_secs(5),
         }
     }
 }
@@ -126,14 +130,27 @@ enum Cmd {
         device: Device,
         generation: u64,
     },
+    /// The devices in calls, for a liveness sweep.
+    InCall(oneshot::Sender<Vec<Device>>),
+    /// What a liveness sweep found in the session directory.
+    Liveness {
+        present: Vec<Device>,
+        missing: Vec<Device>,
+    },
     Prune,
 }
 
 /// Starts the calls service. Returns once its subjects are subscribed; the returned task
 /// ends after `shutdown`.
+///
+/// With a session `directory` (the edges' own: in memory in `natter serve`, Redis in a
+/// cluster) the service also sweeps it every [`Config::liveness_interval`] for the
+/// devices in calls: an edge that dies sends no disconnects, and its devices vanish
+/// from the directory after its TTL instead.
 pub async fn start(
     bus: Arc<dyn Bus>,
     audiences: Arc<Audiences>,
+    directory: Option<Arc<dyn SessionDirectory>>,
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
@@ -158,6 +175,7 @@ pub async fn start(
         lanes.push(tx);
         tasks.spawn(lane(rx, actor_tx.clone(), checker.clone(), bus.clone()));
     }
+    let liveness_interval = config.liveness_interval.max(Duration::from_millis(100));
     let actor = Actor {
         bus: bus.clone(),
         config,
@@ -169,6 +187,9 @@ pub async fn start(
         generation: 0,
     };
     tasks.spawn(actor.run(actor_rx));
+    if let Some(directory) = directory {
+        tasks.spawn(sweep(directory, actor_tx.clone(), liveness_interval));
+    }
     let prune_tx = actor_tx.clone();
     Ok(tokio::spawn(async move {
         let mut prune = tokio::time::interval(Duration::from_secs(60));
@@ -218,6 +239,60 @@ pub async fn start(
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }))
+}
+
+/// Directory lookups one sweep runs at once.
+const SWEEP_CONCURRENCY: usize = 16;
+
+/// Looks the devices in calls up in the session directory, every `every`.
+async fn sweep(directory: Arc<dyn SessionDirectory>, actor: mpsc::Sender<Cmd>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (tx, rx) = oneshot::channel();
+        if actor.send(Cmd::InCall(tx)).await.is_err() {
+            return;
+        }
+        let Ok(devices) = rx.await else {
+            return;
+        };
+        let mut by_user: HashMap<UserId, Vec<DeviceId>> = HashMap::new();
+        for (user, device) in devices {
+            by_user.entry(user).or_default().push(device);
+        }
+        let found: Vec<_> = futures::stream::iter(by_user)
+            .map(|(user, devices)| {
+                let directory = directory.clone();
+                async move { (user, devices, directory.devices(user).await) }
+            })
+            .buffer_unordered(SWEEP_CONCURRENCY)
+            .collect()
+            .await;
+        let (mut present, mut missing) = (Vec::new(), Vec::new());
+        for (user, devices, result) in found {
+            match result {
+                // No answer is no evidence either way.
+                Err(e) => tracing::debug!(error = %e, %user, "calls: directory lookup failed"),
+                Ok(locations) => {
+                    for device in devices {
+                        if locations.iter().any(|l| l.device == device) {
+                            present.push((user, device));
+                        } else {
+                            missing.push((user, device));
+                        }
+                    }
+                }
+            }
+        }
+        if actor
+            .send(Cmd::Liveness { present, missing })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 async fn answer(bus: &dyn Bus, msg: &BusMessage, result: Result<v1::CallInfo, v1::Error>) {
@@ -485,6 +560,10 @@ struct DeviceState {
     connection: u64,
     /// Set while the device is disconnected: which drop timer is current.
     lost: Option<u64>,
+    /// Liveness sweeps in a row that did not find the device in the session directory.
+    misses: u8,
+    /// `lost` was set by a sweep (so a sweep that finds the device again clears it).
+    swept: bool,
 }
 
 struct Actor {
@@ -525,6 +604,10 @@ impl Actor {
                 Cmd::DropTimeout { device, generation } => {
                     self.drop_timeout(device, generation).await
                 }
+                Cmd::InCall(tx) => {
+                    let _ = tx.send(self.devices.keys().copied().collect());
+                }
+                Cmd::Liveness { present, missing } => self.liveness(present, missing).await,
                 Cmd::Prune => {
                     let now = Instant::now();
                     self.ended
@@ -1066,6 +1149,8 @@ impl Actor {
                 call: call.to_owned(),
                 connection,
                 lost: None,
+                misses: 0,
+                swept: false,
             },
         );
     }
@@ -1177,19 +1262,30 @@ impl Actor {
             self.device_back(key, d.connection_id).await;
             return;
         }
-        let grace = self.config.drop_grace;
-        let generation = self.next_generation();
-        let Some(state) = self.devices.get_mut(&key) else {
+        let Some(state) = self.devices.get(&key) else {
             return;
         };
         // A newer connection of this device is up: this one's end changes nothing.
         if state.connection != 0 && d.connection_id != 0 && state.connection != d.connection_id {
             return;
         }
+        self.lose(key, false).await;
+    }
+
+    /// `device` is gone (its edge said so, or `swept`: the session directory no longer
+    /// lists it): its peers hear so, and it drops out after the grace period unless it
+    /// comes back.
+    async fn lose(&mut self, key: Device, swept: bool) {
+        let grace = self.config.drop_grace;
+        let generation = self.next_generation();
+        let Some(state) = self.devices.get_mut(&key) else {
+            return;
+        };
         if state.lost.is_some() {
             return;
         }
         state.lost = Some(generation);
+        state.swept = swept;
         let id = state.call.clone();
         self.after(
             grace,
@@ -1209,10 +1305,43 @@ impl Actor {
         if connection != 0 {
             state.connection = connection;
         }
+        state.misses = 0;
+        state.swept = false;
         if state.lost.take().is_some() {
             let id = state.call.clone();
             self.tell_peers(&id, device, v1::CallEventType::PeerBack)
                 .await;
+        }
+    }
+
+    /// A sweep's findings. A device missing from two sweeps in a row is lost (its edge
+    /// died without a word, or its disconnect never reached us); one found again after
+    /// a sweep lost it is back. One miss is not enough: a device that has just
+    /// connected may not be in the directory yet.
+    async fn liveness(&mut self, present: Vec<Device>, missing: Vec<Device>) {
+        for device in present {
+            if self
+                .devices
+                .get(&device)
+                .is_some_and(|s| s.swept && s.lost.is_some())
+            {
+                self.device_back(device, 0).await;
+            } else if let Some(s) = self.devices.get_mut(&device) {
+                s.misses = 0;
+            }
+        }
+        for device in missing {
+            let Some(s) = self.devices.get_mut(&device) else {
+                continue;
+            };
+            if s.lost.is_some() {
+                continue;
+            }
+            s.misses = s.misses.saturating_add(1);
+            if s.misses >= 2 {
+                tracing::info!(user = %device.0, device = %device.1, "calls: device gone from the session directory");
+                self.lose(device, true).await;
+            }
         }
     }
 

@@ -360,6 +360,10 @@ impl Cluster {
                 format!("turn:{turn}?transport=udp"),
                 "--call-drop-grace-ms".into(),
                 grace_ms.to_string(),
+                "--redis".into(),
+                redis.url(),
+                "--call-liveness-interval-ms".into(),
+                "300".into(),
             ]);
             Role::new("calls", dir.path(), args)
         });
