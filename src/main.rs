@@ -8,6 +8,7 @@ use axum::{Router, http::StatusCode, routing::get};
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 mod config;
+mod metrics;
 mod roles;
 use natter_bus::{Bus, InProcessBus};
 use tokio_util::sync::CancellationToken;
@@ -415,6 +416,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         natter_sessions::DeviceAuth::new(sessions.verifier(), bus.clone(), Duration::from_secs(10));
     let app = Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        // Every service runs in this process on the in-process bus: serving is ready.
+        .route("/readyz", get(|| async { (StatusCode::OK, "ready\n") }))
         .merge(natter_sessions::router(sessions, bus.clone()))
         .merge(natter_media::router(media))
         .merge(natter_calls::ice::router(Arc::new(ice), calls_auth))

@@ -717,6 +717,10 @@ pub(crate) async fn serve_http(
         .context("reading the bound address")
         .map_err(Failure::Runtime)?;
     tracing::info!(role, addr = %local, "natter serving");
+    crate::metrics::install();
+    let app = app
+        .merge(crate::metrics::router())
+        .layer(axum::middleware::from_fn(crate::metrics::request_ids));
     // Tests and scripts read this line to learn the port.
     println!("natter listening on http://{local}");
     Ok(tokio::spawn(async move {

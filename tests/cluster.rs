@@ -861,6 +861,16 @@ async fn media_role_serves_uploads_and_downloads_over_nats() {
     .await;
 }
 
+/// A role's `/metrics`.
+async fn metrics_text(role: &common::cluster::Role) -> String {
+    role.get("/metrics")
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// The next call event of `kind` on `c` (other events are skipped).
 async fn call_event(c: &Client, kind: v1::CallEventType, secs: u64) -> v1::CallEvent {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -1003,6 +1013,21 @@ async fn calls_ring_and_relay_across_edges_and_a_dropped_side_ends_the_call() {
         assert_eq!(log.call_id, call.call_id);
         assert_eq!(log.reason(), v1::CallEndReason::Dropped);
         assert!(!log.missed, "it was answered");
+
+        // Every role serves /metrics: the one messages instance owns all 256 partitions,
+        // and Ann's edge counted her call frames.
+        let messages = metrics_text(&cluster.messages[0]).await;
+        assert!(
+            messages.lines().any(|l| l == "natter_partitions_owned 256"),
+            "{messages}"
+        );
+        let edge = metrics_text(&cluster.edges[0]).await;
+        let calls = edge
+            .lines()
+            .find_map(|l| l.strip_prefix("natter_frames_in_total{type=\"call\"} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(calls >= 2.0, "her start and her candidate: {edge}");
     })
     .await;
 }

@@ -1397,6 +1397,7 @@ impl Actor {
             ))),
             skip_device: skip,
             only_device: only,
+            created_at_ms: 0,
         };
         if let Err(e) = self
             .bus

@@ -96,6 +96,7 @@ pub(crate) struct SlowConsumer;
 impl Queue {
     /// Queues a frame, waiting up to the send timeout for room.
     pub(crate) async fn send(&self, frame: &ServerFrame) -> Result<(), SlowConsumer> {
+        crate::metrics::frame_out(frame);
         let msg = message(self.format.encode(frame));
         match tokio::time::timeout(self.send_timeout, self.tx.send(msg)).await {
             Ok(Ok(())) => Ok(()),
@@ -156,10 +157,12 @@ impl Socket {
     /// Writes a frame (after anything queued), giving up after the write timeout: a
     /// client that does not read for that long is a slow consumer.
     pub(crate) async fn send(&mut self, frame: &ServerFrame) -> Result<(), SlowConsumer> {
+        crate::metrics::frame_out(frame);
         self.write(Some(message(self.format.encode(frame)))).await
     }
 
     pub(crate) async fn send_encoded(&mut self, encoded: Encoded) -> Result<(), SlowConsumer> {
+        crate::metrics::push_out();
         self.write(Some(message(encoded))).await
     }
 

@@ -6,6 +6,7 @@
 mod auth;
 mod connection;
 mod directory;
+mod metrics;
 mod presence;
 mod session;
 mod web;
@@ -252,7 +253,17 @@ async fn upgrade(
     let connection_id = inner.next_connection.fetch_add(1, Ordering::Relaxed);
     let edge2 = edge.clone();
     ws.on_upgrade(move |socket| {
-        let task = session::run(edge2.clone(), socket, identity, format, connection_id);
+        // Every log line of this connection names it, its user and its device.
+        let span = tracing::info_span!(
+            "conn",
+            conn = connection_id,
+            user = %identity.user,
+            device = %identity.device
+        );
+        let task = tracing::Instrument::instrument(
+            session::run(edge2.clone(), socket, identity, format, connection_id),
+            span,
+        );
         // The tracker lets shutdown wait for every connection to close cleanly.
         edge2.inner.tracker.track_future(task)
     })

@@ -100,6 +100,7 @@ pub(crate) async fn run(
     inner
         .open
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!(crate::metrics::CONNECTIONS).increment(1.0);
     let (mut socket, queue) = socket(ws, format, config.outbound_queue, config.send_timeout);
 
     let user = identity.user;
@@ -226,9 +227,11 @@ pub(crate) async fn run(
     inner
         .open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1.0);
 }
 
 fn slow(_: SlowConsumer) -> End {
+    crate::metrics::outbound_drop("slow_consumer");
     End(
         close_code::SLOW_CONSUMER,
         "client too slow to read; reconnect and sync",
@@ -420,6 +423,7 @@ impl Device {
             )),
             skip_device: 0,
             only_device: 0,
+            created_at_ms: 0,
         };
         if let Err(e) = self
             .bus
@@ -461,6 +465,7 @@ impl Device {
         match inbound {
             Inbound::Frame(frame) => self.on_frame(socket, frame, in_flight).await,
             Inbound::Bad(code, message) => {
+                crate::metrics::bad_frame();
                 self.bad_frames += 1;
                 if self.bad_frames > max_bad_frames {
                     return Err(End(close_code::PROTOCOL_VIOLATION, "too many bad frames"));
@@ -484,6 +489,7 @@ impl Device {
     ) -> Result<(), End> {
         let id = frame.id;
         let me = self.identity.user;
+        crate::metrics::frame_in(frame.body.as_ref());
         let immediate = match frame.body {
             None => Some(error_frame(
                 id,
@@ -692,6 +698,7 @@ impl Device {
         answer: fn(u64, Bytes) -> Option<ServerFrame>,
         in_flight: &mut FuturesUnordered<InFlight>,
     ) -> Option<ServerFrame> {
+        let started = Instant::now();
         match self
             .bus
             .start_request(subject, Bytes::from(payload), self.request_timeout)
@@ -703,7 +710,19 @@ impl Device {
                     async move {
                         Ok(match pending.await {
                             Err(e) => Some(bus_error(id, service, &e)),
-                            Ok(bytes) => answer(id, bytes),
+                            Ok(bytes) => {
+                                crate::metrics::bus_request(service, started.elapsed());
+                                let frame = answer(id, bytes);
+                                // An Ack is written as soon as this returns.
+                                if let Some(ServerFrame {
+                                    body: Some(Out::Ack(_)),
+                                    ..
+                                }) = &frame
+                                {
+                                    crate::metrics::ack_latency(started.elapsed());
+                                }
+                                frame
+                            }
                         })
                     }
                     .boxed(),
@@ -776,7 +795,13 @@ impl Device {
     async fn on_bus(&mut self, socket: &mut Socket, event: Option<BusEvent>) -> Result<(), End> {
         let msg = match event {
             None => return Err(End(1011, "bus closed")),
-            Some(BusEvent::Lagged) => return Err(slow(SlowConsumer)),
+            Some(BusEvent::Lagged) => {
+                crate::metrics::outbound_drop("lagged");
+                return Err(End(
+                    close_code::SLOW_CONSUMER,
+                    "client too slow to read; reconnect and sync",
+                ));
+            }
             Some(BusEvent::Message(msg)) => msg,
         };
         let push = match bus::UserPush::decode(msg.payload) {
@@ -791,6 +816,9 @@ impl Device {
             Some(bus::user_push::Body::Frame(frame))
                 if push.skip_device != me && (push.only_device == 0 || push.only_device == me) =>
             {
+                if push.created_at_ms != 0 {
+                    crate::metrics::delivery_latency(push.created_at_ms);
+                }
                 match socket.format().transcode::<ServerFrame>(frame) {
                     Ok(encoded) => socket.send_encoded(encoded).await.map_err(slow),
                     Err(e) => {

@@ -221,3 +221,12 @@ pub(crate) fn view_for(message: &v1::Message, reader: UserId) -> std::borrow::Co
         ..Default::default()
     })
 }
+
+/// Runs a store call and records how long it took (`natter_store_latency_seconds{op}`).
+pub(crate) async fn timed<T>(op: &'static str, call: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = call.await;
+    metrics::histogram!("natter_store_latency_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    out
+}

@@ -143,17 +143,15 @@ impl Owned {
     }
 
     fn set(&self, p: Partition, epoch: u64) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(p.index(), epoch);
+        let mut owned = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        owned.insert(p.index(), epoch);
+        metrics::gauge!("natter_partitions_owned").set(owned.len() as f64);
     }
 
     fn remove(&self, p: Partition) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&p.index());
+        let mut owned = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        owned.remove(&p.index());
+        metrics::gauge!("natter_partitions_owned").set(owned.len() as f64);
     }
 }
 

@@ -175,10 +175,23 @@ async fn reply(shared: &Shared, msg: &BusMessage, reply: bus::PartitionReply) {
 }
 
 async fn push(shared: &Shared, user: UserId, frame: Bytes, skip_device: u64) {
+    push_at(shared, user, frame, skip_device, 0).await;
+}
+
+/// [`push`] of a message accepted at `created_at_ms` (edges measure delivery latency
+/// from it).
+async fn push_at(
+    shared: &Shared,
+    user: UserId,
+    frame: Bytes,
+    skip_device: u64,
+    created_at_ms: u64,
+) {
     let push = bus::UserPush {
         body: Some(user_push::Body::Frame(frame)),
         skip_device,
         only_device: 0,
+        created_at_ms,
     };
     if let Err(e) = shared
         .bus
@@ -206,18 +219,20 @@ async fn push_message(shared: &Shared, message: v1::Message, members: &[UserId])
     } else {
         message.sender_device
     };
+    let created_at_ms = message.created_at_ms;
     let frame = frame(server_frame::Body::Message(message));
     let to_all = Bytes::from(
         bus::UserPush {
             body: Some(user_push::Body::Frame(frame.clone())),
             skip_device: 0,
             only_device: 0,
+            created_at_ms,
         }
         .encode_to_vec(),
     );
     for &member in members {
         if member == sender && skip_sender != 0 {
-            push(shared, member, frame.clone(), skip_sender).await;
+            push_at(shared, member, frame.clone(), skip_sender, created_at_ms).await;
         } else {
             publish(shared, member, to_all.clone()).await;
         }
@@ -235,11 +250,12 @@ async fn push_withheld(shared: &Shared, message: v1::Message, members: &[UserId]
         } else {
             0
         };
-        push(
+        push_at(
             shared,
             member,
             frame(server_frame::Body::Message(view)),
             skip,
+            message.created_at_ms,
         )
         .await;
     }
@@ -586,10 +602,7 @@ impl Worker {
         if let Some(h) = self.heads.get(conv) {
             return Ok(*h);
         }
-        let h = self
-            .shared
-            .store
-            .head(conv)
+        let h = crate::timed("head", self.shared.store.head(conv))
             .await
             .map_err(|e| store_failure(&e))?;
         self.heads.insert(conv.clone(), h);
@@ -759,7 +772,7 @@ impl Worker {
         // 3. Retries of stored messages get their original Ack, whatever the sender's
         // membership is now: the message was accepted when it was first sent.
         let keys = uniques.iter().map(|u| u.send.dedupe_key()).collect();
-        let found = match self.shared.store.find_dedupe(keys).await {
+        let found = match crate::timed("find_dedupe", self.shared.store.find_dedupe(keys)).await {
             Ok(found) if found.len() == uniques.len() => found,
             Ok(_) => {
                 let e = StoreError::Corrupt("find_dedupe answered a different count".into());
@@ -914,7 +927,7 @@ impl Worker {
         }
 
         // 6. Store the batch durably, then ack and push.
-        if let Err(e) = self.shared.store.append(batch.clone()).await {
+        if let Err(e) = crate::timed("append", self.shared.store.append(batch.clone())).await {
             // Nothing (or, if the failure was ambiguous, everything) was stored: forget
             // the heads so the next batch reloads them from the store; retries then get
             // a fresh seq or their original Ack, never a gap or a duplicate.
@@ -1037,7 +1050,7 @@ impl Worker {
             message,
             members: Vec::new(),
         }];
-        match self.shared.store.append(batch).await {
+        match crate::timed("append", self.shared.store.append(batch)).await {
             Ok(()) => {
                 self.heads.insert(conv.clone(), seq);
                 Ok(())

@@ -143,8 +143,7 @@ async fn sync_page(shared: &Shared, req: bus::SyncRequest) -> Result<bus::SyncRe
             if room == 0 || bytes >= PAGE_MAX_BYTES {
                 reply.more = true;
             } else {
-                let page = store
-                    .read_after(&conv, start, room)
+                let page = crate::timed("read", store.read_after(&conv, start, room))
                     .await
                     .map_err(|e| store_failure(&e))?;
                 for m in page {
@@ -242,9 +241,7 @@ async fn history_page(
         }
     };
     let limit = page_limit(h.limit, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT);
-    let mut messages = shared
-        .store
-        .read_before(&conv, before, limit)
+    let mut messages = crate::timed("read", shared.store.read_before(&conv, before, limit))
         .await
         .map_err(|e| store_failure(&e))?;
     messages.retain(|m| m.seq >= first.get());

@@ -461,6 +461,7 @@ fn encode_push(p: v1::UserPresence) -> Bytes {
             frame.encode_to_vec(),
         ))),
         skip_device: 0,
+        created_at_ms: 0,
     };
     Bytes::from(push.encode_to_vec())
 }

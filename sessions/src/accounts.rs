@@ -275,6 +275,7 @@ impl Sessions {
             only_device: 0,
             body: Some(user_push::Body::DeviceRevoked(device.get())),
             skip_device: 0,
+            created_at_ms: 0,
         };
         if let Err(e) = bus
             .publish(&Subject::user(user), Bytes::from(push.encode_to_vec()))
