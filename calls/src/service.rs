@@ -53,6 +53,8 @@ const MIN_CALL_ID: usize = 8;
 const MAX_CANDIDATE_BYTES: usize = 1024;
 /// How long an ended call is remembered (a retried frame gets its real outcome).
 const ENDED_KEPT: Duration = Duration::from_secs(600);
+/// Ended calls remembered at most (the oldest go first past this).
+const MAX_ENDED: usize = 100_000;
 /// Attempts to write a call's history entry.
 const LOG_ATTEMPTS: u32 = 5;
 
@@ -615,6 +617,16 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Keeps the newer half of the ended calls (a user starting and cancelling calls in
+    /// a loop must not grow the map without bound before the next prune).
+    fn forget_oldest_ended(&mut self) {
+        let mut times: Vec<Instant> = self.ended.values().map(|(_, at)| *at).collect();
+        let middle = times.len() / 2;
+        let (_, cut, _) = times.select_nth_unstable(middle);
+        let cut = *cut;
+        self.ended.retain(|_, (_, at)| *at >= cut);
     }
 
     fn next_generation(&mut self) -> u64 {
@@ -1208,6 +1220,9 @@ impl Actor {
         }
         self.ended
             .insert(call.id.clone(), (info.clone(), Instant::now()));
+        if self.ended.len() > MAX_ENDED {
+            self.forget_oldest_ended();
+        }
         let log = v1::CallLog {
             call_id: call.id.clone(),
             media: call.media as i32,
@@ -1551,6 +1566,44 @@ async fn write_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn past_the_cap_the_newer_half_of_ended_calls_is_kept() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut actor = Actor {
+            bus: Arc::new(natter_bus::InProcessBus::new()),
+            config: Config::default(),
+            tx,
+            calls: HashMap::new(),
+            ended: HashMap::new(),
+            in_call: HashMap::new(),
+            devices: HashMap::new(),
+            generation: 0,
+        };
+        let start = Instant::now();
+        for i in 0..10u64 {
+            let info = v1::CallInfo {
+                call_id: format!("call-{i:04}"),
+                ..Default::default()
+            };
+            actor
+                .ended
+                .insert(info.call_id.clone(), (info, start + Duration::from_secs(i)));
+        }
+        actor.forget_oldest_ended();
+        let mut kept: Vec<&String> = actor.ended.keys().collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                "call-0005",
+                "call-0006",
+                "call-0007",
+                "call-0008",
+                "call-0009"
+            ]
+        );
+    }
 
     #[test]
     fn call_ids_are_bounded_and_url_safe() {
