@@ -684,18 +684,85 @@ async fn connect_nats(args: &NatsArgs, name: String) -> Result<NatsBus, Failure>
 }
 
 /// `/healthz` (the process is alive) and `/readyz` (it can reach NATS).
-fn health(bus: NatsBus) -> Router {
+/// What a role's `/readyz` checks: NATS, and Redis for the roles that need it.
+pub(crate) struct Ready {
+    nats: NatsBus,
+    redis: Option<RedisProbe>,
+}
+
+impl From<NatsBus> for Ready {
+    fn from(nats: NatsBus) -> Ready {
+        Ready { nats, redis: None }
+    }
+}
+
+impl Ready {
+    /// NATS and the Redis at `url`.
+    fn with_redis(nats: NatsBus, url: &str) -> Result<Ready, Failure> {
+        Ok(Ready {
+            nats,
+            redis: Some(RedisProbe::new(url)?),
+        })
+    }
+}
+
+/// Answers "is Redis reachable?" with a PING on one kept connection (re-opened after a
+/// failure), within a second.
+#[derive(Clone)]
+struct RedisProbe {
+    client: redis::Client,
+    conn: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+}
+
+impl RedisProbe {
+    fn new(url: &str) -> Result<RedisProbe, Failure> {
+        let client =
+            redis::Client::open(url).map_err(|e| config_error(anyhow::anyhow!("--redis: {e}")))?;
+        Ok(RedisProbe {
+            client,
+            conn: Arc::default(),
+        })
+    }
+
+    async fn ok(&self) -> bool {
+        let ping = async {
+            let mut conn = self.conn.lock().await;
+            if conn.is_none() {
+                *conn = self.client.get_multiplexed_async_connection().await.ok();
+            }
+            let Some(c) = conn.as_mut() else {
+                return false;
+            };
+            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(c).await;
+            if pong.is_err() {
+                *conn = None;
+            }
+            pong.is_ok()
+        };
+        tokio::time::timeout(Duration::from_secs(1), ping)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+fn health(ready: impl Into<Ready>) -> Router {
+    let Ready { nats, redis } = ready.into();
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route(
             "/readyz",
             get(move || {
-                let up = bus.is_connected();
+                let nats_up = nats.is_connected();
+                let redis = redis.clone();
                 async move {
-                    if up {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "nats unreachable\n")
+                    if !nats_up {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "nats unreachable\n");
+                    }
+                    match redis {
+                        Some(probe) if !probe.ok().await => {
+                            (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n")
+                        }
+                        _ => (StatusCode::OK, "ready\n"),
                     }
                 }
             }),
@@ -742,13 +809,13 @@ pub(crate) async fn serve_http(
 async fn run_service(
     name: &'static str,
     listen: SocketAddr,
-    nats: NatsBus,
+    ready: impl Into<Ready>,
     stop: CancellationToken,
     service: JoinHandle<()>,
     grace: Duration,
 ) -> Result<(), Failure> {
     let http_stop = CancellationToken::new();
-    let server = serve_http(name, listen, health(nats), http_stop.clone()).await?;
+    let server = serve_http(name, listen, health(ready), http_stop.clone()).await?;
     tracing::info!("{name} running");
 
     shutdown_signal().await;
@@ -766,14 +833,14 @@ async fn run_service(
 async fn run_service_with_routes(
     name: &'static str,
     listen: SocketAddr,
-    nats: NatsBus,
+    ready: impl Into<Ready>,
     routes: Router,
     stop: CancellationToken,
     service: JoinHandle<()>,
     grace: Duration,
 ) -> Result<(), Failure> {
     let http_stop = CancellationToken::new();
-    let app = health(nats).merge(routes);
+    let app = health(ready).merge(routes);
     let server = serve_http(name, listen, app, http_stop.clone()).await?;
 
     shutdown_signal().await;
@@ -832,7 +899,11 @@ pub async fn edge(args: EdgeArgs) -> Result<(), Failure> {
         directory,
         stop.clone(),
     );
-    let app = health(nats).merge(edge.router());
+    let ready = match &args.redis {
+        Some(url) => Ready::with_redis(nats, url)?,
+        None => nats.into(),
+    };
+    let app = health(ready).merge(edge.router());
     let server = serve_http("edge", args.listen, app, stop.clone()).await?;
     tracing::info!(node = %node, "edge running");
 
@@ -887,7 +958,7 @@ pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
     .map_err(config_error)?;
     let http_stop = CancellationToken::new();
     let owned = running.owned.clone();
-    let app = health(nats).route(
+    let app = health(Ready::with_redis(nats, &args.redis)?).route(
         "/v1/partitions",
         get(move || {
             let owned = owned.snapshot();
@@ -1126,7 +1197,11 @@ pub async fn calls(args: CallsArgs) -> Result<(), Failure> {
         .map_err(Failure::Runtime)?;
     let routes = natter_calls::ice::router(Arc::new(ice), auth);
     let grace = Duration::from_secs(args.drain_grace_s);
-    run_service_with_routes("calls", args.listen, nats, routes, stop, service, grace).await
+    let ready = match &args.redis {
+        Some(url) => Ready::with_redis(nats, url)?,
+        None => nats.into(),
+    };
+    run_service_with_routes("calls", args.listen, ready, routes, stop, service, grace).await
 }
 
 pub async fn turn(args: TurnArgs) -> Result<(), Failure> {
@@ -1195,5 +1270,6 @@ pub async fn presence(args: PresenceArgs) -> Result<(), Failure> {
     .context("starting the presence service")
     .map_err(Failure::Runtime)?;
     let grace = Duration::from_secs(args.drain_grace_s);
-    run_service("presence", args.listen, nats, stop, service, grace).await
+    let ready = Ready::with_redis(nats, &args.redis)?;
+    run_service("presence", args.listen, ready, stop, service, grace).await
 }

@@ -355,12 +355,25 @@ async fn the_cluster_recovers_from_nats_and_redis_restarts() {
         cluster.nats.restart();
         sender.acked(70).await;
         cluster.redis.kill();
+        // Without Redis the edges and messages instances are not ready (and say why).
+        for role in [&cluster.edges[0], &cluster.messages[0]] {
+            let readyz = role.get("/readyz").await.expect("readyz answers");
+            assert_eq!(readyz.status(), 503, "{}", role.name);
+            assert_eq!(
+                readyz.text().await.unwrap_or_default(),
+                "redis unreachable\n"
+            );
+        }
         // Longer than the lease validity: owners must stop, then take their partitions
         // back once Redis returns.
         tokio::time::sleep(Duration::from_millis(3000)).await;
         cluster.redis.restart();
         let acks = sender.finish().await;
         cluster.wait_all_partitions_owned().await;
+        for role in [&cluster.edges[0], &cluster.messages[0]] {
+            let ready = role.get("/readyz").await.map(|r| r.status().as_u16());
+            assert_eq!(ready, Some(200), "{} ready again", role.name);
+        }
 
         let got = receive_from(&cb, alice.user_id, 150, 90).await;
         assert_eq!(
