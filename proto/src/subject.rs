@@ -112,6 +112,17 @@ impl Subject {
         Subject("natter.call.device".to_owned())
     }
 
+    /// Stored messages for the notifier (`NotifyJob`; durable in a cluster).
+    pub fn notify() -> Subject {
+        Subject("natter.notify".to_owned())
+    }
+
+    /// Sessions service: a user's push tokens and mute for a conversation
+    /// (`PushTargetsRequest`, answered with `PushTargets`).
+    pub fn sessions_push_targets() -> Subject {
+        Subject("natter.sessions.push_targets".to_owned())
+    }
+
     /// "Is this device still logged in?"
     pub fn sessions_device() -> Subject {
         Subject("natter.sessions.device".to_owned())
