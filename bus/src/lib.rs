@@ -82,6 +82,75 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
+/// A message taken from a durable consumer ([`Bus::consume_durable`]): handle it, then
+/// [`ack`](DurableMessage::ack) it; one never acked (the consumer died, or
+/// [`retry_later`](DurableMessage::retry_later)) is delivered again.
+pub struct DurableMessage {
+    pub payload: Bytes,
+    /// How many times it has been delivered (1 the first time).
+    pub deliveries: u64,
+    acker: Acker,
+}
+
+enum Acker {
+    /// In process: nothing outlives the process, nothing to ack.
+    None,
+    Nats(Box<async_nats::jetstream::Message>),
+}
+
+impl DurableMessage {
+    pub(crate) fn in_process(payload: Bytes) -> DurableMessage {
+        DurableMessage {
+            payload,
+            deliveries: 1,
+            acker: Acker::None,
+        }
+    }
+
+    pub(crate) fn nats(message: async_nats::jetstream::Message, deliveries: u64) -> DurableMessage {
+        DurableMessage {
+            payload: message.payload.clone(),
+            deliveries,
+            acker: Acker::Nats(Box::new(message)),
+        }
+    }
+
+    /// Done with it: it is not delivered again.
+    pub async fn ack(self) -> Result<(), BusError> {
+        match self.acker {
+            Acker::None => Ok(()),
+            Acker::Nats(m) => m
+                .ack()
+                .await
+                .map_err(|e| BusError::Transport(e.to_string())),
+        }
+    }
+
+    /// Not done: deliver it again after `delay` (in process: dropped, since nothing
+    /// would redeliver it).
+    pub async fn retry_later(self, delay: Duration) -> Result<(), BusError> {
+        match self.acker {
+            Acker::None => Ok(()),
+            Acker::Nats(m) => m
+                .ack_with(async_nats::jetstream::AckKind::Nak(Some(delay)))
+                .await
+                .map_err(|e| BusError::Transport(e.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Debug for DurableMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableMessage")
+            .field("bytes", &self.payload.len())
+            .field("deliveries", &self.deliveries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Bus::consume_durable`] yields.
+pub type DurableStream = Pin<Box<dyn Stream<Item = DurableMessage> + Send>>;
+
 /// A reply still on its way. The request itself has already been published, so
 /// requests started one after another reach their subscriber in that order.
 pub type PendingReply = BoxFuture<'static, Result<Bytes, BusError>>;
@@ -113,6 +182,41 @@ pub trait Bus: Send + Sync + 'static {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<PendingReply, BusError>;
+
+    /// Publishes `payload` so that it is kept until a durable consumer of `subject` acks
+    /// it (on NATS: a JetStream stream, the publish acknowledged by the server; `id`
+    /// dedupes a retried publish). In process: a plain publish.
+    async fn publish_durable(
+        &self,
+        subject: &Subject,
+        payload: Bytes,
+        id: &str,
+    ) -> Result<(), BusError> {
+        let _ = id;
+        self.publish(subject, payload).await
+    }
+
+    /// Consumes what was published durably on `subject` as `consumer`: every instance
+    /// with the same `consumer` shares the messages, each delivered until acked. In
+    /// process: a queue subscription (nothing survives the process).
+    async fn consume_durable(
+        &self,
+        subject: &Subject,
+        consumer: &str,
+        capacity: usize,
+    ) -> Result<DurableStream, BusError> {
+        use futures::StreamExt as _;
+        let sub = self.queue_subscribe(subject, consumer, capacity).await?;
+        Ok(Box::pin(sub.filter_map(|event| async move {
+            match event {
+                BusEvent::Message(m) => Some(DurableMessage::in_process(m.payload)),
+                BusEvent::Lagged => {
+                    tracing::warn!("a durable consumer lagged in process: messages were dropped");
+                    None
+                }
+            }
+        })))
+    }
 
     /// Publishes a request and waits for its reply.
     async fn request(

@@ -311,8 +311,130 @@ async fn bounded<E: std::fmt::Display>(
     }
 }
 
+/// The JetStream stream that keeps what is published durably on `subject`:
+/// `natter.notify` → `NATTER_NOTIFY`.
+fn stream_name(subject: &Subject) -> String {
+    subject
+        .as_str()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// How long a durably published message waits for a consumer at most.
+const DURABLE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Publishes with the same id within this window are stored once.
+const DURABLE_DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+/// A delivered message not acked within this is delivered again.
+const DURABLE_ACK_WAIT: Duration = Duration::from_secs(120);
+
+impl NatsBus {
+    /// Creates (or finds) the work-queue stream for `subject`: each message is kept
+    /// until a consumer acks it, for a day at most.
+    async fn durable_stream(
+        &self,
+        subject: &Subject,
+    ) -> Result<async_nats::jetstream::stream::Stream, BusError> {
+        use async_nats::jetstream::stream;
+        let js = async_nats::jetstream::new(self.inner.client.clone());
+        js.get_or_create_stream(stream::Config {
+            name: stream_name(subject),
+            subjects: vec![subject.as_str().to_owned()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: DURABLE_MAX_AGE,
+            duplicate_window: DURABLE_DEDUPE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::Transport(format!("JetStream stream {}: {e}", stream_name(subject))))
+    }
+}
+
 #[async_trait::async_trait]
 impl Bus for NatsBus {
+    async fn publish_durable(
+        &self,
+        subject: &Subject,
+        payload: Bytes,
+        id: &str,
+    ) -> Result<(), BusError> {
+        use async_nats::jetstream::message::PublishMessage;
+        let js = async_nats::jetstream::new(self.inner.client.clone());
+        let publish = || {
+            js.send_publish(
+                subject.as_str().to_owned(),
+                PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(id),
+            )
+        };
+        let sent = match publish().await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        let sent = match sent {
+            Ok(ack) => Ok(ack),
+            // No stream yet (the first publish on this subject): create it and retry once.
+            Err(_) => {
+                self.durable_stream(subject).await?;
+                match publish().await {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        sent.map(|_| ())
+            .map_err(|e| BusError::Transport(format!("JetStream publish: {e}")))
+    }
+
+    async fn consume_durable(
+        &self,
+        subject: &Subject,
+        consumer: &str,
+        _capacity: usize,
+    ) -> Result<crate::DurableStream, BusError> {
+        use async_nats::jetstream::consumer::{AckPolicy, pull};
+        use futures::StreamExt as _;
+        let stream = self.durable_stream(subject).await?;
+        let pull: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(
+                consumer,
+                pull::Config {
+                    durable_name: Some(consumer.to_owned()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: DURABLE_ACK_WAIT,
+                    filter_subject: subject.as_str().to_owned(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| BusError::Transport(format!("JetStream consumer {consumer}: {e}")))?;
+        let messages = pull
+            .messages()
+            .await
+            .map_err(|e| BusError::Transport(format!("JetStream consumer {consumer}: {e}")))?;
+        Ok(Box::pin(messages.filter_map(|m| async move {
+            match m {
+                Ok(m) => {
+                    let deliveries = m.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+                    Some(crate::DurableMessage::nats(m, deliveries))
+                }
+                Err(e) => {
+                    // The pull stream reconnects by itself; a message it lost is redelivered.
+                    tracing::warn!(error = %e, "JetStream consumer error");
+                    None
+                }
+            }
+        })))
+    }
+
     async fn publish(&self, subject: &Subject, payload: Bytes) -> Result<(), BusError> {
         bounded(
             self.inner

@@ -239,3 +239,97 @@ async fn nats_bus_recovers_from_a_server_restart() {
 fn tracing_hint(e: &BusError) {
     eprintln!("waiting for NATS to come back: {e}");
 }
+
+async fn next_durable(stream: &mut natter_bus::DurableStream) -> natter_bus::DurableMessage {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("a durable message in time")
+        .expect("the stream goes on")
+}
+
+/// Durable publishing on NATS: what is published before any consumer exists is kept, a
+/// retried publish (same id) is stored once, an acked message is gone, one sent back
+/// with `retry_later` comes again. (One never acked, e.g. by a consumer that died, comes
+/// again after the ack wait, 2 minutes: too long to show here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_durable_messages_wait_for_an_ack() {
+    let server = NatsServer::start();
+    let producer = nats(&server).await;
+    let subject = Subject::notify();
+    for (id, body) in [
+        ("a", "first"),
+        ("b", "second"),
+        ("b", "second again"),
+        ("c", "third"),
+    ] {
+        producer
+            .publish_durable(&subject, Bytes::from(body), id)
+            .await
+            .expect("durable publish");
+    }
+    let consumer = nats(&server).await;
+    let mut stream = consumer
+        .consume_durable(&subject, "test-notifier", 16)
+        .await
+        .expect("consume");
+    let first = next_durable(&mut stream).await;
+    assert_eq!(&first.payload[..], b"first");
+    assert_eq!(first.deliveries, 1);
+    first.ack().await.expect("ack");
+    let second = next_durable(&mut stream).await;
+    assert_eq!(
+        &second.payload[..],
+        b"second",
+        "the retried publish was deduped"
+    );
+    second
+        .retry_later(Duration::from_millis(100))
+        .await
+        .expect("nak");
+    let third = next_durable(&mut stream).await;
+    assert_eq!(&third.payload[..], b"third");
+    third.ack().await.expect("ack");
+    let again = next_durable(&mut stream).await;
+    assert_eq!(
+        &again.payload[..],
+        b"second",
+        "sent back, so delivered again"
+    );
+    assert!(again.deliveries >= 2, "{again:?}");
+    again.ack().await.expect("ack");
+    // Everything acked: nothing more comes.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stream.next())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn in_process_durable_messages_reach_one_consumer() {
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+    let mut a = bus
+        .consume_durable(&Subject::notify(), "n", 8)
+        .await
+        .unwrap();
+    let mut b = bus
+        .consume_durable(&Subject::notify(), "n", 8)
+        .await
+        .unwrap();
+    for i in 0..4u8 {
+        bus.publish_durable(&Subject::notify(), Bytes::from(vec![i]), &i.to_string())
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let m = tokio::select! {
+            Some(m) = a.next() => m,
+            Some(m) = b.next() => m,
+        };
+        got.push(m.payload[0]);
+        m.ack().await.unwrap();
+    }
+    got.sort();
+    assert_eq!(got, vec![0, 1, 2, 3], "each message once, across the group");
+}
