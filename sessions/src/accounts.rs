@@ -86,7 +86,7 @@ fn ttl_ms(d: std::time::Duration) -> u64 {
 
 impl Sessions {
     /// Runs store work on the blocking pool; failures are logged and become `Internal`.
-    async fn blocking<T, F>(&self, what: &'static str, f: F) -> Result<T, ApiError>
+    pub(crate) async fn blocking<T, F>(&self, what: &'static str, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,

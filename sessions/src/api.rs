@@ -1,4 +1,5 @@
-//! The REST endpoints: accounts, sessions (login, refresh, logout) and user lookup. Ids
+//! The REST endpoints: accounts, sessions (login, refresh, logout), user lookup, the
+//! calling device's push token and the calling user's muted conversations. Ids
 //! are decimal strings in JSON; every error is `{"error":{"code","message"}}` and never
 //! carries internal detail (that goes to the log).
 
@@ -12,12 +13,12 @@ use axum::{
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
+    routing::{delete, get, post, put},
 };
 use natter_bus::Bus;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use natter_proto::UserId;
+use natter_proto::{ConversationId, UserId};
 
 use crate::{AuthError, Claims, Sessions, accounts::Grant};
 
@@ -135,7 +136,10 @@ struct AppState {
 
 /// The REST endpoints of the contract (not `/healthz`, not `/v1/ws`):
 /// `POST /v1/accounts`, `POST /v1/sessions`, `POST /v1/sessions/refresh`,
-/// `DELETE /v1/sessions/current`, `GET /v1/users/{username}`. Bodies are capped at 16 KiB.
+/// `DELETE /v1/sessions/current`, `GET /v1/users/{username}`,
+/// `GET /v1/users/by-id/{user_id}`, `PUT|DELETE /v1/devices/current/push`,
+/// `PUT /v1/conversations/{conversation_id}/mute`, `GET /v1/mutes`. Bodies are capped at
+/// 16 KiB.
 pub fn router(sessions: Sessions, bus: Arc<dyn Bus>) -> Router {
     Router::new()
         .route("/v1/accounts", post(register))
@@ -144,6 +148,12 @@ pub fn router(sessions: Sessions, bus: Arc<dyn Bus>) -> Router {
         .route("/v1/sessions/current", delete(logout))
         .route("/v1/users/{username}", get(get_user))
         .route("/v1/users/by-id/{user_id}", get(get_user_by_id))
+        .route(
+            "/v1/devices/current/push",
+            put(set_push_token).delete(clear_push_token),
+        )
+        .route("/v1/conversations/{conversation_id}/mute", put(set_mute))
+        .route("/v1/mutes", get(list_mutes))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState { sessions, bus })
 }
@@ -290,5 +300,125 @@ async fn get_user(
     Ok(Json(UserResponse {
         user_id: id.to_string(),
         username: name.to_string(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct PushTokenRequest {
+    token: String,
+    platform: String,
+}
+
+/// Registers the calling device's push token: 204.
+async fn set_push_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<ApiJson<PushTokenRequest>, ApiError>,
+) -> Result<StatusCode, ApiError> {
+    // The bearer is checked before the body, so an anonymous caller learns nothing.
+    let claims = authenticate(&state.sessions, &headers)?;
+    let ApiJson(req) = body?;
+    state
+        .sessions
+        .set_push(claims, req.token, req.platform)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Forgets the calling device's push token: 204, also when it had none.
+async fn clear_push_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let claims = authenticate(&state.sessions, &headers)?;
+    state.sessions.clear_push(claims).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct MuteRequest {
+    /// 0 unmutes, `u64::MAX` mutes forever; a JSON number or a decimal string (like
+    /// every 64-bit value of this API, which JavaScript numbers cannot all hold).
+    #[serde(deserialize_with = "u64_string_or_number")]
+    until_ms: u64,
+}
+
+/// A `u64` written as a JSON number or as a string of decimal digits.
+fn u64_string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an unsigned 64-bit integer (a number or a decimal string)")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
+            let digits = !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit());
+            digits
+                .then(|| v.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+/// Mutes (or unmutes) a conversation for the calling user: 204. Any well-formed id is
+/// accepted: sessions does not know who is in which group, and a mute of a conversation
+/// the user is not in has no effect.
+async fn set_mute(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    conversation_id: Result<Path<String>, PathRejection>,
+    body: Result<ApiJson<MuteRequest>, ApiError>,
+) -> Result<StatusCode, ApiError> {
+    let claims = authenticate(&state.sessions, &headers)?;
+    let conversation = conversation_id
+        .ok()
+        .and_then(|Path(raw)| raw.parse::<ConversationId>().ok())
+        .ok_or_else(|| {
+            ApiError::InvalidArgument(
+                "conversation_id must be `d.<user>.<user>` or `g.<group>`".into(),
+            )
+        })?;
+    let ApiJson(req) = body?;
+    state
+        .sessions
+        .set_mute(claims.user, conversation, req.until_ms)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+struct MutesResponse {
+    mutes: Vec<MuteEntry>,
+}
+
+#[derive(Serialize)]
+struct MuteEntry {
+    conversation_id: String,
+    until_ms: String,
+}
+
+/// The calling user's mutes still in force.
+async fn list_mutes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<MutesResponse>, ApiError> {
+    let claims = authenticate(&state.sessions, &headers)?;
+    let mutes = state.sessions.mutes(claims.user).await?;
+    Ok(Json(MutesResponse {
+        mutes: mutes
+            .into_iter()
+            .map(|(conversation_id, until)| MuteEntry {
+                conversation_id,
+                until_ms: until.to_string(),
+            })
+            .collect(),
     }))
 }

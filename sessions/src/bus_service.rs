@@ -1,27 +1,35 @@
 //! The bus endpoints of sessions (queue group "sessions"): `Subject::sessions_device()`
 //! answers `DeviceCheck` with `DeviceStatus`, `Subject::sessions_user()` answers
-//! `UserLookup` with `UserInfo`. Both are answered from memory, never from disk.
+//! `UserLookup` with `UserInfo`; both are answered from memory, never from disk.
+//! `Subject::sessions_push_targets()` answers `PushTargetsRequest` with `PushTargets`
+//! (the notifier asks it): that one reads the disk, on the blocking pool, up to
+//! `PUSH_TARGETS_CONCURRENCY` at a time on spawned tasks, so the other two wait on it
+//! only when that many are already in flight.
 
-use std::sync::Arc;
+use std::{str::FromStr, sync::Arc};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use natter_bus::{Bus, BusEvent, BusMessage, Subscription};
 use natter_proto::{
-    DeviceId, Subject, UserId,
-    bus::{DeviceCheck, DeviceStatus, UserInfo, UserLookup},
+    ConversationId, DeviceId, ErrorCode, Subject, UserId,
+    bus::{DeviceCheck, DeviceStatus, PushTargets, PushTargetsRequest, UserInfo, UserLookup},
+    error,
 };
 use prost::Message;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Sessions, SessionsError};
+use crate::{Sessions, SessionsError, push::push_device};
 
 /// The queue group every sessions instance joins.
 pub(crate) const QUEUE_GROUP: &str = "sessions";
 /// Requests buffered per subject before the bus reports lag.
 const CAPACITY: usize = 1024;
+/// Push-target requests answered concurrently (each reads the disk).
+const PUSH_TARGETS_CONCURRENCY: usize = 64;
 
-/// Subscribes the two sessions subjects, then serves them on a spawned task until
+/// Subscribes the three sessions subjects, then serves them on a spawned task until
 /// `shutdown` is cancelled (or the bus closes). Returns once subscribed, so requests
 /// sent after it returns are answered.
 pub async fn start(
@@ -35,7 +43,17 @@ pub async fn start(
     let users = bus
         .queue_subscribe(&Subject::sessions_user(), QUEUE_GROUP, CAPACITY)
         .await?;
-    Ok(tokio::spawn(serve(sessions, bus, shutdown, devices, users)))
+    let push_targets = bus
+        .queue_subscribe(&Subject::sessions_push_targets(), QUEUE_GROUP, CAPACITY)
+        .await?;
+    Ok(tokio::spawn(serve(
+        sessions,
+        bus,
+        shutdown,
+        devices,
+        users,
+        push_targets,
+    )))
 }
 
 async fn serve(
@@ -44,13 +62,16 @@ async fn serve(
     shutdown: CancellationToken,
     mut devices: Subscription,
     mut users: Subscription,
+    mut push_targets: Subscription,
 ) {
+    let permits = Arc::new(Semaphore::new(PUSH_TARGETS_CONCURRENCY));
     loop {
         let (event, subject) = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             ev = devices.next() => (ev, "device"),
             ev = users.next() => (ev, "user"),
+            ev = push_targets.next() => (ev, "push_targets"),
         };
         let msg = match event {
             Some(BusEvent::Message(msg)) => msg,
@@ -64,10 +85,25 @@ async fn serve(
                 break;
             }
         };
-        let reply = if subject == "device" {
-            device_status(&sessions, &msg).encode_to_vec()
-        } else {
-            user_info(&sessions, &msg).encode_to_vec()
+        let reply = match subject {
+            "device" => device_status(&sessions, &msg).encode_to_vec(),
+            "user" => user_info(&sessions, &msg).encode_to_vec(),
+            _ => {
+                // Waits here (and the subscription buffers) when all permits are out.
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let (sessions, bus) = (sessions.clone(), bus.clone());
+                tokio::spawn(async move {
+                    let reply = push_targets_of(&sessions, &msg).await.encode_to_vec();
+                    if let Err(e) = natter_bus::reply(bus.as_ref(), &msg, Bytes::from(reply)).await
+                    {
+                        tracing::warn!(error = %e, subject = "push_targets", "sessions reply failed");
+                    }
+                    drop(permit);
+                });
+                continue;
+            }
         };
         if let Err(e) = natter_bus::reply(bus.as_ref(), &msg, Bytes::from(reply)).await {
             tracing::warn!(error = %e, subject, "sessions reply failed");
@@ -122,5 +158,41 @@ fn user_info(sessions: &Sessions, msg: &BusMessage) -> UserInfo {
             username: name.to_string(),
         },
         None => UserInfo::default(),
+    }
+}
+
+async fn push_targets_of(sessions: &Sessions, msg: &BusMessage) -> PushTargets {
+    let refuse = |message: &str| PushTargets {
+        error: Some(error(ErrorCode::InvalidArgument, message)),
+        ..PushTargets::default()
+    };
+    let request = match PushTargetsRequest::decode(msg.payload.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable PushTargetsRequest");
+            return refuse("undecodable PushTargetsRequest");
+        }
+    };
+    let Ok(user) = UserId::new(request.user_id) else {
+        return refuse("user_id is required");
+    };
+    let Ok(conversation) = ConversationId::from_str(&request.conversation_id) else {
+        return refuse("conversation_id is malformed");
+    };
+    match sessions.push_targets(user, conversation).await {
+        Ok(found) => PushTargets {
+            muted: found.muted,
+            devices: found
+                .devices
+                .into_iter()
+                .map(|(device, push)| push_device(device, push))
+                .collect(),
+            error: None,
+        },
+        // Logged where it failed.
+        Err(_) => PushTargets {
+            error: Some(error(ErrorCode::Internal, "push targets unavailable")),
+            ..PushTargets::default()
+        },
     }
 }

@@ -2,6 +2,8 @@
 //! tokens and rotating refresh tokens, the REST endpoints for them ([`router`]) and the
 //! bus endpoints other roles ask ([`start`]): "is this device still logged in?" and
 //! "does this user exist?" — [`Users`] is the client other services ask the latter with.
+//! Devices also register a push token, and users mute conversations; the notifier asks
+//! "where do I push for this user, and is this conversation muted?" over the bus.
 //!
 //! State lives in one redb file; the users and the active/revoked state of every device
 //! are also cached in memory so the bus endpoints (hit on every WebSocket connect) and
@@ -15,6 +17,7 @@ mod device_auth;
 pub mod directory;
 mod keyfile;
 mod password;
+mod push;
 mod store;
 mod token;
 mod users;

@@ -18,6 +18,17 @@ const USERNAMES: TableDefinition<&str, u64> = TableDefinition::new("usernames");
 const DEVICES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("devices");
 /// device id → user id: finds a device from a refresh token and keeps device ids unique.
 const DEVICE_OWNERS: TableDefinition<u64, u64> = TableDefinition::new("device_owners");
+/// push token → (user id, device id): the one device holding each token (the token is
+/// also in that device's [`DeviceRecord`]). Registering a token another device holds
+/// moves it.
+const PUSH_TOKENS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("push_tokens");
+/// (user id, conversation id) → muted until (ms since the epoch; `u64::MAX`: forever).
+/// Unmuting deletes the row; rows whose time has passed are not in force and are
+/// dropped when the user reaches [`MAX_MUTES`].
+const MUTES: TableDefinition<(u64, &str), u64> = TableDefinition::new("mutes");
+
+/// Mutes one user can hold (expired ones are dropped before refusing a new one).
+pub(crate) const MAX_MUTES: usize = 10_000;
 
 /// Ids are random in [1, 2^53) so JavaScript numbers hold them exactly.
 const ID_LIMIT: u64 = 1 << 53;
@@ -63,6 +74,46 @@ struct DeviceRecord {
     /// SHA-256 of the secret part of the current refresh token; `None` once revoked.
     refresh_hash: Option<[u8; 32]>,
     refresh_expires_at_ms: u64,
+    /// Where to push notifications for this device; records written before push tokens
+    /// existed have no such field and decode as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    push: Option<PushToken>,
+}
+
+/// A device's push registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PushToken {
+    /// Opaque to natter: what the device's push service gave it.
+    pub(crate) token: String,
+    /// "fcm", "apns", "webpush" or "other".
+    pub(crate) platform: String,
+}
+
+/// Where to push for one user about one conversation.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct PushTargets {
+    pub(crate) muted: bool,
+    /// The user's logged-in devices holding a token, by device id.
+    pub(crate) devices: Vec<(DeviceId, PushToken)>,
+}
+
+/// What setting a push token did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SetPush {
+    /// Stored. `moved_from` names the other device that held the same token until now.
+    Stored {
+        moved_from: Option<(UserId, DeviceId)>,
+    },
+    /// The device does not exist or is logged out.
+    NoDevice,
+}
+
+/// What setting a mute did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SetMute {
+    Done,
+    /// The user already has [`MAX_MUTES`] mutes in force.
+    TooMany,
 }
 
 /// What a refresh attempt found.
@@ -101,6 +152,8 @@ impl Store {
             txn.open_table(USERNAMES)?;
             txn.open_table(DEVICES)?;
             txn.open_table(DEVICE_OWNERS)?;
+            txn.open_table(PUSH_TOKENS)?;
+            txn.open_table(MUTES)?;
         }
         txn.commit()?;
         Ok(Store { db })
@@ -205,6 +258,7 @@ impl Store {
                 revoked: false,
                 refresh_hash: Some(refresh_hash),
                 refresh_expires_at_ms,
+                push: None,
             };
             txn.open_table(DEVICES)?
                 .insert((user.get(), device), encode(&record).as_slice())?;
@@ -268,8 +322,8 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Marks a device revoked and forgets its refresh token. False if there is no such
-    /// device of this user.
+    /// Marks a device revoked and forgets its refresh token and push token. False if
+    /// there is no such device of this user.
     pub(crate) fn revoke(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
         {
@@ -282,11 +336,192 @@ impl Store {
             record.revoked = true;
             record.refresh_hash = None;
             record.refresh_expires_at_ms = 0;
+            if let Some(old) = record.push.take() {
+                unindex_token(&mut txn.open_table(PUSH_TOKENS)?, &old.token, key)?;
+            }
             devices.insert(key, encode(&record).as_slice())?;
         }
         txn.commit()?;
         Ok(true)
     }
+
+    /// Gives a logged-in device this push token, replacing its previous one and taking
+    /// the token from any other device (of any user) that held it.
+    pub(crate) fn set_push(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        push: PushToken,
+    ) -> Result<SetPush, StoreError> {
+        let txn = self.db.begin_write()?;
+        let moved_from = {
+            let mut devices = txn.open_table(DEVICES)?;
+            let mut tokens = txn.open_table(PUSH_TOKENS)?;
+            let key = (user.get(), device.get());
+            let mut record: DeviceRecord = match devices.get(key)? {
+                Some(v) => decode(v.value(), "device")?,
+                None => return Ok(SetPush::NoDevice),
+            };
+            if record.revoked {
+                return Ok(SetPush::NoDevice);
+            }
+            if let Some(old) = record.push.take() {
+                unindex_token(&mut tokens, &old.token, key)?;
+            }
+            let holder = tokens.get(push.token.as_str())?.map(|g| g.value());
+            let moved_from = match holder {
+                Some(other) if other != key => {
+                    let other_record = devices.get(other)?.map(|v| v.value().to_vec());
+                    match other_record {
+                        Some(bytes) => {
+                            let mut other_record: DeviceRecord = decode(&bytes, "device")?;
+                            if other_record
+                                .push
+                                .as_ref()
+                                .is_some_and(|p| p.token == push.token)
+                            {
+                                other_record.push = None;
+                                devices.insert(other, encode(&other_record).as_slice())?;
+                            }
+                        }
+                        None => {
+                            tracing::warn!(
+                                user = other.0,
+                                device = other.1,
+                                "push token index named a missing device"
+                            );
+                        }
+                    }
+                    Some((UserId(other.0), DeviceId(other.1)))
+                }
+                _ => None,
+            };
+            tokens.insert(push.token.as_str(), key)?;
+            record.push = Some(push);
+            devices.insert(key, encode(&record).as_slice())?;
+            moved_from
+        };
+        txn.commit()?;
+        Ok(SetPush::Stored { moved_from })
+    }
+
+    /// Forgets the device's push token. False if it had none (or there is no device).
+    pub(crate) fn clear_push(&self, user: UserId, device: DeviceId) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut devices = txn.open_table(DEVICES)?;
+            let key = (user.get(), device.get());
+            let mut record: DeviceRecord = match devices.get(key)? {
+                Some(v) => decode(v.value(), "device")?,
+                None => return Ok(false),
+            };
+            let Some(old) = record.push.take() else {
+                return Ok(false);
+            };
+            unindex_token(&mut txn.open_table(PUSH_TOKENS)?, &old.token, key)?;
+            devices.insert(key, encode(&record).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(true)
+    }
+
+    /// Mutes `conversation` for `user` until `until_ms` (0 unmutes). Refused when the
+    /// user already has [`MAX_MUTES`] mutes in force at `now_ms` and this one is new.
+    pub(crate) fn set_mute(
+        &self,
+        user: UserId,
+        conversation: &str,
+        until_ms: u64,
+        now_ms: u64,
+    ) -> Result<SetMute, StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut mutes = txn.open_table(MUTES)?;
+            let key = (user.get(), conversation);
+            if until_ms == 0 {
+                mutes.remove(key)?;
+            } else {
+                if mutes.get(key)?.is_none() {
+                    let range = (user.get(), "")..(user.get().saturating_add(1), "");
+                    let mut count = 0usize;
+                    let mut expired = Vec::new();
+                    for row in mutes.range(range.clone())? {
+                        let (k, v) = row?;
+                        if v.value() <= now_ms {
+                            expired.push(k.value().1.to_owned());
+                        }
+                        count += 1;
+                    }
+                    if count >= MAX_MUTES {
+                        if count - expired.len() >= MAX_MUTES {
+                            return Ok(SetMute::TooMany);
+                        }
+                        for c in &expired {
+                            mutes.remove((user.get(), c.as_str()))?;
+                        }
+                    }
+                }
+                mutes.insert(key, until_ms)?;
+            }
+        }
+        txn.commit()?;
+        Ok(SetMute::Done)
+    }
+
+    /// The user's mutes in force at `now_ms`: (conversation, until), by conversation.
+    pub(crate) fn mutes(
+        &self,
+        user: UserId,
+        now_ms: u64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mutes = txn.open_table(MUTES)?;
+        let mut out = Vec::new();
+        for row in mutes.range((user.get(), "")..(user.get().saturating_add(1), ""))? {
+            let (k, v) = row?;
+            if v.value() > now_ms {
+                out.push((k.value().1.to_owned(), v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `user` muted `conversation` and where to push for them.
+    pub(crate) fn push_targets(
+        &self,
+        user: UserId,
+        conversation: &str,
+        now_ms: u64,
+    ) -> Result<PushTargets, StoreError> {
+        let txn = self.db.begin_read()?;
+        let muted = txn
+            .open_table(MUTES)?
+            .get((user.get(), conversation))?
+            .is_some_and(|g| g.value() > now_ms);
+        let mut devices = Vec::new();
+        let table = txn.open_table(DEVICES)?;
+        for row in table.range((user.get(), 0)..=(user.get(), u64::MAX))? {
+            let (k, v) = row?;
+            let record: DeviceRecord = decode(v.value(), "device")?;
+            if let (false, Some(push)) = (record.revoked, record.push) {
+                devices.push((DeviceId(k.value().1), push));
+            }
+        }
+        Ok(PushTargets { muted, devices })
+    }
+}
+
+/// Removes `token` from the index if it points at `key` (it may have moved on).
+fn unindex_token(
+    tokens: &mut redb::Table<'_, &'static str, (u64, u64)>,
+    token: &str,
+    key: (u64, u64),
+) -> Result<(), StoreError> {
+    let holder = tokens.get(token)?.map(|g| g.value());
+    if holder == Some(key) {
+        tokens.remove(token)?;
+    }
+    Ok(())
 }
 
 /// Compares two hashes without stopping at the first difference. (They are hashes of
@@ -371,6 +606,262 @@ mod tests {
                 .unwrap(),
             Refresh::Refused,
             "unknown device"
+        );
+    }
+
+    fn push(token: &str, platform: &str) -> PushToken {
+        PushToken {
+            token: token.into(),
+            platform: platform.into(),
+        }
+    }
+
+    fn targets(store: &Store, user: UserId) -> Vec<(DeviceId, PushToken)> {
+        store.push_targets(user, "g.1", 0).unwrap().devices
+    }
+
+    #[test]
+    fn device_records_without_push_still_decode() {
+        // A record as written before push tokens existed.
+        let old = br#"{"name":"phone","created_at_ms":1,"revoked":false,"refresh_hash":null,"refresh_expires_at_ms":5}"#;
+        let record: DeviceRecord = decode(old, "device").unwrap();
+        assert_eq!(record.push, None);
+        assert_eq!(record.name, "phone");
+        // And one without a token is written as before (older binaries read it too).
+        assert!(!String::from_utf8(encode(&record)).unwrap().contains("push"));
+        let with = DeviceRecord {
+            push: Some(push("t", "fcm")),
+            ..record
+        };
+        let back: DeviceRecord = decode(&encode(&with), "device").unwrap();
+        assert_eq!(back.push, Some(push("t", "fcm")));
+    }
+
+    #[test]
+    fn push_tokens_round_trip_replace_move_and_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
+        let alice = store.create_user("alice", "h", 1).unwrap().unwrap();
+        let bob = store.create_user("bob", "h", 1).unwrap().unwrap();
+        let a1 = store
+            .create_device(alice, "a1", [1; 32], u64::MAX, 1)
+            .unwrap();
+        let a2 = store
+            .create_device(alice, "a2", [1; 32], u64::MAX, 1)
+            .unwrap();
+        let b1 = store
+            .create_device(bob, "b1", [1; 32], u64::MAX, 1)
+            .unwrap();
+        assert!(targets(&store, alice).is_empty());
+
+        let stored = SetPush::Stored { moved_from: None };
+        assert_eq!(
+            store.set_push(alice, a1, push("t1", "fcm")).unwrap(),
+            stored
+        );
+        assert_eq!(
+            store.set_push(alice, a2, push("t2", "apns")).unwrap(),
+            stored
+        );
+        let mut want = vec![(a1, push("t1", "fcm")), (a2, push("t2", "apns"))];
+        want.sort_by_key(|(d, _)| *d);
+        assert_eq!(targets(&store, alice), want);
+        assert!(targets(&store, bob).is_empty());
+        // Another user's device: not found.
+        assert_eq!(
+            store.set_push(bob, a1, push("x", "fcm")).unwrap(),
+            SetPush::NoDevice
+        );
+
+        // Replacing a device's token frees the old one: registering it elsewhere moves
+        // nothing.
+        assert_eq!(
+            store.set_push(alice, a1, push("t1b", "webpush")).unwrap(),
+            stored
+        );
+        assert_eq!(store.set_push(bob, b1, push("t1", "fcm")).unwrap(), stored);
+        // Re-registering the same token on the same device is no move either.
+        assert_eq!(store.set_push(bob, b1, push("t1", "fcm")).unwrap(), stored);
+
+        // The same token from another device (of another user) moves it.
+        assert_eq!(
+            store.set_push(bob, b1, push("t2", "other")).unwrap(),
+            SetPush::Stored {
+                moved_from: Some((alice, a2))
+            }
+        );
+        assert_eq!(targets(&store, alice), vec![(a1, push("t1b", "webpush"))]);
+        assert_eq!(targets(&store, bob), vec![(b1, push("t2", "other"))]);
+        // b1 gave up "t1" when it took "t2": a2 can take "t1" without moving anything.
+        assert_eq!(
+            store.set_push(alice, a2, push("t1", "fcm")).unwrap(),
+            stored
+        );
+        // And moving back within one user.
+        assert_eq!(
+            store.set_push(alice, a1, push("t1", "fcm")).unwrap(),
+            SetPush::Stored {
+                moved_from: Some((alice, a2))
+            }
+        );
+        assert_eq!(targets(&store, alice), vec![(a1, push("t1", "fcm"))]);
+
+        // Clearing is idempotent and frees the token.
+        assert!(store.clear_push(alice, a1).unwrap());
+        assert!(!store.clear_push(alice, a1).unwrap());
+        assert!(targets(&store, alice).is_empty());
+        assert_eq!(
+            store.set_push(alice, a2, push("t1", "fcm")).unwrap(),
+            stored
+        );
+        drop(store);
+
+        // Everything survives a reopen.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(targets(&store, alice), vec![(a2, push("t1", "fcm"))]);
+        assert_eq!(targets(&store, bob), vec![(b1, push("t2", "other"))]);
+        assert_eq!(
+            store.set_push(bob, b1, push("t1", "fcm")).unwrap(),
+            SetPush::Stored {
+                moved_from: Some((alice, a2))
+            }
+        );
+    }
+
+    #[test]
+    fn revoking_a_device_drops_its_push_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let u = store.create_user("alice", "h", 1).unwrap().unwrap();
+        let v = store.create_user("bob", "h", 1).unwrap().unwrap();
+        let d = store.create_device(u, "x", [1; 32], u64::MAX, 1).unwrap();
+        let e = store.create_device(v, "y", [1; 32], u64::MAX, 1).unwrap();
+        store.set_push(u, d, push("tok", "fcm")).unwrap();
+        assert!(store.revoke(u, d).unwrap());
+        assert!(targets(&store, u).is_empty());
+        // The token is free: nothing moves when another device registers it.
+        assert_eq!(
+            store.set_push(v, e, push("tok", "fcm")).unwrap(),
+            SetPush::Stored { moved_from: None }
+        );
+        // A revoked device cannot register one.
+        assert_eq!(
+            store.set_push(u, d, push("tok2", "fcm")).unwrap(),
+            SetPush::NoDevice
+        );
+        assert!(targets(&store, u).is_empty());
+    }
+
+    #[test]
+    fn mutes_round_trip_expire_and_unmute() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
+        let (u, v) = (UserId(5), UserId(6));
+        let now = 1_000;
+        assert_eq!(
+            store.set_mute(u, "g.1", u64::MAX, now).unwrap(),
+            SetMute::Done
+        );
+        assert_eq!(
+            store.set_mute(u, "d.5.6", now + 1, now).unwrap(),
+            SetMute::Done
+        );
+        assert_eq!(store.set_mute(u, "g.2", now, now).unwrap(), SetMute::Done);
+        assert_eq!(
+            store.set_mute(v, "g.3", u64::MAX, now).unwrap(),
+            SetMute::Done
+        );
+        assert_eq!(
+            store.mutes(u, now).unwrap(),
+            vec![("d.5.6".to_owned(), now + 1), ("g.1".to_owned(), u64::MAX)],
+            "g.2 ended at `now`"
+        );
+        assert!(store.push_targets(u, "g.1", now).unwrap().muted);
+        assert!(store.push_targets(u, "d.5.6", now).unwrap().muted);
+        assert!(
+            !store.push_targets(u, "d.5.6", now + 1).unwrap().muted,
+            "expired"
+        );
+        assert!(!store.push_targets(u, "g.2", now).unwrap().muted);
+        assert!(
+            !store.push_targets(u, "g.3", now).unwrap().muted,
+            "v's mute"
+        );
+        assert!(store.push_targets(v, "g.3", now).unwrap().muted);
+        assert_eq!(
+            store.mutes(u, now + 1).unwrap(),
+            vec![("g.1".to_owned(), u64::MAX)]
+        );
+        // Unmuting removes; unmuting what is not muted is fine.
+        assert_eq!(store.set_mute(u, "g.1", 0, now).unwrap(), SetMute::Done);
+        assert_eq!(store.set_mute(u, "g.9", 0, now).unwrap(), SetMute::Done);
+        assert!(!store.push_targets(u, "g.1", now).unwrap().muted);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.mutes(u, now).unwrap(),
+            vec![("d.5.6".to_owned(), now + 1)]
+        );
+        assert_eq!(
+            store.mutes(v, now).unwrap(),
+            vec![("g.3".to_owned(), u64::MAX)]
+        );
+    }
+
+    #[test]
+    fn mutes_per_user_are_limited_and_expired_ones_make_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let u = UserId(5);
+        let now = 1_000;
+        // One transaction for the bulk, as set_mute would write them.
+        {
+            let txn = store.db.begin_write().unwrap();
+            {
+                let mut mutes = txn.open_table(MUTES).unwrap();
+                for g in 1..=MAX_MUTES as u64 {
+                    // The first ten have already ended.
+                    let until = if g <= 10 { now - 1 } else { u64::MAX };
+                    mutes
+                        .insert((u.get(), format!("g.{g}").as_str()), until)
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        assert_eq!(store.mutes(u, now).unwrap().len(), MAX_MUTES - 10);
+        // Full: a new one drops the expired ones and goes in.
+        assert_eq!(
+            store.set_mute(u, "g.100000", u64::MAX, now).unwrap(),
+            SetMute::Done
+        );
+        for g in 0..9 {
+            let c = format!("g.{}", 200_000 + g);
+            assert_eq!(store.set_mute(u, &c, u64::MAX, now).unwrap(), SetMute::Done);
+        }
+        assert_eq!(store.mutes(u, now).unwrap().len(), MAX_MUTES);
+        assert_eq!(
+            store.set_mute(u, "g.300000", u64::MAX, now).unwrap(),
+            SetMute::TooMany
+        );
+        // Changing an existing one is still allowed, and another user is not limited.
+        assert_eq!(
+            store.set_mute(u, "g.500", now + 5, now).unwrap(),
+            SetMute::Done
+        );
+        assert_eq!(
+            store
+                .set_mute(UserId(6), "g.300000", u64::MAX, now)
+                .unwrap(),
+            SetMute::Done
+        );
+        // Unmuting one makes room.
+        assert_eq!(store.set_mute(u, "g.500", 0, now).unwrap(), SetMute::Done);
+        assert_eq!(
+            store.set_mute(u, "g.300000", u64::MAX, now).unwrap(),
+            SetMute::Done
         );
     }
 
