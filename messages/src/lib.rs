@@ -50,12 +50,17 @@ pub struct Config {
     /// Timeout of the service's own bus requests (user lookups at sessions, group
     /// states and changes at the groups service).
     pub request_timeout: Duration,
+    /// Publish a `NotifyJob` for every committed batch on `Subject::notify()` (durably)
+    /// for the notifier (push notifications). Off when no notifier runs: in a cluster
+    /// the jobs would wait for a consumer in JetStream.
+    pub notify: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             request_timeout: Duration::from_secs(5),
+            notify: false,
         }
     }
 }
@@ -80,6 +85,8 @@ pub(crate) struct Shared {
     pub audiences: Arc<natter_people::Audiences>,
     /// Describes (and pins) the media a message carries.
     pub media: natter_media::client::MediaClient,
+    /// Publish notify jobs (`Config::notify`).
+    pub notify: bool,
 }
 
 /// A running messages service.
@@ -117,6 +124,7 @@ pub async fn start(
         groups: groups::GroupClient::new(bus.clone(), config.request_timeout),
         media: natter_media::client::MediaClient::new(bus, config.request_timeout),
         audiences,
+        notify: config.notify,
     });
     let mut tasks = JoinSet::new();
     let owned = Owned::default();

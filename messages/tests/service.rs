@@ -950,6 +950,7 @@ async fn bad_requests_get_stable_codes_and_store_nothing() {
 async fn sends_are_unavailable_while_sessions_does_not_answer() {
     let config = Config {
         request_timeout: Duration::from_millis(200),
+        ..Config::default()
     };
     let h = harness_with(|s| s, config, false).await;
     let r = h.send((ALICE, A1), BOB, "x").await;
@@ -1500,4 +1501,55 @@ async fn messages_to_someone_who_blocked_the_sender_are_acked_but_withheld() {
     let quiet = tokio::time::timeout(Duration::from_millis(300), bob.next()).await;
     assert!(quiet.is_err(), "Bob got something from Alice: {quiet:?}");
     people.abort();
+}
+
+#[tokio::test]
+async fn committed_sends_are_handed_to_the_notifier_when_asked() {
+    let config = Config {
+        notify: true,
+        ..Config::default()
+    };
+    let h = harness_with(|s| s, config, true).await;
+    let mut jobs = h
+        .bus
+        .consume_durable(&Subject::notify(), "notifier", 16)
+        .await
+        .expect("consume");
+    let r = h.send((ALICE, A1), BOB, "n1").await;
+    assert!(
+        matches!(r.body, Some(bus::partition_reply::Body::Ack(_))),
+        "{r:?}"
+    );
+    let job = tokio::time::timeout(Duration::from_secs(5), jobs.next())
+        .await
+        .expect("a notify job")
+        .expect("the stream goes on");
+    let job = bus::NotifyJob::decode(job.payload).expect("a NotifyJob");
+    assert_eq!(job.messages.len(), 1);
+    let m = &job.messages[0];
+    assert_eq!(m.recipients, vec![BOB.get()], "the sender is no recipient");
+    let message = m.message.as_ref().expect("the message");
+    assert_eq!(message.client_msg_id, "n1");
+    assert_eq!(message.sender_user, ALICE.get());
+    assert!(message.seq >= 1);
+}
+
+#[tokio::test]
+async fn no_notify_jobs_unless_asked() {
+    let h = harness_with(|s| s, Config::default(), true).await;
+    let mut jobs = h
+        .bus
+        .consume_durable(&Subject::notify(), "notifier", 16)
+        .await
+        .expect("consume");
+    let r = h.send((ALICE, A1), BOB, "n1").await;
+    assert!(
+        matches!(r.body, Some(bus::partition_reply::Body::Ack(_))),
+        "{r:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), jobs.next())
+            .await
+            .is_err()
+    );
 }
