@@ -77,6 +77,9 @@ enum Command {
     Calls(roles::CallsArgs),
     /// Run natter's TURN relay (UDP), checking the credentials the calls role hands out.
     Turn(roles::TurnArgs),
+    /// Run the notifier: push notifications for users with no device online, from the
+    /// messages role's jobs (JetStream) to a webhook (an FCM/APNs gateway).
+    Notifier(roles::NotifierArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,6 +121,8 @@ struct ServeArgs {
     calls: roles::CallsConfigArgs,
     #[command(flatten)]
     turn: roles::TurnListenArgs,
+    #[command(flatten)]
+    push: roles::PushConfigArgs,
 }
 
 /// Pending connections the kernel queues for `accept` (tokio's default is 1,024; a
@@ -180,6 +185,7 @@ fn main() -> ExitCode {
             Command::Media(args) => roles::media(args).await,
             Command::Calls(args) => roles::calls(args).await,
             Command::Turn(args) => roles::turn(args).await,
+            Command::Notifier(args) => roles::notifier(args).await,
         }
     });
     match result {
@@ -256,6 +262,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let people_config = args.people.config()?;
     let (media_config, media_objects) = args.media.config(&args.data_dir)?;
     let calls_config = args.calls.config()?;
+    let push_config = args.push.config()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
         .map_err(Failure::Config)?;
@@ -341,7 +348,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .context("opening the message store")
         .map_err(run)?;
     let messages = natter_messages::start(
-        natter_messages::Config::default(),
+        natter_messages::Config {
+            notify: push_config.is_some(),
+            ..Default::default()
+        },
         store,
         bus.clone(),
         natter_messages::Placement::All,
@@ -386,6 +396,21 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     .await
     .context("starting the calls service")
     .map_err(run)?;
+    let notifier_task = match push_config {
+        None => None,
+        Some(config) => Some(
+            natter_notify::service::start(
+                bus.clone(),
+                Arc::new(natter_notify::service::BusTargets::new(bus.clone())),
+                Arc::new(natter_notify::service::DirectoryOnline(directory.clone())),
+                config,
+                services_stop.clone(),
+            )
+            .await
+            .context("starting the notifier")
+            .map_err(run)?,
+        ),
+    };
     let turn = match turn_config {
         None => None,
         Some(config) => {
@@ -462,6 +487,14 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
                 "service did not stop within the grace period"
             ),
         }
+    }
+    if let Some(task) = notifier_task
+        && tokio::time::timeout(grace, task).await.is_err()
+    {
+        tracing::warn!(
+            service = "notifier",
+            "service did not stop within the grace period"
+        );
     }
     if let Some(relay) = turn {
         relay.close().await;

@@ -416,6 +416,125 @@ pub(crate) fn read_turn_secret(path: &std::path::Path) -> Result<Arc<str>, Failu
     Ok(Arc::from(secret))
 }
 
+/// Push notifications, shared by `natter serve` and `natter notifier`.
+#[derive(clap::Args, Debug)]
+pub struct PushConfigArgs {
+    /// The push gateway's webhook (`https://…`): natter POSTs one JSON notification per
+    /// device of a user with no device online (docs/operations.md has the format). In
+    /// `natter serve`, push notifications are on only when this is set.
+    #[arg(long, env = "NATTER_PUSH_WEBHOOK_URL")]
+    pub push_webhook_url: Option<String>,
+    /// File holding the secret that signs each webhook body (`X-Natter-Signature:
+    /// sha256=<hex HMAC-SHA256>`); unset: unsigned.
+    #[arg(long, env = "NATTER_PUSH_WEBHOOK_SECRET_FILE")]
+    push_webhook_secret_file: Option<PathBuf>,
+    /// Put the text of text messages in notifications (off: the gateway never sees
+    /// message content).
+    #[arg(long, env = "NATTER_PUSH_INCLUDE_CONTENT")]
+    push_include_content: bool,
+    /// Notifications per device per minute (bursts of as many); the excess is dropped.
+    #[arg(long, env = "NATTER_PUSH_PER_DEVICE_PER_MINUTE", default_value_t = 30)]
+    push_per_device_per_minute: u32,
+    /// Requests per notification, the first included, before giving up.
+    #[arg(long, env = "NATTER_PUSH_MAX_ATTEMPTS", default_value_t = 5)]
+    push_max_attempts: u32,
+    /// Milliseconds of the first retry's backoff (doubling, with jitter, up to 30 s).
+    #[arg(long, env = "NATTER_PUSH_BACKOFF_MS", default_value_t = 500)]
+    push_backoff_ms: u64,
+}
+
+impl PushConfigArgs {
+    /// The notifier's config, if a webhook is set.
+    pub(crate) fn config(&self) -> Result<Option<natter_notify::service::Config>, Failure> {
+        let Some(url) = &self.push_webhook_url else {
+            if self.push_webhook_secret_file.is_some() || self.push_include_content {
+                return Err(config_error(anyhow::anyhow!(
+                    "--push-webhook-secret-file and --push-include-content need --push-webhook-url"
+                )));
+            }
+            return Ok(None);
+        };
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(config_error(anyhow::anyhow!(
+                "--push-webhook-url {url:?} must be an http(s) URL"
+            )));
+        }
+        if self.push_max_attempts == 0 {
+            return Err(config_error(anyhow::anyhow!(
+                "--push-max-attempts must be at least 1"
+            )));
+        }
+        let mut webhook = natter_notify::webhook::WebhookConfig::new(url.clone());
+        webhook.max_attempts = self.push_max_attempts;
+        webhook.backoff_base = Duration::from_millis(self.push_backoff_ms);
+        if let Some(path) = &self.push_webhook_secret_file {
+            let secret = std::fs::read(path)
+                .with_context(|| format!("reading --push-webhook-secret-file {}", path.display()))
+                .map_err(Failure::Config)?;
+            let secret = secret.trim_ascii();
+            if secret.len() < 16 {
+                return Err(config_error(anyhow::anyhow!(
+                    "--push-webhook-secret-file must hold at least 16 bytes"
+                )));
+            }
+            webhook.secret = Some(Arc::from(secret));
+        }
+        let mut config = natter_notify::service::Config::new(webhook);
+        config.include_content = self.push_include_content;
+        config.per_device_per_minute = self.push_per_device_per_minute;
+        Ok(Some(config))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NotifierArgs {
+    /// Address for health and metrics.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Redis URL of the edges' session directory (who has a device online).
+    #[arg(long, env = "NATTER_REDIS")]
+    redis: String,
+    #[command(flatten)]
+    push: PushConfigArgs,
+    /// Seconds to let deliveries in flight finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
+pub async fn notifier(args: NotifierArgs) -> Result<(), Failure> {
+    let Some(config) = args.push.config()? else {
+        return Err(config_error(anyhow::anyhow!(
+            "natter notifier needs --push-webhook-url"
+        )));
+    };
+    let directory: Arc<dyn natter_sessions::directory::SessionDirectory> = Arc::new(
+        natter_sessions::directory::RedisDirectory::connect_lazy(&args.redis, "natter")
+            .map_err(|e| config_error(anyhow::anyhow!("--redis: {e}")))?,
+    );
+    let nats = connect_nats(
+        &args.nats,
+        format!("natter-notifier-{}", default_name("notifier")),
+    )
+    .await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let stop = CancellationToken::new();
+    let service = natter_notify::service::start(
+        bus.clone(),
+        Arc::new(natter_notify::service::BusTargets::new(bus)),
+        Arc::new(natter_notify::service::DirectoryOnline(directory)),
+        config,
+        stop.clone(),
+    )
+    .await
+    .context("starting the notifier (JetStream consumer)")
+    .map_err(Failure::Runtime)?;
+    let ready = Ready::with_redis(nats, &args.redis)?;
+    let grace = Duration::from_secs(args.drain_grace_s);
+    run_service("notifier", args.listen, ready, stop, service, grace).await
+}
+
 /// Where natter's own TURN relay listens (the `natter turn` role, or in `natter serve`).
 #[derive(clap::Args, Debug)]
 pub struct TurnListenArgs {
@@ -584,6 +703,10 @@ pub struct MessagesArgs {
     /// partitions wait before another instance takes them.
     #[arg(long, env = "NATTER_LEASE_TTL_MS", default_value_t = 10_000)]
     lease_ttl_ms: u64,
+    /// Publish every committed batch for the notifier (JetStream stream NATTER_NOTIFY):
+    /// set it when a `natter notifier` runs, else the jobs wait in JetStream for a day.
+    #[arg(long, env = "NATTER_NOTIFY")]
+    notify: bool,
     /// Seconds to let in-progress batches finish on shutdown.
     #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
     drain_grace_s: u64,
@@ -947,7 +1070,10 @@ pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
     lease.ttl = Duration::from_millis(args.lease_ttl_ms);
     let stop = CancellationToken::new();
     let running = natter_messages::start(
-        natter_messages::Config::default(),
+        natter_messages::Config {
+            notify: args.notify,
+            ..Default::default()
+        },
         store,
         bus,
         natter_messages::Placement::Leased(lease),
