@@ -1085,3 +1085,72 @@ async fn a_call_whose_edge_dies_without_a_word_drops_after_the_grace() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_notifications_go_through_jetstream_and_survive_a_notifier_restart() {
+    let (receiver, addr) = common::webhook::Receiver::start(1).await;
+    let mut cluster = Cluster::start(Shape {
+        messages: 1,
+        push_webhook: Some(format!("http://{addr}/push")),
+        ..Shape::default()
+    })
+    .await;
+    bounded(90, async {
+        let ann = cluster.user("ann").await;
+        let bo = cluster.user("bo").await;
+        let r = reqwest::Client::new()
+            .put(format!(
+                "{}/v1/devices/current/push",
+                cluster.sessions.base_url()
+            ))
+            .bearer_auth(&bo.access_token)
+            .json(&serde_json::json!({"token": "bo-token", "platform": "apns"}))
+            .send()
+            .await
+            .expect("register a push token");
+        assert_eq!(r.status(), 204);
+        let a = cluster.connect(&ann, 0, opts()).await;
+        let first = a.send_text(bo.user_id, "one").await.expect("send");
+        // The webhook fails once, then takes it: two calls, one notification.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while receiver.calls().len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                receiver.calls()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let calls = receiver.calls();
+        assert_eq!(calls[0], calls[1]);
+        assert_eq!(calls[0]["seq"], first.seq.to_string());
+        assert_eq!(calls[0]["token"], "bo-token");
+
+        // With the notifier down, a job waits in JetStream; the restarted notifier
+        // delivers it.
+        let notifier = cluster.notifier.as_mut().expect("notifier");
+        notifier.kill9().await;
+        let second = a.send_text(bo.user_id, "two").await.expect("send");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            receiver.calls().len(),
+            2,
+            "nobody consumes while the notifier is down"
+        );
+        notifier.start().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while receiver.calls().len() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                receiver.calls()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let calls = receiver.calls();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert_eq!(calls[2]["seq"], second.seq.to_string());
+    })
+    .await;
+}

@@ -205,6 +205,8 @@ pub struct Cluster {
     pub calls: Option<Role>,
     pub turn: Option<Role>,
     pub turn_addr: Option<SocketAddr>,
+    /// `natter notifier`, if the shape named a webhook.
+    pub notifier: Option<Role>,
     pub http: HttpClient,
     _dir: tempfile::TempDir,
 }
@@ -227,6 +229,8 @@ pub struct Shape {
     pub media: bool,
     /// Run `natter calls` (with this drop grace, ms) and a `natter turn` relay.
     pub calls: Option<u64>,
+    /// Run `natter notifier` posting to this webhook (and messages with `--notify`).
+    pub push_webhook: Option<String>,
 }
 
 impl Default for Shape {
@@ -241,6 +245,7 @@ impl Default for Shape {
             presence: false,
             media: false,
             calls: None,
+            push_webhook: None,
         }
     }
 }
@@ -294,6 +299,9 @@ impl Cluster {
                     "--store-timeout-ms".into(),
                     "3000".into(),
                 ]);
+                if shape.push_webhook.is_some() {
+                    args.push("--notify".into());
+                }
                 Role::new(&format!("messages-{i}"), dir.path(), args)
             })
             .collect();
@@ -377,6 +385,18 @@ impl Cluster {
             ];
             Role::new("turn", dir.path(), args)
         });
+        let mut notifier = shape.push_webhook.as_ref().map(|url| {
+            let mut args = common("notifier");
+            args.extend([
+                "--redis".into(),
+                redis.url(),
+                "--push-webhook-url".into(),
+                url.clone(),
+                "--push-backoff-ms".into(),
+                "20".into(),
+            ]);
+            Role::new("notifier", dir.path(), args)
+        });
         sessions.start().await;
         store.start().await;
         groups.start().await;
@@ -387,6 +407,7 @@ impl Cluster {
             .chain(media.iter_mut())
             .chain(calls.iter_mut())
             .chain(turn.iter_mut())
+            .chain(notifier.iter_mut())
         {
             r.start().await;
         }
@@ -411,6 +432,7 @@ impl Cluster {
             calls,
             turn,
             turn_addr,
+            notifier,
             http,
             _dir: dir,
         };
