@@ -126,8 +126,10 @@ pub(crate) async fn run(
             End(1011, "bus unavailable, try again")
         }
         Ok(mut subscription) => {
-            device.announce().await;
-            device.tell_calls(true).await;
+            // Boxed: once per connection, and their states would otherwise sit in every
+            // idle connection's task for its whole life.
+            Box::pin(device.announce()).await;
+            Box::pin(device.tell_calls(true)).await;
             inner
                 .directory
                 .connected(user, device.identity.device, connection_id);
@@ -157,14 +159,16 @@ pub(crate) async fn run(
                             if !matches!(inbound, Inbound::Closed) {
                                 last_heard = Instant::now();
                             }
-                            device
-                                .on_client(
-                                    &mut socket,
-                                    inbound,
-                                    &mut in_flight,
-                                    config.max_bad_frames,
-                                )
-                                .await
+                            // Boxed: a client frame's handling (every request type) is the
+                            // largest state of this loop; inline, every idle connection's
+                            // task would carry it.
+                            Box::pin(device.on_client(
+                                &mut socket,
+                                inbound,
+                                &mut in_flight,
+                                config.max_bad_frames,
+                            ))
+                            .await
                         }
                         Wake::Queued(msg) => socket.write_queued(msg).await.map_err(slow),
                         Wake::Bus(event) => device.on_bus(&mut socket, event).await,
@@ -216,7 +220,7 @@ pub(crate) async fn run(
     );
     socket.close(code, reason, graceful).await;
     if subscribed {
-        device.tell_calls(false).await;
+        Box::pin(device.tell_calls(false)).await;
     }
     inner
         .directory
