@@ -1,7 +1,7 @@
 //! End-to-end tests of natter-sessions: the real axum router (driven with
 //! `tower::ServiceExt::oneshot`), a real redb file in a temp dir and an in-process bus.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -10,7 +10,6 @@ use axum::{
 };
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use natter_bus::{Bus, BusEvent, InProcessBus};
 use natter_proto::{
@@ -21,76 +20,13 @@ use natter_sessions::{AuthError, Config, Sessions, SessionsError, router, start}
 use prost::Message;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+
+mod common;
+
+use common::{call, config, error_code, harness, send};
 
 const SECRET: &[u8] = b"test secret, thirty-two bytes or more";
 const WAIT: Duration = Duration::from_secs(5);
-
-fn config(dir: &Path, secret: Option<&[u8]>) -> Config {
-    Config {
-        data_dir: dir.to_owned(),
-        jwt_secret: secret.map(<[u8]>::to_vec),
-        argon2_memory_kib: 256,
-        ..Config::default()
-    }
-}
-
-struct Harness {
-    dir: tempfile::TempDir,
-    sessions: Sessions,
-    bus: InProcessBus,
-    app: Router,
-}
-
-fn harness(secret: Option<&[u8]>) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let sessions = Sessions::open(config(dir.path(), secret)).unwrap();
-    let bus = InProcessBus::new();
-    let app = router(sessions.clone(), Arc::new(bus.clone()));
-    Harness {
-        dir,
-        sessions,
-        bus,
-        app,
-    }
-}
-
-async fn call(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(token) = bearer {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let body = match body {
-        Some(v) => {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-            Body::from(v.to_string())
-        }
-        None => Body::empty(),
-    };
-    send(app, req.body(body).unwrap()).await
-}
-
-async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("non-JSON body {bytes:?}: {e}"))
-    };
-    (status, value)
-}
-
-fn error_code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("<none>")
-}
 
 async fn register(app: &Router, username: &str, password: &str) -> (StatusCode, Value) {
     call(

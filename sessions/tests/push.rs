@@ -6,82 +6,25 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    body::Body,
-    http::{Method, Request, StatusCode, header},
+    http::{Method, StatusCode},
 };
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use natter_bus::{Bus, InProcessBus};
 use natter_proto::{
     ErrorCode, Subject,
     bus::{PushDevice, PushTargets, PushTargetsRequest},
 };
-use natter_sessions::{Config, Sessions, router, start};
+use natter_sessions::start;
 use prost::Message;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+
+mod common;
+
+use common::{call, error_code, harness};
 
 const WAIT: Duration = Duration::from_secs(5);
 const PUSH: &str = "/v1/devices/current/push";
-
-struct Harness {
-    _dir: tempfile::TempDir,
-    sessions: Sessions,
-    bus: InProcessBus,
-    app: Router,
-}
-
-fn harness() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let sessions = Sessions::open(Config {
-        data_dir: dir.path().to_owned(),
-        argon2_memory_kib: 256,
-        ..Config::default()
-    })
-    .unwrap();
-    let bus = InProcessBus::new();
-    let app = router(sessions.clone(), Arc::new(bus.clone()));
-    Harness {
-        _dir: dir,
-        sessions,
-        bus,
-        app,
-    }
-}
-
-async fn call(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(token) = bearer {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let body = match body {
-        Some(v) => {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-            Body::from(v.to_string())
-        }
-        None => Body::empty(),
-    };
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("non-JSON body {bytes:?}: {e}"))
-    };
-    (status, value)
-}
-
-fn error_code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("<none>")
-}
 
 /// A logged-in device: (user id, device id, access token).
 struct Device {
@@ -180,7 +123,7 @@ fn sorted(mut t: PushTargets) -> PushTargets {
 
 #[tokio::test]
 async fn every_push_and_mute_endpoint_needs_a_bearer() {
-    let h = harness();
+    let h = harness(None);
     let a = signed_in(&h.app, "alice").await;
     let cases = [
         (
@@ -216,7 +159,7 @@ async fn every_push_and_mute_endpoint_needs_a_bearer() {
 
 #[tokio::test]
 async fn push_tokens_are_validated() {
-    let h = harness();
+    let h = harness(None);
     let a = signed_in(&h.app, "alice").await;
     let long = "t".repeat(4097);
     for (token, platform) in [
@@ -279,7 +222,7 @@ async fn push_tokens_are_validated() {
 
 #[tokio::test]
 async fn push_targets_follow_registrations_moves_and_logouts() {
-    let h = harness();
+    let h = harness(None);
     let shutdown = CancellationToken::new();
     let task = start(
         h.sessions.clone(),
@@ -433,7 +376,7 @@ async fn push_targets_follow_registrations_moves_and_logouts() {
 
 #[tokio::test]
 async fn mutes_validate_expire_and_list_as_strings() {
-    let h = harness();
+    let h = harness(None);
     let a = signed_in(&h.app, "alice").await;
     let b = signed_in(&h.app, "bob").await;
     for bad in [
