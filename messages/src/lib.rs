@@ -16,6 +16,7 @@
 pub mod conformance;
 mod groups;
 mod media;
+mod notify;
 mod ownership;
 mod partition;
 mod queries;
@@ -85,8 +86,8 @@ pub(crate) struct Shared {
     pub audiences: Arc<natter_people::Audiences>,
     /// Describes (and pins) the media a message carries.
     pub media: natter_media::client::MediaClient,
-    /// Publish notify jobs (`Config::notify`).
-    pub notify: bool,
+    /// Where committed batches go for the notifier (`Config::notify`).
+    pub notify: Option<notify::Publisher>,
 }
 
 /// A running messages service.
@@ -122,9 +123,9 @@ pub async fn start(
         bus: bus.clone(),
         users: natter_sessions::Users::new(bus.clone(), config.request_timeout),
         groups: groups::GroupClient::new(bus.clone(), config.request_timeout),
-        media: natter_media::client::MediaClient::new(bus, config.request_timeout),
+        media: natter_media::client::MediaClient::new(bus.clone(), config.request_timeout),
         audiences,
-        notify: config.notify,
+        notify: config.notify.then(|| notify::Publisher::start(bus.clone())),
     });
     let mut tasks = JoinSet::new();
     let owned = Owned::default();

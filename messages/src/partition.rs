@@ -268,54 +268,6 @@ async fn publish(shared: &Shared, user: UserId, push: Bytes) {
     }
 }
 
-/// Attempts to publish a batch's notify job.
-const NOTIFY_ATTEMPTS: u32 = 3;
-
-/// Hands a committed batch to the notifier (push notifications for recipients with no
-/// device online), in the background: the acks do not wait for it. Published durably
-/// (a JetStream work queue in a cluster) under an id of its first message, so a retried
-/// publish is kept once. Lost only if this owner dies in the moment between its commit
-/// and the publish; the message itself is stored either way.
-fn notify(shared: &Arc<Shared>, batch: &[NewMessage], fanout: &[Arc<Vec<UserId>>]) {
-    let messages: Vec<bus::NotifyMessage> = batch
-        .iter()
-        .zip(fanout)
-        .filter(|(nm, _)| nm.message.kind != v1::MessageKind::System as i32)
-        .map(|(nm, members)| bus::NotifyMessage {
-            recipients: members
-                .iter()
-                .filter(|u| u.get() != nm.message.sender_user)
-                .map(|u| u.get())
-                .collect(),
-            message: Some(nm.message.clone()),
-        })
-        .filter(|m| !m.recipients.is_empty())
-        .collect();
-    let Some(first) = messages.first().and_then(|m| m.message.as_ref()) else {
-        return;
-    };
-    let id = format!("{}:{}", first.conversation_id, first.seq);
-    let payload = Bytes::from(bus::NotifyJob { messages }.encode_to_vec());
-    let bus = shared.bus.clone();
-    tokio::spawn(async move {
-        for attempt in 1..=NOTIFY_ATTEMPTS {
-            match bus
-                .publish_durable(&Subject::notify(), payload.clone(), &id)
-                .await
-            {
-                Ok(()) => return,
-                Err(e) if attempt == NOTIFY_ATTEMPTS => {
-                    tracing::warn!(error = %e, job = %id, "notify job not published: no push for it");
-                }
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
-                        .await
-                }
-            }
-        }
-    });
-}
-
 /// The system message that records a group change in the group's conversation.
 fn system_message(group: GroupId, seq: Seq, event: v1::GroupEvent) -> v1::Message {
     v1::Message {
@@ -1002,8 +954,8 @@ impl Worker {
                 }
             })
             .collect();
-        if self.shared.notify {
-            notify(&self.shared, &batch, &fanout);
+        if let Some(notify) = &self.shared.notify {
+            notify.offer(&batch, &fanout);
         }
         for (nm, members) in batch.into_iter().zip(fanout) {
             push_message(&self.shared, nm.message, &members).await;
