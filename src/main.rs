@@ -165,6 +165,8 @@ fn main() -> ExitCode {
         eprintln!("natter: {e:#}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    // Before anything records: crates cache their metric handles on first use.
+    crate::metrics::install();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,5 +1,6 @@
-//! Prometheus metrics and HTTP request ids, for every role: [`install`] sets the process's
-//! recorder once, and [`serve_http`](crate::roles::serve_http) adds `GET /metrics` and
+//! Prometheus metrics and HTTP request ids, for every role: `main` calls [`install`]
+//! first thing (the crates cache their metric handles on first use, and a handle taken
+//! before the recorder records nothing), and [`serve_http`](crate::roles::serve_http) adds `GET /metrics` and
 //! [`request_ids`] to every router it serves. The metrics themselves are recorded where
 //! things happen (edge, messages) through the `metrics` facade; docs/operations.md lists
 //! them.

@@ -1,91 +1,207 @@
 //! What the edge records through the `metrics` facade (docs/operations.md lists every
 //! metric and the SLOs they measure). Labels are fixed names, never ids, so the number
 //! of series stays small.
+//!
+//! Every frame in and out is counted, so the handles are looked up in the recorder once
+//! per process ([`handles`]) rather than on each frame (a registry lookup takes a lock).
+//! The binary installs its recorder before it serves anything; handles taken without
+//! one record nothing.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
+use metrics::{Counter, Gauge, Histogram};
 use natter_proto::{
     ErrorCode,
     v1::{ServerFrame, client_frame::Body as In, server_frame::Body as Out},
 };
 
-/// Open WebSocket connections on this edge.
-pub(crate) const CONNECTIONS: &str = "natter_connections";
+/// Client frame types, as labelled (index = [`in_index`]).
+const IN_TYPES: [&str; 14] = [
+    "unknown",
+    "send",
+    "received",
+    "read",
+    "typing",
+    "sync",
+    "history",
+    "ping",
+    "group",
+    "read_by",
+    "people",
+    "presence_subscribe",
+    "call",
+    "bad",
+];
+
+/// Server frame types, as labelled (index = [`out_index`]); "push" is a pushed frame
+/// passed through encoded.
+const OUT_TYPES: [&str; 20] = [
+    "unknown",
+    "welcome",
+    "ack",
+    "message",
+    "receipt",
+    "typing",
+    "sync_batch",
+    "sync_done",
+    "history_page",
+    "pong",
+    "error",
+    "group_result",
+    "read_by_result",
+    "join_requested",
+    "people_result",
+    "presence_snapshot",
+    "presence",
+    "call_result",
+    "call_event",
+    "push",
+];
+
+/// Services the edge sends requests to.
+const SERVICES: [&str; 6] = [
+    "messages", "groups", "people", "presence", "calls", "sessions",
+];
+
+/// Error codes counted by name (index = the code); others count as UNKNOWN.
+const ERROR_CODES: usize = 17;
+
+struct Handles {
+    connections: Gauge,
+    frames_in: Vec<Counter>,
+    frames_out: Vec<Counter>,
+    errors: Vec<Counter>,
+    unknown_error: Counter,
+    slow_consumer: Counter,
+    lagged: Counter,
+    ack: Histogram,
+    delivery: Histogram,
+    bus: Vec<Histogram>,
+}
+
+fn handles() -> &'static Handles {
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    HANDLES.get_or_init(|| Handles {
+        connections: metrics::gauge!("natter_connections"),
+        frames_in: IN_TYPES
+            .iter()
+            .map(|t| metrics::counter!("natter_frames_in_total", "type" => *t))
+            .collect(),
+        frames_out: OUT_TYPES
+            .iter()
+            .map(|t| metrics::counter!("natter_frames_out_total", "type" => *t))
+            .collect(),
+        errors: (0..ERROR_CODES as i32)
+            .map(|code| {
+                let name = ErrorCode::try_from(code)
+                    .map(|c| c.as_str_name().trim_start_matches("ERROR_CODE_"))
+                    .unwrap_or("UNKNOWN");
+                metrics::counter!("natter_errors_total", "code" => name)
+            })
+            .collect(),
+        unknown_error: metrics::counter!("natter_errors_total", "code" => "UNKNOWN"),
+        slow_consumer: metrics::counter!("natter_outbound_drops_total", "reason" => "slow_consumer"),
+        lagged: metrics::counter!("natter_outbound_drops_total", "reason" => "lagged"),
+        ack: metrics::histogram!("natter_ack_latency_seconds"),
+        delivery: metrics::histogram!("natter_delivery_latency_seconds"),
+        bus: SERVICES
+            .iter()
+            .map(|s| metrics::histogram!("natter_bus_request_seconds", "service" => *s))
+            .collect(),
+    })
+}
+
+fn in_index(body: Option<&In>) -> usize {
+    match body {
+        None => 0,
+        Some(In::Send(_)) => 1,
+        Some(In::Received(_)) => 2,
+        Some(In::Read(_)) => 3,
+        Some(In::Typing(_)) => 4,
+        Some(In::Sync(_)) => 5,
+        Some(In::History(_)) => 6,
+        Some(In::Ping(_)) => 7,
+        Some(In::Group(_)) => 8,
+        Some(In::ReadBy(_)) => 9,
+        Some(In::People(_)) => 10,
+        Some(In::PresenceSubscribe(_)) => 11,
+        Some(In::Call(_)) => 12,
+    }
+}
+
+fn out_index(body: Option<&Out>) -> usize {
+    match body {
+        None => 0,
+        Some(Out::Welcome(_)) => 1,
+        Some(Out::Ack(_)) => 2,
+        Some(Out::Message(_)) => 3,
+        Some(Out::Receipt(_)) => 4,
+        Some(Out::Typing(_)) => 5,
+        Some(Out::SyncBatch(_)) => 6,
+        Some(Out::SyncDone(_)) => 7,
+        Some(Out::HistoryPage(_)) => 8,
+        Some(Out::Pong(_)) => 9,
+        Some(Out::Error(_)) => 10,
+        Some(Out::GroupResult(_)) => 11,
+        Some(Out::ReadByResult(_)) => 12,
+        Some(Out::JoinRequested(_)) => 13,
+        Some(Out::PeopleResult(_)) => 14,
+        Some(Out::PresenceSnapshot(_)) => 15,
+        Some(Out::Presence(_)) => 16,
+        Some(Out::CallResult(_)) => 17,
+        Some(Out::CallEvent(_)) => 18,
+    }
+}
+
+/// A connection opened (`true`) or closed.
+pub(crate) fn connection(open: bool) {
+    let gauge = &handles().connections;
+    if open {
+        gauge.increment(1.0);
+    } else {
+        gauge.decrement(1.0);
+    }
+}
 
 pub(crate) fn frame_in(body: Option<&In>) {
-    let kind = match body {
-        None => "unknown",
-        Some(In::Send(_)) => "send",
-        Some(In::Received(_)) => "received",
-        Some(In::Read(_)) => "read",
-        Some(In::Typing(_)) => "typing",
-        Some(In::Sync(_)) => "sync",
-        Some(In::History(_)) => "history",
-        Some(In::Ping(_)) => "ping",
-        Some(In::Group(_)) => "group",
-        Some(In::ReadBy(_)) => "read_by",
-        Some(In::People(_)) => "people",
-        Some(In::PresenceSubscribe(_)) => "presence_subscribe",
-        Some(In::Call(_)) => "call",
-    };
-    metrics::counter!("natter_frames_in_total", "type" => kind).increment(1);
+    handles().frames_in[in_index(body)].increment(1);
 }
 
 /// A frame the client could not get decoded or was refused unread.
 pub(crate) fn bad_frame() {
-    metrics::counter!("natter_frames_in_total", "type" => "bad").increment(1);
+    handles().frames_in[IN_TYPES.len() - 1].increment(1);
 }
 
 /// A frame written to a client (and, for an error, its code).
 pub(crate) fn frame_out(frame: &ServerFrame) {
-    let kind = match &frame.body {
-        None => "unknown",
-        Some(Out::Welcome(_)) => "welcome",
-        Some(Out::Ack(_)) => "ack",
-        Some(Out::Message(_)) => "message",
-        Some(Out::Receipt(_)) => "receipt",
-        Some(Out::Typing(_)) => "typing",
-        Some(Out::SyncBatch(_)) => "sync_batch",
-        Some(Out::SyncDone(_)) => "sync_done",
-        Some(Out::HistoryPage(_)) => "history_page",
-        Some(Out::Pong(_)) => "pong",
-        Some(Out::Error(e)) => {
-            error(e.code);
-            "error"
+    let h = handles();
+    if let Some(Out::Error(e)) = &frame.body {
+        match usize::try_from(e.code).ok().and_then(|c| h.errors.get(c)) {
+            Some(counter) => counter.increment(1),
+            None => h.unknown_error.increment(1),
         }
-        Some(Out::GroupResult(_)) => "group_result",
-        Some(Out::ReadByResult(_)) => "read_by_result",
-        Some(Out::JoinRequested(_)) => "join_requested",
-        Some(Out::PeopleResult(_)) => "people_result",
-        Some(Out::PresenceSnapshot(_)) => "presence_snapshot",
-        Some(Out::Presence(_)) => "presence",
-        Some(Out::CallResult(_)) => "call_result",
-        Some(Out::CallEvent(_)) => "call_event",
-    };
-    metrics::counter!("natter_frames_out_total", "type" => kind).increment(1);
+    }
+    h.frames_out[out_index(frame.body.as_ref())].increment(1);
 }
 
 /// A pushed frame passed through encoded (its type is not decoded on the hot path).
 pub(crate) fn push_out() {
-    metrics::counter!("natter_frames_out_total", "type" => "push").increment(1);
+    handles().frames_out[19].increment(1);
 }
 
-fn error(code: i32) {
-    let name = ErrorCode::try_from(code)
-        .map(|c| c.as_str_name().trim_start_matches("ERROR_CODE_"))
-        .unwrap_or("UNKNOWN");
-    metrics::counter!("natter_errors_total", "code" => name).increment(1);
+/// A connection closed because its client read too slowly.
+pub(crate) fn slow_consumer() {
+    handles().slow_consumer.increment(1);
 }
 
-/// A connection closed because its client read too slowly (`slow_consumer`) or its bus
-/// subscription fell behind (`lagged`).
-pub(crate) fn outbound_drop(reason: &'static str) {
-    metrics::counter!("natter_outbound_drops_total", "reason" => reason).increment(1);
+/// A connection closed because its bus subscription fell behind.
+pub(crate) fn lagged() {
+    handles().lagged.increment(1);
 }
 
 /// A Send's arrival to its Ack.
 pub(crate) fn ack_latency(took: Duration) {
-    metrics::histogram!("natter_ack_latency_seconds").record(took.as_secs_f64());
+    handles().ack.record(took.as_secs_f64());
 }
 
 /// A message's acceptance by its owner (`created_at_ms`) to its push into a socket.
@@ -93,11 +209,34 @@ pub(crate) fn delivery_latency(created_at_ms: u64) {
     let now = natter_proto::now_ms();
     // Clocks of different nodes: a push "from the future" counts as immediate.
     let ms = now.saturating_sub(created_at_ms);
-    metrics::histogram!("natter_delivery_latency_seconds").record(ms as f64 / 1000.0);
+    handles().delivery.record(ms as f64 / 1000.0);
 }
 
 /// A request to `service` over the bus, to its reply.
 pub(crate) fn bus_request(service: &'static str, took: Duration) {
-    metrics::histogram!("natter_bus_request_seconds", "service" => service)
-        .record(took.as_secs_f64());
+    let h = handles();
+    match SERVICES.iter().position(|s| *s == service) {
+        Some(i) => h.bus[i].record(took.as_secs_f64()),
+        None => metrics::histogram!("natter_bus_request_seconds", "service" => service)
+            .record(took.as_secs_f64()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_has_its_counter_and_every_label_is_named() {
+        assert_eq!(
+            ErrorCode::try_from(ERROR_CODES as i32 - 1).ok(),
+            Some(ErrorCode::CallEnded)
+        );
+        assert!(
+            ErrorCode::try_from(ERROR_CODES as i32).is_err(),
+            "a new code needs ERROR_CODES raised"
+        );
+        assert_eq!(OUT_TYPES[19], "push");
+        assert_eq!(IN_TYPES[IN_TYPES.len() - 1], "bad");
+    }
 }

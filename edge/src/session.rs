@@ -100,7 +100,7 @@ pub(crate) async fn run(
     inner
         .open
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    metrics::gauge!(crate::metrics::CONNECTIONS).increment(1.0);
+    crate::metrics::connection(true);
     let (mut socket, queue) = socket(ws, format, config.outbound_queue, config.send_timeout);
 
     let user = identity.user;
@@ -231,11 +231,11 @@ pub(crate) async fn run(
     inner
         .open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1.0);
+    crate::metrics::connection(false);
 }
 
 fn slow(_: SlowConsumer) -> End {
-    crate::metrics::outbound_drop("slow_consumer");
+    crate::metrics::slow_consumer();
     End(
         close_code::SLOW_CONSUMER,
         "client too slow to read; reconnect and sync",
@@ -800,7 +800,7 @@ impl Device {
         let msg = match event {
             None => return Err(End(1011, "bus closed")),
             Some(BusEvent::Lagged) => {
-                crate::metrics::outbound_drop("lagged");
+                crate::metrics::lagged();
                 return Err(End(
                     close_code::SLOW_CONSUMER,
                     "client too slow to read; reconnect and sync",
