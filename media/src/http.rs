@@ -7,13 +7,14 @@ use std::ops::Range;
 use axum::{
     Json, Router,
     body::Body,
-    extract::{DefaultBodyLimit, Path, Query, Request, State},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use futures::StreamExt as _;
 use natter_proto::UserId;
+use natter_sessions::Identity;
 use serde::Deserialize;
 
 use crate::{
@@ -80,7 +81,6 @@ struct TokenQuery {
 
 #[derive(Debug, Deserialize, Default)]
 struct UploadQuery {
-    access_token: Option<String>,
     filename: Option<String>,
     sha256: Option<String>,
     kind: Option<String>,
@@ -99,14 +99,25 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, MediaError> {
     }
 }
 
-async fn usage(
-    State(media): State<Media>,
-    headers: HeaderMap,
-    Query(q): Query<TokenQuery>,
-) -> Result<Response, MediaError> {
-    let who = media
-        .authenticate(&headers, q.access_token.as_deref())
-        .await?;
+/// The caller of a request, authenticated by its bearer token or `?access_token=`
+/// (which the web client's `<img>` and `<video>` use: they cannot set headers).
+struct Caller(Identity);
+
+impl FromRequestParts<Media> for Caller {
+    type Rejection = MediaError;
+
+    async fn from_request_parts(parts: &mut Parts, media: &Media) -> Result<Self, MediaError> {
+        let Query(q) = Query::<TokenQuery>::from_request_parts(parts, media)
+            .await
+            .map_err(|e| MediaError::BadRequest(e.body_text()))?;
+        let who = media
+            .authenticate(&parts.headers, q.access_token.as_deref())
+            .await?;
+        Ok(Caller(who))
+    }
+}
+
+async fn usage(State(media): State<Media>, Caller(who): Caller) -> Result<Response, MediaError> {
     let (used, quota) = media.usage(&who).await?;
     Ok(Json(serde_json::json!({ "used": used, "quota": quota })).into_response())
 }
@@ -114,12 +125,10 @@ async fn usage(
 async fn upload(
     State(media): State<Media>,
     Query(q): Query<UploadQuery>,
+    Caller(who): Caller,
     request: Request,
 ) -> Result<Response, MediaError> {
     let headers = request.headers().clone();
-    let who = media
-        .authenticate(&headers, q.access_token.as_deref())
-        .await?;
     let options = UploadOptions {
         filename: q.filename.unwrap_or_default(),
         sha256: q.sha256,
@@ -148,12 +157,9 @@ struct CreateUpload {
 
 async fn create_upload(
     State(media): State<Media>,
-    Query(q): Query<TokenQuery>,
+    Caller(who): Caller,
     request: Request,
 ) -> Result<Response, MediaError> {
-    let who = media
-        .authenticate(request.headers(), q.access_token.as_deref())
-        .await?;
     let bytes = axum::body::to_bytes(request.into_body(), JSON_MAX_BYTES)
         .await
         .map_err(|_| {
@@ -183,13 +189,9 @@ fn upload_headers(state: &UploadInfo) -> [(&'static str, HeaderValue); 2] {
 async fn upload_state(
     State(media): State<Media>,
     Path(id): Path<String>,
-    Query(q): Query<TokenQuery>,
+    Caller(who): Caller,
     method: Method,
-    headers: HeaderMap,
 ) -> Result<Response, MediaError> {
-    let who = media
-        .authenticate(&headers, q.access_token.as_deref())
-        .await?;
     let state = media.upload_state(&who, &id).await?;
     let mut response = if method == Method::HEAD {
         StatusCode::OK.into_response()
@@ -208,13 +210,10 @@ async fn upload_state(
 async fn append(
     State(media): State<Media>,
     Path(id): Path<String>,
-    Query(q): Query<TokenQuery>,
+    Caller(who): Caller,
     request: Request,
 ) -> Result<Response, MediaError> {
     let headers = request.headers().clone();
-    let who = media
-        .authenticate(&headers, q.access_token.as_deref())
-        .await?;
     let offset: u64 = headers
         .get(UPLOAD_OFFSET)
         .and_then(|v| v.to_str().ok())
@@ -236,12 +235,8 @@ async fn append(
 async fn delete_upload(
     State(media): State<Media>,
     Path(id): Path<String>,
-    Query(q): Query<TokenQuery>,
-    headers: HeaderMap,
+    Caller(who): Caller,
 ) -> Result<Response, MediaError> {
-    let who = media
-        .authenticate(&headers, q.access_token.as_deref())
-        .await?;
     media.delete_upload(&who, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -249,12 +244,8 @@ async fn delete_upload(
 async fn complete(
     State(media): State<Media>,
     Path(id): Path<String>,
-    Query(q): Query<TokenQuery>,
-    headers: HeaderMap,
+    Caller(who): Caller,
 ) -> Result<Response, MediaError> {
-    let who = media
-        .authenticate(&headers, q.access_token.as_deref())
-        .await?;
     // Its own task: a client that gives up waiting must not leave a half-finished
     // completion behind.
     let task = tokio::spawn(async move { media.complete(&who, &id).await });
@@ -266,7 +257,6 @@ async fn complete(
 
 #[derive(Debug, Deserialize, Default)]
 struct DownloadQuery {
-    access_token: Option<String>,
     conversation: Option<String>,
     seq: Option<u64>,
     /// A user whose profile photo this media is.
@@ -306,22 +296,19 @@ async fn opened(
     media: &Media,
     id: &str,
     q: &DownloadQuery,
-    headers: &HeaderMap,
+    who: &Identity,
 ) -> Result<Download, MediaError> {
-    let who = media
-        .authenticate(headers, q.access_token.as_deref())
-        .await?;
     let via = q.via()?;
-    media.open(&who, id, via).await
+    media.open(who, id, via).await
 }
 
 async fn info(
     State(media): State<Media>,
     Path(id): Path<String>,
     Query(q): Query<DownloadQuery>,
-    headers: HeaderMap,
+    Caller(who): Caller,
 ) -> Result<Response, MediaError> {
-    let d = opened(&media, &id, &q, &headers).await?;
+    let d = opened(&media, &id, &q, &who).await?;
     Ok(Json(crate::service::media_info(&d)).into_response())
 }
 
@@ -329,9 +316,10 @@ async fn download(
     State(media): State<Media>,
     Path(id): Path<String>,
     Query(q): Query<DownloadQuery>,
+    Caller(who): Caller,
     headers: HeaderMap,
 ) -> Result<Response, MediaError> {
-    let d = opened(&media, &id, &q, &headers).await?;
+    let d = opened(&media, &id, &q, &who).await?;
     serve(&media, &d, Variant::Original, &headers).await
 }
 
@@ -339,9 +327,10 @@ async fn thumbnail(
     State(media): State<Media>,
     Path(id): Path<String>,
     Query(q): Query<DownloadQuery>,
+    Caller(who): Caller,
     headers: HeaderMap,
 ) -> Result<Response, MediaError> {
-    let d = opened(&media, &id, &q, &headers).await?;
+    let d = opened(&media, &id, &q, &who).await?;
     if d.blob.thumbnail_key.is_empty() {
         return Err(MediaError::NotFound("this media has no thumbnail".into()));
     }
