@@ -782,6 +782,14 @@ fn read_secret(path: &PathBuf) -> Result<Vec<u8>, Failure> {
     Ok(secret)
 }
 
+/// The access-token verifier of the roles that check tokens (edge, media, calls), from
+/// the sessions role's `--jwt-secret-file`.
+fn read_verifier(path: &PathBuf) -> Result<natter_sessions::TokenVerifier, Failure> {
+    let secret = read_secret(path)?;
+    natter_sessions::TokenVerifier::from_secret(&secret)
+        .map_err(|e| config_error(anyhow::anyhow!("--jwt-secret-file: {e}")))
+}
+
 fn positive(name: &str, value: u64) -> Result<(), Failure> {
     if value == 0 {
         return Err(config_error(anyhow::anyhow!("--{name} must be positive")));
@@ -907,7 +915,6 @@ pub(crate) async fn serve_http(
         .context("reading the bound address")
         .map_err(Failure::Runtime)?;
     tracing::info!(role, addr = %local, "natter serving");
-    crate::metrics::install();
     let app = app
         .merge(crate::metrics::router())
         .layer(axum::middleware::from_fn(crate::metrics::request_ids));
@@ -985,9 +992,7 @@ async fn wait(name: &str, task: JoinHandle<impl Sized>, grace: Duration) {
 }
 
 pub async fn edge(args: EdgeArgs) -> Result<(), Failure> {
-    let secret = read_secret(&args.jwt_secret_file)?;
-    let verifier = natter_sessions::TokenVerifier::from_secret(&secret)
-        .map_err(|e| config_error(anyhow::anyhow!("--jwt-secret-file: {e}")))?;
+    let verifier = read_verifier(&args.jwt_secret_file)?;
     positive("idle-timeout-s", args.idle_timeout_s)?;
     if args.directory_ttl_ms < 300 {
         return Err(config_error(anyhow::anyhow!(
@@ -1245,9 +1250,7 @@ pub async fn people(args: PeopleArgs) -> Result<(), Failure> {
 
 pub async fn media(args: MediaArgs) -> Result<(), Failure> {
     positive("store-timeout-ms", args.scylla.store_timeout_ms)?;
-    let secret = read_secret(&args.jwt_secret_file)?;
-    let verifier = natter_sessions::TokenVerifier::from_secret(&secret)
-        .map_err(|e| config_error(anyhow::anyhow!("--jwt-secret-file: {e}")))?;
+    let verifier = read_verifier(&args.jwt_secret_file)?;
     let (config, objects) = args.media.config(&args.data_dir)?;
     let sc = &args.scylla;
     let store: Arc<dyn natter_media::MediaStore> = match sc.config() {
@@ -1286,9 +1289,7 @@ pub async fn media(args: MediaArgs) -> Result<(), Failure> {
 }
 
 pub async fn calls(args: CallsArgs) -> Result<(), Failure> {
-    let secret = read_secret(&args.jwt_secret_file)?;
-    let verifier = natter_sessions::TokenVerifier::from_secret(&secret)
-        .map_err(|e| config_error(anyhow::anyhow!("--jwt-secret-file: {e}")))?;
+    let verifier = read_verifier(&args.jwt_secret_file)?;
     let config = args.calls.config()?;
     let ice = args.calls.ice(args.calls.turn_secret()?)?;
     let nats = connect_nats(
