@@ -1159,24 +1159,34 @@ async fn group_call_mesh_join_signal_leave_and_end() {
     .await;
 }
 
+/// Carol (registered, one device) and a group of Ann, Bob and Carol named `name`, in
+/// which Ann has started a voice call: (Carol's device, the group, the call id).
+async fn group_voice_call(
+    server: &Server,
+    p: &Pair,
+    name: &str,
+) -> (Client, ConversationId, String) {
+    let carol = server.user("carol").await;
+    let c = server.device(&carol).await;
+    let group =
+        p.a.create_group(name, &[p.bob.user_id, carol.user_id])
+            .await
+            .unwrap();
+    let g: ConversationId = group.conversation_id.parse().unwrap();
+    let call =
+        p.a.start_call(&g, v1::CallMedia::Voice, None)
+            .await
+            .unwrap();
+    (c, g, call.call_id)
+}
+
 // 13b. Members still ringing when the ring timeout passes stop ringing; the call goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_members_still_ringing_stop_at_the_ring_timeout() {
     bounded(TEST_S, async {
         let server = Server::start_with(&[("NATTER_CALL_RING_TIMEOUT_S", "2")]).await;
         let p = Pair::new(&server).await;
-        let carol = server.user("carol").await;
-        let c = server.device(&carol).await;
-        let group =
-            p.a.create_group("slow carol", &[p.bob.user_id, carol.user_id])
-                .await
-                .unwrap();
-        let g: ConversationId = group.conversation_id.parse().unwrap();
-        let call =
-            p.a.start_call(&g, v1::CallMedia::Voice, None)
-                .await
-                .unwrap();
-        let id = call.call_id.clone();
+        let (c, _, id) = group_voice_call(&server, &p, "slow carol").await;
         expect(&p.b1, &id, T::Ringing).await;
         p.b1.answer_call(&id, None).await.expect("join");
         expect(&p.a, &id, T::Answered).await;
@@ -1211,18 +1221,7 @@ async fn group_call_join_past_the_limit_is_refused() {
     bounded(TEST_S, async {
         let server = Server::start_with(&[("NATTER_CALL_MAX_PARTICIPANTS", "2")]).await;
         let p = Pair::new(&server).await;
-        let carol = server.user("carol").await;
-        let c = server.device(&carol).await;
-        let group =
-            p.a.create_group("two at most", &[p.bob.user_id, carol.user_id])
-                .await
-                .unwrap();
-        let g: ConversationId = group.conversation_id.parse().unwrap();
-        let call =
-            p.a.start_call(&g, v1::CallMedia::Voice, None)
-                .await
-                .unwrap();
-        let id = call.call_id.clone();
+        let (c, _, id) = group_voice_call(&server, &p, "two at most").await;
         expect(&p.b1, &id, T::Ringing).await;
         expect(&c, &id, T::Ringing).await;
         p.b1.answer_call(&id, None).await.expect("the second fits");
@@ -1393,18 +1392,7 @@ async fn a_group_call_everyone_declines_ends() {
     bounded(TEST_S, async {
         let server = Server::start().await;
         let p = Pair::new(&server).await;
-        let carol = server.user("carol").await;
-        let c = server.device(&carol).await;
-        let group =
-            p.a.create_group("nobody home", &[p.bob.user_id, carol.user_id])
-                .await
-                .unwrap();
-        let g: ConversationId = group.conversation_id.parse().unwrap();
-        let call =
-            p.a.start_call(&g, v1::CallMedia::Voice, None)
-                .await
-                .unwrap();
-        let id = call.call_id.clone();
+        let (c, g, id) = group_voice_call(&server, &p, "nobody home").await;
         expect(&p.b1, &id, T::Ringing).await;
         expect(&p.b2, &id, T::Ringing).await;
         expect(&c, &id, T::Ringing).await;
@@ -1437,18 +1425,7 @@ async fn a_dropped_group_participant_leaves_and_the_call_goes_on() {
     bounded(TEST_S, async {
         let server = Server::start_with(&[("NATTER_CALL_DROP_GRACE_MS", "500")]).await;
         let p = Pair::new(&server).await;
-        let carol = server.user("carol").await;
-        let c = server.device(&carol).await;
-        let group =
-            p.a.create_group("flaky carol", &[p.bob.user_id, carol.user_id])
-                .await
-                .unwrap();
-        let g: ConversationId = group.conversation_id.parse().unwrap();
-        let call =
-            p.a.start_call(&g, v1::CallMedia::Voice, None)
-                .await
-                .unwrap();
-        let id = call.call_id.clone();
+        let (c, g, id) = group_voice_call(&server, &p, "flaky carol").await;
         expect(&p.b1, &id, T::Ringing).await;
         expect(&c, &id, T::Ringing).await;
         p.b1.answer_call(&id, None).await.unwrap();
