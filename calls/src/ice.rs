@@ -19,13 +19,14 @@ use axum::{
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use base64::{Engine as _, prelude::BASE64_STANDARD};
 use natter_proto::UserId;
-use natter_sessions::{DeviceAuth, DeviceAuthError};
+use natter_sessions::{DeviceAuth, DeviceAuthError, openapi::ErrorBody};
 use ring::hmac;
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// How long TURN credentials are valid by default: a day, like coturn's examples.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -149,20 +150,27 @@ pub fn check(secret: &str, username: &str, now: SystemTime) -> Result<String, Cr
 }
 
 /// One `RTCIceServer` as browsers take it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct IceServer {
+    /// `stun:`, `turn:` or `turns:` URLs.
+    #[schema(example = json!(["turn:turn.example.com:3478?transport=udp"]))]
     urls: Vec<String>,
+    /// TURN only: `<unix expiry seconds>:<user id>`.
     #[serde(skip_serializing_if = "Option::is_none")]
     username: Option<String>,
+    /// TURN only: base64(HMAC-SHA1(shared secret, username)).
     #[serde(skip_serializing_if = "Option::is_none")]
     credential: Option<String>,
 }
 
 /// The body of `GET /v1/calls/ice-servers`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct IceServers {
+    /// For `RTCPeerConnection` as they are; empty when no STUN or TURN is configured.
     ice_servers: Vec<IceServer>,
+    /// How long the TURN credentials are valid.
     ttl_s: u64,
+    /// When they expire (Unix milliseconds).
     expires_at_ms: u64,
 }
 
@@ -210,9 +218,19 @@ pub fn router(config: Arc<IceConfig>, auth: DeviceAuth) -> Router {
     if config.stun_urls.is_empty() && (config.turn_urls.is_empty() || config.secret.is_none()) {
         tracing::info!("no STUN or TURN servers configured: calls only connect directly");
     }
-    Router::new()
-        .route("/v1/calls/ice-servers", get(get_ice_servers))
-        .with_state(IceState { config, auth })
+    let (router, _) = routes().split_for_parts();
+    router.with_state(IceState { config, auth })
+}
+
+/// The route, registered with its OpenAPI operation.
+fn routes() -> OpenApiRouter<IceState> {
+    OpenApiRouter::new().routes(routes!(get_ice_servers))
+}
+
+/// The OpenAPI document of [`router`]'s route (the `bearer` security scheme is declared
+/// where the documents are merged).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
 }
 
 /// An authentication failure, as JSON like the other REST endpoints'.
@@ -236,6 +254,20 @@ impl IntoResponse for AuthFailure {
     }
 }
 
+/// The STUN and TURN servers for a call, with TURN credentials that expire: fetch them
+/// again for each call.
+#[utoipa::path(
+    get,
+    path = "/v1/calls/ice-servers",
+    tag = "calls",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The ICE servers (`Cache-Control: no-store`)", body = IceServers),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 503, description = "Sessions did not answer; retry", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
 async fn get_ice_servers(
     State(state): State<IceState>,
     headers: HeaderMap,
@@ -471,6 +503,7 @@ mod tests {
                     let status = bus::DeviceStatus {
                         active: check.device_id != LOGGED_OUT,
                         username: "alice".into(),
+                        disabled: false,
                     };
                     natter_bus::reply(bus.as_ref(), &msg, Bytes::from(status.encode_to_vec()))
                         .await

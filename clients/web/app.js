@@ -6,6 +6,7 @@ import {
   ApiError,
   Auth,
   Connection,
+  announcements,
   avatarUrl,
   candidateIn,
   candidateOut,
@@ -20,7 +21,7 @@ import {
   sdpOut,
   uploadMedia,
 } from "./protocol.js";
-import { UI, callSummary, mediaSummary } from "./ui.js";
+import { DELETED_TEXT, UI, callSummary, mediaSummary } from "./ui.js";
 
 const TYPING_TTL_MS = 6000;
 const TYPING_RESEND_MS = 3000;
@@ -115,6 +116,9 @@ class App {
     this.chatMenuOpen = false;
     // The one call of this device (or null): see "calls" below.
     this.call = null;
+    // Announcements from the operators shown as banners until dismissed: {id, text}.
+    this.banners = [];
+    this.seenAnnouncements = new Set(); // ids shown since the page loaded
     // Presence: userId → {online, lastSeenMs}, only what the server let us see.
     this.presence = new Map();
     this.presenceSubs = new Set(); // subscribed on this connection
@@ -527,7 +531,12 @@ class App {
   addMessage(m, { live }) {
     const conv = this.conv(m.conversationId);
     const seq = Number(m.seq);
-    if (conv.msgs.has(seq)) return conv;
+    const known = conv.msgs.get(seq);
+    if (known) {
+      // Deleted since we got it (and we missed the messageDeleted push).
+      if (m.deleted && !known.deleted && !known.withheld) this.markDeleted(conv, known);
+      return conv;
+    }
     if (m.withheld) {
       // Sent while we had blocked its sender: it only holds its place in the order.
       conv.msgs.set(seq, { seq, withheld: true, sender: m.senderUser, createdAtMs: Number(m.createdAtMs || 0) });
@@ -537,15 +546,18 @@ class App {
       return conv;
     }
     const mine = m.senderUser === this.me.userId;
+    // Deleted for everyone by an administrator: its place, sender and time, no content.
+    const deleted = !!m.deleted;
     const msg = {
       seq,
       sender: m.senderUser,
       clientMsgId: m.clientMsgId,
       system: m.kind === "MESSAGE_KIND_SYSTEM",
       event: m.event,
-      media: m.kind === "MESSAGE_KIND_MEDIA" ? m.media || {} : null,
-      call: m.kind === "MESSAGE_KIND_CALL" ? m.call || {} : null,
-      text: m.kind === "MESSAGE_KIND_MEDIA" ? m.media?.caption || "" : m.kind === "MESSAGE_KIND_CALL" ? "" : decodeText(m.body),
+      deleted,
+      media: !deleted && m.kind === "MESSAGE_KIND_MEDIA" ? m.media || {} : null,
+      call: !deleted && m.kind === "MESSAGE_KIND_CALL" ? m.call || {} : null,
+      text: deleted || m.kind === "MESSAGE_KIND_CALL" ? "" : m.kind === "MESSAGE_KIND_MEDIA" ? m.media?.caption || "" : decodeText(m.body),
       createdAtMs: Number(m.createdAtMs || 0),
     };
     if (mine && m.senderDevice === this.me.deviceId) {
@@ -580,7 +592,66 @@ class App {
     while (conv.msgs.has(conv.cursor + 1)) conv.cursor++;
   }
 
+  /** An administrator deleted this message for everyone: it keeps its place, not its content. */
+  markDeleted(conv, msg) {
+    Object.assign(msg, { deleted: true, text: "", media: null, call: null });
+    if (conv.last?.seq === msg.seq) conv.last.text = this.preview(conv, msg);
+  }
+
+  /** A `messageDeleted` push. */
+  onMessageDeleted(d) {
+    const conv = this.convs.get(d.conversationId);
+    if (!conv) return;
+    const seq = Number(d.seq);
+    const msg = conv.msgs.get(seq);
+    if (msg && !msg.withheld) this.markDeleted(conv, msg);
+    else if (!msg && conv.last?.seq === seq) conv.last.text = DELETED_TEXT; // not loaded since a reload
+    this.save();
+  }
+
+  // ---- announcements ----
+
+  announcedKey() {
+    return `natter.announced.${this.me.userId}`;
+  }
+
+  /** The newest announcement id this browser showed this user. */
+  lastAnnouncement() {
+    return Number(localStorage.getItem(this.announcedKey()) || 0);
+  }
+
+  /** Shows an announcement as a banner unless it was shown already (ids above `after` are new). */
+  showAnnouncement(a, after = this.lastAnnouncement()) {
+    const id = Number(a.id || 0);
+    if (!this.me || !id || id <= after || this.seenAnnouncements.has(id)) return;
+    this.seenAnnouncements.add(id);
+    this.banners.push({ id, text: a.text || "" });
+    if (id > this.lastAnnouncement()) localStorage.setItem(this.announcedKey(), String(id));
+  }
+
+  /** Those posted while we were away (each connection asks once; live ones are pushed). */
+  async fetchAnnouncements() {
+    const after = this.lastAnnouncement();
+    let list;
+    try {
+      list = await announcements(this.auth, after);
+    } catch {
+      return; // the next connection asks again
+    }
+    for (const a of list) this.showAnnouncement(a, after);
+    this.ui.render();
+  }
+
+  dismissAnnouncement(id) {
+    this.banners = this.banners.filter((b) => b.id !== id);
+    this.ui.render();
+  }
+
   preview(conv, msg) {
+    if (msg.deleted) {
+      if (conv.kind !== "group") return DELETED_TEXT;
+      return `${msg.sender === this.me.userId ? "You" : this.name(msg.sender)}: ${DELETED_TEXT}`;
+    }
     let text = msg.system ? this.systemText(msg, conv) : msg.text;
     if (msg.media) text = msg.text ? `${mediaSummary(msg.media).split(" ")[0]} ${msg.text}` : mediaSummary(msg.media);
     if (msg.call) return `${msg.call.media === "CALL_MEDIA_VIDEO" ? "🎥" : "📞"} ${callSummary(msg.call, msg.sender === this.me.userId)}`;
@@ -1496,6 +1567,7 @@ class App {
     if (f.welcome) {
       this.names.set(f.welcome.userId, f.welcome.username);
       this.sync();
+      this.fetchAnnouncements();
       this.presenceSubs.clear();
       this.subscribePresence(true);
       this.peopleRequest("contactList", {}, { quiet: true });
@@ -1560,6 +1632,10 @@ class App {
       this.setPresence(f.presence);
     } else if (f.callEvent) {
       this.onCallEvent(f.callEvent);
+    } else if (f.messageDeleted) {
+      this.onMessageDeleted(f.messageDeleted);
+    } else if (f.announcement) {
+      this.showAnnouncement(f.announcement);
     } else if (f.callResult) {
       this.requests.delete(f.id);
       this.onCallResult(f.callResult, req);

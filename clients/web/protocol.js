@@ -257,7 +257,9 @@ export class Connection {
   closed(code) {
     this.online = false;
     if (this.stopped) return;
-    if (code === 4001) {
+    // 4001: logged out; 4005: an administrator disabled the account (a login attempt
+    // then says so). Reconnecting would only be refused.
+    if (code === 4001 || code === 4005) {
       this.onState("loggedout");
       return;
     }
@@ -489,6 +491,22 @@ export async function iceServers(auth) {
     data = await rest("GET", path, undefined, await auth.token(true));
   }
   return Array.isArray(data?.ice_servers) ? data.ice_servers : [];
+}
+
+/**
+ * `GET /v1/announcements?after=<id>` → the operators' announcements after that id, oldest
+ * first: `{id, text, created_at_ms}` (id and time as decimal strings).
+ */
+export async function announcements(auth, after) {
+  const path = `/v1/announcements?after=${encodeURIComponent(String(after || 0))}`;
+  let data;
+  try {
+    data = await rest("GET", path, undefined, await auth.token());
+  } catch (e) {
+    if (e.status !== 401) throw e;
+    data = await rest("GET", path, undefined, await auth.token(true));
+  }
+  return Array.isArray(data?.announcements) ? data.announcements : [];
 }
 
 /** A call id: 22 URL-safe characters (the server takes 8..64 of [A-Za-z0-9_-]). */

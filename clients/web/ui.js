@@ -3,6 +3,9 @@
 
 const $ = (sel) => document.querySelector(sel);
 
+/** What a message deleted for everyone (by an administrator) shows instead of its content. */
+export const DELETED_TEXT = "This message was deleted";
+
 function el(tag, props = {}, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(props)) {
@@ -550,6 +553,7 @@ export class UI {
     const loggedIn = !!app.me;
     $("#auth").hidden = loggedIn;
     $("#main").hidden = !loggedIn;
+    this.drawAnnouncements(loggedIn);
     if (!loggedIn) {
       this.drawCall();
       $("#auth-error").textContent = app.notice || "";
@@ -562,6 +566,30 @@ export class UI {
     this.drawChat(opts);
     this.drawPeople();
     this.drawCall();
+  }
+
+  /** The operators' announcements, each a banner with its dismiss button. */
+  drawAnnouncements(loggedIn) {
+    const app = this.app;
+    const box = $("#announcements");
+    const banners = loggedIn ? app.banners : [];
+    box.replaceChildren(
+      ...banners.map((b) =>
+        el(
+          "div",
+          { class: "announcement", "data-id": String(b.id) },
+          el("span", { class: "announcement-text", text: `📢 ${b.text}` }),
+          el("button", {
+            type: "button",
+            class: "link announcement-close",
+            "aria-label": "Dismiss the announcement",
+            text: "×",
+            onclick: () => app.dismissAnnouncement(b.id),
+          }),
+        ),
+      ),
+    );
+    box.hidden = banners.length === 0;
   }
 
   drawConnection() {
@@ -1059,14 +1087,14 @@ export class UI {
     return el(
       "li",
       {
-        class: `msg ${mine ? "mine" : "theirs"}`,
+        class: `msg ${mine ? "mine" : "theirs"}${m.deleted ? " deleted" : ""}`,
         "data-seq": String(m.seq),
         "data-cmid": m.clientMsgId || "",
         "data-status": status,
       },
       conv.kind === "group" && !mine ? el("span", { class: "sender", text: app.name(m.sender) }) : null,
       m.media ? this.media(conv, m) : null,
-      el("span", { class: "text", text: m.text }),
+      m.deleted ? el("span", { class: "text deleted", text: DELETED_TEXT }) : el("span", { class: "text", text: m.text }),
       el("span", { class: "meta" }, el("time", { text: time(m.createdAtMs) }), tick),
     );
   }

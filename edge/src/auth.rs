@@ -1,14 +1,16 @@
 //! Who is connecting: `natter_sessions::DeviceAuth` (the bearer token from the header,
 //! or `?access_token=` for browsers that cannot set headers on a WebSocket, verified
-//! locally; the device's logged-in state asked of sessions), turned into HTTP answers.
+//! locally; the device's logged-in state asked of sessions), turned into HTTP answers:
+//! 401 for a bad token or a logged-out device, 403 `account_disabled` for a device whose
+//! account an administrator disabled (logging in again will not help).
 
 use axum::{
     Json,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use natter_sessions::DeviceAuthError;
 pub(crate) use natter_sessions::Identity;
+use natter_sessions::{DeviceAuthError, DeviceAuthRefusal};
 
 use crate::Inner;
 
@@ -24,18 +26,23 @@ pub(crate) async fn authenticate(
 ) -> Result<Identity, Response> {
     inner
         .auth
-        .authenticate(headers, query_token)
+        .identify(headers, query_token)
         .await
         .map_err(|e| match e {
-            DeviceAuthError::Unauthorized(m) => {
+            DeviceAuthRefusal::AccountDisabled => reject(
+                StatusCode::FORBIDDEN,
+                "account_disabled",
+                "this account is disabled",
+            ),
+            DeviceAuthRefusal::Other(DeviceAuthError::Unauthorized(m)) => {
                 reject(StatusCode::UNAUTHORIZED, "unauthorized", &m)
             }
-            DeviceAuthError::Unavailable => reject(
+            DeviceAuthRefusal::Other(DeviceAuthError::Unavailable) => reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "try again shortly",
             ),
-            DeviceAuthError::Internal => reject(
+            DeviceAuthRefusal::Other(DeviceAuthError::Internal) => reject(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "internal error",

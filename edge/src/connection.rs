@@ -2,7 +2,7 @@
 //! (or into the error or close they deserve) and writes server frames, the connection
 //! task's own and those queued for it.
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
@@ -166,6 +166,11 @@ impl Socket {
         self.write(Some(message(encoded))).await
     }
 
+    /// Writes a message encoded elsewhere (a broadcast, shared by every connection).
+    pub(crate) async fn write_message(&mut self, msg: Message) -> Result<(), SlowConsumer> {
+        self.write(Some(msg)).await
+    }
+
     /// Sends a server ping (the client's pong proves it is alive).
     pub(crate) async fn ping(&mut self) -> Result<(), SlowConsumer> {
         self.write(Some(Message::Ping(Bytes::new()))).await
@@ -213,17 +218,18 @@ impl Socket {
         }
     }
 
-    /// Closes with `code`: after everything queued (`graceful`), or at once, dropping
-    /// it (slow consumer, revoked token). Best effort: a client too slow to read may
-    /// never see the close frame.
-    pub(crate) async fn close(mut self, code: u16, reason: &'static str, graceful: bool) {
+    /// Closes with `code` and `reason` (at most 123 bytes): after everything queued
+    /// (`graceful`), or at once, dropping it (slow consumer, revoked token, kick). Best
+    /// effort: a client too slow to read may never see the close frame.
+    pub(crate) async fn close(mut self, code: u16, reason: Cow<'static, str>, graceful: bool) {
         if !graceful {
             while self.pending.try_recv().is_some() {}
         }
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        }));
+        let reason = match reason {
+            Cow::Borrowed(r) => Utf8Bytes::from_static(r),
+            Cow::Owned(r) => Utf8Bytes::from(r),
+        };
+        let frame = Message::Close(Some(CloseFrame { code, reason }));
         if self.write(Some(frame)).await.is_ok() {
             // The peer may already be gone; closing a dead socket has nothing to report.
             tokio::time::timeout(self.write_timeout, self.ws.close())

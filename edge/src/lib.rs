@@ -1,9 +1,11 @@
 //! natter's WebSocket edge: authenticates the upgrade, then runs one task per
 //! connection that turns client frames into bus requests and bus pushes into server
 //! frames. The edge holds no message state: the store is the truth, the bus the fast
-//! path, and a device that misses something resyncs from its cursors.
+//! path, and a device that misses something resyncs from its cursors. Announcements
+//! reach every connection of the node through one bus subscription (`broadcast.rs`).
 
 mod auth;
+mod broadcast;
 mod connection;
 mod directory;
 mod metrics;
@@ -24,13 +26,14 @@ use axum::{
     extract::{Query, State, WebSocketUpgrade},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use natter_bus::Bus;
 use natter_proto::codec::WireFormat;
-use natter_sessions::{TokenVerifier, directory::SessionDirectory};
+use natter_sessions::{TokenVerifier, directory::SessionDirectory, openapi::ErrorBody};
 use serde::Deserialize;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Edge settings. Defaults suit `natter serve`.
 #[derive(Debug, Clone)]
@@ -118,11 +121,14 @@ struct Inner {
     directory_stop: CancellationToken,
     presence: presence::PresenceNotes,
     presence_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Frames for every connection here; each connection holds a receiver.
+    broadcasts: tokio::sync::broadcast::Sender<broadcast::Shared>,
 }
 
 impl Edge {
     /// An edge registering its connections in `directory` (which must outlive it).
-    /// Call from within a tokio runtime: it starts the directory writer.
+    /// Call from within a tokio runtime: it starts the directory writer, the presence
+    /// writer and the broadcast subscription (which runs until the edge has drained).
     pub fn new(
         config: Config,
         bus: Arc<dyn Bus>,
@@ -148,6 +154,8 @@ impl Edge {
             },
             directory_stop.clone(),
         );
+        // Its task ends with the others, once the connections are gone.
+        let (broadcasts, _) = broadcast::start(bus.clone(), directory_stop.clone());
         Edge {
             inner: Arc::new(Inner {
                 config,
@@ -162,16 +170,16 @@ impl Edge {
                 directory_stop,
                 presence,
                 presence_task: std::sync::Mutex::new(Some(presence_task)),
+                broadcasts,
             }),
         }
     }
 
-    /// The `/v1/ws` route, and the web client at `/` (assets under `/web/`).
+    /// The `/v1/ws` route, and the web client at `/` (assets under `/web/`: static
+    /// files, not API routes, so not in the OpenAPI document).
     pub fn router(&self) -> Router {
-        Router::new()
-            .route("/v1/ws", get(upgrade))
-            .merge(web::router())
-            .with_state(self.clone())
+        let (router, _) = routes().split_for_parts();
+        router.merge(web::router()).with_state(self.clone())
     }
 
     /// Open connections right now.
@@ -203,11 +211,47 @@ impl Edge {
     }
 }
 
-#[derive(Deserialize)]
+/// `/v1/ws`, registered with its OpenAPI operation.
+fn routes() -> OpenApiRouter<Edge> {
+    OpenApiRouter::new().routes(routes!(upgrade))
+}
+
+/// The OpenAPI document of the edge's API route, `GET /v1/ws` (the security schemes are
+/// declared where the documents are merged).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WsQuery {
+    /// The access token, for WebSocket clients that cannot set headers (browsers),
+    /// instead of `Authorization: Bearer`.
     access_token: Option<String>,
 }
 
+/// Opens the device's WebSocket (docs/protocol.md, "The WebSocket"): a WebSocket
+/// upgrade (RFC 6455), then frames of `proto/schema/natter/v1/client.proto` in the
+/// negotiated encoding.
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    operation_id = "open_websocket",
+    tag = "websocket",
+    security(("bearer" = []), ("access_token" = [])),
+    params(
+        WsQuery,
+        ("Sec-WebSocket-Protocol" = Option<String>, Header,
+            description = "`natter.v1.proto` (binary protobuf frames) or `natter.v1.json` (text, proto3 JSON); JSON when none is offered"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open (`Sec-WebSocket-Protocol` names the chosen encoding if the client offered any)"),
+        (status = 400, description = "Only unsupported subprotocols offered (or not a WebSocket upgrade: then a plain-text body)", body = ErrorBody),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 403, description = "`account_disabled`: an administrator disabled the account (logging in again will not help)", body = ErrorBody),
+        (status = 503, description = "This node is draining, or sessions did not answer; reconnect", body = ErrorBody),
+    )
+)]
 async fn upgrade(
     State(edge): State<Edge>,
     headers: HeaderMap,

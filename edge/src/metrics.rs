@@ -35,7 +35,7 @@ const IN_TYPES: [&str; 14] = [
 
 /// Server frame types, as labelled (index = [`out_index`]); "push" is a pushed frame
 /// passed through encoded.
-const OUT_TYPES: [&str; 20] = [
+const OUT_TYPES: [&str; 22] = [
     "unknown",
     "welcome",
     "ack",
@@ -55,6 +55,8 @@ const OUT_TYPES: [&str; 20] = [
     "presence",
     "call_result",
     "call_event",
+    "message_deleted",
+    "announcement",
     "push",
 ];
 
@@ -64,7 +66,7 @@ const SERVICES: [&str; 6] = [
 ];
 
 /// Error codes counted by name (index = the code); others count as UNKNOWN.
-const ERROR_CODES: usize = 17;
+const ERROR_CODES: usize = 18;
 
 struct Handles {
     connections: Gauge,
@@ -150,6 +152,8 @@ fn out_index(body: Option<&Out>) -> usize {
         Some(Out::Presence(_)) => 16,
         Some(Out::CallResult(_)) => 17,
         Some(Out::CallEvent(_)) => 18,
+        Some(Out::MessageDeleted(_)) => 19,
+        Some(Out::Announcement(_)) => 20,
     }
 }
 
@@ -186,7 +190,7 @@ pub(crate) fn frame_out(frame: &ServerFrame) {
 
 /// A pushed frame passed through encoded (its type is not decoded on the hot path).
 pub(crate) fn push_out() {
-    handles().frames_out[19].increment(1);
+    handles().frames_out[OUT_TYPES.len() - 1].increment(1);
 }
 
 /// A connection closed because its client read too slowly.
@@ -230,13 +234,17 @@ mod tests {
     fn every_error_code_has_its_counter_and_every_label_is_named() {
         assert_eq!(
             ErrorCode::try_from(ERROR_CODES as i32 - 1).ok(),
-            Some(ErrorCode::CallEnded)
+            Some(ErrorCode::AccountDisabled)
         );
         assert!(
             ErrorCode::try_from(ERROR_CODES as i32).is_err(),
             "a new code needs ERROR_CODES raised"
         );
-        assert_eq!(OUT_TYPES[19], "push");
+        assert_eq!(OUT_TYPES[OUT_TYPES.len() - 1], "push");
+        assert_eq!(
+            out_index(Some(&Out::Announcement(Default::default()))),
+            OUT_TYPES.iter().position(|t| *t == "announcement").unwrap()
+        );
         assert_eq!(IN_TYPES[IN_TYPES.len() - 1], "bad");
     }
 }

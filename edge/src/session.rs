@@ -1,9 +1,12 @@
 //! One connected device: its identity, its bus subscription and the one loop that
 //! handles everything that can wake it (a client frame, a bus push, a service reply, the
-//! heartbeat, shutdown). Requests are published in the order the client sent them and
-//! their replies awaited concurrently, so a device can pipeline sends.
+//! heartbeat, a broadcast, shutdown). Requests are published in the order the client
+//! sent them and their replies awaited concurrently, so a device can pipeline sends. An
+//! administrator's `Kick` on the user's subject closes the connection: with
+//! `ACCOUNT_DISABLED` (after an error frame saying so) when the account was disabled or
+//! deleted, else with `KICKED`.
 
-use std::{pin::pin, time::Duration};
+use std::{borrow::Cow, pin::pin, time::Duration};
 
 use axum::extract::ws::WebSocket;
 use bytes::Bytes;
@@ -17,7 +20,7 @@ use natter_proto::{
     },
 };
 use prost::Message as _;
-use tokio::time::Instant;
+use tokio::{sync::broadcast::error::RecvError, time::Instant};
 
 use crate::{
     Edge,
@@ -31,13 +34,24 @@ enum Wake {
     /// A frame queued by a Sync in progress.
     Queued(axum::extract::ws::Message),
     Bus(Option<BusEvent>),
+    /// A frame for every connection of this node (an announcement).
+    Broadcast(Result<crate::broadcast::Shared, RecvError>),
     Reply(Result<Option<ServerFrame>, SlowConsumer>),
     Heartbeat,
     Shutdown,
 }
 
-/// Why a connection ends.
-struct End(u16, &'static str);
+/// Why a connection ends: the close code and reason.
+struct End(u16, Cow<'static, str>);
+
+/// Most bytes of a close frame's reason (125 bytes of payload less the code's two).
+const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+impl End {
+    fn new(code: u16, reason: &'static str) -> End {
+        End(code, Cow::Borrowed(reason))
+    }
+}
 
 /// A reply still on its way: yields the frame to send, if any.
 type InFlight = BoxFuture<'static, Result<Option<ServerFrame>, SlowConsumer>>;
@@ -119,11 +133,14 @@ pub(crate) async fn run(
         bad_frames: 0,
         typing: TypingBucket::new(config.typing_per_second),
     };
+    // Before the Welcome: a broadcast sent from here on reaches this connection.
+    let mut broadcasts = inner.broadcasts.subscribe();
+    let mut broadcasts_open = true;
     let subscribed = subscription.is_ok();
     let end = match subscription {
         Err(e) => {
             tracing::warn!(edge.error = %e, "could not subscribe a connection");
-            End(1011, "bus unavailable, try again")
+            End::new(1011, "bus unavailable, try again")
         }
         Ok(mut subscription) => {
             // Boxed: once per connection, and their states would otherwise sit in every
@@ -136,7 +153,7 @@ pub(crate) async fn run(
             inner.presence.connected(user);
             let welcome = device.welcome(config);
             if socket.send(&welcome).await.is_err() {
-                End(close_code::SLOW_CONSUMER, "not reading")
+                End::new(close_code::SLOW_CONSUMER, "not reading")
             } else {
                 let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
                 let mut shutdown = pin!(inner.shutdown.clone().cancelled_owned());
@@ -150,6 +167,7 @@ pub(crate) async fn run(
                         }
                         Some(queued) = socket.pending.recv() => Wake::Queued(queued),
                         event = subscription.next() => Wake::Bus(event),
+                        shared = broadcasts.recv(), if broadcasts_open => Wake::Broadcast(shared),
                         Some(reply) = in_flight.next(), if !in_flight.is_empty() => Wake::Reply(reply),
                         _ = heartbeat.tick() => Wake::Heartbeat,
                         _ = &mut shutdown => Wake::Shutdown,
@@ -172,17 +190,34 @@ pub(crate) async fn run(
                         }
                         Wake::Queued(msg) => socket.write_queued(msg).await.map_err(slow),
                         Wake::Bus(event) => device.on_bus(&mut socket, event).await,
+                        Wake::Broadcast(Ok(shared)) => {
+                            crate::metrics::push_out();
+                            socket
+                                .write_message(shared.message(format))
+                                .await
+                                .map_err(slow)
+                        }
+                        Wake::Broadcast(Err(RecvError::Lagged(skipped))) => {
+                            tracing::debug!(edge.skipped = skipped, "broadcasts skipped");
+                            Ok(())
+                        }
+                        Wake::Broadcast(Err(RecvError::Closed)) => {
+                            broadcasts_open = false;
+                            Ok(())
+                        }
                         Wake::Reply(Ok(Some(frame))) => socket.send(&frame).await.map_err(slow),
                         Wake::Reply(Ok(None)) => Ok(()),
                         Wake::Reply(Err(SlowConsumer)) => Err(slow(SlowConsumer)),
                         Wake::Heartbeat => {
                             if last_heard.elapsed() > config.idle_timeout {
-                                Err(End(close_code::IDLE_TIMEOUT, "idle timeout"))
+                                Err(End::new(close_code::IDLE_TIMEOUT, "idle timeout"))
                             } else {
                                 socket.ping().await.map_err(slow)
                             }
                         }
-                        Wake::Shutdown => Err(End(close_code::GOING_AWAY, "server shutting down")),
+                        Wake::Shutdown => {
+                            Err(End::new(close_code::GOING_AWAY, "server shutting down"))
+                        }
                     };
                     if let Err(end) = step {
                         break end;
@@ -213,10 +248,14 @@ pub(crate) async fn run(
         }
     };
     let End(code, reason) = end;
-    tracing::debug!(edge.user = %user, edge.close_code = code, edge.reason = reason, "connection closing");
+    tracing::debug!(edge.user = %user, edge.close_code = code, edge.reason = %reason, "connection closing");
     let graceful = !matches!(
         code,
-        close_code::SLOW_CONSUMER | close_code::REVOKED | close_code::REPLACED
+        close_code::SLOW_CONSUMER
+            | close_code::REVOKED
+            | close_code::REPLACED
+            | close_code::KICKED
+            | close_code::ACCOUNT_DISABLED
     );
     socket.close(code, reason, graceful).await;
     if subscribed {
@@ -236,10 +275,44 @@ pub(crate) async fn run(
 
 fn slow(_: SlowConsumer) -> End {
     crate::metrics::slow_consumer();
-    End(
+    End::new(
         close_code::SLOW_CONSUMER,
         "client too slow to read; reconnect and sync",
     )
+}
+
+/// How a kicked connection ends. A disabled (or deleted) account's device is told why
+/// with an error frame first, so a client that never reads close reasons still knows
+/// not to reconnect.
+async fn kicked(socket: &mut Socket, kick: bus::Kick) -> End {
+    let (code, default) = if kick.disabled {
+        (close_code::ACCOUNT_DISABLED, "this account is disabled")
+    } else {
+        (close_code::KICKED, "disconnected by an administrator")
+    };
+    let reason = if kick.reason.is_empty() {
+        Cow::Borrowed(default)
+    } else {
+        Cow::Owned(truncate_utf8(&kick.reason, MAX_CLOSE_REASON_BYTES).to_owned())
+    };
+    if kick.disabled {
+        let frame = error_frame(0, ErrorCode::AccountDisabled, reason.as_ref());
+        // A client too slow to take it still gets the close (if it ever reads).
+        let _ = socket.send(&frame).await;
+    }
+    End(code, reason)
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn reply(id: u64, body: Out) -> ServerFrame {
@@ -364,7 +437,10 @@ fn partition_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
         Ok(Some(bus::partition_reply::Body::Error(err))) => Some(reply(id, Out::Error(err))),
         // A stored receipt needs no answer: the cursor shows in Receipt pushes.
         Ok(Some(bus::partition_reply::Body::Cursor(_))) => None,
-        Ok(None) | Err(_) => Some(error_frame(id, ErrorCode::Internal, "internal error")),
+        // `Deleted` answers the admin role's deletions, never a client's request.
+        Ok(Some(bus::partition_reply::Body::Deleted(_)) | None) | Err(_) => {
+            Some(error_frame(id, ErrorCode::Internal, "internal error"))
+        }
     }
 }
 
@@ -472,7 +548,10 @@ impl Device {
                 crate::metrics::bad_frame();
                 self.bad_frames += 1;
                 if self.bad_frames > max_bad_frames {
-                    return Err(End(close_code::PROTOCOL_VIOLATION, "too many bad frames"));
+                    return Err(End::new(
+                        close_code::PROTOCOL_VIOLATION,
+                        "too many bad frames",
+                    ));
                 }
                 socket
                     .send(&error_frame(0, code, message))
@@ -480,8 +559,8 @@ impl Device {
                     .map_err(slow)
             }
             Inbound::Alive => Ok(()),
-            Inbound::Closed => Err(End(1000, "bye")),
-            Inbound::Fatal(code, reason) => Err(End(code, reason)),
+            Inbound::Closed => Err(End::new(1000, "bye")),
+            Inbound::Fatal(code, reason) => Err(End::new(code, reason)),
         }
     }
 
@@ -582,6 +661,8 @@ impl Device {
                     let body = bus::partition_request::Body::Group(bus::GroupChange {
                         group_id: group.get(),
                         request: Some(*request),
+                        // Only the admin role sets it.
+                        admin: false,
                     });
                     let conversation = ConversationId::group(group);
                     self.partition_request(id, &conversation, body, in_flight)
@@ -798,10 +879,10 @@ impl Device {
 
     async fn on_bus(&mut self, socket: &mut Socket, event: Option<BusEvent>) -> Result<(), End> {
         let msg = match event {
-            None => return Err(End(1011, "bus closed")),
+            None => return Err(End::new(1011, "bus closed")),
             Some(BusEvent::Lagged) => {
                 crate::metrics::lagged();
-                return Err(End(
+                return Err(End::new(
                     close_code::SLOW_CONSUMER,
                     "client too slow to read; reconnect and sync",
                 ));
@@ -834,10 +915,18 @@ impl Device {
             Some(bus::user_push::Body::DeviceConnected(c))
                 if c.device_id == me && c.connection_id != self.connection_id =>
             {
-                Err(End(close_code::REPLACED, "this device connected again"))
+                Err(End::new(
+                    close_code::REPLACED,
+                    "this device connected again",
+                ))
             }
             Some(bus::user_push::Body::DeviceRevoked(device)) if device == me => {
-                Err(End(close_code::REVOKED, "this device logged out"))
+                Err(End::new(close_code::REVOKED, "this device logged out"))
+            }
+            Some(bus::user_push::Body::Kick(kick))
+                if kick.device_id == 0 || kick.device_id == me =>
+            {
+                Err(kicked(socket, kick).await)
             }
             _ => Ok(()),
         }
@@ -847,6 +936,15 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let long = "é".repeat(100);
+        let cut = truncate_utf8(&long, MAX_CLOSE_REASON_BYTES);
+        assert_eq!(cut.len(), 122);
+        assert!(long.starts_with(cut));
+        assert_eq!(truncate_utf8("short", MAX_CLOSE_REASON_BYTES), "short");
+    }
 
     #[test]
     fn conversation_targets() {

@@ -20,7 +20,7 @@ use natter_proto::{
 };
 use rand::Rng as _;
 
-use crate::{GroupStore, StoreError};
+use crate::{GroupPage, GroupStore, MAX_LIST_GROUPS, StoreError};
 
 /// Runs every check that needs no reopen, each on a store from `make`.
 pub async fn run_all(make: impl Fn() -> Arc<dyn GroupStore>) {
@@ -33,6 +33,9 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn GroupStore>) {
     user_groups_are_ordered_by_group(make()).await;
     concurrent_saves_admit_one(make()).await;
     large_groups_save_and_load(make()).await;
+    list_groups_pages_in_id_order(make()).await;
+    list_groups_of_a_member(make()).await;
+    list_groups_refuses_bad_limits(make()).await;
 }
 
 /// Below 2^53, like real group ids, so every store (and JSON) holds them exactly.
@@ -174,6 +177,147 @@ async fn load(store: &Arc<dyn GroupStore>, g: GroupId) -> Option<GroupRecord> {
 
 async fn groups_of(store: &Arc<dyn GroupStore>, u: UserId) -> Vec<GroupAccess> {
     store.user_groups(u).await.expect("user_groups")
+}
+
+/// The group ids of a page, and whether more follow.
+async fn listed(
+    store: &Arc<dyn GroupStore>,
+    after: u64,
+    limit: usize,
+    member: Option<UserId>,
+) -> (Vec<u64>, bool) {
+    let page = store
+        .list_groups(after, limit, member)
+        .await
+        .expect("list_groups");
+    let ids = page.groups.iter().map(|r| info(r).group_id).collect();
+    (ids, page.more)
+}
+
+/// Five groups with consecutive ids above a random base (nobody else's random ids fall
+/// among them), created by `owner`: `[base + 1, ..., base + 5]`. `m` is a member of the
+/// first, third (deleted) and fifth, and a former member of the second.
+async fn five_groups(
+    store: &Arc<dyn GroupStore>,
+    owner: UserId,
+    m: UserId,
+) -> (u64, Vec<GroupRecord>) {
+    let base = random_id();
+    let mut stored = Vec::new();
+    for i in 1..=5u64 {
+        let g = GroupId(base + i);
+        let others: &[UserId] = if matches!(i, 1 | 2 | 3 | 5) {
+            &[m]
+        } else {
+            &[]
+        };
+        let v1 = created(g, owner, others);
+        store.save(&v1, None).await.expect("create");
+        let last = match i {
+            2 => {
+                let v2 = next(&v1, 2, |r| remove(r, m, 2));
+                store.save(&v2, Some(&v1)).await.expect("remove m");
+                v2
+            }
+            3 => {
+                let v2 = next(&v1, 2, |r| info_mut(r).deleted = true);
+                store.save(&v2, Some(&v1)).await.expect("delete");
+                v2
+            }
+            _ => v1,
+        };
+        stored.push(last);
+    }
+    (base, stored)
+}
+
+/// Every group is listed in id order, page after page, deleted ones too, each with its
+/// stored record; `more` says whether another page follows.
+pub async fn list_groups_pages_in_id_order(store: Arc<dyn GroupStore>) {
+    let (owner, m) = (user(), user());
+    let (base, stored) = five_groups(&store, owner, m).await;
+    let ids: Vec<u64> = (1..=5).map(|i| base + i).collect();
+
+    let whole = store.list_groups(base, 5, None).await.expect("list");
+    assert_eq!(whole.groups, stored, "the stored records, in id order");
+    assert!(info(&whole.groups[2]).deleted, "a deleted group is listed");
+
+    assert_eq!(
+        listed(&store, base, 2, None).await,
+        (ids[..2].to_vec(), true)
+    );
+    assert_eq!(
+        listed(&store, ids[1], 2, None).await,
+        (ids[2..4].to_vec(), true)
+    );
+    // Other groups may follow (the store may be shared): the page starts right after.
+    let (last, _) = listed(&store, ids[3], 3, None).await;
+    assert_eq!(last.first(), Some(&ids[4]));
+    assert!(
+        last.windows(2).all(|w| w[0] < w[1]),
+        "in id order: {last:?}"
+    );
+    // Nothing is above the largest id.
+    assert_eq!(
+        listed(&store, u64::MAX, 10, None).await,
+        (Vec::new(), false)
+    );
+}
+
+/// With a member, only the groups the user is a current member of are listed (a
+/// deleted group they are still in too, the one they left not), in id order.
+pub async fn list_groups_of_a_member(store: Arc<dyn GroupStore>) {
+    let (owner, m) = (user(), user());
+    let (base, stored) = five_groups(&store, owner, m).await;
+    let id = |i: u64| base + i;
+
+    let mine = store.list_groups(0, 500, Some(m)).await.expect("list");
+    assert_eq!(
+        mine,
+        GroupPage {
+            groups: vec![stored[0].clone(), stored[2].clone(), stored[4].clone()],
+            more: false,
+        }
+    );
+    assert_eq!(listed(&store, 0, 1, Some(m)).await, (vec![id(1)], true));
+    assert_eq!(listed(&store, id(1), 1, Some(m)).await, (vec![id(3)], true));
+    assert_eq!(
+        listed(&store, id(3), 1, Some(m)).await,
+        (vec![id(5)], false)
+    );
+    assert_eq!(listed(&store, id(5), 1, Some(m)).await, (Vec::new(), false));
+    assert_eq!(
+        listed(&store, 0, 500, Some(owner)).await,
+        ((1..=5).map(id).collect(), false)
+    );
+    assert_eq!(
+        listed(&store, 0, 500, Some(user())).await,
+        (Vec::new(), false)
+    );
+
+    // A removal takes the group off the member's list at once.
+    let v = next(&stored[4], 3, |r| remove(r, m, 3));
+    store.save(&v, Some(&stored[4])).await.expect("remove m");
+    assert_eq!(
+        listed(&store, 0, 500, Some(m)).await,
+        (vec![id(1), id(3)], false)
+    );
+}
+
+/// A limit of 0, or above [`MAX_LIST_GROUPS`], is refused.
+pub async fn list_groups_refuses_bad_limits(store: Arc<dyn GroupStore>) {
+    for limit in [0, MAX_LIST_GROUPS + 1] {
+        for member in [None, Some(user())] {
+            assert!(
+                matches!(
+                    store.list_groups(0, limit, member).await,
+                    Err(StoreError::Invalid(_))
+                ),
+                "limit {limit}"
+            );
+        }
+    }
+    assert!(store.list_groups(0, MAX_LIST_GROUPS, None).await.is_ok());
 }
 
 fn is_conflict(r: &Result<(), StoreError>) -> bool {

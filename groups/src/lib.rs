@@ -15,4 +15,4 @@ pub use redb_store::RedbGroupStore;
 pub use rules::Limits;
 pub use scylla_store::{ScyllaGroupConfig, ScyllaGroupStore};
 pub use service::{Config, QUEUE_GROUP, start};
-pub use store::{GroupStore, StoreError};
+pub use store::{GroupPage, GroupStore, MAX_LIST_GROUPS, StoreError};

@@ -24,7 +24,8 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{
-    GroupStore, IndexEntries, StoreError, check_save, index_changes, index_entries,
+    GroupPage, GroupStore, IndexEntries, StoreError, check_list_limit, check_save, index_changes,
+    index_entries, is_member,
 };
 
 /// group_id → (version, prost-encoded `GroupRecord`): the version is readable without
@@ -272,6 +273,64 @@ impl GroupStore for RedbGroupStore {
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+    async fn list_groups(
+        &self,
+        after: u64,
+        limit: usize,
+        member: Option<UserId>,
+    ) -> Result<GroupPage, StoreError> {
+        check_list_limit(limit)?;
+        let Some(first) = after.checked_add(1) else {
+            return Ok(GroupPage::default());
+        };
+        self.read(move |txn| {
+            let groups = txn.open_table(GROUPS).map_err(storage)?;
+            let mut page = GroupPage::default();
+            // One more than asked tells whether more follow.
+            let mut take = |record: GroupRecord| {
+                if page.groups.len() == limit {
+                    page.more = true;
+                    return false;
+                }
+                page.groups.push(record);
+                true
+            };
+            match member {
+                None => {
+                    for entry in groups.range(first..).map_err(storage)? {
+                        let (_, g) = entry.map_err(storage)?;
+                        if !take(decode_record(g.value().1)?) {
+                            break;
+                        }
+                    }
+                }
+                Some(user) => {
+                    // The index is written with the records: it names exactly the groups
+                    // the user is in. The record is checked anyway, as the trait says.
+                    let index = txn.open_table(USER_GROUPS).map_err(storage)?;
+                    let range = index
+                        .range((user.get(), first)..=(user.get(), u64::MAX))
+                        .map_err(storage)?;
+                    for entry in range {
+                        let (k, v) = entry.map_err(storage)?;
+                        let ((_, group), (_, left_seq)) = (k.value(), v.value());
+                        if left_seq != 0 {
+                            continue;
+                        }
+                        let Some(g) = groups.get(group).map_err(storage)? else {
+                            continue;
+                        };
+                        let record = decode_record(g.value().1)?;
+                        if is_member(&record, user) && !take(record) {
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(page)
         })
         .await
     }

@@ -181,17 +181,24 @@ pub(crate) fn view(
     limits: &Limits,
     now_ms: u64,
 ) -> GroupInfo {
-    let mut info = record.info.clone().unwrap_or_default();
-    info.max_members = limits.max_members;
-    info.member_count = u32::try_from(info.members.len()).unwrap_or(u32::MAX);
-    info.invites
-        .retain(|i| i.expires_at_ms == 0 || i.expires_at_ms > now_ms);
+    let mut info = admin_view(record, limits, now_ms);
     let admin = role_of(&info, viewer).is_some_and(is_admin);
     if !admin {
         info.invites.clear();
         info.pending_joins.clear();
         info.banned.clear();
     }
+    info
+}
+
+/// The view of a group the admin API gets at `now_ms`: what a group admin sees (live
+/// invites, pending joins, bans), whoever is in it, also once it is deleted.
+pub(crate) fn admin_view(record: &GroupRecord, limits: &Limits, now_ms: u64) -> GroupInfo {
+    let mut info = record.info.clone().unwrap_or_default();
+    info.max_members = limits.max_members;
+    info.member_count = u32::try_from(info.members.len()).unwrap_or(u32::MAX);
+    info.invites
+        .retain(|i| i.expires_at_ms == 0 || i.expires_at_ms > now_ms);
     info
 }
 
@@ -317,6 +324,55 @@ pub(crate) fn apply(
         Op::Get(_) | Op::List(_) => return Err(invalid("get and list are queries")),
     }
     Ok(next.finish())
+}
+
+/// The actor of an administrator's change (`GroupApply.admin`): no user. It is the
+/// `caller` of the [`Context`] such a change runs in, so the event's `actor` is 0.
+pub(crate) const NO_ACTOR: UserId = UserId(0);
+
+/// Applies a change an administrator makes through the admin API (`GroupApply.admin`,
+/// no caller) to the group's `record`; `cx.caller` is ignored ([`NO_ACTOR`] acts). Only
+/// delete is accepted (anything else is `INVALID_ARGUMENT`), whatever the roles: the
+/// group is deleted as by its owner (the `GROUP_EVENT_KIND_DELETED` system message, with
+/// `actor` 0; the members stay, keep their history and can no longer send). Deleting a
+/// deleted group is an idempotent success that changes nothing (no new system message),
+/// like the owner's repeated delete, so the admin API may retry after a timeout; a
+/// group that never existed is `NOT_FOUND`. The answer's group is the [`admin_view`].
+pub(crate) fn apply_admin(
+    record: Option<&GroupRecord>,
+    op: &Op,
+    cx: &Context<'_>,
+) -> Result<Outcome, v1::Error> {
+    if !matches!(op, Op::Delete(_)) {
+        return Err(invalid("an administrator may only delete a group"));
+    }
+    let record = record.ok_or_else(|| not_found("no such group"))?;
+    let info = record
+        .info
+        .as_ref()
+        .ok_or_else(|| not_found("no such group"))?;
+    let cx = Context {
+        caller: NO_ACTOR,
+        group: cx.group,
+        next_seq: cx.next_seq,
+        now_ms: cx.now_ms,
+        limits: cx.limits,
+    };
+    let mut next = Draft::new(record, &cx);
+    if !info.deleted {
+        if record.event_seq >= cx.next_seq {
+            // As in `apply`: the owner is behind the log.
+            return Err(error(
+                ErrorCode::Conflict,
+                "the conversation moved on; retry",
+            ));
+        }
+        next.mark_deleted();
+    }
+    let mut outcome = next.finish();
+    let stored = outcome.record.as_ref().unwrap_or(record);
+    outcome.result.group = Some(admin_view(stored, cx.limits, cx.now_ms));
+    Ok(outcome)
 }
 
 fn create_group(
@@ -865,6 +921,13 @@ impl<'a> Draft<'a> {
         if role != GroupRole::Owner {
             return Err(forbidden("only the owner may delete the group"));
         }
+        self.mark_deleted();
+        Ok(())
+    }
+
+    /// Deletes the group (whoever asks: checked by the caller). Members stay members, so
+    /// they keep reading its history; [`state`] lets nobody send any more.
+    fn mark_deleted(&mut self) {
         let info = self.info();
         info.deleted = true;
         info.invites.clear();
@@ -873,7 +936,6 @@ impl<'a> Draft<'a> {
             kind: GroupEventKind::Deleted as i32,
             ..Default::default()
         });
-        Ok(())
     }
 
     fn create_invite(&mut self, role: GroupRole, ttl_s: u32) -> Result<(), v1::Error> {
@@ -1478,6 +1540,140 @@ mod tests {
             "no new log entry"
         );
         assert_eq!(access(&left, MEMBER).map(|a| a.left_seq), Some(4));
+    }
+
+    /// Applies `op` as an administrator (no caller) at `next_seq`.
+    fn run_admin(
+        record: Option<&GroupRecord>,
+        op: Op,
+        next_seq: u64,
+        limits: &Limits,
+    ) -> Result<Outcome, v1::Error> {
+        let group = record
+            .and_then(|r| r.info.as_ref())
+            .map_or(GroupId(1), |i| GroupId(i.group_id));
+        // Whatever caller the context names, nobody acts.
+        let cx = Context {
+            caller: OWNER,
+            group,
+            next_seq,
+            now_ms: 1_000,
+            limits,
+        };
+        apply_admin(record, &op, &cx)
+    }
+
+    #[test]
+    fn an_administrator_deletes_a_group_as_nobody_and_members_keep_its_history() {
+        let l = limits(10);
+        let g = group(&l);
+        let id = gid(&g);
+        let out = run_admin(
+            Some(&g),
+            Op::Delete(v1::GroupDelete { group_id: id }),
+            3,
+            &l,
+        )
+        .expect("an administrator's delete");
+        let event = out.event.expect("a system message");
+        assert_eq!(event.kind, GroupEventKind::Deleted as i32);
+        assert_eq!(event.actor, 0, "no user deleted it");
+        assert_eq!(event.version, 3);
+        let r = out.record.expect("stored");
+        assert_eq!((r.event_seq, r.event.as_ref()), (3, Some(&event)));
+        assert!(r.info.as_ref().unwrap().deleted);
+        assert_eq!(members(&r), members(&g), "the members stay");
+        for u in [OWNER, ADMIN, MEMBER] {
+            assert_eq!(
+                access(&r, u).map(|a| (a.joined_seq, a.left_seq)),
+                Some((1, 0)),
+                "{u} still reads the whole history"
+            );
+        }
+        let s = state(&r);
+        assert!(s.deleted && s.members.iter().all(|m| !m.may_send));
+        assert!(out.result.group.expect("the group").deleted);
+        // The owner's own delete of it, and any other change, now find it gone.
+        assert_eq!(
+            code(run(
+                Some(&r),
+                ADMIN,
+                Op::Update(v1::GroupUpdate {
+                    group_id: id,
+                    name: Some("x".into()),
+                    ..Default::default()
+                }),
+                4,
+                &l
+            )),
+            ErrorCode::NotFound
+        );
+        // Again (a retry): an idempotent success with nothing to store or log.
+        let again = run_admin(
+            Some(&r),
+            Op::Delete(v1::GroupDelete { group_id: id }),
+            4,
+            &l,
+        )
+        .expect("a repeated delete");
+        assert!(again.record.is_none() && again.event.is_none());
+        assert!(again.result.group.expect("the group").deleted);
+    }
+
+    #[test]
+    fn an_administrator_may_only_delete_existing_groups_in_order() {
+        let l = limits(10);
+        let g = group(&l);
+        let id = gid(&g);
+        let others = [
+            Op::Update(v1::GroupUpdate {
+                group_id: id,
+                name: Some("taken over".into()),
+                ..Default::default()
+            }),
+            Op::AddMembers(v1::GroupAddMembers {
+                group_id: id,
+                users: vec![OUTSIDER.get()],
+            }),
+            Op::RemoveMember(v1::GroupRemoveMember {
+                group_id: id,
+                user_id: MEMBER.get(),
+                ban: false,
+            }),
+            Op::SetRole(v1::GroupSetRole {
+                group_id: id,
+                user_id: MEMBER.get(),
+                role: GroupRole::Admin as i32,
+            }),
+            Op::TransferOwnership(v1::GroupTransferOwnership {
+                group_id: id,
+                user_id: MEMBER.get(),
+            }),
+            Op::Leave(v1::GroupLeave { group_id: id }),
+            Op::CreateInvite(v1::GroupCreateInvite {
+                group_id: id,
+                ttl_s: 0,
+            }),
+            Op::Create(v1::GroupCreate {
+                create_id: "c1".into(),
+                name: "Trip".into(),
+                ..Default::default()
+            }),
+        ];
+        for op in others {
+            assert_eq!(
+                code(run_admin(Some(&g), op.clone(), 3, &l)),
+                ErrorCode::InvalidArgument,
+                "{op:?}"
+            );
+        }
+        let delete = || Op::Delete(v1::GroupDelete { group_id: id });
+        assert_eq!(code(run_admin(None, delete(), 1, &l)), ErrorCode::NotFound);
+        // An owner behind the log would write over the newest change.
+        assert_eq!(
+            code(run_admin(Some(&g), delete(), 2, &l)),
+            ErrorCode::Conflict
+        );
     }
 
     #[test]

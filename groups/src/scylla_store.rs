@@ -70,13 +70,13 @@
 //! lightweight transaction). On ScyllaDB versions whose tablets do not support
 //! lightweight transactions, the keyspace is created with tablets disabled.
 
-use std::{fmt, sync::Arc};
+use std::{collections::BinaryHeap, fmt, sync::Arc};
 
 use bytes::Bytes;
-use futures::{FutureExt as _, future::BoxFuture};
+use futures::{FutureExt as _, TryStreamExt as _, future::BoxFuture};
 use natter_cql::{
-    Kind, Read, ReadStatement, bounded_ok, corrupt, execute, from_cql, lwt_applied, prepare,
-    query_opt, query_paged, storage, to_cql,
+    Kind, Read, ReadStatement, bounded_ok, corrupt, execute, from_cql, lwt_applied, next_row_error,
+    prepare, query_opt, query_paged, storage, to_cql,
 };
 use natter_proto::{
     GroupId, UserId,
@@ -86,7 +86,8 @@ use prost::Message as _;
 use scylla::{client::session::Session, statement::prepared::PreparedStatement};
 
 use crate::store::{
-    CheckedSave, GroupStore, IndexChanges, IndexEntries, StoreError, check_save, index_changes,
+    CheckedSave, GroupPage, GroupStore, IndexChanges, IndexEntries, StoreError, check_list_limit,
+    check_save, index_changes, is_member,
 };
 
 /// How to reach ScyllaDB: natter-cql's config, the very type natter-messages exports as
@@ -164,6 +165,10 @@ struct Statements {
     put_entry: PreparedStatement,
     remove_entry: PreparedStatement,
     user_groups: PreparedStatement,
+    /// Every group id (a scan of the table's partition keys, in token order).
+    group_ids: PreparedStatement,
+    /// A user's groups above a group id, in group id order.
+    user_groups_after: PreparedStatement,
 }
 
 impl Statements {
@@ -229,6 +234,19 @@ impl Statements {
                 format!(
                     "SELECT group_id, joined_seq, left_seq FROM {ks}.user_groups \
                      WHERE user_id = ?"
+                ),
+                Kind::Read,
+            )
+            .await?,
+            group_ids: p(
+                format!("SELECT DISTINCT group_id FROM {ks}.groups"),
+                Kind::Read,
+            )
+            .await?,
+            user_groups_after: p(
+                format!(
+                    "SELECT group_id, left_seq FROM {ks}.user_groups \
+                     WHERE user_id = ? AND group_id > ?"
                 ),
                 Kind::Read,
             )
@@ -399,6 +417,108 @@ impl ScyllaGroupStore {
         }
     }
 
+    /// The records of `groups` (loaded concurrently, at most
+    /// [`natter_cql::MAX_IN_FLIGHT`] at a time), in that order; groups without a record
+    /// are left out.
+    async fn load_many(&self, groups: &[u64]) -> Result<Vec<GroupRecord>, StoreError> {
+        let tasks: Vec<BoxFuture<'_, Result<Option<GroupRecord>, StoreError>>> =
+            groups.iter().map(|&g| self.load(GroupId(g))).collect();
+        Ok(bounded_ok(tasks).await?.into_iter().flatten().collect())
+    }
+
+    /// [`GroupStore::list_groups`] of every group. The table is keyed by group id, so
+    /// its partitions come in token order, not id order: this scans every group id (not
+    /// the records) and keeps the `limit + 1` smallest above `after` in a heap, so its
+    /// memory is bounded by the page but its time grows with the number of groups. Fine
+    /// for the admin API's occasional listing; an id-ordered index table would be needed
+    /// to page through millions of groups quickly.
+    async fn list_all(&self, after: i64, limit: usize) -> Result<GroupPage, StoreError> {
+        const WHAT: &str = "listing group ids";
+        let mut rows = self
+            .session
+            .execute_iter(self.st.group_ids.clone(), ())
+            .await
+            .map_err(|e| storage(WHAT, e))?
+            .rows_stream::<(i64,)>()
+            .map_err(|e| corrupt(WHAT, e))?;
+        // A max-heap of the smallest ids seen: the largest is the one to drop.
+        let mut smallest: BinaryHeap<i64> = BinaryHeap::with_capacity(limit + 2);
+        while let Some((id,)) = rows.try_next().await.map_err(|e| next_row_error(WHAT, e))? {
+            if id <= after {
+                continue;
+            }
+            if smallest.len() <= limit {
+                smallest.push(id);
+            } else if smallest.peek().is_some_and(|&largest| id < largest) {
+                smallest.pop();
+                smallest.push(id);
+            }
+        }
+        let mut ids = smallest
+            .into_sorted_vec()
+            .into_iter()
+            .map(|id| from_cql(id, "group id"))
+            .collect::<Result<Vec<u64>, _>>()?;
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        Ok(GroupPage {
+            groups: self.load_many(&ids).await?,
+            more,
+        })
+    }
+
+    /// [`GroupStore::list_groups`] of one member's groups: their index partition above
+    /// `after`, in id order, each checked against its record (the index may run ahead
+    /// of a record, see the module docs), loaded in batches of what the page still
+    /// lacks.
+    async fn list_member(
+        &self,
+        user: UserId,
+        after: i64,
+        limit: usize,
+    ) -> Result<GroupPage, StoreError> {
+        const WHAT: &str = "listing a user's groups";
+        let mut rows = self
+            .session
+            .execute_iter(
+                self.st.user_groups_after.clone(),
+                (to_cql(user.get(), "user id")?, after),
+            )
+            .await
+            .map_err(|e| storage(WHAT, e))?
+            .rows_stream::<(i64, Option<i64>)>()
+            .map_err(|e| corrupt(WHAT, e))?;
+        let mut page = GroupPage::default();
+        let mut batch: Vec<u64> = Vec::new();
+        loop {
+            let row = rows.try_next().await.map_err(|e| next_row_error(WHAT, e))?;
+            let done = row.is_none();
+            if let Some((group, left_seq)) = row
+                && left_seq.unwrap_or(0) == 0
+            {
+                batch.push(from_cql(group, "group id")?);
+            }
+            // One more than asked tells whether more follow.
+            let wanted = limit + 1 - page.groups.len();
+            if batch.len() >= wanted || (done && !batch.is_empty()) {
+                for record in self.load_many(&batch).await? {
+                    if !is_member(&record, user) {
+                        continue;
+                    }
+                    if page.groups.len() == limit {
+                        page.more = true;
+                        return Ok(page);
+                    }
+                    page.groups.push(record);
+                }
+                batch.clear();
+            }
+            if done {
+                return Ok(page);
+            }
+        }
+    }
+
     /// Step 5: the index writes, then the mark that they are complete.
     async fn write_index(
         &self,
@@ -529,6 +649,23 @@ impl GroupStore for ScyllaGroupStore {
                 })
             })
             .collect()
+    }
+
+    async fn list_groups(
+        &self,
+        after: u64,
+        limit: usize,
+        member: Option<UserId>,
+    ) -> Result<GroupPage, StoreError> {
+        check_list_limit(limit)?;
+        // No stored id is above i64::MAX (`to_cql`): nothing follows such an `after`.
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(GroupPage::default());
+        };
+        match member {
+            None => self.list_all(after, limit).await,
+            Some(user) => self.list_member(user, after, limit).await,
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The groups service on the bus: `natter.group.apply` (a change, from the owner of the
 //! group's conversation), `natter.group.state` (what that owner needs to fan out),
-//! `natter.group.query` (get and list, from edges) and `natter.group.access` (what part of
-//! a group's history a user may read, from sync and history). Any number of instances
+//! `natter.group.query` (get and list, from edges), `natter.group.access` (what part of
+//! a group's history a user may read, from sync and history) and `natter.admin.groups`
+//! (the admin API's list and get, see [`admin`]). Any number of instances
 //! may serve them (queue group [`QUEUE_GROUP`]); the store's compare-and-set on the
 //! group's version keeps concurrent changes from overwriting each other.
 
@@ -10,7 +11,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use bytes::Bytes;
 use natter_bus::{Bus, BusError, BusMessage, Subscription};
 use natter_proto::{
-    ErrorCode, GroupId, Subject, UserId,
+    AdminService, ErrorCode, GroupId, Subject, UserId,
     bus::{self, GroupRecord},
     error, now_ms,
     v1::{self, group_request::Op},
@@ -20,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    GroupStore, StoreError,
+    GroupStore, MAX_LIST_GROUPS, StoreError,
     rules::{self, Context, Limits},
 };
 
@@ -36,6 +37,11 @@ const LIST_CONCURRENCY: usize = 16;
 const LOOKUP_CONCURRENCY: usize = 64;
 /// Most users one create or add may name (beyond that the group is full anyway).
 const MAX_USERS_PER_CHANGE: usize = 4096;
+/// Groups per admin list page when the request names no limit.
+const DEFAULT_ADMIN_LIST: usize = 100;
+/// An admin list page stops before its groups' encoding passes this (NATS carries at
+/// most 1 MiB), even if the limit is not reached; `more` is then set.
+const MAX_ADMIN_REPLY_BYTES: usize = 512 * 1024;
 
 /// Settings of the groups service.
 #[derive(Debug, Clone)]
@@ -70,6 +76,7 @@ enum Endpoint {
     State,
     Query,
     Access,
+    Admin,
 }
 
 /// Starts the groups service. Returns once every subject is subscribed; the task
@@ -95,6 +102,7 @@ pub async fn start(
         (Subject::group_state(), Endpoint::State),
         (Subject::group_query(), Endpoint::Query),
         (Subject::group_access(), Endpoint::Access),
+        (Subject::admin(AdminService::Groups), Endpoint::Admin),
     ] {
         let sub = bus
             .queue_subscribe(&subject, QUEUE_GROUP, SUB_CAPACITY)
@@ -120,6 +128,7 @@ async fn serve(
         Endpoint::State => "groups.state",
         Endpoint::Query => "groups.query",
         Endpoint::Access => "groups.access",
+        Endpoint::Admin => "groups.admin",
     };
     // A request taken but not started at shutdown times out at its sender, which retries.
     let _unstarted = natter_bus::serve_requests(name, &mut sub, MAX_CONCURRENT, &shutdown, |msg| {
@@ -136,6 +145,7 @@ async fn answer(shared: &Shared, endpoint: Endpoint, msg: BusMessage) {
         Endpoint::State => state(shared, payload).await.encode_to_vec(),
         Endpoint::Query => query(shared, payload).await.encode_to_vec(),
         Endpoint::Access => access(shared, payload).await.encode_to_vec(),
+        Endpoint::Admin => admin(shared, payload).await.encode_to_vec(),
     };
     if let Err(e) = natter_bus::reply(shared.bus.as_ref(), &msg, Bytes::from(reply)).await {
         tracing::debug!(error = %e, "groups reply not delivered");
@@ -186,7 +196,18 @@ async fn apply(shared: &Shared, payload: Bytes) -> bus::GroupApplyReply {
 async fn try_apply(shared: &Shared, payload: Bytes) -> Result<bus::GroupApplyReply, v1::Error> {
     let req = bus::GroupApply::decode(payload)
         .map_err(|_| error(ErrorCode::BadFrame, "undecodable GroupApply"))?;
-    let caller = caller_of(req.caller)?;
+    // An administrator's change (the admin API, through the owner) has no caller; any
+    // other has one, and never `admin`.
+    let caller = match (req.admin, req.caller) {
+        (true, None) => None,
+        (true, Some(_)) => {
+            return Err(error(
+                ErrorCode::InvalidArgument,
+                "an administrator's change has no caller",
+            ));
+        }
+        (false, caller) => Some(caller_of(caller)?),
+    };
     let group = group_of(req.group_id)?;
     let op = req
         .request
@@ -196,6 +217,17 @@ async fn try_apply(shared: &Shared, payload: Bytes) -> Result<bus::GroupApplyRep
         return Err(error(ErrorCode::InvalidArgument, "next_seq missing"));
     }
     let record = load(shared, group).await?;
+    let Some(caller) = caller else {
+        let cx = Context {
+            caller: rules::NO_ACTOR,
+            group,
+            next_seq: req.next_seq,
+            now_ms: now_ms(),
+            limits: &shared.config.limits,
+        };
+        let outcome = rules::apply_admin(record.as_ref(), &op, &cx)?;
+        return store_outcome(shared, record, outcome).await;
+    };
     let named: &[u64] = match &op {
         Op::Create(c) => &c.members,
         Op::AddMembers(a) => &a.users,
@@ -219,6 +251,15 @@ async fn try_apply(shared: &Shared, payload: Bytes) -> Result<bus::GroupApplyRep
     let outcome = rules::apply(record.as_ref(), &op, &cx, &|u| {
         known.get(&u).copied().unwrap_or(false)
     })?;
+    store_outcome(shared, record, outcome).await
+}
+
+/// Stores what a change made of `record` (if anything) and answers with it.
+async fn store_outcome(
+    shared: &Shared,
+    record: Option<GroupRecord>,
+    outcome: rules::Outcome,
+) -> Result<bus::GroupApplyReply, v1::Error> {
     let stored = match outcome.record {
         Some(next) => {
             shared
@@ -417,5 +458,76 @@ async fn access(shared: &Shared, payload: Bytes) -> bus::GroupAccessReply {
             error: Some(e),
             access: Vec::new(),
         },
+    }
+}
+
+/// `natter.admin.groups`, from the admin API: `list` pages through every group (or one
+/// member's current groups) in id order, deleted ones too, as the admin view without
+/// member lists (`member_count` says how many; a list of one member's groups keeps that
+/// member's own entry, with their role); `limit` 0 means 100, more than
+/// [`MAX_LIST_GROUPS`] is taken as that, and a page also stops before 512 KiB
+/// (`more` set). `get` answers one group in the admin view with its members, deleted or
+/// not; `NOT_FOUND` if it never existed.
+async fn admin(shared: &Shared, payload: Bytes) -> bus::AdminGroupsReply {
+    match try_admin(shared, payload).await {
+        Ok(reply) => reply,
+        Err(e) => bus::AdminGroupsReply {
+            error: Some(e),
+            ..Default::default()
+        },
+    }
+}
+
+async fn try_admin(shared: &Shared, payload: Bytes) -> Result<bus::AdminGroupsReply, v1::Error> {
+    use bus::admin_groups_request::Op as AdminOp;
+    let req = bus::AdminGroupsRequest::decode(payload)
+        .map_err(|_| error(ErrorCode::BadFrame, "undecodable AdminGroupsRequest"))?;
+    let now = now_ms();
+    match req.op {
+        Some(AdminOp::Get(group)) => {
+            let record = load(shared, group_of(group)?)
+                .await?
+                .ok_or_else(|| error(ErrorCode::NotFound, "no such group"))?;
+            Ok(bus::AdminGroupsReply {
+                groups: vec![rules::admin_view(&record, &shared.config.limits, now)],
+                ..Default::default()
+            })
+        }
+        Some(AdminOp::List(list)) => {
+            let limit = match usize::try_from(list.limit) {
+                Ok(0) => DEFAULT_ADMIN_LIST,
+                Ok(n) => n.min(MAX_LIST_GROUPS),
+                Err(_) => MAX_LIST_GROUPS,
+            };
+            let member = (list.member != 0).then_some(UserId(list.member));
+            let page = shared
+                .store
+                .list_groups(list.after, limit, member)
+                .await
+                .map_err(|e| store_failure(&e))?;
+            let mut reply = bus::AdminGroupsReply {
+                more: page.more,
+                ..Default::default()
+            };
+            let mut bytes = 0;
+            for record in &page.groups {
+                let mut info = rules::admin_view(record, &shared.config.limits, now);
+                // Lists leave the members out, but a member's own entry (their role)
+                // when the list is of one member's groups.
+                info.members
+                    .retain(|m| member.is_some_and(|u| u.get() == m.user_id));
+                bytes += info.encoded_len();
+                if bytes > MAX_ADMIN_REPLY_BYTES && !reply.groups.is_empty() {
+                    reply.more = true;
+                    break;
+                }
+                reply.groups.push(info);
+            }
+            Ok(reply)
+        }
+        None => Err(error(
+            ErrorCode::InvalidArgument,
+            "admin groups request has no operation",
+        )),
     }
 }

@@ -30,6 +30,18 @@ pub enum StoreError {
     Closed,
 }
 
+/// Most groups one [`GroupStore::list_groups`] returns.
+pub const MAX_LIST_GROUPS: usize = 500;
+
+/// One page of [`GroupStore::list_groups`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupPage {
+    /// The groups' records, in group id order.
+    pub groups: Vec<GroupRecord>,
+    /// More groups follow the last one (list again with it as `after`).
+    pub more: bool,
+}
+
 /// Durable state of the groups service. All methods are safe to call concurrently.
 #[async_trait::async_trait]
 pub trait GroupStore: Send + Sync + 'static {
@@ -61,6 +73,18 @@ pub trait GroupStore: Send + Sync + 'static {
     /// part of its conversation the user may read (`left_seq` 0: still a member) and
     /// `user_id` set to `user`.
     async fn user_groups(&self, user: UserId) -> Result<Vec<GroupAccess>, StoreError>;
+
+    /// The records of up to `limit` groups with ids above `after`, in group id order, and
+    /// whether more follow (for the admin API). Deleted groups are listed (their
+    /// `info.deleted` says so). With `member`, only the groups whose record lists that
+    /// user as a current member (`info.members`; former members do not count). `limit`
+    /// must be 1 to [`MAX_LIST_GROUPS`], else [`StoreError::Invalid`].
+    async fn list_groups(
+        &self,
+        after: u64,
+        limit: usize,
+        member: Option<UserId>,
+    ) -> Result<GroupPage, StoreError>;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -191,4 +215,23 @@ pub(crate) fn index_changes(old: &IndexEntries, new: &IndexEntries) -> IndexChan
             .copied()
             .collect(),
     }
+}
+
+/// Refuses a [`GroupStore::list_groups`] limit out of range (both stores alike).
+pub(crate) fn check_list_limit(limit: usize) -> Result<(), StoreError> {
+    if limit == 0 || limit > MAX_LIST_GROUPS {
+        return Err(StoreError::Invalid(format!(
+            "a list takes 1 to {MAX_LIST_GROUPS} groups, not {limit}"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `record` lists `user` as a current member.
+pub(crate) fn is_member(record: &GroupRecord, user: UserId) -> bool {
+    // The store does not require sorted members: no binary search.
+    record
+        .info
+        .as_ref()
+        .is_some_and(|i| i.members.iter().any(|m| m.user_id == user.get()))
 }

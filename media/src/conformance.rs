@@ -16,7 +16,7 @@ use natter_proto::{UserId, v1};
 use rand::Rng as _;
 
 use crate::store::{
-    BlobRecord, Commit, MediaRecord, MediaStore, StoreError, UploadPart, UploadRecord,
+    BlobRecord, Commit, MediaRecord, MediaStore, OwnerDeleted, StoreError, UploadPart, UploadRecord,
 };
 
 /// A time the checks start from (2023-11-14), so that times "before" it are valid too.
@@ -49,6 +49,8 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn MediaStore>) {
     concurrent_add_parts_at_one_offset_admit_one(make()).await;
     stale_uploads_are_found_by_update_time(make()).await;
     concurrent_creates_overshoot_by_at_most_the_racers(make()).await;
+    media_count_counts_the_owners_records(make()).await;
+    delete_owner_media_frees_usage_and_spares_shared_blobs(make()).await;
 }
 
 /// Below 2^53, like real ids, so every store (and JSON) holds them exactly.
@@ -558,6 +560,103 @@ pub async fn the_last_delete_returns_the_blob_and_a_new_upload_gets_a_new_key(
     );
     assert_eq!(stored.refs, 1);
     assert_eq!(usage(&store, owner).await, 4096);
+}
+
+/// `media_count` counts the owner's records (one per content, referenced or not), not
+/// anyone else's; it follows deletes.
+pub async fn media_count_counts_the_owners_records(store: Arc<dyn MediaStore>) {
+    let (owner, other) = (user(), user());
+    assert_eq!(store.media_count(owner).await.expect("count"), 0);
+    let records: Vec<MediaRecord> = (0..3).map(|i| record(owner, &sha(), 10, T0 + i)).collect();
+    for r in &records {
+        commit_new(&store, r).await;
+    }
+    assert!(store.mark_referenced(&records[1].id).await.expect("mark"));
+    // The same content again is the same record; another owner's is theirs.
+    commit(
+        &store,
+        &record(owner, &records[0].sha256, 10, T0 + 9),
+        &blob_for(&records[0]),
+    )
+    .await;
+    let theirs = record(other, &records[0].sha256, 10, T0);
+    commit(&store, &theirs, &blob_for(&theirs)).await;
+    assert_eq!(store.media_count(owner).await.expect("count"), 3);
+    assert_eq!(store.media_count(other).await.expect("count"), 1);
+    store
+        .delete_unreferenced(&records[2].id)
+        .await
+        .expect("delete");
+    assert_eq!(store.media_count(owner).await.expect("count"), 2);
+}
+
+/// `delete_owner_media` deletes the owner's records, referenced ones too, in rounds of
+/// `limit`: their usage goes to 0, each blob loses a ref, and only the blobs no other
+/// record holds are returned (and gone). Others' records and blobs stay.
+pub async fn delete_owner_media_frees_usage_and_spares_shared_blobs(store: Arc<dyn MediaStore>) {
+    let (owner, other) = (user(), user());
+    let only_mine: Vec<MediaRecord> = (0..3).map(|i| record(owner, &sha(), 100, T0 + i)).collect();
+    let mut mine_blobs = Vec::new();
+    for r in &only_mine {
+        mine_blobs.push(commit_new(&store, r).await);
+    }
+    assert!(store.mark_referenced(&only_mine[0].id).await.expect("mark"));
+    let shared = record(owner, &sha(), 7, T0);
+    let shared_blob = commit_new(&store, &shared).await;
+    let theirs = record(other, &shared.sha256, 7, T0 + 1);
+    commit(&store, &theirs, &blob_for(&theirs)).await;
+    assert_eq!(usage(&store, owner).await, 307);
+
+    let mut orphaned = Vec::new();
+    let mut rounds = 0;
+    loop {
+        let OwnerDeleted {
+            records,
+            orphaned: o,
+        } = store.delete_owner_media(owner, 3).await.expect("delete");
+        assert!(records <= 3);
+        orphaned.extend(o);
+        rounds += 1;
+        if records < 3 {
+            break;
+        }
+        assert!(rounds < 10, "deletes make progress");
+    }
+    assert_eq!(rounds, 2, "4 records in rounds of 3");
+    assert_eq!(usage(&store, owner).await, 0);
+    assert_eq!(store.media_count(owner).await.expect("count"), 0);
+    for r in only_mine.iter().chain([&shared]) {
+        assert_eq!(store.media(&r.id).await.expect("media"), None);
+    }
+    let mut keys: Vec<String> = orphaned.iter().map(|b| b.key.clone()).collect();
+    keys.sort();
+    let mut expected: Vec<String> = mine_blobs.iter().map(|b| b.key.clone()).collect();
+    expected.sort();
+    assert_eq!(
+        keys, expected,
+        "the blobs only the owner held, with their keys"
+    );
+    for b in &mine_blobs {
+        assert_eq!(store.blob(&b.sha256).await.expect("blob"), None);
+    }
+    // The shared blob lives on with the other owner's record.
+    assert_eq!(
+        store.blob(&shared.sha256).await.expect("blob"),
+        Some(BlobRecord {
+            refs: 1,
+            ..shared_blob
+        })
+    );
+    assert_eq!(store.media(&theirs.id).await.expect("media"), Some(theirs));
+    assert_eq!(usage(&store, other).await, 7);
+    // Nothing left: nothing to do. The owner may upload the content again as new.
+    assert_eq!(
+        store.delete_owner_media(owner, 3).await.expect("again"),
+        OwnerDeleted::default()
+    );
+    let again = record(owner, &only_mine[1].sha256, 100, T0 + HOUR);
+    commit_new(&store, &again).await;
+    assert_eq!(usage(&store, owner).await, 100);
 }
 
 /// Uploads round-trip; an owner's `max_open`-th open upload is refused (nothing

@@ -1,6 +1,7 @@
 //! `natter.media.describe` on the bus: the owner of a conversation asks, before it
 //! stores a media message, whether the sender may share the media and what it is
-//! (`Media::describe`). Any number of instances answer (queue group `media`).
+//! (`Media::describe`). Any number of instances answer (queue group `media`). [`start`]
+//! also serves the admin API's `natter.admin.media` ([`crate::admin`]).
 
 use bytes::Bytes;
 use natter_bus::{Bus, BusError, BusMessage};
@@ -16,7 +17,8 @@ pub const QUEUE_GROUP: &str = "media";
 const SUB_CAPACITY: usize = 4096;
 const MAX_CONCURRENT: usize = 64;
 
-/// Serves `natter.media.describe` until `shutdown`; also runs the garbage collector.
+/// Serves `natter.media.describe` and `natter.admin.media` until `shutdown`; also runs
+/// the garbage collector.
 pub async fn start(
     media: Media,
     bus: Arc<dyn Bus>,
@@ -25,6 +27,13 @@ pub async fn start(
     let mut sub = bus
         .queue_subscribe(&Subject::media_describe(), QUEUE_GROUP, SUB_CAPACITY)
         .await?;
+    let admin = crate::admin::subscribe(bus.as_ref()).await?;
+    let admin = tokio::spawn(crate::admin::serve(
+        admin,
+        media.clone(),
+        bus.clone(),
+        shutdown.clone(),
+    ));
     let gc = media.start_gc(shutdown.clone());
     Ok(tokio::spawn(async move {
         // A request taken but not started at shutdown times out at its sender, which
@@ -42,6 +51,7 @@ pub async fn start(
         )
         .await;
         let _ = gc.await;
+        let _ = admin.await;
         tracing::debug!("media service stopped");
     }))
 }

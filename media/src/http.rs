@@ -10,43 +10,60 @@ use axum::{
     extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use futures::StreamExt as _;
 use natter_proto::UserId;
-use natter_sessions::Identity;
-use serde::Deserialize;
+use natter_sessions::{
+    Identity,
+    openapi::{Binary, ErrorBody},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     Media,
-    service::{Download, MediaError, UploadInfo, UploadOptions, Variant, Via},
+    service::{Download, MediaError, MediaInfo, UploadInfo, UploadOptions, Variant, Via},
 };
 
 const JSON_MAX_BYTES: usize = 16 << 10;
 const UPLOAD_OFFSET: &str = "upload-offset";
 const UPLOAD_LENGTH: &str = "upload-length";
 
+/// The `/v1/media` routes, each registered with its OpenAPI operation (`routes!` takes
+/// the path and method from the handler's `#[utoipa::path]`, so a route cannot be added
+/// here without its documentation).
+fn routes() -> OpenApiRouter<Media> {
+    OpenApiRouter::new()
+        .routes(routes!(upload))
+        .routes(routes!(usage))
+        .routes(routes!(create_upload))
+        .routes(routes!(
+            upload_state,
+            upload_state_head,
+            append,
+            delete_upload
+        ))
+        .routes(routes!(complete))
+        .routes(routes!(download))
+        .routes(routes!(thumbnail))
+        .routes(routes!(info))
+}
+
 /// The `/v1/media` routes.
 pub fn router(media: Media) -> Router {
-    Router::new()
-        .route("/v1/media", post(upload))
-        .route("/v1/media/usage", get(usage))
-        .route("/v1/media/uploads", post(create_upload))
-        .route(
-            "/v1/media/uploads/{id}",
-            get(upload_state)
-                .head(upload_state)
-                .patch(append)
-                .delete(delete_upload),
-        )
-        .route("/v1/media/uploads/{id}/complete", post(complete))
-        .route("/v1/media/{id}", get(download))
-        .route("/v1/media/{id}/thumbnail", get(thumbnail))
-        .route("/v1/media/{id}/info", get(info))
+    let (router, _) = routes().split_for_parts();
+    router
         // Upload bodies are streamed and counted by the service against each kind's
         // limit; the JSON bodies are read with their own cap.
         .layer(DefaultBodyLimit::disable())
         .with_state(media)
+}
+
+/// The OpenAPI document of [`router`]'s routes (security schemes `bearer` and
+/// `access_token` are declared where the documents are merged).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
 }
 
 impl IntoResponse for MediaError {
@@ -79,11 +96,16 @@ struct TokenQuery {
     access_token: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UploadQuery {
+    /// The file's name, kept for receivers (documents are downloaded under it).
     filename: Option<String>,
+    /// Lowercase hex SHA-256 of the content: checked (422 if it differs).
     sha256: Option<String>,
+    /// `audio` makes a WebM audio-only upload an audio file rather than a video.
     kind: Option<String>,
+    /// A voice note.
     voice: Option<bool>,
 }
 
@@ -117,11 +139,65 @@ impl FromRequestParts<Media> for Caller {
     }
 }
 
-async fn usage(State(media): State<Media>, Caller(who): Caller) -> Result<Response, MediaError> {
-    let (used, quota) = media.usage(&who).await?;
-    Ok(Json(serde_json::json!({ "used": used, "quota": quota })).into_response())
+/// The body of `GET /v1/media/usage`.
+#[derive(Serialize, ToSchema)]
+struct Usage {
+    /// Bytes the caller's uploads take (the same content counted once).
+    used: u64,
+    /// Bytes the caller may store.
+    quota: u64,
 }
 
+/// The caller's storage use.
+#[utoipa::path(
+    get,
+    path = "/v1/media/usage",
+    operation_id = "media_usage",
+    tag = "media",
+    security(("bearer" = []), ("access_token" = [])),
+    params(TokenParam),
+    responses(
+        (status = 200, description = "Bytes used and allowed", body = Usage),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 503, description = "A store did not answer; retry", body = ErrorBody),
+    )
+)]
+async fn usage(State(media): State<Media>, Caller(who): Caller) -> Result<Response, MediaError> {
+    let (used, quota) = media.usage(&who).await?;
+    Ok(Json(Usage { used, quota }).into_response())
+}
+
+/// `?access_token=`: the bearer token for clients that cannot set headers. Documented
+/// on every media operation (the `Caller` extractor reads it).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documentation only
+struct TokenParam {
+    /// The access token, instead of `Authorization: Bearer` (for `<img>`, `<video>`).
+    access_token: Option<String>,
+}
+
+/// Uploads a file in one request (up to the single-shot limit, 16 MiB by default). The
+/// type is sniffed from the content; the answer is the media to send in a message.
+#[utoipa::path(
+    post,
+    path = "/v1/media",
+    operation_id = "upload_media",
+    tag = "media",
+    security(("bearer" = []), ("access_token" = [])),
+    params(UploadQuery, TokenParam),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "The file's bytes"),
+    responses(
+        (status = 201, description = "Stored (the same content uploaded again answers the same id)", body = MediaInfo),
+        (status = 400, description = "A malformed query, header or hash", body = ErrorBody),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 413, description = "Larger than its kind's limit or the single-shot limit", body = ErrorBody),
+        (status = 415, description = "A type natter does not accept, or an image that does not decode", body = ErrorBody),
+        (status = 422, description = "The content's SHA-256 is not the `sha256` given", body = ErrorBody),
+        (status = 429, description = "The upload would exceed the caller's quota", body = ErrorBody),
+        (status = 503, description = "The object store or a service did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn upload(
     State(media): State<Media>,
     Query(q): Query<UploadQuery>,
@@ -141,20 +217,45 @@ async fn upload(
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/media/uploads`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateUpload {
+    /// The file's size in bytes.
     size: u64,
+    /// Lowercase hex SHA-256 of the content: checked at completion (422 if it differs);
+    /// content natter already holds completes without its bytes.
     #[serde(default)]
     sha256: Option<String>,
     #[serde(default)]
     filename: Option<String>,
+    /// `audio` makes a WebM audio-only upload an audio file.
     #[serde(default)]
     kind: Option<String>,
+    /// A voice note.
     #[serde(default)]
     voice: Option<bool>,
 }
 
+/// Starts a resumable upload: send the bytes with `PATCH`, then `complete` it.
+#[utoipa::path(
+    post,
+    path = "/v1/media/uploads",
+    operation_id = "create_upload",
+    tag = "media",
+    security(("bearer" = []), ("access_token" = [])),
+    params(TokenParam),
+    request_body = CreateUpload,
+    responses(
+        (status = 201, description = "Created, at offset 0", body = UploadInfo,
+            headers(("Upload-Offset" = u64), ("Upload-Length" = u64))),
+        (status = 400, description = "A malformed body", body = ErrorBody),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 413, description = "Larger than its kind's limit", body = ErrorBody),
+        (status = 429, description = "Over the quota, or 8 uploads already open", body = ErrorBody),
+        (status = 503, description = "A store did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn create_upload(
     State(media): State<Media>,
     Caller(who): Caller,
@@ -186,6 +287,22 @@ fn upload_headers(state: &UploadInfo) -> [(&'static str, HeaderValue); 2] {
     ]
 }
 
+/// Where a resumable upload stands: its state as JSON, and in headers like `HEAD`.
+#[utoipa::path(
+    get,
+    path = "/v1/media/uploads/{id}",
+    operation_id = "get_upload",
+    tag = "media",
+    security(("bearer" = []), ("access_token" = [])),
+    params(("id" = String, Path, description = "The `upload_id`"), TokenParam),
+    responses(
+        (status = 200, description = "The upload's state", body = UploadInfo,
+            headers(("Upload-Offset" = u64), ("Upload-Length" = u64))),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 404, description = "No such upload (or not the caller's)", body = ErrorBody),
+        (status = 503, description = "A store did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn upload_state(
     State(media): State<Media>,
     Path(id): Path<String>,
@@ -207,6 +324,57 @@ async fn upload_state(
     Ok(response)
 }
 
+/// Where a resumable upload stands, in headers only: after a dropped connection, the
+/// offset to resume from.
+#[utoipa::path(
+    head,
+    path = "/v1/media/uploads/{id}",
+    operation_id = "head_upload",
+    tag = "media",
+    security(("bearer" = []), ("access_token" = [])),
+    params(("id" = String, Path, description = "The `upload_id`"), TokenParam),
+    responses(
+        (status = 200, description = "The upload's state, no body",
+            headers(("Upload-Offset" = u64), ("Upload-Length" = u64))),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device"),
+        (status = 404, description = "No such upload (or not the caller's)"),
+        (status = 503, description = "A store did not answer; retry"),
+    )
+)]
+async fn upload_state_head(
+    media: State<Media>,
+    id: Path<String>,
+    who: Caller,
+) -> Result<Response, MediaError> {
+    upload_state(media, id, who, Method::HEAD).await
+}
+
+/// Appends the next bytes of a resumable upload at `Upload-Offset`. A request cut off
+/// mid-body keeps the bytes that arrived: ask `HEAD` for the offset and resume.
+#[utoipa::path(
+    patch,
+    path = "/v1/media/uploads/{id}",
+    operation_id = "append_upload",
+    tag = "media",
+    security(("bearer" = []), ("access_token" = [])),
+    params(
+        ("id" = String, Path, description = "The `upload_id`"),
+        ("Upload-Offset" = u64, Header, description = "Where these bytes start: the upload's offset"),
+        TokenParam,
+    ),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "The next bytes"),
+    responses(
+        (status = 204, description = "Appended", headers(("Upload-Offset" = u64, description = "The new offset"), ("Upload-Length" = u64))),
+        (status = 400, description = "No or a malformed `Upload-Offset`", body = ErrorBody),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 404, description = "No such upload (or not the caller's)", body = ErrorBody),
+        (status = 409, description = "`offset_mismatch`: the offset is not where the upload stands (header `Upload-Offset` = the server's)", body = ErrorBody,
+            headers(("Upload-Offset" = u64))),
+        (status = 413, description = "More bytes than the announced size", body = ErrorBody),
+        (status = 415, description = "The first bytes are of a type natter does not accept", body = ErrorBody),
+        (status = 503, description = "The object store did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn append(
     State(media): State<Media>,
     Path(id): Path<String>,
@@ -232,6 +400,21 @@ async fn append(
     Ok((StatusCode::NO_CONTENT, upload_headers(&state)).into_response())
 }
 
+/// Abandons a resumable upload; its parts are deleted.
+#[utoipa::path(
+    delete,
+    path = "/v1/media/uploads/{id}",
+    operation_id = "delete_upload",
+    tag = "media",
+    security(("bearer" = []), ("access_token" = [])),
+    params(("id" = String, Path, description = "The `upload_id`"), TokenParam),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 404, description = "No such upload (or not the caller's)", body = ErrorBody),
+        (status = 503, description = "A store did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn delete_upload(
     State(media): State<Media>,
     Path(id): Path<String>,
@@ -241,6 +424,27 @@ async fn delete_upload(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Completes a resumable upload once every byte is in: the answer is the media. A retry
+/// after a lost answer gets the same answer for an hour.
+#[utoipa::path(
+    post,
+    path = "/v1/media/uploads/{id}/complete",
+    operation_id = "complete_upload",
+    tag = "media",
+    security(("bearer" = []), ("access_token" = [])),
+    params(("id" = String, Path, description = "The `upload_id`"), TokenParam),
+    responses(
+        (status = 201, description = "Stored", body = MediaInfo),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 404, description = "No such upload (or not the caller's)", body = ErrorBody),
+        (status = 409, description = "`incomplete`: bytes are missing (header `Upload-Offset`)", body = ErrorBody,
+            headers(("Upload-Offset" = u64))),
+        (status = 415, description = "A type natter does not accept, or an image that does not decode", body = ErrorBody),
+        (status = 422, description = "The content's SHA-256 is not the `sha256` given", body = ErrorBody),
+        (status = 429, description = "The upload would exceed the caller's quota", body = ErrorBody),
+        (status = 503, description = "The object store or a service did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn complete(
     State(media): State<Media>,
     Path(id): Path<String>,
@@ -255,9 +459,15 @@ async fn complete(
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// How the caller reaches someone else's media: at most one of `conversation` with
+/// `seq`, `profile`, `status` (none for the caller's own uploads).
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DownloadQuery {
+    /// A conversation (`d.<user>.<user>` or `g.<group>`) whose message `seq` carries
+    /// this media.
     conversation: Option<String>,
+    /// The message's sequence number in `conversation`.
     seq: Option<u64>,
     /// A user whose profile photo this media is.
     profile: Option<u64>,
@@ -302,6 +512,24 @@ async fn opened(
     media.open(who, id, via).await
 }
 
+/// The media as JSON (the same checks as a download).
+#[utoipa::path(
+    get,
+    path = "/v1/media/{id}/info",
+    operation_id = "media_info",
+    tag = "media",
+    security(("bearer" = []), ("access_token" = [])),
+    params(("id" = String, Path, description = "The media's id"),
+        DownloadQuery, TokenParam),
+    responses(
+        (status = 200, description = "The media", body = MediaInfo),
+        (status = 400, description = "More than one way to the media, or half of `conversation` and `seq`", body = ErrorBody),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 403, description = "The caller may not see this media that way", body = ErrorBody),
+        (status = 404, description = "The id names nothing", body = ErrorBody),
+        (status = 503, description = "A store or service did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn info(
     State(media): State<Media>,
     Path(id): Path<String>,
@@ -312,6 +540,35 @@ async fn info(
     Ok(Json(crate::service::media_info(&d)).into_response())
 }
 
+/// Downloads the media: its bytes with the sniffed `Content-Type`, `ETag` (the
+/// SHA-256), ranges for seeking, `304` for a matching `If-None-Match`.
+#[utoipa::path(
+    get,
+    path = "/v1/media/{id}",
+    operation_id = "download_media",
+    tag = "media",
+    security(("bearer" = []), ("access_token" = [])),
+    params(
+        ("id" = String, Path, description = "The media's id"),
+        DownloadQuery,
+        ("Range" = Option<String>, Header, description = "`bytes=a-b`, `bytes=a-` or `bytes=-n`"),
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a cached copy"),
+        TokenParam,
+    ),
+    responses(
+        (status = 200, description = "The whole file (`Content-Disposition: attachment` for documents)",
+            body = Binary, content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range, with `Content-Range`",
+            body = Binary, content_type = "application/octet-stream"),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "More than one way to the media, or half of `conversation` and `seq`", body = ErrorBody),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 403, description = "The caller may not see this media that way", body = ErrorBody),
+        (status = 404, description = "The id names nothing", body = ErrorBody),
+        (status = 416, description = "The range is outside the file (`Content-Range: bytes */<size>`)", body = ErrorBody),
+        (status = 503, description = "A store or service did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn download(
     State(media): State<Media>,
     Path(id): Path<String>,
@@ -323,6 +580,29 @@ async fn download(
     serve(&media, &d, Variant::Original, &headers).await
 }
 
+/// The thumbnail of an image or video: a JPEG of at most 320 px.
+#[utoipa::path(
+    get,
+    path = "/v1/media/{id}/thumbnail",
+    operation_id = "media_thumbnail",
+    tag = "media",
+    security(("bearer" = []), ("access_token" = [])),
+    params(
+        ("id" = String, Path, description = "The media's id"),
+        DownloadQuery,
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a cached copy"),
+        TokenParam,
+    ),
+    responses(
+        (status = 200, description = "The thumbnail", body = Binary, content_type = "image/jpeg"),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "More than one way to the media, or half of `conversation` and `seq`", body = ErrorBody),
+        (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
+        (status = 403, description = "The caller may not see this media that way", body = ErrorBody),
+        (status = 404, description = "The id names nothing, or the media has no thumbnail", body = ErrorBody),
+        (status = 503, description = "A store or service did not answer; retry", body = ErrorBody),
+    )
+)]
 async fn thumbnail(
     State(media): State<Media>,
     Path(id): Path<String>,

@@ -6,13 +6,16 @@
 //!   sniffing and counting it, check limits and quota, probe and thumbnail, commit the
 //!   records; decide who may download; collect garbage.
 //! - `describe.rs`: `natter.media.describe`, asked by a conversation's owner before it
-//!   stores a media message (may the sender share it, what is it).
+//!   stores a media message (may the sender share it, what is it); `admin.rs`:
+//!   `natter.admin.media` (a user's usage, deleting their uploads), started with it.
 //! - `sniff.rs`, `probe.rs`, `thumb.rs`: what a content is (magic bytes), how long
 //!   (container headers, no transcoding), what it looks like (thumbnails).
 //! - `objects.rs`: the object store (local files or S3) and the key layout.
 //! - `store.rs`: the metadata store trait; `redb_store.rs`, `scylla_store.rs`, both run
 //!   by `conformance.rs`.
 
+#[cfg(feature = "service")]
+mod admin;
 pub mod client;
 #[cfg(feature = "service")]
 pub mod conformance;
@@ -40,7 +43,7 @@ pub mod store;
 pub mod thumb;
 
 #[cfg(feature = "service")]
-pub use http::router;
+pub use http::{openapi, router};
 #[cfg(feature = "service")]
 pub use objects::{Objects, S3Options};
 #[cfg(feature = "service")]
@@ -51,5 +54,5 @@ pub use scylla_store::{ScyllaMediaConfig, ScyllaMediaStore};
 pub use service::{Config, Limits, Media, MediaError, MediaInfo, Via};
 #[cfg(feature = "service")]
 pub use store::{
-    BlobRecord, Commit, MediaRecord, MediaStore, StoreError, UploadPart, UploadRecord,
+    BlobRecord, Commit, MediaRecord, MediaStore, OwnerDeleted, StoreError, UploadPart, UploadRecord,
 };

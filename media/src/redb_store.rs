@@ -40,7 +40,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use crate::store::{
-    BlobRecord, Commit, MediaRecord, MediaStore, StoreError, UploadPart, UploadRecord,
+    BlobRecord, Commit, MediaRecord, MediaStore, OwnerDeleted, StoreError, UploadPart, UploadRecord,
 };
 
 /// sha256 → JSON [`StoredBlob`].
@@ -395,6 +395,79 @@ fn stored_upload(
         .transpose()
 }
 
+/// The ids of `owner`'s media records (one per content), at most `limit`.
+fn owner_media_ids(
+    index: &impl ReadableTable<(u64, &'static str), &'static str>,
+    owner: u64,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut ids = Vec::new();
+    if limit == 0 {
+        return Ok(ids);
+    }
+    for entry in index.range((owner, "")..).map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        if k.value().0 != owner {
+            break;
+        }
+        ids.push(v.value().to_owned());
+        if ids.len() >= limit {
+            break;
+        }
+    }
+    Ok(ids)
+}
+
+/// Deletes a stored media record with everything that counts it: its index entries, its
+/// size from the owner's usage, a ref from its blob. Returns the blob if that was its
+/// last ref (the blob record is deleted; the caller deletes its objects).
+fn delete_record_in(
+    txn: &WriteTransaction,
+    record: &MediaRecord,
+) -> Result<Option<BlobRecord>, StoreError> {
+    let (id, owner) = (record.id.as_str(), record.owner.get());
+    txn.open_table(MEDIA)
+        .map_err(storage)?
+        .remove(id)
+        .map_err(storage)?;
+    txn.open_table(UNREFERENCED)
+        .map_err(storage)?
+        .remove((record.created_at_ms, id))
+        .map_err(storage)?;
+    let mut by_owner_sha = txn.open_table(BY_OWNER_SHA).map_err(storage)?;
+    let maps_here = by_owner_sha
+        .get((owner, record.sha256.as_str()))
+        .map_err(storage)?
+        .is_some_and(|g| g.value() == id);
+    if maps_here {
+        by_owner_sha
+            .remove((owner, record.sha256.as_str()))
+            .map_err(storage)?;
+    }
+    let mut usage = txn.open_table(USAGE).map_err(storage)?;
+    let used = usage.get(owner).map_err(storage)?.map_or(0, |g| g.value());
+    match used.saturating_sub(record.size) {
+        0 => usage.remove(owner).map_err(storage)?,
+        left => usage.insert(owner, left).map_err(storage)?,
+    };
+    let mut blobs = txn.open_table(BLOBS).map_err(storage)?;
+    let Some(mut blob) = stored_blob(&blobs, &record.sha256)? else {
+        return Err(StoreError::Corrupt(format!(
+            "redb: media {id} names blob {}, which is not stored",
+            record.sha256
+        )));
+    };
+    blob.refs = blob.refs.saturating_sub(1);
+    if blob.refs == 0 {
+        blobs.remove(record.sha256.as_str()).map_err(storage)?;
+        return Ok(Some(blob));
+    }
+    blobs
+        .insert(record.sha256.as_str(), encode_blob(&blob)?.as_slice())
+        .map_err(storage)?;
+    Ok(None)
+}
+
 /// The ids of an index keyed (time, id) with time < `before_ms`, oldest first, at most
 /// `limit`.
 fn ids_before(
@@ -561,49 +634,14 @@ impl MediaStore for RedbMediaStore {
     async fn delete_unreferenced(&self, id: &str) -> Result<Option<BlobRecord>, StoreError> {
         let id = id.to_owned();
         self.write(move |txn| {
-            let mut media = txn.open_table(MEDIA).map_err(storage)?;
-            let record = match stored_media(&media, &id)? {
-                Some(record) if !record.referenced => record,
-                _ => return unchanged(None),
+            let record = {
+                let media = txn.open_table(MEDIA).map_err(storage)?;
+                match stored_media(&media, &id)? {
+                    Some(record) if !record.referenced => record,
+                    _ => return unchanged(None),
+                }
             };
-            let owner = record.owner.get();
-            media.remove(id.as_str()).map_err(storage)?;
-            txn.open_table(UNREFERENCED)
-                .map_err(storage)?
-                .remove((record.created_at_ms, id.as_str()))
-                .map_err(storage)?;
-            let mut by_owner_sha = txn.open_table(BY_OWNER_SHA).map_err(storage)?;
-            let maps_here = by_owner_sha
-                .get((owner, record.sha256.as_str()))
-                .map_err(storage)?
-                .is_some_and(|g| g.value() == id);
-            if maps_here {
-                by_owner_sha
-                    .remove((owner, record.sha256.as_str()))
-                    .map_err(storage)?;
-            }
-            let mut usage = txn.open_table(USAGE).map_err(storage)?;
-            let used = usage.get(owner).map_err(storage)?.map_or(0, |g| g.value());
-            match used.saturating_sub(record.size) {
-                0 => usage.remove(owner).map_err(storage)?,
-                left => usage.insert(owner, left).map_err(storage)?,
-            };
-            let mut blobs = txn.open_table(BLOBS).map_err(storage)?;
-            let Some(mut blob) = stored_blob(&blobs, &record.sha256)? else {
-                return Err(StoreError::Corrupt(format!(
-                    "redb: media {id} names blob {}, which is not stored",
-                    record.sha256
-                )));
-            };
-            blob.refs = blob.refs.saturating_sub(1);
-            if blob.refs == 0 {
-                blobs.remove(record.sha256.as_str()).map_err(storage)?;
-                return changed(Some(blob));
-            }
-            blobs
-                .insert(record.sha256.as_str(), encode_blob(&blob)?.as_slice())
-                .map_err(storage)?;
-            changed(None)
+            changed(delete_record_in(txn, &record)?)
         })
         .await
     }
@@ -615,6 +653,48 @@ impl MediaStore for RedbMediaStore {
                 .get(owner.get())
                 .map_err(storage)?
                 .map_or(0, |g| g.value()))
+        })
+        .await
+    }
+
+    async fn media_count(&self, owner: UserId) -> Result<u64, StoreError> {
+        self.read(move |txn| {
+            let index = txn.open_table(BY_OWNER_SHA).map_err(storage)?;
+            Ok(owner_media_ids(&index, owner.get(), usize::MAX)?.len() as u64)
+        })
+        .await
+    }
+
+    async fn delete_owner_media(
+        &self,
+        owner: UserId,
+        limit: usize,
+    ) -> Result<OwnerDeleted, StoreError> {
+        self.write(move |txn| {
+            let ids = {
+                let index = txn.open_table(BY_OWNER_SHA).map_err(storage)?;
+                owner_media_ids(&index, owner.get(), limit)?
+            };
+            let mut done = OwnerDeleted {
+                records: ids.len(),
+                orphaned: Vec::new(),
+            };
+            for id in &ids {
+                let record = {
+                    let media = txn.open_table(MEDIA).map_err(storage)?;
+                    stored_media(&media, id)?
+                };
+                let Some(record) = record else {
+                    return Err(StoreError::Corrupt(format!(
+                        "redb: media {id} of {owner} is indexed but not stored"
+                    )));
+                };
+                done.orphaned.extend(delete_record_in(txn, &record)?);
+            }
+            if ids.is_empty() {
+                return unchanged(done);
+            }
+            changed(done)
         })
         .await
     }

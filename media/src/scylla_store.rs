@@ -72,6 +72,13 @@
 //! [`MediaStore::stale_uploads`] scans `media_uploads` (`ALLOW FILTERING`): the table
 //! holds only unfinished uploads, at most `max_open` per user.
 //!
+//! [`MediaStore::media_count`] and [`MediaStore::delete_owner_media`] (the admin API's,
+//! rare) scan `media` for the owner's rows (`ALLOW FILTERING`): no table lists a user's
+//! records (`media_by_owner_sha` is partitioned by owner and content). Their cost grows
+//! with the whole table; an index table by owner would make them one partition read.
+//! A delete takes each record with `DELETE IF EXISTS` (so of it and a racing collector
+//! exactly one deletes it), then goes on as the collector's delete does.
+//!
 //! `create_upload` counts the owner's uploads, then inserts: racing creates may each see
 //! room, so an owner may exceed `max_open` by the number of racing calls.
 
@@ -82,16 +89,17 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures::TryStreamExt as _;
 use natter_cql::{
-    Kind, Read, ReadStatement, execute, from_cql, lwt_applied, prepare, query_all, query_opt,
-    query_paged, storage, to_cql,
+    Kind, Read, ReadStatement, corrupt, execute, from_cql, lwt_applied, next_row_error, prepare,
+    query_all, query_opt, query_paged, storage, to_cql,
 };
 use natter_proto::UserId;
 use scylla::{client::session::Session, statement::prepared::PreparedStatement};
 use tokio::time::Instant;
 
 use crate::store::{
-    BlobRecord, Commit, MediaRecord, MediaStore, StoreError, UploadPart, UploadRecord,
+    BlobRecord, Commit, MediaRecord, MediaStore, OwnerDeleted, StoreError, UploadPart, UploadRecord,
 };
 
 /// How to reach ScyllaDB: natter-cql's config, the very type the other services' stores
@@ -322,6 +330,12 @@ struct Statements {
     insert_media: PreparedStatement,
     mark_referenced: PreparedStatement,
     delete_media: PreparedStatement,
+    /// A record whatever its state (the admin API's delete of a user).
+    delete_any_media: PreparedStatement,
+    /// A user's records (a filtered scan).
+    owner_media: PreparedStatement,
+    /// The ids of a user's records (a filtered scan, paged).
+    owner_media_ids: PreparedStatement,
 
     claim: ReadStatement,
     insert_claim: PreparedStatement,
@@ -398,6 +412,24 @@ impl Statements {
             delete_media: p(
                 format!("DELETE FROM {ks}.media WHERE id = ? IF referenced = false"),
                 Kind::Lwt,
+            )
+            .await?,
+            delete_any_media: p(
+                format!("DELETE FROM {ks}.media WHERE id = ? IF EXISTS"),
+                Kind::Lwt,
+            )
+            .await?,
+            owner_media: p(
+                format!(
+                    "SELECT {MEDIA_COLUMNS} FROM {ks}.media WHERE owner = ? LIMIT ? \
+                     ALLOW FILTERING"
+                ),
+                Kind::Read,
+            )
+            .await?,
+            owner_media_ids: p(
+                format!("SELECT id FROM {ks}.media WHERE owner = ? ALLOW FILTERING"),
+                Kind::Read,
             )
             .await?,
 
@@ -1141,6 +1173,68 @@ impl MediaStore for ScyllaMediaStore {
             .used(to_cql(owner.get(), "owner")?, Read::Quorum)
             .await?
             .unwrap_or(0))
+    }
+
+    async fn media_count(&self, owner: UserId) -> Result<u64, StoreError> {
+        const WHAT: &str = "counting a user's media";
+        let mut rows = self
+            .session
+            .execute_iter(
+                self.st.owner_media_ids.clone(),
+                (to_cql(owner.get(), "owner")?,),
+            )
+            .await
+            .map_err(|e| storage(WHAT, e))?
+            .rows_stream::<(String,)>()
+            .map_err(|e| corrupt(WHAT, e))?;
+        let mut count = 0;
+        while rows
+            .try_next()
+            .await
+            .map_err(|e| next_row_error(WHAT, e))?
+            .is_some()
+        {
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    async fn delete_owner_media(
+        &self,
+        owner: UserId,
+        limit: usize,
+    ) -> Result<OwnerDeleted, StoreError> {
+        if limit == 0 {
+            return Ok(OwnerDeleted::default());
+        }
+        let cql_owner = to_cql(owner.get(), "owner")?;
+        let rows: Vec<MediaRow> = query_paged(
+            &self.session,
+            &self.st.owner_media,
+            (cql_owner, cql_limit(limit)),
+            "reading a user's media",
+        )
+        .await?;
+        let mut done = OwnerDeleted {
+            records: rows.len(),
+            orphaned: Vec::new(),
+        };
+        for row in rows {
+            let record = row.into_media()?;
+            let id = record.id.as_str();
+            if !self
+                .lwt(&self.st.delete_any_media, (id,), "deleting media")
+                .await?
+            {
+                // Collected meanwhile: the collector finishes its delete.
+                continue;
+            }
+            self.release_claim(cql_owner, &record.sha256, id).await?;
+            self.unlist(record.created_at_ms, id).await?;
+            self.subtract_usage(cql_owner, record.size).await?;
+            done.orphaned.extend(self.remove_ref(&record.sha256).await?);
+        }
+        Ok(done)
     }
 
     async fn create_upload(

@@ -195,19 +195,30 @@ fn object_failure(e: ObjectError) -> MediaError {
 }
 
 /// The media as the endpoints answer it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct MediaInfo {
+    /// What messages, profiles and downloads name the media by.
+    #[schema(example = "k3F9yQ2mT8bWc1xZ0aP7dA")]
     pub id: String,
+    /// `image`, `video`, `audio` or `document`.
+    #[schema(example = "image")]
     pub kind: &'static str,
+    /// The sniffed type.
+    #[schema(example = "image/jpeg")]
     pub mime: String,
+    /// Bytes.
     pub size: u64,
+    /// Lowercase hex SHA-256 of the content.
     pub sha256: String,
+    /// Pixels, as displayed (0 when not an image or video).
     pub width: u32,
     pub height: u32,
+    /// Audio and video length (0 otherwise).
     pub duration_ms: u32,
     /// Base64 of the inline JPEG preview, empty if none.
     pub preview: String,
     pub filename: String,
+    /// A voice note.
     pub voice: bool,
 }
 
@@ -286,11 +297,14 @@ impl UploadOptions {
 }
 
 /// A resumable upload's state as the endpoints answer it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct UploadInfo {
     pub upload_id: String,
+    /// Bytes received so far: where the next `PATCH` starts.
     pub offset: u64,
+    /// The announced size.
     pub size: u64,
+    /// Seconds until the untouched upload is deleted.
     pub expires_in_s: u64,
 }
 
@@ -1300,6 +1314,42 @@ impl Media {
             preview: blob.preview,
             ..v1::MediaRef::default()
         })
+    }
+
+    // ---- the admin API ---------------------------------------------------------------
+
+    /// What `user` stores, for the admin API: the bytes counted against their quota and
+    /// how many uploads (media records) count them.
+    pub async fn admin_usage(&self, user: UserId) -> Result<(u64, u64), MediaError> {
+        let store = &self.inner.store;
+        let (bytes, files) = tokio::try_join!(store.usage(user), store.media_count(user))?;
+        Ok((bytes, files))
+    }
+
+    /// Deletes every media record of `user` (the admin API deletes the user), referenced
+    /// or not, [`GC_BATCH`] per round, and then, as the collector does, the objects of
+    /// the blobs no other record holds. Messages carrying the user's media then find no
+    /// such media. Returns what the records counted (bytes, records) before. Idempotent:
+    /// a retry finishes what a failed (or timed out) call left.
+    pub async fn delete_user_media(&self, user: UserId) -> Result<(u64, u64), MediaError> {
+        let store = &self.inner.store;
+        let bytes = store.usage(user).await?;
+        let mut files: u64 = 0;
+        loop {
+            let round = store.delete_owner_media(user, GC_BATCH).await?;
+            files = files.saturating_add(round.records as u64);
+            for blob in &round.orphaned {
+                self.inner
+                    .objects
+                    .delete_quietly(&[&blob.key, &blob.thumbnail_key])
+                    .await;
+            }
+            if round.records < GC_BATCH {
+                break;
+            }
+        }
+        tracing::info!(user = user.get(), files, bytes, "a user's media deleted");
+        Ok((bytes, files))
     }
 
     // ---- garbage collection ---------------------------------------------------------

@@ -115,6 +115,17 @@ pub enum Commit {
     QuotaExceeded { used: u64, quota: u64 },
 }
 
+/// What one [`MediaStore::delete_owner_media`] call did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OwnerDeleted {
+    /// The owner's records this call dealt with (deleted by it, or by a racing garbage
+    /// collection). Fewer than the limit: the owner has none left.
+    pub records: usize,
+    /// Blobs whose last ref went with those records: their blob records are gone, and
+    /// the caller deletes their objects (`key`, `thumbnail_key`).
+    pub orphaned: Vec<BlobRecord>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("media store: {0}")]
@@ -166,6 +177,22 @@ pub trait MediaStore: Send + Sync + 'static {
 
     /// Bytes a user's records count against their quota.
     async fn usage(&self, owner: UserId) -> Result<u64, StoreError>;
+
+    /// How many media records `owner` has (the files [`MediaStore::usage`] counts).
+    async fn media_count(&self, owner: UserId) -> Result<u64, StoreError>;
+
+    /// Deletes up to `limit` of `owner`'s media records, referenced or not (the admin
+    /// API deletes the user's uploads; messages naming them then find no such media):
+    /// each as [`MediaStore::delete_unreferenced`] deletes one, so its size leaves the
+    /// owner's usage and a ref leaves its blob. A blob another record still holds stays;
+    /// one whose last ref went is returned for the caller to delete its objects, as the
+    /// garbage collector does. Call again until it deals with fewer than `limit`.
+    /// Resumable uploads are not touched (they expire).
+    async fn delete_owner_media(
+        &self,
+        owner: UserId,
+        limit: usize,
+    ) -> Result<OwnerDeleted, StoreError>;
 
     /// Stores a new upload, unless the owner already has `max_open` uploads in progress
     /// (returns false, nothing stored).

@@ -48,6 +48,7 @@ fn who(user: u64) -> Identity {
 struct Fixture {
     media: Media,
     objects: Objects,
+    bus: Arc<dyn Bus>,
     _dir: tempfile::TempDir,
     _s3: Option<natter_testkit::S3Server>,
 }
@@ -90,10 +91,11 @@ fn fixture(backend: Backend, config: Config) -> Option<Fixture> {
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
     let verifier = TokenVerifier::from_secret(&[7u8; 32]).expect("verifier");
     let auth = DeviceAuth::new(verifier, bus.clone(), Duration::from_secs(1));
-    let media = Media::new(config, Arc::new(store), objects.clone(), bus, auth);
+    let media = Media::new(config, Arc::new(store), objects.clone(), bus.clone(), auth);
     Some(Fixture {
         media,
         objects,
+        bus,
         _dir: dir,
         _s3: s3,
     })
@@ -374,6 +376,90 @@ async fn a_resumable_upload_in_parts_assembles_the_content(backend: Backend) {
         .await
         .expect("range");
     assert_eq!(&ranged[..], &data[5_000_000..5_000_100]);
+}
+
+/// Asks `natter.admin.media`.
+async fn admin(bus: &dyn Bus, op: bus::admin_media_request::Op) -> bus::AdminMediaReply {
+    use prost::Message as _;
+    let req = bus::AdminMediaRequest { op: Some(op) };
+    let reply = bus
+        .request(
+            &natter_proto::Subject::admin(natter_proto::AdminService::Media),
+            Bytes::from(req.encode_to_vec()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the media service answers");
+    bus::AdminMediaReply::decode(reply).expect("an AdminMediaReply")
+}
+
+/// The admin API over the bus: a user's usage (bytes and uploads), and deleting their
+/// uploads, referenced ones too: their quota is free, the objects only they held are
+/// gone, a content another user also uploaded stays for that user.
+#[tokio::test]
+async fn admin_usage_and_delete_user_over_the_bus() {
+    use bus::admin_media_request::Op;
+    let Some(f) = fixture(Backend::Local, Config::default()) else {
+        return;
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let service = natter_media::describe::start(f.media.clone(), f.bus.clone(), stop.clone())
+        .await
+        .expect("start");
+    let image = f
+        .media
+        .upload(&who(1), UploadOptions::default(), None, body(PNG, 64))
+        .await
+        .expect("image");
+    let doc = pdf(50_000, 6);
+    let mine = f
+        .media
+        .upload(&who(1), UploadOptions::default(), None, body(&doc, 4096))
+        .await
+        .expect("document");
+    describe(&f.media, 1, &mine.id).await;
+    let theirs = f
+        .media
+        .upload(&who(2), UploadOptions::default(), None, body(&doc, 4096))
+        .await
+        .expect("the same document, by another user");
+    let total = PNG.len() as u64 + 50_000;
+
+    let usage = admin(f.bus.as_ref(), Op::Usage(1)).await;
+    assert_eq!((usage.error, usage.bytes, usage.files), (None, total, 2));
+    let deleted = admin(f.bus.as_ref(), Op::DeleteUser(1)).await;
+    assert_eq!(
+        (deleted.error, deleted.bytes, deleted.files),
+        (None, total, 2)
+    );
+    let usage = admin(f.bus.as_ref(), Op::Usage(1)).await;
+    assert_eq!((usage.error, usage.bytes, usage.files), (None, 0, 0));
+
+    // The image's objects went; the document's blob stays for user 2.
+    assert_eq!(keys(&f.objects, "thumbs").await, BTreeSet::new());
+    assert_eq!(keys(&f.objects, "blobs").await.len(), 1);
+    for id in [&image.id, &mine.id] {
+        let e = f.media.open(&who(1), id, None).await.expect_err("deleted");
+        assert!(matches!(e, MediaError::NotFound(_)), "{e:?}");
+    }
+    let d = f.media.open(&who(2), &theirs.id, None).await.expect("kept");
+    assert_eq!(d.blob.size, 50_000);
+    let usage = admin(f.bus.as_ref(), Op::Usage(2)).await;
+    assert_eq!((usage.bytes, usage.files), (50_000, 1));
+
+    // Again: nothing left to delete. A user id 0 is refused.
+    let again = admin(f.bus.as_ref(), Op::DeleteUser(1)).await;
+    assert_eq!((again.error, again.bytes, again.files), (None, 0, 0));
+    let e = admin(f.bus.as_ref(), Op::Usage(0))
+        .await
+        .error
+        .expect("refused");
+    assert_eq!(e.code, natter_proto::ErrorCode::InvalidArgument as i32);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), service)
+        .await
+        .expect("stops")
+        .expect("task ok");
 }
 
 #[tokio::test]

@@ -68,6 +68,7 @@ impl Writer {
                         withheld: false,
                         media: None,
                         call: None,
+                        deleted: false,
                     },
                     members: members.clone(),
                 }

@@ -36,6 +36,171 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn MessageStore>) {
     group_system_messages_keep_their_event(make()).await;
     withheld_messages_keep_their_flag(make()).await;
     media_refs_round_trip(make()).await;
+    redact_deletes_the_content_and_keeps_the_place(make()).await;
+    redact_keeps_the_dedupe_key(make()).await;
+}
+
+/// A deleted message keeps its place and ids and loses its content (body, media, call,
+/// client_msg_id, reply_to_seq) on every read path; its neighbours are untouched.
+/// Deleting twice returns the same; an unknown seq is `None`, seq 0 is invalid.
+pub async fn redact_deletes_the_content_and_keeps_the_place(store: Arc<dyn MessageStore>) {
+    let conv = conversation();
+    let dev = device();
+    let text = message(&conv, 1, dev, "r-1");
+    let mut photo = message(&conv, 2, dev, "r-2");
+    photo.message.kind = v1::MessageKind::Media as i32;
+    photo.message.body = Bytes::new();
+    photo.message.media = Some(Box::new(v1::MediaRef {
+        id: "AAECAwQFBgcICQoLDA0ODw".into(),
+        kind: v1::MediaKind::Image as i32,
+        mime: "image/png".into(),
+        size: 1234,
+        preview: Bytes::from_static(b"\x89PNG"),
+        caption: "a caption".into(),
+        ..Default::default()
+    }));
+    let mut call = message(&conv, 3, dev, "natter.call.c-1");
+    call.message.kind = v1::MessageKind::Call as i32;
+    call.message.body = Bytes::new();
+    call.message.call = Some(Box::new(v1::CallLog {
+        call_id: "c-1".into(),
+        missed: true,
+        started_at_ms: 1_700_000_000_000,
+        ..Default::default()
+    }));
+    let mut withheld = message(&conv, 4, dev, "r-4");
+    withheld.message.withheld = true;
+    let last = message(&conv, 5, dev, "r-5");
+    let all = vec![text, photo, call, withheld, last];
+    store.append(all.clone()).await.expect("append");
+    let mut expected: Vec<v1::Message> = all.iter().map(|nm| nm.message.clone()).collect();
+
+    for seq in [2u64, 3, 4] {
+        let deleted = store
+            .redact(&conv, Seq(seq))
+            .await
+            .expect("redact")
+            .expect("the message exists");
+        let original = &all[seq as usize - 1].message;
+        let want = v1::Message {
+            conversation_id: conv.as_str().to_owned(),
+            seq,
+            message_id: original.message_id,
+            sender_user: original.sender_user,
+            sender_device: original.sender_device,
+            kind: original.kind,
+            created_at_ms: original.created_at_ms,
+            withheld: original.withheld,
+            deleted: true,
+            ..Default::default()
+        };
+        assert_eq!(deleted, want, "seq {seq}");
+        assert_eq!(crate::redacted(original), want, "seq {seq}");
+        expected[seq as usize - 1] = want;
+    }
+    assert!(
+        expected[3].withheld,
+        "a deleted withheld message stays withheld"
+    );
+
+    let after = store.read_after(&conv, Seq::ZERO, 10).await.expect("read");
+    assert_eq!(after, expected);
+    let before = store.read_before(&conv, Seq::ZERO, 10).await.expect("read");
+    assert_eq!(before, expected);
+    assert_eq!(
+        store.read_after(&conv, Seq(1), 1).await.expect("read one"),
+        expected[1..2].to_vec()
+    );
+
+    // Twice: the same answer, nothing else changes.
+    assert_eq!(
+        store.redact(&conv, Seq(2)).await.expect("again"),
+        Some(expected[1].clone())
+    );
+    assert_eq!(
+        store.read_after(&conv, Seq::ZERO, 10).await.expect("read"),
+        expected
+    );
+
+    // Unknown seqs and conversations.
+    assert_eq!(store.redact(&conv, Seq(6)).await.expect("past head"), None);
+    assert_eq!(
+        store.redact(&conv, Seq(u64::MAX >> 1)).await.expect("far"),
+        None
+    );
+    assert_eq!(
+        store
+            .redact(&conversation(), Seq(1))
+            .await
+            .expect("empty conversation"),
+        None
+    );
+    assert!(matches!(
+        store.redact(&conv, Seq::ZERO).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // Nothing appeared where nothing was: the log and its head are as they were.
+    assert_eq!(store.head(&conv).await.expect("head"), Seq(5));
+    assert_eq!(
+        store.read_after(&conv, Seq::ZERO, 10).await.expect("read"),
+        expected
+    );
+    store
+        .append(vec![message(&conv, 6, dev, "r-6")])
+        .await
+        .expect("the log goes on");
+    assert_eq!(store.head(&conv).await.expect("head"), Seq(6));
+}
+
+/// A deleted message's dedupe key stays: its send retried finds the original Ack, and
+/// the key cannot be stored again.
+pub async fn redact_keeps_the_dedupe_key(store: Arc<dyn MessageStore>) {
+    let conv = conversation();
+    let dev = device();
+    let first = message(&conv, 1, dev, "keep-me");
+    let second = message(&conv, 2, dev, "other");
+    store
+        .append(vec![first.clone(), second.clone()])
+        .await
+        .expect("append");
+    let ack = v1::Ack {
+        client_msg_id: first.message.client_msg_id.clone(),
+        conversation_id: conv.as_str().to_owned(),
+        seq: 1,
+        message_id: first.message.message_id,
+        created_at_ms: first.message.created_at_ms,
+    };
+    assert_eq!(
+        store.find_dedupe(vec![key(&first)]).await.expect("before"),
+        vec![Some(ack.clone())]
+    );
+    store
+        .redact(&conv, Seq(1))
+        .await
+        .expect("redact")
+        .expect("exists");
+    assert_eq!(
+        store
+            .find_dedupe(vec![key(&first), key(&second)])
+            .await
+            .expect("after"),
+        vec![
+            Some(ack),
+            Some(v1::Ack {
+                client_msg_id: "other".into(),
+                conversation_id: conv.as_str().to_owned(),
+                seq: 2,
+                message_id: second.message.message_id,
+                created_at_ms: second.message.created_at_ms,
+            })
+        ]
+    );
+    let again = message(&conv, 3, dev, "keep-me");
+    assert!(
+        is_conflict(&store.append(vec![again]).await),
+        "the deleted message's key is still taken"
+    );
+    assert_eq!(store.head(&conv).await.expect("head"), Seq(2));
 }
 
 /// A media message keeps its attachment exactly (every field, the preview's bytes), on
@@ -157,6 +322,7 @@ fn message(conv: &ConversationId, seq: u64, dev: DeviceId, cmid: &str) -> NewMes
             event: None,
             withheld: false,
             media: None,
+            deleted: false,
         },
         members: members.to_vec(),
     }
@@ -196,6 +362,7 @@ pub async fn group_system_messages_keep_their_event(store: Arc<dyn MessageStore>
             event: Some(Box::new(event)),
             withheld: false,
             media: None,
+            deleted: false,
         },
         members: Vec::new(),
     };
@@ -866,10 +1033,16 @@ pub async fn durability_across_reopen(open: impl Fn() -> Arc<dyn MessageStore>) 
             .advance_cursor(bob, device(), &c, v1::ReceiptKind::Read, Seq(2))
             .await
             .expect("cursor of another device");
+        store
+            .redact(&c, Seq(2))
+            .await
+            .expect("redact")
+            .expect("message 2 exists");
     }
     let store = open();
     assert_eq!(store.head(&c).await.expect("head"), Seq(5));
-    let expected: Vec<v1::Message> = written.iter().map(|nm| nm.message.clone()).collect();
+    let mut expected: Vec<v1::Message> = written.iter().map(|nm| nm.message.clone()).collect();
+    expected[1] = crate::redacted(&expected[1]);
     assert_eq!(
         store.read_after(&c, Seq::ZERO, 10).await.expect("read"),
         expected

@@ -37,6 +37,7 @@ pub use redb_store::RedbStore;
 pub use scylla_store::{ScyllaConfig, ScyllaStore};
 pub use store::{
     CursorAdvance, DedupeKey, DeviceCursor, MemberCursor, MessageStore, NewMessage, StoreError,
+    redacted,
 };
 
 /// Queue group of the sync and history subscriptions.

@@ -4,7 +4,9 @@
 //! (in the batch, then against the store), given seqs and stored with ONE `append`; only
 //! then are they pushed and then acked (so an ack implies the push was published, even if
 //! the owner dies right after). A retry of a stored message is pushed again before its
-//! original ack. Receipts and typing follow.
+//! original ack. Receipts and typing follow. An administrator's deletion of a message
+//! (`admin_delete`, from the admin role) is handled in arrival order between them, like
+//! a group change: redacted in the store, then pushed to the members.
 //!
 //! Groups: the owner of a group's conversation is also where the group's changes take
 //! their place in its order. A change (add, remove, ...) is checked and stored by the
@@ -285,6 +287,7 @@ fn system_message(group: GroupId, seq: Seq, event: v1::GroupEvent) -> v1::Messag
         withheld: false,
         media: None,
         call: None,
+        deleted: false,
     }
 }
 
@@ -434,7 +437,10 @@ struct ReceiptReq {
 /// A request of a batch, decoded.
 enum Item {
     Plain(Plain),
-    Group(BusMessage, Caller, bus::GroupChange),
+    /// A group change; no caller only for an administrator's (`GroupChange.admin`).
+    Group(BusMessage, Option<Caller>, bus::GroupChange),
+    /// From the admin role (no caller): delete a message for everyone.
+    AdminDelete(BusMessage, bus::AdminDeleteMessage),
 }
 
 /// A request that does not change a group.
@@ -478,6 +484,33 @@ impl Worker {
                     reply(&self.shared, &msg, reply_error(e)).await;
                     continue;
                 }
+            };
+            // A message deleted by an administrator: from the admin role, which attaches
+            // no caller (an edge always attaches one and never builds this body).
+            let req = match req {
+                bus::PartitionRequest {
+                    caller: None,
+                    body: Some(partition_request::Body::AdminDelete(d)),
+                    ..
+                } => {
+                    items.push(Item::AdminDelete(msg, d));
+                    continue;
+                }
+                req => req,
+            };
+            // An administrator's group change (`GroupChange.admin`, only a delete) comes
+            // from the admin role without a caller; an edge always attaches one and never
+            // sets `admin` (with a caller, the groups service refuses it).
+            let req = match req {
+                bus::PartitionRequest {
+                    caller: None,
+                    body: Some(partition_request::Body::Group(g)),
+                    ..
+                } if g.admin => {
+                    items.push(Item::Group(msg, None, g));
+                    continue;
+                }
+                req => req,
             };
             let caller = match caller_of(req.caller) {
                 Ok(c) => c,
@@ -531,7 +564,13 @@ impl Worker {
                 Some(partition_request::Body::ReadBy(r)) => {
                     Item::Plain(Plain::ReadBy(msg, caller, r))
                 }
-                Some(partition_request::Body::Group(g)) => Item::Group(msg, caller, g),
+                Some(partition_request::Body::Group(g)) => Item::Group(msg, Some(caller), g),
+                // With a caller: not from the admin role.
+                Some(partition_request::Body::AdminDelete(_)) => {
+                    let e = error(ErrorCode::Forbidden, "only the admin role deletes messages");
+                    reply(&self.shared, &msg, reply_error(e)).await;
+                    continue;
+                }
                 None => {
                     let e = error(ErrorCode::UnknownFrame, "request has no known body");
                     reply(&self.shared, &msg, reply_error(e)).await;
@@ -548,10 +587,90 @@ impl Worker {
                     self.run(std::mem::take(&mut run)).await;
                     self.group_change(msg, caller, change).await;
                 }
+                Item::AdminDelete(msg, d) => {
+                    // In order too: it never races a batch of this partition.
+                    self.run(std::mem::take(&mut run)).await;
+                    let body = match self.admin_delete(d).await {
+                        Ok(deleted) => partition_reply::Body::Deleted(deleted),
+                        Err(e) => partition_reply::Body::Error(e),
+                    };
+                    reply(&self.shared, &msg, bus::PartitionReply { body: Some(body) }).await;
+                }
                 Item::Plain(plain) => run.push(plain),
             }
         }
         self.run(run).await;
+    }
+
+    /// An administrator deletes message `seq` for everyone: the store redacts it (see
+    /// [`crate::redacted`]), then every member is pushed `MessageDeleted` (of a withheld
+    /// message only its sender, the only one who saw it). Members are looked up first, so
+    /// a failure leaves the message as it was. A system message (a group change) is
+    /// refused: it is the group's membership history. Deleting again is harmless: the
+    /// push goes out again.
+    async fn admin_delete(
+        &mut self,
+        d: bus::AdminDeleteMessage,
+    ) -> Result<v1::MessageDeleted, v1::Error> {
+        let conv = parse_conversation(&d.conversation_id)?;
+        self.check_partition(&conv)?;
+        if d.seq == 0 {
+            return Err(error(ErrorCode::InvalidArgument, "seq must be at least 1"));
+        }
+        let seq = Seq(d.seq);
+        let not_found = || error(ErrorCode::NotFound, "no message with this seq");
+        if seq > self.head(&conv).await? {
+            return Err(not_found());
+        }
+        let read = self.shared.store.read_after(&conv, Seq(d.seq - 1), 1);
+        let stored = crate::timed("read", read)
+            .await
+            .map_err(|e| store_failure(&e))?
+            .into_iter()
+            .find(|m| m.seq == d.seq)
+            .ok_or_else(not_found)?;
+        if stored.kind == v1::MessageKind::System as i32 {
+            return Err(error(
+                ErrorCode::InvalidArgument,
+                "a group change (system message) cannot be deleted",
+            ));
+        }
+        let members: Vec<UserId> = if stored.withheld {
+            UserId::new(stored.sender_user).into_iter().collect()
+        } else {
+            match conv.kind() {
+                ConversationKind::Direct(a, b) => vec![a, b],
+                ConversationKind::Group(g) => self
+                    .group_opt(g)
+                    .await?
+                    .map(|group| group.members.to_vec())
+                    .unwrap_or_default(),
+            }
+        };
+        crate::timed("redact", self.shared.store.redact(&conv, seq))
+            .await
+            .map_err(|e| store_failure(&e))?
+            .ok_or_else(not_found)?;
+        metrics::counter!("natter_messages_deleted_total").increment(1);
+        tracing::info!(%conv, seq = d.seq, "message deleted for everyone by an administrator");
+        let deleted = v1::MessageDeleted {
+            conversation_id: conv.as_str().to_owned(),
+            seq: d.seq,
+            deleted_at_ms: now_ms(),
+        };
+        let push = Bytes::from(
+            bus::UserPush {
+                body: Some(user_push::Body::Frame(frame(
+                    server_frame::Body::MessageDeleted(deleted.clone()),
+                ))),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        for member in members {
+            publish(&self.shared, member, push.clone()).await;
+        }
+        Ok(deleted)
     }
 
     /// Handles requests with no group change among them: sends as one batch, then
@@ -911,6 +1030,7 @@ impl Worker {
                 withheld: p.withheld,
                 media: p.send.media.clone(),
                 call: p.send.call.clone(),
+                deleted: false,
             };
             // A group's members are not listed per message: sync asks the groups
             // service which groups a user is in and reads their heads.
@@ -1070,7 +1190,13 @@ impl Worker {
 
     /// One group change: checked and stored by the groups service, then written as a
     /// system message at the next seq; from then on the new members apply.
-    async fn group_change(&mut self, msg: BusMessage, caller: Caller, change: bus::GroupChange) {
+    /// `caller` is `None` for an administrator's change (`change.admin`).
+    async fn group_change(
+        &mut self,
+        msg: BusMessage,
+        caller: Option<Caller>,
+        change: bus::GroupChange,
+    ) {
         let body = match self.try_group_change(caller, change).await {
             Ok(result) => partition_reply::Body::Group(result),
             Err(e) => partition_reply::Body::Error(e),
@@ -1080,7 +1206,7 @@ impl Worker {
 
     async fn try_group_change(
         &mut self,
-        caller: Caller,
+        caller: Option<Caller>,
         change: bus::GroupChange,
     ) -> Result<v1::GroupResult, v1::Error> {
         let group = GroupId::new(change.group_id)
@@ -1093,13 +1219,14 @@ impl Worker {
             .shared
             .groups
             .apply(bus::GroupApply {
-                caller: Some(bus::Caller {
-                    user_id: caller.user.get(),
-                    device_id: caller.device.get(),
+                caller: caller.map(|c| bus::Caller {
+                    user_id: c.user.get(),
+                    device_id: c.device.get(),
                 }),
                 group_id: group.get(),
                 request: change.request,
                 next_seq: head.next().get(),
+                admin: change.admin,
             })
             .await;
         let applied = match applied {
@@ -1131,6 +1258,7 @@ impl Worker {
             push_message(&self.shared, message, &audience).await;
         }
         if result.pending_approval
+            && let Some(caller) = caller
             && let Some(after) = &after
             && before
                 .as_ref()

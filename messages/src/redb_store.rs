@@ -62,13 +62,18 @@ enum Op {
         seq: u64,
         done: oneshot::Sender<Result<CursorAdvance, StoreError>>,
     },
+    Redact {
+        conversation: String,
+        seq: u64,
+        done: oneshot::Sender<Result<Option<v1::Message>, StoreError>>,
+    },
 }
 
 impl Op {
     fn weight(&self) -> usize {
         match self {
             Op::Append { batch, .. } => batch.len().max(1),
-            Op::Cursor { .. } => 1,
+            Op::Cursor { .. } | Op::Redact { .. } => 1,
         }
     }
 }
@@ -76,6 +81,7 @@ impl Op {
 enum Outcome {
     Append(Result<(), StoreError>),
     Cursor(Result<CursorAdvance, StoreError>),
+    Redact(Result<Option<v1::Message>, StoreError>),
 }
 
 /// The redb-backed store. Dropping it stops the writer thread (after the commit in
@@ -222,10 +228,16 @@ fn answer(op: Op, outcome: Option<Outcome>, failed: Option<StoreError>) {
         (Op::Cursor { done, .. }, Some(Outcome::Cursor(r))) => {
             let _ = done.send(r);
         }
+        (Op::Redact { done, .. }, Some(Outcome::Redact(r))) => {
+            let _ = done.send(r);
+        }
         (Op::Append { done, .. }, _) => {
             let _ = done.send(Err(failed));
         }
         (Op::Cursor { done, .. }, _) => {
+            let _ = done.send(Err(failed));
+        }
+        (Op::Redact { done, .. }, _) => {
             let _ = done.send(Err(failed));
         }
     }
@@ -278,6 +290,9 @@ fn write_group(db: &Database, ops: &[Op]) -> Result<Vec<Outcome>, StoreError> {
                     *kind,
                     *seq,
                 )?),
+                Op::Redact {
+                    conversation, seq, ..
+                } => Outcome::Redact(apply_redact(&mut t, conversation, *seq)?),
             });
         }
     }
@@ -423,6 +438,30 @@ fn apply_cursor(
             .map_err(storage)?;
     }
     Ok(Ok(advance))
+}
+
+/// Outer `Err`: the storage failed. A message already deleted is not written again.
+fn apply_redact(
+    t: &mut Tables<'_>,
+    conversation: &str,
+    seq: u64,
+) -> Result<Result<Option<v1::Message>, StoreError>, StoreError> {
+    let stored = match t.messages.get((conversation, seq)).map_err(storage)? {
+        Some(bytes) => match decode_message(bytes.value()) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        },
+        None => return Ok(Ok(None)),
+    };
+    if stored.deleted {
+        return Ok(Ok(Some(stored)));
+    }
+    let deleted = crate::store::redacted(&stored);
+    t.messages
+        .insert((conversation, seq), deleted.encode_to_vec().as_slice())
+        .map_err(storage)?;
+    // The dedupe entry stays: a retried send still finds its original Ack.
+    Ok(Ok(Some(deleted)))
 }
 
 fn decode_message(bytes: &[u8]) -> Result<v1::Message, StoreError> {
@@ -607,6 +646,24 @@ impl MessageStore for RedbStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn redact(
+        &self,
+        conversation: &ConversationId,
+        seq: Seq,
+    ) -> Result<Option<v1::Message>, StoreError> {
+        if seq == Seq::ZERO {
+            return Err(StoreError::Invalid("seq 0 names no message".into()));
+        }
+        let (done, rx) = oneshot::channel();
+        self.submit(Op::Redact {
+            conversation: conversation.as_str().to_owned(),
+            seq: seq.get(),
+            done,
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn member_cursors(

@@ -381,6 +381,11 @@ impl Server {
                 );
                 store_reply::Result::MemberCursors(store_reply::MemberCursors { cursors, more })
             }
+            Op::Redact(r) => {
+                let conv = parse_conversation(&r.conversation_id)?;
+                let message = store.redact(&conv, Seq(r.seq)).await?;
+                store_reply::Result::Redacted(store_reply::Redacted { message })
+            }
         })
     }
 
@@ -914,6 +919,21 @@ impl MessageStore for RemoteStore {
             if !page.more {
                 return Ok(out);
             }
+        }
+    }
+
+    async fn redact(
+        &self,
+        conversation: &ConversationId,
+        seq: Seq,
+    ) -> Result<Option<v1::Message>, StoreError> {
+        let op = Op::Redact(store_request::Redact {
+            conversation_id: conversation.as_str().to_owned(),
+            seq: seq.get(),
+        });
+        match self.call(op).await? {
+            store_reply::Result::Redacted(r) => Ok(r.message),
+            _ => Err(unexpected("redact")),
         }
     }
 

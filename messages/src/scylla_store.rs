@@ -11,6 +11,9 @@
 //!
 //! - `messages ((conversation_id, bucket), seq)`, `bucket = seq / 10 000`: the fields of
 //!   `v1::Message` as columns, plus a STATIC `head`, the newest seq in that partition.
+//!   [`MessageStore::redact`] nulls a row's content columns and sets `deleted` (one
+//!   lightweight transaction, `IF EXISTS`); it keeps `client_msg_id` in the row, which
+//!   `find_dedupe` checks, but reads return a deleted message without it.
 //! - `conversation_heads (conversation_id) → head`: what [`MessageStore::head`] reads
 //!   (one read).
 //! - `user_conversations (user_id, conversation_id) → last_seq`.
@@ -343,6 +346,9 @@ struct MessageRow {
     media: Option<Bytes>,
     /// A call's history entry, prost-encoded `v1::CallLog`.
     call: Option<Bytes>,
+    /// Deleted for everyone: the content columns are null, `client_msg_id` is kept for
+    /// dedupe but not returned.
+    deleted: Option<bool>,
 }
 
 impl MessageRow {
@@ -353,7 +359,8 @@ impl MessageRow {
             return Ok(None);
         };
         let id = |v: Option<i64>, what: &str| from_cql(v.unwrap_or(0), what);
-        Ok(Some(v1::Message {
+        let deleted = self.deleted.unwrap_or(false);
+        let message = v1::Message {
             conversation_id: conversation.to_owned(),
             seq: from_cql(seq, "seq")?,
             message_id: id(self.message_id, "message_id")?,
@@ -389,6 +396,13 @@ impl MessageRow {
                 }
                 _ => None,
             },
+            deleted,
+        };
+        // A deleted row keeps its client_msg_id for `find_dedupe`; nobody reads it.
+        Ok(Some(if deleted {
+            crate::store::redacted(&message)
+        } else {
+            message
         }))
     }
 }
@@ -495,11 +509,18 @@ struct Statements {
     raise_member_delivered: PreparedStatement,
     raise_member_read: PreparedStatement,
     member_cursors: PreparedStatement,
+    message_at: ReadStatement,
+    redact: PreparedStatement,
 }
 
+/// The columns `insert_message` writes (a new message is never deleted).
 const MESSAGE_COLUMNS: &str = "seq, message_id, sender_user, sender_device, client_msg_id, \
                                kind, body, reply_to_seq, created_at_ms, event, withheld, \
                                media, call";
+/// The columns the reads select: [`MESSAGE_COLUMNS`] and `deleted`.
+const SELECT_COLUMNS: &str = "seq, message_id, sender_user, sender_device, client_msg_id, \
+                              kind, body, reply_to_seq, created_at_ms, event, withheld, \
+                              media, call, deleted";
 
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Statements, StoreError> {
@@ -519,7 +540,27 @@ impl Statements {
             ),
         )
         .await?;
+        let message_at = ReadStatement::prepare(
+            session,
+            format!(
+                "SELECT {SELECT_COLUMNS} FROM {ks}.messages \
+                 WHERE conversation_id = ? AND bucket = ? AND seq = ?"
+            ),
+        )
+        .await?;
         Ok(Statements {
+            message_at,
+            // Conditional, so it never creates a row at a seq that was not appended (a
+            // plain UPDATE would), and ordered by Paxos with the appends' commits.
+            redact: p(
+                format!(
+                    "UPDATE {ks}.messages SET body = null, reply_to_seq = null, event = null, \
+                     media = null, call = null, deleted = true \
+                     WHERE conversation_id = ? AND bucket = ? AND seq = ? IF EXISTS"
+                ),
+                Kind::Lwt,
+            )
+            .await?,
             head_hint: p(
                 format!("SELECT head FROM {ks}.conversation_heads WHERE conversation_id = ?"),
                 Kind::Read,
@@ -560,7 +601,7 @@ impl Statements {
             .await?,
             messages_after: p(
                 format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages WHERE conversation_id = ? \
+                    "SELECT {SELECT_COLUMNS} FROM {ks}.messages WHERE conversation_id = ? \
                      AND bucket = ? AND seq > ? ORDER BY seq ASC LIMIT ?"
                 ),
                 Kind::Read,
@@ -568,7 +609,7 @@ impl Statements {
             .await?,
             messages_before: p(
                 format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM {ks}.messages WHERE conversation_id = ? \
+                    "SELECT {SELECT_COLUMNS} FROM {ks}.messages WHERE conversation_id = ? \
                      AND bucket = ? AND seq <= ? ORDER BY seq DESC LIMIT ?"
                 ),
                 Kind::Read,
@@ -1517,6 +1558,47 @@ impl MessageStore for ScyllaStore {
             .collect()
     }
 
+    async fn redact(
+        &self,
+        conversation: &ConversationId,
+        seq: Seq,
+    ) -> Result<Option<v1::Message>, StoreError> {
+        if seq == Seq::ZERO {
+            return Err(StoreError::Invalid("seq 0 names no message".into()));
+        }
+        let conv = conversation.as_str();
+        let key = (
+            conv,
+            to_cql(bucket_of(seq.get()), "bucket")?,
+            to_cql(seq.get(), "seq")?,
+        );
+        let result = self
+            .session
+            .execute_unpaged(&self.st.redact, key)
+            .await
+            .map_err(|e| storage(format_args!("deleting {conv}/{seq}"), e))?;
+        if !lwt_applied(result)? {
+            // IF EXISTS was false: no message at this seq.
+            return Ok(None);
+        }
+        // Applied at LOCAL_QUORUM: a LOCAL_QUORUM read sees it.
+        let row: Option<MessageRow> = query_opt(
+            &self.session,
+            self.st.message_at.at(Read::Quorum),
+            key,
+            "reading a deleted message",
+        )
+        .await?;
+        match row {
+            Some(row) => row.into_message(conv),
+            None => Err(corrupt(
+                "reading a deleted message",
+                format_args!("{conv}/{seq} vanished after it was deleted"),
+            )
+            .into()),
+        }
+    }
+
     async fn member_cursors(
         &self,
         conversation: &ConversationId,
@@ -1568,6 +1650,7 @@ mod tests {
                 withheld: false,
                 media: None,
                 call: None,
+                deleted: false,
             },
             members: c.direct_members().expect("direct").to_vec(),
         }

@@ -142,4 +142,36 @@ pub trait MessageStore: Send + Sync + 'static {
         &self,
         conversation: &ConversationId,
     ) -> Result<Vec<MemberCursor>, StoreError>;
+
+    /// Deletes message `seq` of the conversation for everyone (moderation), durably before
+    /// returning: from then on every read returns it as [`redacted`] makes it (its place
+    /// and ids kept, `deleted` set, no content). Returns the message as stored now, or
+    /// `None` if the conversation has no message `seq`. Idempotent: redacting a deleted
+    /// message changes nothing and returns it again. Its dedupe key stays, so a retried
+    /// send still finds its original Ack and is not stored again. Seq 0 is
+    /// [`StoreError::Invalid`].
+    async fn redact(
+        &self,
+        conversation: &ConversationId,
+        seq: Seq,
+    ) -> Result<Option<v1::Message>, StoreError>;
+}
+
+/// A message deleted for everyone: it keeps its place in the log (conversation, seq,
+/// message_id), who sent it and when (sender_user, sender_device, created_at_ms), its
+/// kind and its `withheld` flag, and loses everything else: body, media (so it no longer
+/// grants access to the media), call entry, group event, reply_to_seq and client_msg_id.
+pub fn redacted(message: &v1::Message) -> v1::Message {
+    v1::Message {
+        conversation_id: message.conversation_id.clone(),
+        seq: message.seq,
+        message_id: message.message_id,
+        sender_user: message.sender_user,
+        sender_device: message.sender_device,
+        kind: message.kind,
+        created_at_ms: message.created_at_ms,
+        withheld: message.withheld,
+        deleted: true,
+        ..Default::default()
+    }
 }

@@ -301,6 +301,7 @@ fn new_message(conv: &ConversationId, seq: u64, body_bytes: usize) -> NewMessage
             withheld: false,
             media: None,
             call: None,
+            deleted: false,
         },
         members: members.to_vec(),
     }

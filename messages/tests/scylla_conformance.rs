@@ -74,6 +74,7 @@ fn message(c: &ConversationId, seq: u64) -> NewMessage {
             withheld: false,
             media: None,
             call: None,
+            deleted: false,
         },
         members: c.direct_members().expect("direct").to_vec(),
     }

@@ -1092,6 +1092,13 @@ impl MessageStore for Flaky {
     async fn member_cursors(&self, c: &ConversationId) -> Result<Vec<MemberCursor>, StoreError> {
         self.inner.member_cursors(c).await
     }
+    async fn redact(
+        &self,
+        c: &ConversationId,
+        seq: Seq,
+    ) -> Result<Option<v1::Message>, StoreError> {
+        self.inner.redact(c, seq).await
+    }
 }
 
 #[tokio::test]
@@ -1267,8 +1274,21 @@ fn group_op(
         partition_request::Body::Group(bus::GroupChange {
             group_id: group,
             request: Some(v1::GroupRequest { op: Some(op) }),
+            admin: false,
         }),
     )
+}
+
+/// A change as the admin role sends it: no caller, `admin` set.
+fn admin_group_op(group: u64, op: v1::group_request::Op) -> bus::PartitionRequest {
+    bus::PartitionRequest {
+        caller: None,
+        body: Some(partition_request::Body::Group(bus::GroupChange {
+            group_id: group,
+            request: Some(v1::GroupRequest { op: Some(op) }),
+            admin: true,
+        })),
+    }
 }
 
 fn group_result(reply: bus::PartitionReply) -> v1::GroupResult {
@@ -1398,6 +1418,160 @@ async fn a_group_change_missing_from_the_log_is_written_before_anything_else() {
             .is_err(),
         "bob got a push after his removal"
     );
+}
+
+/// An administrator (the admin role: no caller, `admin` set) deletes a group through its
+/// conversation's owner: the DELETED system message, by nobody (actor 0), reaches the
+/// members, who keep the history and can no longer send. Nothing but a delete is
+/// accepted that way, `admin` with a caller is refused, and a repeated delete changes
+/// nothing.
+#[tokio::test]
+async fn an_administrator_deletes_a_group_through_its_owner() {
+    let h = harness().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _groups = groups_service(&h, &dir).await;
+    let group = natter_proto::GroupId::for_create(ALICE, "club");
+    let conv = ConversationId::group(group);
+    let create = v1::GroupCreate {
+        create_id: "club".into(),
+        name: "Club".into(),
+        members: vec![BOB.get()],
+        ..Default::default()
+    };
+    let created = group_result(
+        h.ask(
+            &conv,
+            group_op(
+                ALICE,
+                A1,
+                group.get(),
+                v1::group_request::Op::Create(create),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(created.seq, 1);
+    ack(h
+        .ask(&conv, request(BOB, B1, group_send(&conv, "before")))
+        .await);
+    let mut bob = h.pushes(BOB).await;
+    let delete = || {
+        v1::group_request::Op::Delete(v1::GroupDelete {
+            group_id: group.get(),
+        })
+    };
+
+    let rename = v1::group_request::Op::Update(v1::GroupUpdate {
+        group_id: group.get(),
+        name: Some("Taken".into()),
+        ..Default::default()
+    });
+    let r = h.ask(&conv, admin_group_op(group.get(), rename)).await;
+    assert_eq!(code(&r), ErrorCode::InvalidArgument, "only a delete");
+    // A member cannot make their change an administrator's.
+    let mut smuggled = group_op(BOB, B1, group.get(), delete());
+    if let Some(partition_request::Body::Group(g)) = &mut smuggled.body {
+        g.admin = true;
+    }
+    assert_eq!(
+        code(&h.ask(&conv, smuggled).await),
+        ErrorCode::InvalidArgument
+    );
+    // Without `admin`, no caller is no request.
+    let mut anonymous = admin_group_op(group.get(), delete());
+    if let Some(partition_request::Body::Group(g)) = &mut anonymous.body {
+        g.admin = false;
+    }
+    assert_eq!(
+        code(&h.ask(&conv, anonymous).await),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        seqs(&h.log(&conv).await),
+        vec![1, 2],
+        "nothing refused was logged"
+    );
+
+    let deleted = group_result(h.ask(&conv, admin_group_op(group.get(), delete())).await);
+    assert_eq!(deleted.seq, 3);
+    assert!(deleted.group.as_ref().is_some_and(|g| g.deleted));
+    let (pushed, _) = next_message(&mut bob).await;
+    assert_eq!(pushed.seq, 3);
+    let event = pushed.event.expect("a group event");
+    assert_eq!(
+        (event.kind, event.actor),
+        (v1::GroupEventKind::Deleted as i32, 0)
+    );
+
+    // Nobody can send any more; the members still read the whole history.
+    for (user, device) in [(ALICE, A1), (BOB, B1)] {
+        let refused = h
+            .ask(&conv, request(user, device, group_send(&conv, "after")))
+            .await;
+        assert_eq!(code(&refused), ErrorCode::NotFound);
+    }
+    let page = h
+        .history(bus::HistoryRequest {
+            caller: caller(BOB, B1),
+            history: Some(v1::History {
+                conversation_id: conv.to_string(),
+                before_seq: 0,
+                limit: 50,
+            }),
+        })
+        .await
+        .page
+        .expect("bob's history");
+    assert_eq!(seqs(&page.messages), vec![1, 2, 3]);
+
+    // Again (a retry): success, nothing new in the log.
+    let again = group_result(h.ask(&conv, admin_group_op(group.get(), delete())).await);
+    assert!(again.group.is_some_and(|g| g.deleted));
+    assert_eq!(seqs(&h.log(&conv).await), vec![1, 2, 3]);
+
+    // The admin API's view (`natter.admin.groups`): the group, deleted, with its members;
+    // listed among Bob's groups and among all groups.
+    let admin = |op: bus::admin_groups_request::Op| {
+        let bus = h.bus.clone();
+        async move {
+            let req = bus::AdminGroupsRequest { op: Some(op) };
+            let raw = bus
+                .request(
+                    &Subject::admin(natter_proto::AdminService::Groups),
+                    Bytes::from(req.encode_to_vec()),
+                    WAIT,
+                )
+                .await
+                .expect("the groups service answers");
+            bus::AdminGroupsReply::decode(raw).expect("decodes")
+        }
+    };
+    let got = admin(bus::admin_groups_request::Op::Get(group.get())).await;
+    assert_eq!(got.error, None);
+    let info = &got.groups[0];
+    assert!(info.deleted);
+    let members: Vec<u64> = info.members.iter().map(|m| m.user_id).collect();
+    assert_eq!(members, vec![ALICE.get(), BOB.get()]);
+    for member in [BOB.get(), 0] {
+        let listed = admin(bus::admin_groups_request::Op::List(bus::AdminGroupList {
+            after: 0,
+            limit: 10,
+            member,
+        }))
+        .await;
+        assert_eq!(listed.error, None);
+        let ids: Vec<u64> = listed.groups.iter().map(|g| g.group_id).collect();
+        assert_eq!((ids, listed.more), (vec![group.get()], false));
+        assert_eq!(listed.groups[0].member_count, 2, "counted, not listed");
+        // Only the listed member's own entry (their role), if any.
+        let shown: Vec<u64> = listed.groups[0].members.iter().map(|m| m.user_id).collect();
+        assert_eq!(
+            shown,
+            [member].into_iter().filter(|&m| m != 0).collect::<Vec<_>>()
+        );
+    }
+    let none = admin(bus::admin_groups_request::Op::Get(group.get() + 1)).await;
+    assert_eq!(none.error.map(|e| e.code), Some(ErrorCode::NotFound as i32));
 }
 
 /// A fake people service: `blocker` has blocked `blocked`; nobody else blocked anyone.
@@ -1552,4 +1726,216 @@ async fn no_notify_jobs_unless_asked() {
             .await
             .is_err()
     );
+}
+
+/// A message deletion as the admin role sends it: no caller.
+fn admin_delete(conversation_id: &str, seq: u64) -> bus::PartitionRequest {
+    bus::PartitionRequest {
+        caller: None,
+        body: Some(partition_request::Body::AdminDelete(
+            bus::AdminDeleteMessage {
+                conversation_id: conversation_id.to_owned(),
+                seq,
+            },
+        )),
+    }
+}
+
+fn deleted(reply: bus::PartitionReply) -> v1::MessageDeleted {
+    match reply.body {
+        Some(partition_reply::Body::Deleted(d)) => d,
+        other => panic!("expected a deletion, got {other:?}"),
+    }
+}
+
+async fn next_deleted(sub: &mut Subscription) -> v1::MessageDeleted {
+    match next_push(sub).await {
+        (server_frame::Body::MessageDeleted(d), 0) => d,
+        other => panic!("expected a MessageDeleted push to every device, got {other:?}"),
+    }
+}
+
+/// An administrator (the admin role: no caller) deletes a message for everyone: both
+/// members are told, every read returns it deleted without its content, a retry of its
+/// send gets the original Ack (and stores nothing), and bad requests get stable codes.
+#[tokio::test]
+async fn an_administrator_deletes_a_message_for_everyone() {
+    let h = harness().await;
+    let conv = direct(ALICE, BOB);
+    let mut alice = h.pushes(ALICE).await;
+    let mut bob = h.pushes(BOB).await;
+    let original = ack(h.send((ALICE, A1), BOB, "rude").await);
+    assert_eq!(ack(h.send((BOB, B1), ALICE, "fine").await).seq, 2);
+    for sub in [&mut alice, &mut bob] {
+        for seq in [1, 2] {
+            assert_eq!(next_message(sub).await.0.seq, seq);
+        }
+    }
+
+    let d = deleted(h.ask(&conv, admin_delete(conv.as_str(), 1)).await);
+    assert_eq!((d.conversation_id.as_str(), d.seq), (conv.as_str(), 1));
+    assert!(d.deleted_at_ms >= original.created_at_ms);
+    assert_eq!(next_deleted(&mut alice).await, d);
+    assert_eq!(next_deleted(&mut bob).await, d);
+
+    // History and sync return it deleted: its place, sender and time, no content.
+    let page = h
+        .history(bus::HistoryRequest {
+            caller: caller(BOB, B1),
+            history: Some(v1::History {
+                conversation_id: conv.to_string(),
+                before_seq: 0,
+                limit: 10,
+            }),
+        })
+        .await
+        .page
+        .expect("page");
+    assert_eq!(seqs(&page.messages), vec![1, 2]);
+    let m = &page.messages[0];
+    assert!(m.deleted, "{m:?}");
+    assert!(m.body.is_empty() && m.client_msg_id.is_empty() && m.media.is_none());
+    assert_eq!(
+        (m.sender_user, m.message_id, m.created_at_ms),
+        (ALICE.get(), original.message_id, original.created_at_ms)
+    );
+    assert!(!page.messages[1].deleted);
+    assert_eq!(page.messages[1].body, Bytes::from_static(b"fine"));
+    let s = h
+        .sync(bus::SyncRequest {
+            caller: caller(BOB, B1),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(seqs(&s.messages), vec![1, 2]);
+    assert!(s.messages[0].deleted && s.messages[0].body.is_empty());
+
+    // Alice's device retries the send (it never saw the ack): the original Ack, nothing
+    // stored, and the stored message (deleted) is pushed again.
+    assert_eq!(ack(h.send((ALICE, A1), BOB, "rude").await), original);
+    assert_eq!(seqs(&h.log(&conv).await), vec![1, 2]);
+    for sub in [&mut alice, &mut bob] {
+        let (again, _) = next_message(sub).await;
+        assert!(again.seq == 1 && again.deleted && again.body.is_empty());
+    }
+
+    // Deleting again is fine: the members are told again.
+    assert_eq!(
+        deleted(h.ask(&conv, admin_delete(conv.as_str(), 1)).await).seq,
+        1
+    );
+    assert_eq!(next_deleted(&mut alice).await.seq, 1);
+    assert_eq!(next_deleted(&mut bob).await.seq, 1);
+
+    // No such message; malformed requests; not from the admin role.
+    for seq in [3, 1000] {
+        let r = h.ask(&conv, admin_delete(conv.as_str(), seq)).await;
+        assert_eq!(code(&r), ErrorCode::NotFound, "seq {seq}");
+    }
+    let empty = direct(ALICE, CAROL);
+    let r = h.ask(&empty, admin_delete(empty.as_str(), 1)).await;
+    assert_eq!(code(&r), ErrorCode::NotFound);
+    let r = h.ask(&conv, admin_delete(conv.as_str(), 0)).await;
+    assert_eq!(code(&r), ErrorCode::InvalidArgument);
+    for bad in ["", "x.1", "d.2.1"] {
+        let r = h
+            .raw(
+                &Subject::partition(conv.partition()),
+                Bytes::from(admin_delete(bad, 1).encode_to_vec()),
+            )
+            .await;
+        assert_eq!(code(&r), ErrorCode::InvalidArgument, "{bad:?}");
+    }
+    let elsewhere = (1..)
+        .map(|u| direct(ALICE, UserId(500 + u)))
+        .find(|c| c.partition() != conv.partition())
+        .expect("a conversation in another partition");
+    let r = h
+        .raw(
+            &Subject::partition(conv.partition()),
+            Bytes::from(admin_delete(elsewhere.as_str(), 1).encode_to_vec()),
+        )
+        .await;
+    assert_eq!(code(&r), ErrorCode::InvalidArgument, "wrong partition");
+    let mut from_a_device = admin_delete(conv.as_str(), 2);
+    from_a_device.caller = caller(BOB, B1);
+    assert_eq!(
+        code(&h.ask(&conv, from_a_device).await),
+        ErrorCode::Forbidden
+    );
+
+    // The other message is untouched, and nobody heard of anything else.
+    let log = h.log(&conv).await;
+    assert!(log[0].deleted && !log[1].deleted);
+    assert_eq!(log[1].body, Bytes::from_static(b"fine"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), bob.next())
+            .await
+            .is_err(),
+        "bob got another push"
+    );
+}
+
+/// In a group every current member is told; a group change (a system message) cannot
+/// be deleted.
+#[tokio::test]
+async fn an_administrator_deletes_a_group_message_for_every_member() {
+    let h = harness().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _groups = groups_service(&h, &dir).await;
+    let create = v1::GroupCreate {
+        create_id: "mods".into(),
+        name: "Mods".into(),
+        members: vec![BOB.get(), CAROL.get()],
+        ..Default::default()
+    };
+    let group = natter_proto::GroupId::for_create(ALICE, "mods");
+    let conv = ConversationId::group(group);
+    let created = group_result(
+        h.ask(
+            &conv,
+            group_op(
+                ALICE,
+                A1,
+                group.get(),
+                v1::group_request::Op::Create(create),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(created.seq, 1);
+    let mut subs = Vec::new();
+    for user in [ALICE, BOB, CAROL] {
+        subs.push(h.pushes(user).await);
+    }
+    let spam = ack(h
+        .ask(&conv, request(BOB, B1, group_send(&conv, "spam")))
+        .await);
+    assert_eq!(spam.seq, 2);
+    for sub in &mut subs {
+        assert_eq!(next_message(sub).await.0.seq, 2);
+    }
+
+    let d = deleted(h.ask(&conv, admin_delete(conv.as_str(), 2)).await);
+    for sub in &mut subs {
+        assert_eq!(next_deleted(sub).await, d);
+    }
+    let r = h.ask(&conv, admin_delete(conv.as_str(), 1)).await;
+    assert_eq!(code(&r), ErrorCode::InvalidArgument, "a group change stays");
+
+    let page = h
+        .history(bus::HistoryRequest {
+            caller: caller(CAROL, C1),
+            history: Some(v1::History {
+                conversation_id: conv.to_string(),
+                before_seq: 0,
+                limit: 10,
+            }),
+        })
+        .await
+        .page
+        .expect("page");
+    assert_eq!(seqs(&page.messages), vec![1, 2]);
+    assert!(page.messages[0].event.is_some() && !page.messages[0].deleted);
+    assert!(page.messages[1].deleted && page.messages[1].body.is_empty());
 }

@@ -41,6 +41,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn PeopleStore>) {
     the_first_view_wins_and_views_are_in_view_order(make()).await;
     prune_removes_expired_statuses_and_their_views(make()).await;
     concurrent_adds_overshoot_by_at_most_the_racers(make()).await;
+    delete_user_removes_what_the_user_owns(make()).await;
 }
 
 /// Below 2^53, like real ids, so every store (and JSON) holds them exactly.
@@ -614,6 +615,91 @@ pub async fn statuses_are_deleted_only_by_their_owner_with_their_views(
         store.views(kept.id).await.expect("views"),
         vec![view(viewer, T0 + 10)]
     );
+}
+
+/// Deleting a user removes their profile, privacy settings, contacts, blocks, statuses
+/// (with the views of them and their post ids), and nothing of anyone else's; other
+/// users' lists naming them stay (see [`PeopleStore::delete_user`]). Idempotent.
+pub async fn delete_user_removes_what_the_user_owns(store: Arc<dyn PeopleStore>) {
+    let (u, friend, foe) = (user(), user(), user());
+    let profile = ProfileRecord {
+        display_name: "Gone".into(),
+        about: "soon".into(),
+        avatar_media_id: "media-avatar".into(),
+        updated_at_ms: T0,
+    };
+    let private = Privacy {
+        last_seen: Audience::Nobody,
+        online: Audience::Contacts,
+        profile_photo: Audience::Nobody,
+        about: Audience::Contacts,
+    };
+    for p in [u, friend] {
+        store.put_profile(p, &profile).await.expect("put profile");
+        store.put_privacy(p, private).await.expect("put privacy");
+    }
+    for (owner, other) in [(u, friend), (u, foe), (friend, u)] {
+        let added = store
+            .add_contact(owner, &contact(other, "c", T0), 10)
+            .await
+            .expect("add contact");
+        assert_eq!(added, Added::Added);
+        let blocked = store.add_block(owner, other, T0, 10).await.expect("block");
+        assert_eq!(blocked, Added::Added);
+    }
+    let mine = [status(u, "a", T0, DAY), status(u, "b", T0 + 1, DAY)];
+    let theirs = status(friend, "f", T0, DAY);
+    for s in mine.iter().chain([&theirs]) {
+        store.post_status(s, T0).await.expect("post");
+    }
+    for s in [&mine[0], &theirs] {
+        let viewer = if s.user == u { friend } else { u };
+        let first = store
+            .add_view(s.id, s.expires_at_ms, view(viewer, T0 + 5))
+            .await
+            .expect("view");
+        assert!(first);
+    }
+
+    store.delete_user(u).await.expect("delete user");
+    assert_eq!(store.profile(u).await.expect("profile"), None);
+    assert_eq!(store.privacy(u).await.expect("privacy"), Privacy::default());
+    assert_eq!(contact_ids(&store, u).await, Vec::new());
+    assert_eq!(store.blocks(u).await.expect("blocks"), Vec::new());
+    assert_eq!(store.statuses(u, T0).await.expect("statuses"), Vec::new());
+    assert_eq!(
+        store.count_statuses_since(u, 0, T0).await.expect("count"),
+        0
+    );
+    for s in &mine {
+        assert_eq!(store.status(s.id, T0).await.expect("status"), None);
+        assert_eq!(store.views(s.id).await.expect("views"), Vec::new());
+    }
+    // The post ids are free again: the same post id stores a new status.
+    let again = status(u, "a", T0 + 10, DAY);
+    assert_eq!(
+        store.post_status(&again, T0 + 10).await.expect("post"),
+        again
+    );
+
+    // Nothing of the others' went, their entries naming `u` included.
+    assert_eq!(store.profile(friend).await.expect("profile"), Some(profile));
+    assert_eq!(store.privacy(friend).await.expect("privacy"), private);
+    assert_eq!(contact_ids(&store, friend).await, vec![u]);
+    assert_eq!(store.blocks(friend).await.expect("blocks"), vec![u]);
+    assert_eq!(
+        store.statuses(friend, T0).await.expect("statuses"),
+        vec![theirs.clone()]
+    );
+    assert_eq!(
+        store.views(theirs.id).await.expect("views"),
+        vec![view(u, T0 + 5)]
+    );
+
+    // Again (a retry), and for a user with nothing stored: fine.
+    store.delete_user(u).await.expect("delete again");
+    assert_eq!(store.statuses(u, T0).await.expect("statuses"), Vec::new());
+    store.delete_user(user()).await.expect("delete a stranger");
 }
 
 /// A view counts once, with its first time; views list in view order, then by viewer.

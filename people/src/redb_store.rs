@@ -737,6 +737,77 @@ impl PeopleStore for RedbPeopleStore {
         .await
     }
 
+    async fn delete_user(&self, user: UserId) -> Result<(), StoreError> {
+        let u = user.get();
+        self.write(move |txn| {
+            txn.open_table(PROFILES)
+                .map_err(storage)?
+                .remove(u)
+                .map_err(storage)?;
+            txn.open_table(PRIVACY)
+                .map_err(storage)?
+                .remove(u)
+                .map_err(storage)?;
+            txn.open_table(CONTACTS)
+                .map_err(storage)?
+                .retain_in((u, 0u64)..=(u, u64::MAX), |_, _| false)
+                .map_err(storage)?;
+            txn.open_table(BLOCKS)
+                .map_err(storage)?
+                .retain_in((u, 0u64)..=(u, u64::MAX), |_, _| false)
+                .map_err(storage)?;
+            let indexed: Vec<(u64, u64, u64)> = {
+                let index = txn.open_table(USER_STATUSES).map_err(storage)?;
+                let mut keys = Vec::new();
+                for entry in index
+                    .range((u, 0u64, 0u64)..=(u, u64::MAX, u64::MAX))
+                    .map_err(storage)?
+                {
+                    keys.push(entry.map_err(storage)?.0.value());
+                }
+                keys
+            };
+            for key in indexed {
+                let (_, _, id) = key;
+                let status = {
+                    let statuses = txn.open_table(STATUSES).map_err(storage)?;
+                    stored_status(&statuses, id)?
+                };
+                match status {
+                    Some(status) if status.user == user => delete_status_in(txn, &status)?,
+                    // Indexed but not stored (or not theirs): only the index entry is
+                    // theirs to drop.
+                    _ => {
+                        txn.open_table(USER_STATUSES)
+                            .map_err(storage)?
+                            .remove(key)
+                            .map_err(storage)?;
+                    }
+                }
+            }
+            // Post ids whose statuses are gone already (deleting a status drops its own).
+            let post_ids: Vec<String> = {
+                let posts = txn.open_table(STATUS_POSTS).map_err(storage)?;
+                let mut ids = Vec::new();
+                for entry in posts.range((u, "")..).map_err(storage)? {
+                    let (k, _) = entry.map_err(storage)?;
+                    let (owner, post_id) = k.value();
+                    if owner != u {
+                        break;
+                    }
+                    ids.push(post_id.to_owned());
+                }
+                ids
+            };
+            let mut posts = txn.open_table(STATUS_POSTS).map_err(storage)?;
+            for post_id in &post_ids {
+                posts.remove((u, post_id.as_str())).map_err(storage)?;
+            }
+            changed(())
+        })
+        .await
+    }
+
     async fn prune(&self, now_ms: u64) -> Result<usize, StoreError> {
         self.write(move |txn| {
             let due: Vec<(u64, u64)> = {

@@ -38,9 +38,10 @@
 
 use std::fmt;
 
+use futures::future::BoxFuture;
 use natter_cql::{
-    Kind, Read, ReadStatement, execute, from_cql, lwt_applied, prepare, query_opt, query_paged,
-    storage, to_cql,
+    Kind, Read, ReadStatement, bounded_ok, execute, from_cql, lwt_applied, prepare, query_opt,
+    query_paged, storage, to_cql,
 };
 use natter_proto::UserId;
 use scylla::{client::session::Session, statement::prepared::PreparedStatement};
@@ -165,6 +166,8 @@ struct Statements {
     insert_view: PreparedStatement,
     views: PreparedStatement,
     delete_views: PreparedStatement,
+    delete_profile: PreparedStatement,
+    delete_privacy: PreparedStatement,
 }
 
 impl Statements {
@@ -392,6 +395,16 @@ impl Statements {
                 Kind::Write,
             )
             .await?,
+            delete_profile: p(
+                format!("DELETE FROM {ks}.profiles WHERE user_id = ?"),
+                Kind::Write,
+            )
+            .await?,
+            delete_privacy: p(
+                format!("DELETE FROM {ks}.privacy WHERE user_id = ?"),
+                Kind::Write,
+            )
+            .await?,
         })
     }
 }
@@ -438,6 +451,48 @@ impl ScyllaPeopleStore {
             keyspace: config.keyspace,
             st,
         })
+    }
+
+    /// Deletes the rows of `status`: its post id's claim first (a repost with the same
+    /// post id is then new), then its index row and views, the `statuses` row last, so a
+    /// delete that fails half way is finished by calling it again.
+    async fn delete_status_rows(&self, status: &StatusRecord) -> Result<(), StoreError> {
+        let cql_id = to_cql(status.id, "status id")?;
+        let cql_user = to_cql(status.user.get(), "user id")?;
+        self.lwt(
+            &self.st.release_claim,
+            (cql_user, status.post_id.as_str(), cql_id),
+            "releasing a status post id",
+        )
+        .await?;
+        let (a, b) = futures::join!(
+            execute(
+                &self.session,
+                &self.st.delete_user_status,
+                (
+                    cql_user,
+                    to_cql(status.created_at_ms, "created_at_ms")?,
+                    cql_id
+                ),
+                "deleting a user's status",
+            ),
+            execute(
+                &self.session,
+                &self.st.delete_views,
+                (cql_id,),
+                "deleting a status's views",
+            ),
+        );
+        a?;
+        b?;
+        execute(
+            &self.session,
+            &self.st.delete_status,
+            (cql_id,),
+            "deleting a status",
+        )
+        .await?;
+        Ok(())
     }
 
     /// Runs a lightweight transaction; true if it applied.
@@ -914,43 +969,7 @@ impl PeopleStore for ScyllaPeopleStore {
         if status.user != user {
             return Ok(false);
         }
-        let cql_id = to_cql(id, "status id")?;
-        let cql_user = to_cql(user.get(), "user id")?;
-        // The claim first (a repost with the same post id is then new), the statuses row
-        // last, so a delete that fails half way is finished by calling it again.
-        self.lwt(
-            &self.st.release_claim,
-            (cql_user, status.post_id.as_str(), cql_id),
-            "releasing a status post id",
-        )
-        .await?;
-        let (a, b) = futures::join!(
-            execute(
-                &self.session,
-                &self.st.delete_user_status,
-                (
-                    cql_user,
-                    to_cql(status.created_at_ms, "created_at_ms")?,
-                    cql_id
-                ),
-                "deleting a user's status",
-            ),
-            execute(
-                &self.session,
-                &self.st.delete_views,
-                (cql_id,),
-                "deleting a status's views",
-            ),
-        );
-        a?;
-        b?;
-        execute(
-            &self.session,
-            &self.st.delete_status,
-            (cql_id,),
-            "deleting a status",
-        )
-        .await?;
+        self.delete_status_rows(&status).await?;
         Ok(true)
     }
 
@@ -1003,6 +1022,51 @@ impl PeopleStore for ScyllaPeopleStore {
             "reading a view",
         )
         .await
+    }
+
+    async fn delete_user(&self, user: UserId) -> Result<(), StoreError> {
+        // Statuses first, from the user's index, which goes row by row with them: a
+        // repeated call finds what a failed one left. (At most a day's statuses: rows
+        // expire by TTL.)
+        for status in self.statuses(user, 0).await? {
+            self.delete_status_rows(&status).await?;
+        }
+        // Contacts and blocks one by one through the same lightweight transactions that
+        // write them, not a partition delete: a plain write's timestamp (the client's
+        // clock) may be older than a Paxos write's, and the entries would survive it.
+        let contacts: Vec<UserId> = self
+            .contacts(user)
+            .await?
+            .into_iter()
+            .map(|c| c.user)
+            .collect();
+        let tasks: Vec<BoxFuture<'_, Result<bool, StoreError>>> = contacts
+            .iter()
+            .map(|&c| self.remove_contact(user, c))
+            .collect();
+        bounded_ok(tasks).await?;
+        let blocks = self.blocks(user).await?;
+        let tasks: Vec<BoxFuture<'_, Result<bool, StoreError>>> =
+            blocks.iter().map(|&b| self.remove_block(user, b)).collect();
+        bounded_ok(tasks).await?;
+        let cql_user = to_cql(user.get(), "user id")?;
+        let (privacy, profile) = futures::join!(
+            execute(
+                &self.session,
+                &self.st.delete_privacy,
+                (cql_user,),
+                "deleting a user's privacy settings",
+            ),
+            execute(
+                &self.session,
+                &self.st.delete_profile,
+                (cql_user,),
+                "deleting a user's profile",
+            ),
+        );
+        privacy?;
+        profile?;
+        Ok(())
     }
 
     async fn prune(&self, _now_ms: u64) -> Result<usize, StoreError> {

@@ -1,6 +1,7 @@
 //! The people service on the bus: `natter.people.request` (a client's PeopleRequest,
-//! with the caller the edge attached) and `natter.people.audience` (what other services
-//! need to honour a user's privacy settings and blocks). Any number of instances may
+//! with the caller the edge attached), `natter.people.audience` (what other services
+//! need to honour a user's privacy settings and blocks) and `natter.admin.people` (the
+//! admin API deleting a user's data, see [`admin`]). Any number of instances may
 //! serve them (queue group [`QUEUE_GROUP`]); all state is in the [`PeopleStore`].
 //!
 //! Users are checked and named by asking sessions (`Subject::sessions_user()`); usernames
@@ -15,7 +16,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use bytes::Bytes;
 use natter_bus::{Bus, BusError, BusMessage, Subscription};
 use natter_proto::{
-    ErrorCode, Subject, UserId, bus, error, now_ms,
+    AdminService, ErrorCode, Subject, UserId, bus, error, now_ms,
     v1::{self, people_request::Op},
 };
 use prost::Message as _;
@@ -87,9 +88,10 @@ struct Shared {
 enum Endpoint {
     Request,
     Audience,
+    Admin,
 }
 
-/// Starts the people service. Returns once both subjects are subscribed; the task
+/// Starts the people service. Returns once every subject is subscribed; the task
 /// completes after `shutdown`, when the requests in progress are answered.
 pub async fn start(
     store: Arc<dyn PeopleStore>,
@@ -102,6 +104,13 @@ pub async fn start(
         .await?;
     let audiences = bus
         .queue_subscribe(&Subject::people_audience(), QUEUE_GROUP, SUB_CAPACITY)
+        .await?;
+    let admins = bus
+        .queue_subscribe(
+            &Subject::admin(AdminService::People),
+            QUEUE_GROUP,
+            SUB_CAPACITY,
+        )
         .await?;
     let users = natter_sessions::Users::new(bus.clone(), config.request_timeout);
     let media = MediaClient::new(bus.clone(), config.request_timeout);
@@ -126,6 +135,7 @@ pub async fn start(
                 shared.clone(),
                 shutdown.clone()
             ),
+            serve(admins, Endpoint::Admin, shared.clone(), shutdown.clone()),
             prune_loop(shared, shutdown),
         );
         tracing::debug!("people service stopped");
@@ -141,6 +151,7 @@ async fn serve(
     let name = match endpoint {
         Endpoint::Request => "people.request",
         Endpoint::Audience => "people.audience",
+        Endpoint::Admin => "people.admin",
     };
     // A request taken but not started at shutdown times out at its sender, which retries.
     let _unstarted = natter_bus::serve_requests(name, &mut sub, MAX_CONCURRENT, &shutdown, |msg| {
@@ -155,6 +166,7 @@ async fn answer(shared: &Shared, endpoint: Endpoint, msg: BusMessage) {
     let reply = match endpoint {
         Endpoint::Request => request(shared, payload).await.encode_to_vec(),
         Endpoint::Audience => audience(shared, payload).await.encode_to_vec(),
+        Endpoint::Admin => admin(shared, payload).await.encode_to_vec(),
     };
     if let Err(e) = natter_bus::reply(shared.bus.as_ref(), &msg, Bytes::from(reply)).await {
         tracing::debug!(error = %e, "people reply not delivered");
@@ -314,6 +326,28 @@ impl Shared {
             // Caches expire by themselves (CACHE_TTL); the change is stored.
             tracing::warn!(error = %e, user = user.get(), "PeopleChanged not published");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// natter.admin.people
+
+/// `natter.admin.people`, from the admin API: deletes what the store keeps of
+/// `delete_user` ([`PeopleStore::delete_user`]: profile, privacy settings, their
+/// contacts, blocks and statuses), then publishes `natter.people.changed` for them so
+/// cached audiences go. Idempotent: a retry finishes a delete that failed part way.
+async fn admin(shared: &Shared, payload: Bytes) -> bus::AdminDone {
+    let result = async {
+        let req = bus::AdminPeopleRequest::decode(payload)
+            .map_err(|_| error(ErrorCode::BadFrame, "undecodable AdminPeopleRequest"))?;
+        let user = UserId::new(req.delete_user).map_err(|_| invalid("delete_user missing"))?;
+        st(shared.store.delete_user(user).await)?;
+        shared.publish_changed(user).await;
+        Ok::<_, v1::Error>(())
+    }
+    .await;
+    bus::AdminDone {
+        error: result.err(),
     }
 }
 

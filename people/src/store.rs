@@ -171,6 +171,16 @@ pub trait PeopleStore: Send + Sync + 'static {
     /// Has `viewer` viewed status `id`?
     async fn has_viewed(&self, id: u64, viewer: UserId) -> Result<bool, StoreError>;
 
+    /// Deletes everything the store keeps of `user` (their account is being deleted):
+    /// profile, privacy settings, their contacts and blocks, their statuses with the
+    /// views of them and their post ids. Left alone, because neither store indexes them
+    /// by that user (finding them would take a scan of every list): `user` in other
+    /// users' contacts and blocks (the service leaves users sessions no longer knows out
+    /// of contact lists), and views `user` made of others' statuses (they go with those
+    /// statuses, within a status's lifetime). Idempotent: a call that failed part way is
+    /// finished by calling it again.
+    async fn delete_user(&self, user: UserId) -> Result<(), StoreError>;
+
     /// Deletes statuses (and their views) that expired at or before `now_ms`; returns how
     /// many statuses it deleted. Stores that expire data by themselves (ScyllaDB TTL)
     /// return 0.

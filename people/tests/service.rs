@@ -1419,3 +1419,70 @@ async fn stops_on_shutdown() {
         .expect("stops")
         .expect("no panic");
 }
+
+// ---------------------------------------------------------------------------------
+// The admin API
+
+impl Env {
+    /// Sends `AdminPeopleRequest{delete_user}` on `natter.admin.people`.
+    async fn admin_delete(&self, user: u64) -> Option<v1::Error> {
+        let req = bus::AdminPeopleRequest { delete_user: user };
+        let reply = self
+            .bus
+            .request(
+                &Subject::admin(natter_proto::AdminService::People),
+                Bytes::from(req.encode_to_vec()),
+                TIMEOUT,
+            )
+            .await
+            .expect("the people service answers");
+        bus::AdminDone::decode(reply).expect("an AdminDone").error
+    }
+}
+
+#[tokio::test]
+async fn admin_delete_user_drops_their_data_and_publishes_the_change() {
+    use v1::Visibility::Nobody;
+    let mut e = env().await;
+    e.ok(ANN, update("Ann", "about ann", "")).await;
+    e.set_privacy(
+        ANN,
+        v1::PrivacySettings {
+            last_seen: vis(Nobody),
+            ..Default::default()
+        },
+    )
+    .await;
+    e.mutual(ANN, BO).await;
+    e.block(ANN, CY).await;
+    e.post(ANN, "p1", "hello").await;
+    e.changed().await;
+
+    assert_eq!(e.admin_delete(ANN).await, None);
+    assert_eq!(e.changed().await, vec![ANN], "caches drop Ann's audience");
+    assert_eq!(e.store.profile(natter_proto::UserId(ANN)).await, Ok(None));
+    let ann = natter_proto::UserId(ANN);
+    assert_eq!(e.store.contacts(ann).await.map(|c| c.len()), Ok(0));
+    assert_eq!(e.store.blocks(ann).await, Ok(Vec::new()));
+    assert_eq!(e.store.statuses(ann, now_ms()).await, Ok(Vec::new()));
+    let audience = e.audience(ANN).await;
+    assert!(audience.contacts.is_empty() && audience.blocked.is_empty());
+    assert_eq!(
+        audience.privacy,
+        e.ok(BO, Op::PrivacyGet(v1::PrivacyGet {})).await.privacy,
+        "Ann's settings are the defaults again"
+    );
+    // Bo's list still names Ann (the store does not search other users' lists).
+    assert_eq!(
+        e.store
+            .contacts(natter_proto::UserId(BO))
+            .await
+            .map(|c| c.len()),
+        Ok(1)
+    );
+
+    // Idempotent; a request without a user is refused.
+    assert_eq!(e.admin_delete(ANN).await, None);
+    let err = e.admin_delete(0).await.expect("refused");
+    assert_eq!(err.code, ErrorCode::InvalidArgument as i32);
+}

@@ -13,7 +13,7 @@ use futures::{StreamExt as _, stream};
 use natter_bus::{Bus, BusError, BusEvent, BusMessage, Subscription};
 use natter_people::{AudienceInfo, Audiences, Item};
 use natter_proto::{
-    ErrorCode, Subject, UserId, bus, error, now_ms,
+    AdminService, ErrorCode, Subject, UserId, bus, error, now_ms,
     v1::{self, server_frame},
 };
 use prost::Message as _;
@@ -92,7 +92,7 @@ struct EdgeJob {
     reply: Option<Subject>,
 }
 
-/// Starts the presence service. Returns once the three subjects are subscribed; the task
+/// Starts the presence service. Returns once its subjects are subscribed; the task
 /// completes after `shutdown`, when the conn and beat requests taken are answered.
 ///
 /// The service on the bus (queue group [`QUEUE_GROUP`]; any number of instances
@@ -104,6 +104,8 @@ struct EdgeJob {
 ///   answered with `PresenceAck`.
 /// * `Subject::presence_subscribe()`: a device's `PresenceQuery` (subscribe or
 ///   unsubscribe), answered with `PresenceReply` (a snapshot as the caller may see it).
+/// * `Subject::admin(AdminService::Presence)`: the admin API's `AdminPresenceRequest`,
+///   answered with `AdminPresenceReply` from the store, without privacy rules.
 /// * A reaper calls [`PresenceStore::reap`] every [`Config::reap_interval`], so the users
 ///   of an edge that died without a word go offline by themselves.
 ///
@@ -142,6 +144,13 @@ pub async fn start(
     let queries = bus
         .queue_subscribe(&Subject::presence_subscribe(), QUEUE_GROUP, SUB_CAPACITY)
         .await?;
+    let admins = bus
+        .queue_subscribe(
+            &Subject::admin(AdminService::Presence),
+            QUEUE_GROUP,
+            SUB_CAPACITY,
+        )
+        .await?;
     // One instance per change re-evaluates who may see the user's presence.
     let changes = bus
         .queue_subscribe(&Subject::people_changed(), QUEUE_GROUP, SUB_CAPACITY)
@@ -163,6 +172,7 @@ pub async fn start(
         tasks.spawn(reaper(shared.clone(), shutdown.clone()));
         tasks.spawn(serve_edges(shared.clone(), conns, beats, shutdown.clone()));
         tasks.spawn(serve_queries(shared.clone(), queries, shutdown.clone()));
+        tasks.spawn(serve_admin(shared.clone(), admins, shutdown.clone()));
         tasks.spawn(serve_changes(shared.clone(), changes, shutdown.clone()));
         while let Some(done) = tasks.join_next().await {
             if let Err(e) = done {
@@ -652,6 +662,59 @@ async fn serve_queries(
             )),
         };
         reply(&shared, msg.reply.as_ref(), reply_msg.encode_to_vec()).await;
+    }
+}
+
+/// Answers the admin API until `shutdown`.
+async fn serve_admin(shared: Arc<Shared>, mut admins: Subscription, shutdown: CancellationToken) {
+    // A request taken but not started at shutdown times out at its sender, which retries.
+    let _unstarted = natter_bus::serve_requests(
+        "presence.admin",
+        &mut admins,
+        MAX_CONCURRENT_QUERIES,
+        &shutdown,
+        |msg| {
+            let shared = shared.clone();
+            async move {
+                let answer = admin(&shared, msg.payload.clone()).await;
+                reply(&shared, msg.reply.as_ref(), answer.encode_to_vec()).await;
+            }
+        },
+    )
+    .await;
+}
+
+/// `natter.admin.presence`: whether the user is online and when they were last seen,
+/// as the store has it, whatever their privacy settings (the admin API is no reader).
+/// While online, `last_seen_ms` is the previous time (see [`crate::Presence`]); 0 if
+/// never seen.
+async fn admin(shared: &Shared, payload: Bytes) -> bus::AdminPresenceReply {
+    let result = async {
+        let req = bus::AdminPresenceRequest::decode(payload)
+            .map_err(|_| error(ErrorCode::BadFrame, "undecodable AdminPresenceRequest"))?;
+        let user = UserId::new(req.user_id)
+            .map_err(|_| error(ErrorCode::InvalidArgument, "user_id missing"))?;
+        let found = shared
+            .store
+            .get(&[user])
+            .await
+            .map_err(|e| store_error(&e))?;
+        found
+            .into_iter()
+            .next()
+            .ok_or_else(|| error(ErrorCode::Internal, "presence store answered nothing"))
+    }
+    .await;
+    match result {
+        Ok(p) => bus::AdminPresenceReply {
+            error: None,
+            online: p.online,
+            last_seen_ms: p.last_seen_ms,
+        },
+        Err(e) => bus::AdminPresenceReply {
+            error: Some(e),
+            ..Default::default()
+        },
     }
 }
 

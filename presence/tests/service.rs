@@ -646,12 +646,58 @@ async fn a_block_hides_presence_at_once(env: &Env) {
     ok(&env.conn(&n, x, false, 0).await);
 }
 
+/// The admin API's view (`natter.admin.presence`): online and last seen as stored,
+/// whatever the user's privacy settings hide from readers.
+async fn the_admin_api_sees_presence_whatever_the_privacy(env: &Env) {
+    let admin = |user_id: u64| async move {
+        let req = bus::AdminPresenceRequest { user_id };
+        let reply = env
+            .request(
+                Subject::admin(natter_proto::AdminService::Presence),
+                req.encode_to_vec(),
+            )
+            .await;
+        bus::AdminPresenceReply::decode(reply).expect("AdminPresenceReply")
+    };
+    let (n, x, r) = (node(), user(), user());
+    env.set_privacy(x, Visibility::Nobody, Visibility::Nobody, &[], &[]);
+    let never = admin(x).await;
+    assert_eq!(
+        (never.error, never.online, never.last_seen_ms),
+        (None, false, 0)
+    );
+
+    ok(&env.heartbeat(&n, LONG_TTL_MS).await);
+    ok(&env.conn(&n, x, true, 0).await);
+    let on = admin(x).await;
+    assert_eq!((on.error, on.online), (None, true));
+    // A reader sees nothing of it.
+    assert_eq!(
+        env.subscribe(r, &[x]).await,
+        vec![(x, PresenceState::Unspecified, 0)]
+    );
+    let at = now_ms() - 1_000;
+    ok(&env.conn(&n, x, false, at).await);
+    let off = admin(x).await;
+    assert_eq!((off.error, off.online, off.last_seen_ms), (None, false, at));
+
+    assert_eq!(code(&admin(0).await.error), ErrorCode::InvalidArgument);
+    ok(&env
+        .beat(bus::PresenceBeat {
+            node: n,
+            leave: true,
+            ..Default::default()
+        })
+        .await);
+}
+
 async fn all_scenarios(env: &Env) {
     pushes_follow_the_edges(env).await;
     a_block_hides_presence_at_once(env).await;
     bad_requests_are_answered(env).await;
     privacy_decides_what_readers_see(env).await;
     a_dead_edge_takes_its_users_offline(env).await;
+    the_admin_api_sees_presence_whatever_the_privacy(env).await;
 }
 
 // ---------------------------------------------------------------------------------------

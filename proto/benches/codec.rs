@@ -50,6 +50,7 @@ fn message_frame() -> ServerFrame {
             withheld: false,
             media: None,
             call: None,
+            deleted: false,
         })),
     }
 }

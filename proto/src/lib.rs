@@ -27,7 +27,7 @@ pub mod bus {
 pub use ids::{
     ConversationId, ConversationKind, DeviceId, GroupId, IdError, MessageId, Partition, Seq, UserId,
 };
-pub use subject::Subject;
+pub use subject::{AdminService, Subject};
 pub use v1::ErrorCode;
 
 /// WebSocket subprotocol for protobuf binary frames.
@@ -54,6 +54,13 @@ pub mod close_code {
     pub const REPLACED: u16 = 4002;
     /// Nothing was received for the idle timeout.
     pub const IDLE_TIMEOUT: u16 = 4003;
+    /// An administrator disconnected this device (or every device of its user); the
+    /// client may reconnect at once.
+    pub const KICKED: u16 = 4004;
+    /// An administrator disabled (or deleted) the account; an error frame with
+    /// `ERROR_CODE_ACCOUNT_DISABLED` came first. Do not reconnect: while the account is
+    /// disabled the upgrade and logins are refused with 403 `account_disabled`.
+    pub const ACCOUNT_DISABLED: u16 = 4005;
     /// The client did not read fast enough; reconnect and sync from your cursors.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// Too many bad frames, or a frame of the wrong kind for the subprotocol.

@@ -5,6 +5,28 @@ use std::fmt;
 
 use crate::{Partition, UserId};
 
+/// The services the admin API asks (see [`Subject::admin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdminService {
+    Sessions,
+    Groups,
+    People,
+    Media,
+    Presence,
+}
+
+impl AdminService {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminService::Sessions => "sessions",
+            AdminService::Groups => "groups",
+            AdminService::People => "people",
+            AdminService::Media => "media",
+            AdminService::Presence => "presence",
+        }
+    }
+}
+
 /// A bus subject or subscription pattern (`*` matches one token, `>` the rest).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Subject(String);
@@ -131,6 +153,22 @@ impl Subject {
     /// "Does this user exist?"
     pub fn sessions_user() -> Subject {
         Subject("natter.sessions.user".to_owned())
+    }
+
+    /// Admin API requests for one service (`sessions`, `groups`, `people`, `media`,
+    /// `presence`): `AdminSessionsRequest`, `AdminGroupsRequest`... (queue group).
+    pub fn admin(service: AdminService) -> Subject {
+        Subject(format!("natter.admin.{}", service.as_str()))
+    }
+
+    /// Announcements, to every edge (each forwards them to all its connections).
+    pub fn broadcast() -> Subject {
+        Subject("natter.broadcast".to_owned())
+    }
+
+    /// Every process's metrics, every few seconds (`StatsReport`), for the admin API.
+    pub fn stats() -> Subject {
+        Subject("natter.stats".to_owned())
     }
 
     /// Control messages for one edge node (drain).

@@ -1,5 +1,6 @@
 //! What the endpoints do: register, login, refresh, logout and user lookups. Disk and
-//! argon2 work runs in `spawn_blocking`; the cache is updated after each commit.
+//! argon2 work runs in `spawn_blocking`; the cache is updated after each commit. Login
+//! and refresh of a disabled account are refused (403 `account_disabled`).
 
 use std::sync::Arc;
 
@@ -199,6 +200,10 @@ impl Sessions {
         let Some(user) = user else {
             return Err(ApiError::BadCredentials);
         };
+        // Only after the password: a ban is nobody else's business.
+        if self.inner.cache_read().is_disabled(user) {
+            return Err(ApiError::AccountDisabled);
+        }
         let (secret, hash) = new_refresh_secret();
         let expires = natter_proto::now_ms().saturating_add(ttl_ms(self.inner.refresh_ttl));
         let device = self
@@ -208,6 +213,9 @@ impl Sessions {
                     .create_device(user, &device_name, hash, expires, natter_proto::now_ms())
             })
             .await?;
+        let Some(device) = device else {
+            return Err(ApiError::BadCredentials);
+        };
         self.inner.cache_write().set_device(user, device, true);
         tracing::info!(user = %user, device = %device, "logged in");
         self.grant(user, device, username, &secret)
@@ -231,6 +239,7 @@ impl Sessions {
         match outcome {
             Refresh::Rotated { user, username } => self.grant(user, device, username, &secret),
             Refresh::Refused => Err(ApiError::BadRefreshToken),
+            Refresh::Disabled => Err(ApiError::AccountDisabled),
         }
     }
 

@@ -8,19 +8,20 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::{
-        DefaultBodyLimit, FromRequest, Path, Request, State,
+        DefaultBodyLimit, FromRef, FromRequest, Path, Request, State,
         rejection::{JsonRejection, PathRejection},
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{delete, get, post, put},
 };
 use natter_bus::Bus;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use natter_proto::{ConversationId, UserId};
 
-use crate::{AuthError, Claims, Sessions, accounts::Grant};
+use crate::{AuthError, Claims, Sessions, accounts::Grant, openapi::ErrorBody as ErrorSchema};
 
 /// Largest accepted request body.
 pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -34,6 +35,8 @@ pub(crate) enum ApiError {
     Auth(AuthError),
     BadCredentials,
     BadRefreshToken,
+    /// An administrator disabled the account: 403 `account_disabled`.
+    AccountDisabled,
     NotFound(&'static str),
     Conflict(String),
     /// Details were logged where it happened.
@@ -62,6 +65,11 @@ impl IntoResponse for ApiError {
                 "payload_too_large",
                 format!("request body is larger than {MAX_BODY_BYTES} bytes"),
             ),
+            ApiError::AccountDisabled | ApiError::Auth(AuthError::Disabled) => (
+                StatusCode::FORBIDDEN,
+                "account_disabled",
+                AuthError::Disabled.to_string(),
+            ),
             ApiError::Auth(e) => (StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
             ApiError::BadCredentials => (
                 StatusCode::UNAUTHORIZED,
@@ -88,7 +96,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if matches!(self, ApiError::Auth(_)) {
+        if status == StatusCode::UNAUTHORIZED && matches!(self, ApiError::Auth(_)) {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -138,57 +146,87 @@ struct AppState {
 /// `POST /v1/accounts`, `POST /v1/sessions`, `POST /v1/sessions/refresh`,
 /// `DELETE /v1/sessions/current`, `GET /v1/users/{username}`,
 /// `GET /v1/users/by-id/{user_id}`, `PUT|DELETE /v1/devices/current/push`,
-/// `PUT /v1/conversations/{conversation_id}/mute`, `GET /v1/mutes`. Bodies are capped at
+/// `PUT /v1/conversations/{conversation_id}/mute`, `GET /v1/mutes`,
+/// `GET /v1/announcements`. Bodies are capped at
 /// 16 KiB.
 pub fn router(sessions: Sessions, bus: Arc<dyn Bus>) -> Router {
-    Router::new()
-        .route("/v1/accounts", post(register))
-        .route("/v1/sessions", post(login))
-        .route("/v1/sessions/refresh", post(refresh))
-        .route("/v1/sessions/current", delete(logout))
-        .route("/v1/users/{username}", get(get_user))
-        .route("/v1/users/by-id/{user_id}", get(get_user_by_id))
-        .route(
-            "/v1/devices/current/push",
-            put(set_push_token).delete(clear_push_token),
-        )
-        .route("/v1/conversations/{conversation_id}/mute", put(set_mute))
-        .route("/v1/mutes", get(list_mutes))
+    let (router, _) = routes().split_for_parts();
+    router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState { sessions, bus })
 }
 
-#[derive(Deserialize)]
+/// The OpenAPI document of [`router`]'s routes (the `bearer` security scheme is declared
+/// where the documents are merged).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// Every route with its OpenAPI operation: `routes!` takes the path and method from the
+/// handler's `#[utoipa::path]`, so a route cannot be added here undocumented.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(get_user))
+        .routes(routes!(get_user_by_id))
+        .routes(routes!(set_push_token, clear_push_token))
+        .routes(routes!(set_mute))
+        .routes(routes!(list_mutes))
+        .merge(crate::announce::routes())
+}
+
+/// The announcements route takes only `Sessions` from the state.
+impl FromRef<AppState> for Sessions {
+    fn from_ref(state: &AppState) -> Sessions {
+        state.sessions.clone()
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
 struct RegisterRequest {
+    /// 3–32 of `a-z 0-9 _ . -`.
+    #[schema(example = "ann")]
     username: String,
+    /// 8–256 bytes.
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct UserResponse {
+    /// A 64-bit id as a decimal string.
+    #[schema(example = "4417245810837507")]
     user_id: String,
     username: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct LoginRequest {
     username: String,
     password: String,
+    /// Each login is a new device; this names it (e.g. in a device list).
+    #[schema(example = "ann's phone")]
     device_name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RefreshRequest {
     refresh_token: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SessionResponse {
     user_id: String,
+    /// The device this login created (a decimal string).
     device_id: String,
     username: String,
+    /// A JWT (HS256): `Authorization: Bearer <access_token>`.
     access_token: String,
+    /// Opaque; rotated by every refresh.
     refresh_token: String,
+    /// Seconds until the access token expires (900 by default).
     access_expires_in_s: u64,
 }
 
@@ -206,7 +244,7 @@ impl From<Grant> for SessionResponse {
 }
 
 /// `Authorization: Bearer <token>`, verified and checked against revocation.
-fn authenticate(sessions: &Sessions, headers: &HeaderMap) -> Result<Claims, ApiError> {
+pub(crate) fn authenticate(sessions: &Sessions, headers: &HeaderMap) -> Result<Claims, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(ApiError::Auth(AuthError::Missing))?;
@@ -220,6 +258,20 @@ fn authenticate(sessions: &Sessions, headers: &HeaderMap) -> Result<Claims, ApiE
     sessions.authenticate(token).map_err(ApiError::Auth)
 }
 
+/// Creates an account.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts",
+    tag = "accounts",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Created", body = UserResponse),
+        (status = 400, description = "`invalid_argument`: a malformed body, a username not 3–32 of `a-z 0-9 _ . -`, a password not 8–256 bytes", body = ErrorSchema),
+        (status = 409, description = "`conflict`: the username is taken", body = ErrorSchema),
+        (status = 413, description = "`payload_too_large`: the body is over 16 KiB", body = ErrorSchema),
+        (status = 500, description = "`internal`", body = ErrorSchema),
+    )
+)]
 async fn register(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RegisterRequest>,
@@ -234,6 +286,21 @@ async fn register(
     ))
 }
 
+/// Logs in: a new device of the user, with its access and refresh tokens.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    tag = "accounts",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = SessionResponse),
+        (status = 400, description = "`invalid_argument`: a malformed body", body = ErrorSchema),
+        (status = 401, description = "`unauthorized`: a bad username or password", body = ErrorSchema),
+        (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
+        (status = 413, description = "`payload_too_large`: the body is over 16 KiB", body = ErrorSchema),
+        (status = 500, description = "`internal`", body = ErrorSchema),
+    )
+)]
 async fn login(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<LoginRequest>,
@@ -245,6 +312,22 @@ async fn login(
     Ok(Json(grant.into()))
 }
 
+/// New tokens for the device of a refresh token; the refresh token is rotated (the old
+/// one stops working).
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/refresh",
+    tag = "accounts",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "Refreshed", body = SessionResponse),
+        (status = 400, description = "`invalid_argument`: a malformed body", body = ErrorSchema),
+        (status = 401, description = "`unauthorized`: the refresh token is unknown, expired or revoked", body = ErrorSchema),
+        (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
+        (status = 413, description = "`payload_too_large`: the body is over 16 KiB", body = ErrorSchema),
+        (status = 500, description = "`internal`", body = ErrorSchema),
+    )
+)]
 async fn refresh(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RefreshRequest>,
@@ -254,6 +337,20 @@ async fn refresh(
     ))
 }
 
+/// Logs the calling device out: its tokens stop working and its open sockets close
+/// with 4001.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/current",
+    tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "No token, or a bad, expired or revoked one", body = ErrorSchema),
+        (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
+        (status = 500, description = "`internal`", body = ErrorSchema),
+    )
+)]
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     let claims = authenticate(&state.sessions, &headers)?;
     state.sessions.logout(claims, state.bus.as_ref()).await?;
@@ -262,6 +359,19 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Sta
 
 /// The username of a user id, so clients can name the sender of a message or a group
 /// member they have not looked up by name.
+#[utoipa::path(
+    get,
+    path = "/v1/users/by-id/{user_id}",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("user_id" = String, Path, description = "A user id (decimal)")),
+    responses(
+        (status = 200, description = "The user", body = UserResponse),
+        (status = 401, description = "No token, or a bad, expired or revoked one", body = ErrorSchema),
+        (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
+        (status = 404, description = "`not_found`: no such user (also for a malformed id)", body = ErrorSchema),
+    )
+)]
 async fn get_user_by_id(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -283,6 +393,20 @@ async fn get_user_by_id(
     }))
 }
 
+/// A user by username.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{username}",
+    tag = "users",
+    security(("bearer" = [])),
+    params(("username" = String, Path, description = "A username")),
+    responses(
+        (status = 200, description = "The user", body = UserResponse),
+        (status = 401, description = "No token, or a bad, expired or revoked one", body = ErrorSchema),
+        (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
+        (status = 404, description = "`not_found`: no such user", body = ErrorSchema),
+    )
+)]
 async fn get_user(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -303,13 +427,33 @@ async fn get_user(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct PushTokenRequest {
+    /// 1–4,096 printable ASCII bytes: what the push gateway needs to reach the device.
     token: String,
+    /// `fcm`, `apns`, `webpush` or `other`.
+    #[schema(example = "fcm")]
     platform: String,
 }
 
-/// Registers the calling device's push token: 204.
+/// Registers the calling device's push token: 204. The device gets push notifications
+/// while none of its user's devices is online; a token another device held moves to
+/// this one.
+#[utoipa::path(
+    put,
+    path = "/v1/devices/current/push",
+    tag = "push",
+    security(("bearer" = [])),
+    request_body = PushTokenRequest,
+    responses(
+        (status = 204, description = "Registered"),
+        (status = 400, description = "`invalid_argument`: a malformed body, a bad token or platform", body = ErrorSchema),
+        (status = 401, description = "No token, or a bad, expired or revoked one", body = ErrorSchema),
+        (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
+        (status = 413, description = "`payload_too_large`: the body is over 16 KiB", body = ErrorSchema),
+        (status = 500, description = "`internal`", body = ErrorSchema),
+    )
+)]
 async fn set_push_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -326,6 +470,18 @@ async fn set_push_token(
 }
 
 /// Forgets the calling device's push token: 204, also when it had none.
+#[utoipa::path(
+    delete,
+    path = "/v1/devices/current/push",
+    tag = "push",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Forgotten"),
+        (status = 401, description = "No token, or a bad, expired or revoked one", body = ErrorSchema),
+        (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
+        (status = 500, description = "`internal`", body = ErrorSchema),
+    )
+)]
 async fn clear_push_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -335,12 +491,35 @@ async fn clear_push_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct MuteRequest {
     /// 0 unmutes, `u64::MAX` mutes forever; a JSON number or a decimal string (like
     /// every 64-bit value of this API, which JavaScript numbers cannot all hold).
     #[serde(deserialize_with = "u64_string_or_number")]
+    #[schema(schema_with = u64_string_or_number_schema)]
     until_ms: u64,
+}
+
+/// What [`u64_string_or_number`] accepts, as a schema.
+fn u64_string_or_number_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(0)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]{1,20}$")),
+        )
+        .description(Some(
+            "Unix milliseconds: 0 unmutes, 18446744073709551615 mutes for good; a number \
+             or a decimal string",
+        ))
+        .into()
 }
 
 /// A `u64` written as a JSON number or as a string of decimal digits.
@@ -371,6 +550,23 @@ fn u64_string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D
 /// Mutes (or unmutes) a conversation for the calling user: 204. Any well-formed id is
 /// accepted: sessions does not know who is in which group, and a mute of a conversation
 /// the user is not in has no effect.
+#[utoipa::path(
+    put,
+    path = "/v1/conversations/{conversation_id}/mute",
+    tag = "mutes",
+    security(("bearer" = [])),
+    params(("conversation_id" = String, Path, description = "`d.<user>.<user>` or `g.<group>`")),
+    request_body = MuteRequest,
+    responses(
+        (status = 204, description = "Muted (or unmuted): no push notifications for that conversation until then"),
+        (status = 400, description = "`invalid_argument`: a malformed conversation id or body", body = ErrorSchema),
+        (status = 401, description = "No token, or a bad, expired or revoked one", body = ErrorSchema),
+        (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
+        (status = 409, description = "`conflict`: past 10,000 mutes", body = ErrorSchema),
+        (status = 413, description = "`payload_too_large`: the body is over 16 KiB", body = ErrorSchema),
+        (status = 500, description = "`internal`", body = ErrorSchema),
+    )
+)]
 async fn set_mute(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -394,18 +590,32 @@ async fn set_mute(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct MutesResponse {
     mutes: Vec<MuteEntry>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct MuteEntry {
+    #[schema(example = "g.8123")]
     conversation_id: String,
+    /// Unix milliseconds, a decimal string.
     until_ms: String,
 }
 
 /// The calling user's mutes still in force.
+#[utoipa::path(
+    get,
+    path = "/v1/mutes",
+    tag = "mutes",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The mutes in force", body = MutesResponse),
+        (status = 401, description = "No token, or a bad, expired or revoked one", body = ErrorSchema),
+        (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
+        (status = 500, description = "`internal`", body = ErrorSchema),
+    )
+)]
 async fn list_mutes(
     State(state): State<AppState>,
     headers: HeaderMap,

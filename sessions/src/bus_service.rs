@@ -4,7 +4,9 @@
 //! `Subject::sessions_push_targets()` answers `PushTargetsRequest` with `PushTargets`
 //! (the notifier asks it): that one reads the disk, on the blocking pool, up to
 //! `PUSH_TARGETS_CONCURRENCY` at a time on spawned tasks, so the other two wait on it
-//! only when that many are already in flight.
+//! only when that many are already in flight. `Subject::admin(AdminService::Sessions)`
+//! answers the admin API's `AdminSessionsRequest` (`admin.rs`), also on spawned tasks,
+//! `ADMIN_CONCURRENCY` at a time.
 
 use std::{str::FromStr, sync::Arc};
 
@@ -12,7 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use natter_bus::{Bus, BusEvent, BusMessage, Subscription};
 use natter_proto::{
-    ConversationId, DeviceId, ErrorCode, Subject, UserId,
+    AdminService, ConversationId, DeviceId, ErrorCode, Subject, UserId,
     bus::{DeviceCheck, DeviceStatus, PushTargets, PushTargetsRequest, UserInfo, UserLookup},
     error,
 };
@@ -20,7 +22,7 @@ use prost::Message;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Sessions, SessionsError, push::push_device};
+use crate::{Sessions, SessionsError, cache::Standing, push::push_device};
 
 /// The queue group every sessions instance joins.
 pub(crate) const QUEUE_GROUP: &str = "sessions";
@@ -28,8 +30,10 @@ pub(crate) const QUEUE_GROUP: &str = "sessions";
 const CAPACITY: usize = 1024;
 /// Push-target requests answered concurrently (each reads the disk).
 const PUSH_TARGETS_CONCURRENCY: usize = 64;
+/// Admin requests answered concurrently (each reads or writes the disk).
+const ADMIN_CONCURRENCY: usize = 4;
 
-/// Subscribes the three sessions subjects, then serves them on a spawned task until
+/// Subscribes the four sessions subjects, then serves them on a spawned task until
 /// `shutdown` is cancelled (or the bus closes). Returns once subscribed, so requests
 /// sent after it returns are answered.
 pub async fn start(
@@ -46,13 +50,18 @@ pub async fn start(
     let push_targets = bus
         .queue_subscribe(&Subject::sessions_push_targets(), QUEUE_GROUP, CAPACITY)
         .await?;
+    let admin = bus
+        .queue_subscribe(
+            &Subject::admin(AdminService::Sessions),
+            QUEUE_GROUP,
+            CAPACITY,
+        )
+        .await?;
     Ok(tokio::spawn(serve(
         sessions,
         bus,
         shutdown,
-        devices,
-        users,
-        push_targets,
+        [devices, users, push_targets, admin],
     )))
 }
 
@@ -60,11 +69,10 @@ async fn serve(
     sessions: Sessions,
     bus: Arc<dyn Bus>,
     shutdown: CancellationToken,
-    mut devices: Subscription,
-    mut users: Subscription,
-    mut push_targets: Subscription,
+    [mut devices, mut users, mut push_targets, mut admin]: [Subscription; 4],
 ) {
     let permits = Arc::new(Semaphore::new(PUSH_TARGETS_CONCURRENCY));
+    let admin_permits = Arc::new(Semaphore::new(ADMIN_CONCURRENCY));
     loop {
         let (event, subject) = tokio::select! {
             biased;
@@ -72,6 +80,7 @@ async fn serve(
             ev = devices.next() => (ev, "device"),
             ev = users.next() => (ev, "user"),
             ev = push_targets.next() => (ev, "push_targets"),
+            ev = admin.next() => (ev, "admin"),
         };
         let msg = match event {
             Some(BusEvent::Message(msg)) => msg,
@@ -88,6 +97,23 @@ async fn serve(
         let reply = match subject {
             "device" => device_status(&sessions, &msg).encode_to_vec(),
             "user" => user_info(&sessions, &msg).encode_to_vec(),
+            "admin" => {
+                let Ok(permit) = admin_permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let (sessions, bus) = (sessions.clone(), bus.clone());
+                tokio::spawn(async move {
+                    let reply = crate::admin::answer(&sessions, bus.as_ref(), &msg.payload)
+                        .await
+                        .encode_to_vec();
+                    if let Err(e) = natter_bus::reply(bus.as_ref(), &msg, Bytes::from(reply)).await
+                    {
+                        tracing::warn!(error = %e, subject = "admin", "sessions reply failed");
+                    }
+                    drop(permit);
+                });
+                continue;
+            }
             _ => {
                 // Waits here (and the subscription buffers) when all permits are out.
                 let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -122,8 +148,15 @@ fn device_status(sessions: &Sessions, msg: &BusMessage) -> DeviceStatus {
         }
     };
     let (user, device) = (UserId(check.user_id), DeviceId(check.device_id));
-    if !sessions.is_device_active(user, device) {
-        return DeviceStatus::default();
+    match sessions.inner.cache_read().standing(user, device) {
+        Standing::Active => {}
+        Standing::Disabled => {
+            return DeviceStatus {
+                disabled: true,
+                ..DeviceStatus::default()
+            };
+        }
+        Standing::Inactive => return DeviceStatus::default(),
     }
     DeviceStatus {
         active: true,
@@ -131,6 +164,7 @@ fn device_status(sessions: &Sessions, msg: &BusMessage) -> DeviceStatus {
             .username_of(user)
             .map(|n| n.to_string())
             .unwrap_or_default(),
+        disabled: false,
     }
 }
 
@@ -179,6 +213,10 @@ async fn push_targets_of(sessions: &Sessions, msg: &BusMessage) -> PushTargets {
     let Ok(conversation) = ConversationId::from_str(&request.conversation_id) else {
         return refuse("conversation_id is malformed");
     };
+    if sessions.inner.cache_read().is_disabled(user) {
+        // A banned user is not woken: none of their devices could connect.
+        return PushTargets::default();
+    }
     match sessions.push_targets(user, conversation).await {
         Ok(found) => PushTargets {
             muted: found.muted,

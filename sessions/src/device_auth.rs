@@ -35,6 +35,17 @@ pub enum DeviceAuthError {
     Internal,
 }
 
+/// Why [`DeviceAuth::identify`] refused a caller: a [`DeviceAuthError`], or a logged-in
+/// device whose account an administrator disabled.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeviceAuthRefusal {
+    /// 403 `account_disabled`: logging in again will not help.
+    #[error("this account is disabled")]
+    AccountDisabled,
+    #[error(transparent)]
+    Other(#[from] DeviceAuthError),
+}
+
 /// Authenticates devices. Cheap to clone.
 #[derive(Clone)]
 pub struct DeviceAuth {
@@ -59,11 +70,31 @@ impl DeviceAuth {
     }
 
     /// The caller of a request: the bearer token from `headers`, else `query_token`.
+    /// A disabled account's device is [`DeviceAuthError::Unauthorized`] here; see
+    /// [`DeviceAuth::identify`] to tell it apart.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
         query_token: Option<&str>,
     ) -> Result<Identity, DeviceAuthError> {
+        self.identify(headers, query_token)
+            .await
+            .map_err(|refusal| match refusal {
+                DeviceAuthRefusal::AccountDisabled => {
+                    DeviceAuthError::Unauthorized(refusal.to_string())
+                }
+                DeviceAuthRefusal::Other(e) => e,
+            })
+    }
+
+    /// Like [`DeviceAuth::authenticate`], but a logged-in device of a disabled account
+    /// is [`DeviceAuthRefusal::AccountDisabled`] (the edge answers it with 403, so the
+    /// client knows not to log in again).
+    pub async fn identify(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Identity, DeviceAuthRefusal> {
         let header_token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -97,10 +128,13 @@ impl DeviceAuth {
             tracing::error!(error = %e, "undecodable device status from the sessions service");
             DeviceAuthError::Internal
         })?;
+        if status.disabled {
+            return Err(DeviceAuthRefusal::AccountDisabled);
+        }
         if !status.active {
-            return Err(DeviceAuthError::Unauthorized(
+            return Err(DeviceAuthRefusal::Other(DeviceAuthError::Unauthorized(
                 "this device is logged out".into(),
-            ));
+            )));
         }
         Ok(Identity {
             user: claims.user,

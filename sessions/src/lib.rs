@@ -5,17 +5,24 @@
 //! Devices also register a push token, and users mute conversations; the notifier asks
 //! "where do I push for this user, and is this conversation muted?" over the bus.
 //!
-//! State lives in one redb file; the users and the active/revoked state of every device
-//! are also cached in memory so the bus endpoints (hit on every WebSocket connect) and
-//! bearer checks never read the disk.
+//! Administrators reach sessions over the bus only (`admin.rs`): search and inspect
+//! accounts, disable (ban) and enable them, delete them, and post announcements, which
+//! clients list with `GET /v1/announcements` (`announce.rs`).
+//!
+//! State lives in one redb file; the users, which of them are disabled and the
+//! active/revoked state of every device are also cached in memory so the bus endpoints
+//! (hit on every WebSocket connect) and bearer checks never read the disk.
 
 mod accounts;
+mod admin;
+mod announce;
 mod api;
 mod bus_service;
 mod cache;
 mod device_auth;
 pub mod directory;
 mod keyfile;
+pub mod openapi;
 mod password;
 mod push;
 mod store;
@@ -28,9 +35,9 @@ use std::{
     time::Duration,
 };
 
-pub use api::router;
+pub use api::{openapi, router};
 pub use bus_service::start;
-pub use device_auth::{DeviceAuth, DeviceAuthError, Identity};
+pub use device_auth::{DeviceAuth, DeviceAuthError, DeviceAuthRefusal, Identity};
 pub use token::{AuthError, Claims, TokenVerifier};
 pub use users::Users;
 
@@ -119,6 +126,9 @@ struct Inner {
     hasher: password::Hasher,
     access_ttl: Duration,
     refresh_ttl: Duration,
+    /// Held by an admin change from its commit through its cache update, so the cache
+    /// sees concurrent changes of one account in the order the store did.
+    admin_lock: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -165,6 +175,7 @@ impl Sessions {
                 hasher,
                 access_ttl: config.access_ttl,
                 refresh_ttl: config.refresh_ttl,
+                admin_lock: std::sync::Mutex::new(()),
             }),
         })
     }
@@ -174,18 +185,20 @@ impl Sessions {
         self.inner.verifier.clone()
     }
 
-    /// Is this device of this user logged in (not revoked)? Answered from memory.
+    /// Is this device of this user logged in (not revoked) and its account not
+    /// disabled? Answered from memory.
     pub fn is_device_active(&self, user: UserId, device: DeviceId) -> bool {
         self.inner.cache_read().device_active(user, device)
     }
 
-    /// Verifies an access token and that its device is still logged in.
+    /// Verifies an access token and that its device is still logged in
+    /// ([`AuthError::Revoked`] if not) and its account enabled ([`AuthError::Disabled`]).
     pub fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.inner.verifier.verify(token)?;
-        if self.is_device_active(claims.user, claims.device) {
-            Ok(claims)
-        } else {
-            Err(AuthError::Revoked)
+        match self.inner.cache_read().standing(claims.user, claims.device) {
+            cache::Standing::Active => Ok(claims),
+            cache::Standing::Disabled => Err(AuthError::Disabled),
+            cache::Standing::Inactive => Err(AuthError::Revoked),
         }
     }
 }

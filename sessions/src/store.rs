@@ -26,6 +26,11 @@ const PUSH_TOKENS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("pus
 /// Unmuting deletes the row; rows whose time has passed are not in force and are
 /// dropped when the user reaches [`MAX_MUTES`].
 const MUTES: TableDefinition<(u64, &str), u64> = TableDefinition::new("mutes");
+/// user id → deleted at (ms since the epoch): ids of deleted accounts, never given out
+/// again.
+const DELETED_USERS: TableDefinition<u64, u64> = TableDefinition::new("deleted_users");
+/// announcement id (1, 2, 3...) → [`AnnouncementRecord`] (JSON).
+const ANNOUNCEMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("announcements");
 
 /// Mutes one user can hold (expired ones are dropped before refusing a new one).
 pub(crate) const MAX_MUTES: usize = 10_000;
@@ -64,6 +69,77 @@ struct UserRecord {
     /// PHC string (`$argon2id$v=19$m=...`).
     password_hash: String,
     created_at_ms: u64,
+    /// An administrator disabled the account (a ban). Records written before bans
+    /// existed have none of these three fields and decode as enabled; an enabled
+    /// account is written without them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    disabled: bool,
+    /// Why, for operators.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    disabled_reason: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    disabled_at_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AnnouncementRecord {
+    text: String,
+    created_at_ms: u64,
+}
+
+/// A user as the cache loads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LoadedUser {
+    pub(crate) id: UserId,
+    pub(crate) username: String,
+    pub(crate) disabled: bool,
+}
+
+/// An account as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Account {
+    pub(crate) id: UserId,
+    pub(crate) username: String,
+    pub(crate) created_at_ms: u64,
+    pub(crate) disabled: bool,
+    pub(crate) disabled_reason: String,
+    pub(crate) disabled_at_ms: u64,
+    /// Logged-in devices.
+    pub(crate) active_devices: u32,
+    /// Every device, newest first; filled by [`Store::account`] only.
+    pub(crate) devices: Vec<DeviceInfo>,
+}
+
+/// A device as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeviceInfo {
+    pub(crate) id: DeviceId,
+    pub(crate) name: String,
+    pub(crate) created_at_ms: u64,
+    pub(crate) active: bool,
+    /// Empty when no push token is registered.
+    pub(crate) push_platform: String,
+}
+
+/// What deleting an account removed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Deleted {
+    /// The account as it was.
+    pub(crate) account: Account,
+    /// Its devices (the cache forgets them).
+    pub(crate) devices: Vec<DeviceId>,
+}
+
+/// A stored announcement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Announcement {
+    pub(crate) id: u64,
+    pub(crate) text: String,
+    pub(crate) created_at_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -123,6 +199,9 @@ pub(crate) enum Refresh {
     Rotated { user: UserId, username: String },
     /// Unknown device, revoked, expired, or not the current token.
     Refused,
+    /// The token is good but an administrator disabled the account; nothing changed,
+    /// so the token works again once the account is enabled (if it has not expired).
+    Disabled,
 }
 
 fn encode<T: Serialize>(record: &T) -> Vec<u8> {
@@ -154,22 +233,28 @@ impl Store {
             txn.open_table(DEVICE_OWNERS)?;
             txn.open_table(PUSH_TOKENS)?;
             txn.open_table(MUTES)?;
+            txn.open_table(DELETED_USERS)?;
+            txn.open_table(ANNOUNCEMENTS)?;
         }
         txn.commit()?;
         Ok(Store { db })
     }
 
-    /// Every user (id, username) and every device (user, device, active).
+    /// Every user and every device (user, device, active).
     #[allow(clippy::type_complexity)]
     pub(crate) fn load_all(
         &self,
-    ) -> Result<(Vec<(UserId, String)>, Vec<(UserId, DeviceId, bool)>), StoreError> {
+    ) -> Result<(Vec<LoadedUser>, Vec<(UserId, DeviceId, bool)>), StoreError> {
         let txn = self.db.begin_read()?;
         let mut users = Vec::new();
         for row in txn.open_table(USERS)?.iter()? {
             let (id, value) = row?;
             let record: UserRecord = decode(value.value(), "user")?;
-            users.push((UserId(id.value()), record.username));
+            users.push(LoadedUser {
+                id: UserId(id.value()),
+                username: record.username,
+                disabled: record.disabled,
+            });
         }
         let mut devices = Vec::new();
         for row in txn.open_table(DEVICES)?.iter()? {
@@ -195,9 +280,10 @@ impl Store {
                 return Ok(None);
             }
             let mut users = txn.open_table(USERS)?;
+            let deleted = txn.open_table(DELETED_USERS)?;
             let id = loop {
                 let id = random_id();
-                if users.get(id)?.is_none() {
+                if users.get(id)?.is_none() && deleted.get(id)?.is_none() {
                     break id;
                 }
             };
@@ -205,6 +291,9 @@ impl Store {
                 username: username.to_owned(),
                 password_hash: password_hash.to_owned(),
                 created_at_ms: now_ms,
+                disabled: false,
+                disabled_reason: String::new(),
+                disabled_at_ms: 0,
             };
             users.insert(id, encode(&record).as_slice())?;
             names.insert(username, id)?;
@@ -233,7 +322,8 @@ impl Store {
         Ok(Some((UserId(id), record.password_hash)))
     }
 
-    /// Creates a logged-in device for `user` holding the given refresh token hash.
+    /// Creates a logged-in device for `user` holding the given refresh token hash;
+    /// `None` if the user does not exist (deleted since its password was checked).
     pub(crate) fn create_device(
         &self,
         user: UserId,
@@ -241,9 +331,12 @@ impl Store {
         refresh_hash: [u8; 32],
         refresh_expires_at_ms: u64,
         now_ms: u64,
-    ) -> Result<DeviceId, StoreError> {
+    ) -> Result<Option<DeviceId>, StoreError> {
         let txn = self.db.begin_write()?;
         let device = {
+            if txn.open_table(USERS)?.get(user.get())?.is_none() {
+                return Ok(None);
+            }
             let mut owners = txn.open_table(DEVICE_OWNERS)?;
             let device = loop {
                 let id = random_id();
@@ -265,7 +358,7 @@ impl Store {
             device
         };
         txn.commit()?;
-        Ok(DeviceId(device))
+        Ok(Some(DeviceId(device)))
     }
 
     /// Swaps the device's refresh token for a new one if `presented` is its current,
@@ -303,19 +396,25 @@ impl Store {
                 // Dropping the transaction aborts it: nothing was written.
                 return Ok(Refresh::Refused);
             }
+            let owner: UserRecord = {
+                let users = txn.open_table(USERS)?;
+                let Some(value) = users.get(user)? else {
+                    return Err(StoreError::Corrupt(format!(
+                        "device {device} belongs to missing user {user}"
+                    )));
+                };
+                decode(value.value(), "user")?
+            };
+            if owner.disabled {
+                // Not rotated: the presented token stays the current one.
+                return Ok(Refresh::Disabled);
+            }
             record.refresh_hash = Some(new_hash);
             record.refresh_expires_at_ms = new_expires_at_ms;
             devices.insert((user, device.get()), encode(&record).as_slice())?;
-            let users = txn.open_table(USERS)?;
-            let Some(value) = users.get(user)? else {
-                return Err(StoreError::Corrupt(format!(
-                    "device {device} belongs to missing user {user}"
-                )));
-            };
-            let username = decode::<UserRecord>(value.value(), "user")?.username;
             Refresh::Rotated {
                 user: UserId(user),
-                username,
+                username: owner.username,
             }
         };
         txn.commit()?;
@@ -509,6 +608,253 @@ impl Store {
         }
         Ok(PushTargets { muted, devices })
     }
+
+    /// Disables (bans) or enables an account. Disabling one already disabled keeps its
+    /// `disabled_at_ms` and takes the new reason; enabling clears both. Devices are
+    /// left as they are: logged in, their refresh tokens good again once enabled.
+    /// `None` if there is no such user.
+    pub(crate) fn set_disabled(
+        &self,
+        user: UserId,
+        disabled: bool,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Option<Account>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let account = {
+            let mut users = txn.open_table(USERS)?;
+            let mut record: UserRecord = match users.get(user.get())? {
+                Some(v) => decode(v.value(), "user")?,
+                None => return Ok(None),
+            };
+            if disabled {
+                if !record.disabled {
+                    record.disabled_at_ms = now_ms;
+                }
+                record.disabled = true;
+                record.disabled_reason = reason.to_owned();
+            } else {
+                record.disabled = false;
+                record.disabled_reason.clear();
+                record.disabled_at_ms = 0;
+            }
+            users.insert(user.get(), encode(&record).as_slice())?;
+            let active = count_active(&txn.open_table(DEVICES)?, user)?;
+            account_of(user, record, active)
+        };
+        txn.commit()?;
+        Ok(Some(account))
+    }
+
+    /// Deletes an account with its devices (and so their refresh tokens), push tokens
+    /// and mutes. Its username is free again; its id is kept in [`DELETED_USERS`] so it
+    /// is never given out again. `None` if there is no such user.
+    pub(crate) fn delete_user(
+        &self,
+        user: UserId,
+        now_ms: u64,
+    ) -> Result<Option<Deleted>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let deleted = {
+            let mut users = txn.open_table(USERS)?;
+            let record: UserRecord = match users.remove(user.get())? {
+                Some(v) => decode(v.value(), "user")?,
+                None => return Ok(None),
+            };
+            let mut names = txn.open_table(USERNAMES)?;
+            let holder = names.get(record.username.as_str())?.map(|g| g.value());
+            if holder == Some(user.get()) {
+                names.remove(record.username.as_str())?;
+            }
+            let mut devices = txn.open_table(DEVICES)?;
+            let mut owners = txn.open_table(DEVICE_OWNERS)?;
+            let mut tokens = txn.open_table(PUSH_TOKENS)?;
+            let mut rows = Vec::new();
+            for row in devices.range((user.get(), 0)..=(user.get(), u64::MAX))? {
+                let (k, v) = row?;
+                rows.push((k.value(), decode::<DeviceRecord>(v.value(), "device")?));
+            }
+            let mut removed = Vec::with_capacity(rows.len());
+            let mut active = 0u32;
+            for (key, device) in rows {
+                if !device.revoked {
+                    active = active.saturating_add(1);
+                }
+                if let Some(push) = &device.push {
+                    unindex_token(&mut tokens, &push.token, key)?;
+                }
+                devices.remove(key)?;
+                owners.remove(key.1)?;
+                removed.push(DeviceId(key.1));
+            }
+            let mut mutes = txn.open_table(MUTES)?;
+            let muted: Vec<String> = mutes
+                .range((user.get(), "")..(user.get().saturating_add(1), ""))?
+                .map(|row| row.map(|(k, _)| k.value().1.to_owned()))
+                .collect::<Result<_, _>>()?;
+            for conversation in &muted {
+                mutes.remove((user.get(), conversation.as_str()))?;
+            }
+            txn.open_table(DELETED_USERS)?.insert(user.get(), now_ms)?;
+            Deleted {
+                account: account_of(user, record, active),
+                devices: removed,
+            }
+        };
+        txn.commit()?;
+        Ok(Some(deleted))
+    }
+
+    /// One account with every device, newest first. `None` if there is no such user.
+    pub(crate) fn account(&self, user: UserId) -> Result<Option<Account>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let record: UserRecord = match txn.open_table(USERS)?.get(user.get())? {
+            Some(v) => decode(v.value(), "user")?,
+            None => return Ok(None),
+        };
+        let mut devices = Vec::new();
+        for row in txn
+            .open_table(DEVICES)?
+            .range((user.get(), 0)..=(user.get(), u64::MAX))?
+        {
+            let (k, v) = row?;
+            let device: DeviceRecord = decode(v.value(), "device")?;
+            devices.push(DeviceInfo {
+                id: DeviceId(k.value().1),
+                name: device.name,
+                created_at_ms: device.created_at_ms,
+                active: !device.revoked,
+                push_platform: device.push.map(|p| p.platform).unwrap_or_default(),
+            });
+        }
+        devices.sort_by_key(|d| std::cmp::Reverse((d.created_at_ms, d.id.get())));
+        let active = devices.iter().filter(|d| d.active).count();
+        let mut account = account_of(user, record, u32::try_from(active).unwrap_or(u32::MAX));
+        account.devices = devices;
+        Ok(Some(account))
+    }
+
+    /// Up to `limit` accounts whose username starts with `prefix` and sorts after
+    /// `after` (all of them when empty), in username order, and whether there are more.
+    pub(crate) fn search_users(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<Account>, bool), StoreError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read()?;
+        let names = txn.open_table(USERNAMES)?;
+        let users = txn.open_table(USERS)?;
+        let devices = txn.open_table(DEVICES)?;
+        // Start at the later of the prefix (included) and `after` (excluded).
+        let start = if !after.is_empty() && after >= prefix {
+            Bound::Excluded(after)
+        } else {
+            Bound::Included(prefix)
+        };
+        let mut out = Vec::new();
+        let mut more = false;
+        for row in names.range::<&str>((start, Bound::Unbounded))? {
+            let (name, id) = row?;
+            if !name.value().starts_with(prefix) {
+                break;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            let id = UserId(id.value());
+            let Some(value) = users.get(id.get())? else {
+                return Err(StoreError::Corrupt(format!(
+                    "username {:?} points at missing user {id}",
+                    name.value()
+                )));
+            };
+            let record: UserRecord = decode(value.value(), "user")?;
+            let active = count_active(&devices, id)?;
+            out.push(account_of(id, record, active));
+        }
+        Ok((out, more))
+    }
+
+    /// Stores an announcement under the next id (1 for the first).
+    pub(crate) fn append_announcement(
+        &self,
+        text: &str,
+        now_ms: u64,
+    ) -> Result<Announcement, StoreError> {
+        let txn = self.db.begin_write()?;
+        let id = {
+            let mut table = txn.open_table(ANNOUNCEMENTS)?;
+            let last = table.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+            let id = last.saturating_add(1);
+            let record = AnnouncementRecord {
+                text: text.to_owned(),
+                created_at_ms: now_ms,
+            };
+            table.insert(id, encode(&record).as_slice())?;
+            id
+        };
+        txn.commit()?;
+        Ok(Announcement {
+            id,
+            text: text.to_owned(),
+            created_at_ms: now_ms,
+        })
+    }
+
+    /// Up to `limit` announcements with ids above `after_id`, oldest first.
+    pub(crate) fn announcements_after(
+        &self,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<Announcement>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ANNOUNCEMENTS)?;
+        let mut out = Vec::new();
+        if after_id == u64::MAX {
+            return Ok(out);
+        }
+        for row in table.range(after_id + 1..)?.take(limit) {
+            let (k, v) = row?;
+            let record: AnnouncementRecord = decode(v.value(), "announcement")?;
+            out.push(Announcement {
+                id: k.value(),
+                text: record.text,
+                created_at_ms: record.created_at_ms,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The logged-in devices of `user`.
+fn count_active(
+    devices: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    user: UserId,
+) -> Result<u32, StoreError> {
+    let mut active = 0u32;
+    for row in devices.range((user.get(), 0)..=(user.get(), u64::MAX))? {
+        let (_, v) = row?;
+        if !decode::<DeviceRecord>(v.value(), "device")?.revoked {
+            active = active.saturating_add(1);
+        }
+    }
+    Ok(active)
+}
+
+fn account_of(id: UserId, record: UserRecord, active_devices: u32) -> Account {
+    Account {
+        id,
+        username: record.username,
+        created_at_ms: record.created_at_ms,
+        disabled: record.disabled,
+        disabled_reason: record.disabled_reason,
+        disabled_at_ms: record.disabled_at_ms,
+        active_devices,
+        devices: Vec::new(),
+    }
 }
 
 /// Removes `token` from the index if it points at `key` (it may have moved on).
@@ -544,6 +890,7 @@ mod tests {
         assert_eq!(store.create_user("alice", "h2", 2).unwrap(), None);
         let d = store
             .create_device(alice, "phone", [1; 32], u64::MAX, 3)
+            .unwrap()
             .unwrap();
         assert_eq!(
             store
@@ -574,7 +921,14 @@ mod tests {
 
         let store = Store::open(&path).unwrap();
         let (users, devices) = store.load_all().unwrap();
-        assert_eq!(users, vec![(alice, "alice".to_owned())]);
+        assert_eq!(
+            users,
+            vec![LoadedUser {
+                id: alice,
+                username: "alice".to_owned(),
+                disabled: false
+            }]
+        );
         assert_eq!(devices, vec![(alice, d, false)]);
         assert_eq!(
             store.credentials("alice").unwrap(),
@@ -595,7 +949,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let u = store.create_user("bob", "h", 1).unwrap().unwrap();
-        let d = store.create_device(u, "x", [7; 32], 100, 1).unwrap();
+        let d = store
+            .create_device(u, "x", [7; 32], 100, 1)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             store.rotate_refresh(d, [7; 32], [8; 32], 200, 100).unwrap(),
             Refresh::Refused
@@ -646,12 +1003,15 @@ mod tests {
         let bob = store.create_user("bob", "h", 1).unwrap().unwrap();
         let a1 = store
             .create_device(alice, "a1", [1; 32], u64::MAX, 1)
+            .unwrap()
             .unwrap();
         let a2 = store
             .create_device(alice, "a2", [1; 32], u64::MAX, 1)
+            .unwrap()
             .unwrap();
         let b1 = store
             .create_device(bob, "b1", [1; 32], u64::MAX, 1)
+            .unwrap()
             .unwrap();
         assert!(targets(&store, alice).is_empty());
 
@@ -735,8 +1095,14 @@ mod tests {
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let u = store.create_user("alice", "h", 1).unwrap().unwrap();
         let v = store.create_user("bob", "h", 1).unwrap().unwrap();
-        let d = store.create_device(u, "x", [1; 32], u64::MAX, 1).unwrap();
-        let e = store.create_device(v, "y", [1; 32], u64::MAX, 1).unwrap();
+        let d = store
+            .create_device(u, "x", [1; 32], u64::MAX, 1)
+            .unwrap()
+            .unwrap();
+        let e = store
+            .create_device(v, "y", [1; 32], u64::MAX, 1)
+            .unwrap()
+            .unwrap();
         store.set_push(u, d, push("tok", "fcm")).unwrap();
         assert!(store.revoke(u, d).unwrap());
         assert!(targets(&store, u).is_empty());
@@ -863,6 +1229,292 @@ mod tests {
             store.set_mute(u, "g.300000", u64::MAX, now).unwrap(),
             SetMute::Done
         );
+    }
+
+    #[test]
+    fn user_records_without_ban_fields_still_decode() {
+        // A record as written before bans existed.
+        let old = br#"{"username":"alice","password_hash":"h","created_at_ms":7}"#;
+        let record: UserRecord = decode(old, "user").unwrap();
+        assert!(!record.disabled);
+        assert_eq!(record.disabled_reason, "");
+        assert_eq!(record.disabled_at_ms, 0);
+        // An enabled account is written as before (older binaries read it too).
+        let written = String::from_utf8(encode(&record)).unwrap();
+        assert!(!written.contains("disabled"), "{written}");
+        let banned = UserRecord {
+            disabled: true,
+            disabled_reason: "spam".into(),
+            disabled_at_ms: 9,
+            ..record
+        };
+        let back: UserRecord = decode(&encode(&banned), "user").unwrap();
+        assert!(back.disabled);
+        assert_eq!(back.disabled_reason, "spam");
+        assert_eq!(back.disabled_at_ms, 9);
+    }
+
+    #[test]
+    fn disable_and_enable_round_trip_and_keep_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
+        let u = store.create_user("alice", "h", 1).unwrap().unwrap();
+        let d = store
+            .create_device(u, "x", [1; 32], u64::MAX, 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store
+                .set_disabled(UserId(u.get() + 1), true, "r", 5)
+                .unwrap(),
+            None,
+            "unknown user"
+        );
+
+        let a = store.set_disabled(u, true, "spam", 10).unwrap().unwrap();
+        assert!(a.disabled);
+        assert_eq!((a.disabled_reason.as_str(), a.disabled_at_ms), ("spam", 10));
+        assert_eq!(a.active_devices, 1);
+        // Again: still disabled since 10, with the new reason.
+        let a = store.set_disabled(u, true, "abuse", 20).unwrap().unwrap();
+        assert_eq!(
+            (a.disabled_reason.as_str(), a.disabled_at_ms),
+            ("abuse", 10)
+        );
+        // A disabled account's refresh token is refused without being used up.
+        assert_eq!(
+            store
+                .rotate_refresh(d, [1; 32], [2; 32], u64::MAX, 30)
+                .unwrap(),
+            Refresh::Disabled
+        );
+        assert_eq!(
+            store
+                .rotate_refresh(d, [9; 32], [2; 32], u64::MAX, 30)
+                .unwrap(),
+            Refresh::Refused,
+            "a wrong token is still just refused"
+        );
+        drop(store);
+
+        let store = Store::open(&path).unwrap();
+        let (users, devices) = store.load_all().unwrap();
+        assert!(users[0].disabled);
+        assert_eq!(devices, vec![(u, d, true)], "the ban revokes no device");
+        let a = store
+            .set_disabled(u, false, "ignored", 40)
+            .unwrap()
+            .unwrap();
+        assert!(!a.disabled);
+        assert_eq!((a.disabled_reason.as_str(), a.disabled_at_ms), ("", 0));
+        assert!(!store.load_all().unwrap().0[0].disabled);
+        assert_eq!(
+            store
+                .rotate_refresh(d, [1; 32], [2; 32], u64::MAX, 50)
+                .unwrap(),
+            Refresh::Rotated {
+                user: u,
+                username: "alice".into()
+            },
+            "the old token works again"
+        );
+    }
+
+    #[test]
+    fn deleting_a_user_frees_the_username_and_removes_everything_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let u = store.create_user("alice", "h", 1).unwrap().unwrap();
+        let v = store.create_user("bob", "h", 1).unwrap().unwrap();
+        let d1 = store
+            .create_device(u, "a1", [1; 32], u64::MAX, 2)
+            .unwrap()
+            .unwrap();
+        let d2 = store
+            .create_device(u, "a2", [2; 32], u64::MAX, 3)
+            .unwrap()
+            .unwrap();
+        let e = store
+            .create_device(v, "b1", [3; 32], u64::MAX, 3)
+            .unwrap()
+            .unwrap();
+        store.set_push(u, d1, push("tok", "fcm")).unwrap();
+        store.set_mute(u, "g.1", u64::MAX, 1).unwrap();
+        store.set_mute(v, "g.1", u64::MAX, 1).unwrap();
+        assert!(store.revoke(u, d2).unwrap());
+        store.set_disabled(u, true, "x", 4).unwrap();
+
+        let deleted = store.delete_user(u, 5).unwrap().unwrap();
+        assert_eq!(deleted.account.username, "alice");
+        assert!(deleted.account.disabled, "as it was");
+        assert_eq!(deleted.account.active_devices, 1);
+        let mut gone = deleted.devices.clone();
+        gone.sort();
+        let mut want = vec![d1, d2];
+        want.sort();
+        assert_eq!(gone, want);
+        assert_eq!(store.delete_user(u, 6).unwrap(), None, "already gone");
+        assert_eq!(store.account(u).unwrap(), None);
+        assert_eq!(store.credentials("alice").unwrap(), None);
+        let (users, devices) = store.load_all().unwrap();
+        assert_eq!(users.len(), 1);
+        assert_eq!(devices, vec![(v, e, true)]);
+        assert_eq!(
+            store
+                .rotate_refresh(d1, [1; 32], [4; 32], u64::MAX, 7)
+                .unwrap(),
+            Refresh::Refused
+        );
+        assert!(store.mutes(u, 1).unwrap().is_empty());
+        assert_eq!(store.mutes(v, 1).unwrap().len(), 1, "bob's mute stays");
+        // The push token is free: another device takes it without moving anything.
+        assert_eq!(
+            store.set_push(v, e, push("tok", "fcm")).unwrap(),
+            SetPush::Stored { moved_from: None }
+        );
+        // A device cannot be created for the deleted user.
+        assert_eq!(
+            store
+                .create_device(u, "late", [5; 32], u64::MAX, 8)
+                .unwrap(),
+            None
+        );
+        // The name is free; the id is not given out again.
+        let again = store.create_user("alice", "h2", 9).unwrap().unwrap();
+        assert_ne!(again, u);
+        assert!(
+            store
+                .db
+                .begin_read()
+                .unwrap()
+                .open_table(DELETED_USERS)
+                .unwrap()
+                .get(u.get())
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn inspect_lists_devices_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let u = store.create_user("alice", "h", 1).unwrap().unwrap();
+        let old = store
+            .create_device(u, "old", [1; 32], u64::MAX, 10)
+            .unwrap()
+            .unwrap();
+        let new = store
+            .create_device(u, "new", [1; 32], u64::MAX, 30)
+            .unwrap()
+            .unwrap();
+        let mid = store
+            .create_device(u, "mid", [1; 32], u64::MAX, 20)
+            .unwrap()
+            .unwrap();
+        store.set_push(u, new, push("t", "apns")).unwrap();
+        store.revoke(u, mid).unwrap();
+        let a = store.account(u).unwrap().unwrap();
+        assert_eq!((a.username.as_str(), a.created_at_ms), ("alice", 1));
+        assert_eq!(a.active_devices, 2);
+        let seen: Vec<_> = a
+            .devices
+            .iter()
+            .map(|d| (d.id, d.name.as_str(), d.active, d.push_platform.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (new, "new", true, "apns"),
+                (mid, "mid", false, ""),
+                (old, "old", true, ""),
+            ]
+        );
+        assert_eq!(store.account(UserId(u.get() + 1)).unwrap(), None);
+    }
+
+    #[test]
+    fn search_pages_through_usernames_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        for name in ["bob", "al", "alice", "alfred", "alz", "am", "ala"] {
+            store.create_user(name, "h", 1).unwrap().unwrap();
+        }
+        let names = |r: &(Vec<Account>, bool)| -> Vec<String> {
+            r.0.iter().map(|a| a.username.clone()).collect()
+        };
+        let page = store.search_users("al", "", 2).unwrap();
+        assert_eq!(
+            (names(&page), page.1),
+            (vec!["al".into(), "ala".into()], true)
+        );
+        let page = store.search_users("al", "ala", 2).unwrap();
+        assert_eq!(
+            (names(&page), page.1),
+            (vec!["alfred".into(), "alice".into()], true)
+        );
+        let page = store.search_users("al", "alice", 2).unwrap();
+        assert_eq!((names(&page), page.1), (vec!["alz".into()], false));
+        let page = store.search_users("al", "alz", 2).unwrap();
+        assert_eq!((names(&page), page.1), (vec![], false));
+        // Exactly a page left: no more.
+        let page = store.search_users("al", "alfred", 2).unwrap();
+        assert_eq!(
+            (names(&page), page.1),
+            (vec!["alice".into(), "alz".into()], false)
+        );
+        // `after` before the prefix starts at the prefix.
+        let page = store.search_users("b", "a", 10).unwrap();
+        assert_eq!((names(&page), page.1), (vec!["bob".into()], false));
+        // No prefix: everyone in order.
+        let page = store.search_users("", "", 500).unwrap();
+        assert_eq!(
+            names(&page),
+            ["al", "ala", "alfred", "alice", "alz", "am", "bob"]
+        );
+        assert_eq!(store.search_users("zz", "", 5).unwrap().0, vec![]);
+        let u = store.credentials("alice").unwrap().unwrap().0;
+        store
+            .create_device(u, "x", [1; 32], u64::MAX, 1)
+            .unwrap()
+            .unwrap();
+        store.set_disabled(u, true, "r", 3).unwrap();
+        let page = store.search_users("alice", "", 5).unwrap();
+        assert_eq!(page.0[0].active_devices, 1);
+        assert!(page.0[0].disabled);
+        assert_eq!(page.0[0].id, u);
+    }
+
+    #[test]
+    fn announcements_get_increasing_ids_and_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
+        assert!(store.announcements_after(0, 10).unwrap().is_empty());
+        for (i, text) in ["one", "two", "three"].into_iter().enumerate() {
+            let a = store.append_announcement(text, 100 + i as u64).unwrap();
+            assert_eq!(a.id, i as u64 + 1);
+        }
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let texts = |after, limit| -> Vec<(u64, String)> {
+            store
+                .announcements_after(after, limit)
+                .unwrap()
+                .into_iter()
+                .map(|a| (a.id, a.text))
+                .collect()
+        };
+        assert_eq!(texts(0, 2), vec![(1, "one".into()), (2, "two".into())]);
+        assert_eq!(texts(2, 2), vec![(3, "three".into())]);
+        assert_eq!(texts(3, 2), vec![]);
+        assert_eq!(texts(u64::MAX, 2), vec![]);
+        assert_eq!(
+            store.announcements_after(1, 1).unwrap()[0].created_at_ms,
+            101
+        );
+        assert_eq!(store.append_announcement("four", 200).unwrap().id, 4);
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum AuthError {
     InvalidClaims,
     #[error("device logged out")]
     Revoked,
+    /// The device is logged in but an administrator disabled its account.
+    #[error("this account is disabled")]
+    Disabled,
 }
 
 /// Missing fields default so that a token without them is refused as `InvalidClaims` by

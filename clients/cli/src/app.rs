@@ -530,6 +530,7 @@ impl App {
     fn chat_message(&self, m: &v1::Message) -> ChatMessage {
         let system = m.kind() == MessageKind::System;
         let text = match (m.kind(), &m.event) {
+            _ if m.deleted => render::DELETED_TEXT.into(),
             (MessageKind::System, Some(e)) => render::system_text(self, e),
             (MessageKind::System, None) => "(group change)".into(),
             (MessageKind::Binary, _) => format!("({} bytes)", m.body.len()),
@@ -676,6 +677,22 @@ impl App {
             }
             Event::Presence(p) => {
                 self.presence.insert(p.user_id, p);
+            }
+            Event::MessageDeleted {
+                conversation_id,
+                seq,
+            } => {
+                let Ok(id) = conversation_id.parse::<ConversationId>() else {
+                    return;
+                };
+                if let Some(i) = self.index(&id)
+                    && let Some(m) = self.conversations[i].messages.get_mut(&seq)
+                {
+                    m.text = render::DELETED_TEXT.into();
+                }
+            }
+            Event::Announcement { text, .. } => {
+                self.status = render::announcement_line(&text);
             }
         }
     }
@@ -1356,6 +1373,53 @@ pub mod tests {
             }),
             vec![Action::SubscribePresence { users: vec![BO] }]
         );
+    }
+
+    #[test]
+    fn deleted_messages_read_as_deleted_and_announcements_as_status() {
+        let mut a = app();
+        let c = dm(ME, BO);
+        let deleted = v1::Message {
+            deleted: true,
+            body: Default::default(),
+            ..msg(&c, 1, BO, T0, "")
+        };
+        history(&mut a, &c, vec![deleted, msg(&c, 2, BO, T0, "rude")]);
+        a.on_event(AppEvent::Server(Event::Message(msg(&c, 3, BO, T0, "fine"))));
+        a.on_event(AppEvent::Server(Event::MessageDeleted {
+            conversation_id: c.to_string(),
+            seq: 2,
+        }));
+        // Unknown conversations and seqs change nothing.
+        a.on_event(AppEvent::Server(Event::MessageDeleted {
+            conversation_id: dm(ME, CY).to_string(),
+            seq: 2,
+        }));
+        a.on_event(AppEvent::Server(Event::MessageDeleted {
+            conversation_id: c.to_string(),
+            seq: 9,
+        }));
+        let texts: Vec<&str> = a
+            .conversation(&c)
+            .unwrap()
+            .messages
+            .values()
+            .map(|m| m.text.as_str())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "this message was deleted",
+                "this message was deleted",
+                "fine"
+            ]
+        );
+        a.on_event(AppEvent::Server(Event::Announcement {
+            id: 4,
+            text: "Maintenance at 22:00 UTC".into(),
+            created_at_ms: T0,
+        }));
+        assert_eq!(a.status, "📢 Maintenance at 22:00 UTC");
     }
 
     #[test]

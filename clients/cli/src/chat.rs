@@ -249,6 +249,14 @@ async fn listen_loop(
                     eprintln!("natter-cli: connection lost ({code}); reconnecting");
                 }
                 Some(Event::Reconnected(_)) => eprintln!("natter-cli: reconnected"),
+                Some(Event::MessageDeleted { conversation_id, seq }) => ctx.print(
+                    || render::deleted_line(&conversation_id, seq),
+                    || render::deleted_json(&conversation_id, seq),
+                ),
+                Some(Event::Announcement { id, text, created_at_ms }) => ctx.print(
+                    || render::announcement_line(&text),
+                    || render::announcement_json(id, &text, created_at_ms),
+                ),
                 Some(_) => {}
                 None => return Err(CliError::Other("the client stopped".into())),
             },

@@ -197,8 +197,14 @@ pub fn call_text(m: &v1::Message) -> String {
     format!("missed {group}{media} ({why})")
 }
 
+/// What a message deleted for everyone by an administrator reads as.
+pub const DELETED_TEXT: &str = "this message was deleted";
+
 /// The readable part of a message: its text, the system sentence, the media or a size.
 fn body_text(names: &impl Names, m: &v1::Message) -> String {
+    if m.deleted {
+        return DELETED_TEXT.into();
+    }
     match m.kind() {
         MessageKind::System => match &m.event {
             Some(e) => system_text(names, e),
@@ -248,6 +254,9 @@ pub fn message_json(names: &impl Names, m: &v1::Message) -> Value {
     if m.reply_to_seq != 0 {
         v["reply_to_seq"] = json!(m.reply_to_seq);
     }
+    if m.deleted {
+        v["deleted"] = json!(true);
+    }
     if let Some(media) = &m.media {
         // `text` is the caption; `media` all the rest.
         v["text"] = json!(media.caption);
@@ -262,6 +271,36 @@ pub fn message_json(names: &impl Names, m: &v1::Message) -> Value {
         });
     }
     v
+}
+
+/// A message deleted after it was shown: `<conversation> #<seq> this message was deleted`.
+pub fn deleted_line(conversation_id: &str, seq: u64) -> String {
+    format!("{conversation_id} #{seq} {DELETED_TEXT}")
+}
+
+/// The same as a message's JSON line would say it: its place and `"deleted": true`.
+pub fn deleted_json(conversation_id: &str, seq: u64) -> Value {
+    json!({
+        "conversation_id": conversation_id,
+        "seq": seq,
+        "deleted": true,
+        "text": DELETED_TEXT,
+    })
+}
+
+/// An announcement from the operators: `📢 <text>`.
+pub fn announcement_line(text: &str) -> String {
+    format!("📢 {text}")
+}
+
+pub fn announcement_json(id: u64, text: &str, created_at_ms: u64) -> Value {
+    json!({
+        "announcement": {
+            "id": id.to_string(),
+            "text": text,
+            "created_at_ms": created_at_ms,
+        }
+    })
 }
 
 pub fn ack_line(ack: &v1::Ack) -> String {
@@ -567,6 +606,43 @@ mod tests {
         assert_eq!(v["media"]["id"], "m1");
         assert_eq!(v["media"]["kind"], "image");
         assert_eq!(v["media"]["width"], 1600);
+    }
+
+    #[test]
+    fn deleted_messages_and_announcements_read_naturally() {
+        struct NoNames;
+        impl Names for NoNames {
+            fn name(&self, user: u64) -> String {
+                user.to_string()
+            }
+            fn known(&self, _: u64) -> Option<String> {
+                None
+            }
+        }
+        let m = v1::Message {
+            conversation_id: "d.1.2".into(),
+            seq: 4,
+            sender_user: 2,
+            kind: MessageKind::Media as i32,
+            deleted: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            message_line(&NoNames, &m),
+            "d.1.2 #4 2: this message was deleted"
+        );
+        let v = message_json(&NoNames, &m);
+        assert_eq!(v["deleted"], true);
+        assert_eq!(v["text"], "this message was deleted");
+        assert_eq!(
+            deleted_line("d.1.2", 4),
+            "d.1.2 #4 this message was deleted"
+        );
+        assert_eq!(deleted_json("d.1.2", 4)["seq"], 4);
+        assert_eq!(announcement_line("Back at 10"), "📢 Back at 10");
+        let a = announcement_json(7, "Back at 10", 1_700_000_000_000);
+        assert_eq!(a["announcement"]["id"], "7");
+        assert_eq!(a["announcement"]["text"], "Back at 10");
     }
 
     #[test]

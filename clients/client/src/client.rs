@@ -173,6 +173,20 @@ pub enum Event {
     /// call, an answer, SDP or an ICE candidate from another device, the end. See
     /// [`Client::start_call`].
     Call(Box<v1::CallEvent>),
+    /// An administrator deleted message `seq` of a conversation for everyone: show it as
+    /// deleted and drop its content. It may name a message not handed out yet, which then
+    /// comes out with `deleted` set (as sync and history return deleted messages).
+    MessageDeleted {
+        conversation_id: String,
+        seq: u64,
+    },
+    /// An announcement from the operators, pushed to every connected device. Those
+    /// missed while offline are listed by [`crate::HttpClient::announcements`].
+    Announcement {
+        id: u64,
+        text: String,
+        created_at_ms: u64,
+    },
     /// An Error frame that answers no pending request (e.g. a refused `Received`).
     Error {
         id: u64,
@@ -801,6 +815,24 @@ impl Shared {
                 // "ended" would leave the application in the wrong state.
                 let _ = self.events.send(Queued::Event(Event::Call(e))).await;
             }
+            SBody::MessageDeleted(d) => {
+                // A message still waiting past a gap comes out deleted, like the stored one.
+                lock(&self.inbox).mark_deleted(&d.conversation_id, d.seq);
+                // Not dropped either: a lost deletion would leave the content on screen.
+                let event = Event::MessageDeleted {
+                    conversation_id: d.conversation_id,
+                    seq: d.seq,
+                };
+                let _ = self.events.send(Queued::Event(event)).await;
+            }
+            SBody::Announcement(a) => {
+                let event = Event::Announcement {
+                    id: a.id,
+                    text: a.text,
+                    created_at_ms: a.created_at_ms,
+                };
+                let _ = self.events.send(Queued::Event(event)).await;
+            }
             SBody::Welcome(_) => {}
             SBody::Error(e) => {
                 if !self.complete(id, SBody::Error(e.clone())) {
@@ -830,7 +862,12 @@ impl Shared {
             }
             slot.writer = None;
             slot.reader = None;
-            if matches!(code, close_code::REVOKED | close_code::REPLACED) {
+            // Logged out, replaced, or the account disabled by an administrator: a
+            // reconnect would be refused (or fight the newer connection).
+            if matches!(
+                code,
+                close_code::REVOKED | close_code::REPLACED | close_code::ACCOUNT_DISABLED
+            ) {
                 slot.terminal = Some((code, reason.clone()));
             }
             slot.terminal.is_some()

@@ -1,10 +1,11 @@
-//! The REST half of the API: accounts, sessions (login, refresh, logout) and user lookup.
+//! The REST half of the API: accounts, sessions (login, refresh, logout), user lookup and
+//! announcements.
 //! Media uploads and downloads (also REST) are in `media.rs`.
 //! Ids travel as decimal strings in JSON; this module turns them into typed ids.
 
 use std::time::Duration;
 
-use natter_proto::{DeviceId, UserId};
+use natter_proto::{DeviceId, UserId, v1};
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::json;
@@ -52,6 +53,18 @@ struct SessionWire {
     refresh_token: String,
     #[serde(default)]
     access_expires_in_s: u64,
+}
+
+#[derive(Deserialize)]
+struct AnnouncementsWire {
+    announcements: Vec<AnnouncementWire>,
+}
+
+#[derive(Deserialize)]
+struct AnnouncementWire {
+    id: String,
+    text: String,
+    created_at_ms: String,
 }
 
 #[derive(Deserialize)]
@@ -160,7 +173,18 @@ impl HttpClient {
         bearer: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> Result<(u16, Option<T>), HttpError> {
-        let mut req = self.http.request(method, self.url(segments));
+        self.call_url(method, self.url(segments), bearer, body)
+            .await
+    }
+
+    async fn call_url<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        bearer: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, Option<T>), HttpError> {
+        let mut req = self.http.request(method, url);
         if let Some(token) = bearer {
             req = req.bearer_auth(token);
         }
@@ -280,6 +304,43 @@ impl HttpClient {
         let wire = wire.ok_or_else(|| Self::missing_body(status))?;
         Ok(wire.username)
     }
+
+    /// The operators' announcements with ids above `after` (0: from the first), oldest
+    /// first, one page of them (`GET /v1/announcements`): what this user missed while
+    /// offline. Connected devices get each one as [`crate::Event::Announcement`].
+    pub async fn announcements(
+        &self,
+        access_token: &str,
+        after: u64,
+    ) -> Result<Vec<v1::Announcement>, HttpError> {
+        let mut url = self.url(&["v1", "announcements"]);
+        url.query_pairs_mut()
+            .append_pair("after", &after.to_string());
+        let (status, wire) = self
+            .call_url::<AnnouncementsWire>(Method::GET, url, Some(access_token), None)
+            .await?;
+        let wire = wire.ok_or_else(|| Self::missing_body(status))?;
+        wire.announcements
+            .into_iter()
+            .map(|a| a.into_announcement(status))
+            .collect()
+    }
+}
+
+impl AnnouncementWire {
+    fn into_announcement(self, status: u16) -> Result<v1::Announcement, HttpError> {
+        let number = |what: &str, raw: &str| {
+            raw.parse::<u64>().map_err(|_| HttpError::Unexpected {
+                status,
+                detail: format!("announcement {what} {raw:?} is not a number"),
+            })
+        };
+        Ok(v1::Announcement {
+            id: number("id", &self.id)?,
+            text: self.text,
+            created_at_ms: number("created_at_ms", &self.created_at_ms)?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -302,6 +363,33 @@ mod tests {
         );
         assert!(HttpClient::new("ftp://x").is_err());
         assert!(HttpClient::new("not a url").is_err());
+    }
+
+    #[test]
+    fn announcements_arrive_with_string_numbers() {
+        let wire: AnnouncementsWire = serde_json::from_str(
+            r#"{"announcements":[{"id":"3","text":"hello \u2713","created_at_ms":"1700000000000"}]}"#,
+        )
+        .unwrap();
+        let got: Vec<v1::Announcement> = wire
+            .announcements
+            .into_iter()
+            .map(|a| a.into_announcement(200).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [v1::Announcement {
+                id: 3,
+                text: "hello \u{2713}".into(),
+                created_at_ms: 1_700_000_000_000,
+            }]
+        );
+        let bad = AnnouncementWire {
+            id: "x".into(),
+            text: String::new(),
+            created_at_ms: "1".into(),
+        };
+        assert!(bad.into_announcement(200).is_err());
     }
 
     #[test]

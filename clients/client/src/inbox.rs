@@ -125,6 +125,32 @@ impl Inbox {
         v
     }
 
+    /// A message deleted for everyone: if it waits past a gap, it will come out with
+    /// `deleted` set and without its content (body, media, call, client_msg_id,
+    /// reply_to_seq, event), as the server now returns it. Handed-out messages are the
+    /// application's to update.
+    pub(crate) fn mark_deleted(&mut self, conversation: &str, seq: u64) {
+        let Some(m) = self
+            .convs
+            .get_mut(conversation)
+            .and_then(|c| c.buffer.get_mut(&seq))
+        else {
+            return;
+        };
+        *m = Message {
+            conversation_id: std::mem::take(&mut m.conversation_id),
+            seq: m.seq,
+            message_id: m.message_id,
+            sender_user: m.sender_user,
+            sender_device: m.sender_device,
+            kind: m.kind,
+            created_at_ms: m.created_at_ms,
+            withheld: m.withheld,
+            deleted: true,
+            ..Default::default()
+        };
+    }
+
     pub(crate) fn cursor(&self, conversation: &str) -> Option<u64> {
         self.convs.get(conversation).and_then(|c| c.cursor)
     }
@@ -337,6 +363,39 @@ mod tests {
             [false, true, false, true]
         );
         assert_eq!(inbox.cursor("d.1.2"), Some(4));
+    }
+
+    #[test]
+    fn a_message_deleted_while_it_waits_comes_out_deleted() {
+        let mut inbox = Inbox::new(ME, false, 100);
+        let mut out = Vec::new();
+        let with_body = |seq| Message {
+            body: format!("m{seq}").into_bytes().into(),
+            client_msg_id: format!("c{seq}"),
+            reply_to_seq: 1,
+            ..msg("d.1.2", seq, PEER)
+        };
+        inbox.accept(with_body(1), Origin::Live, &mut out);
+        inbox.accept(with_body(3), Origin::Live, &mut out);
+        inbox.accept(with_body(4), Origin::Live, &mut out);
+        inbox.mark_deleted("d.1.2", 3);
+        // Unknown seqs and conversations, and handed-out messages: nothing to do.
+        inbox.mark_deleted("d.1.2", 1);
+        inbox.mark_deleted("d.1.2", 9);
+        inbox.mark_deleted("d.5.6", 3);
+        inbox.accept(with_body(2), Origin::Sync, &mut out);
+        assert_eq!(seqs(&out), [1, 2, 3, 4]);
+        assert!(!out[0].deleted && out[0].body == "m1".as_bytes());
+        let deleted = &out[2];
+        assert!(deleted.deleted);
+        assert!(deleted.body.is_empty() && deleted.client_msg_id.is_empty());
+        assert_eq!(deleted.reply_to_seq, 0);
+        assert_eq!(
+            (deleted.message_id, deleted.sender_device),
+            (1003, PEER),
+            "the place and the sender stay"
+        );
+        assert_eq!(out[3].body, "m4".as_bytes());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! An async Rust client for natter.
 //!
-//! - [`HttpClient`]: accounts, login/refresh/logout, user lookup (REST), and media
+//! - [`HttpClient`]: accounts, login/refresh/logout, user lookup, announcements (REST), and media
 //!   ([`media`]): uploads (single-shot or resumable, SHA-256 checked), downloads, usage.
 //! - [`Connection`]: one WebSocket, frame by frame (for tools and protocol tests).
 //! - [`Client`]: one device, the way an app uses it: sends that retry with the same

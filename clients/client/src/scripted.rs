@@ -311,3 +311,66 @@ async fn withheld_messages_are_acked_but_never_handed_out() {
         }
     }
 }
+
+#[tokio::test]
+async fn deletions_and_announcements_become_events() {
+    let (listener, url) = listen().await;
+    let (client, mut ws) = tokio::join!(
+        Client::connect(&url, "tok", ClientOptions::default()),
+        accept(&listener)
+    );
+    let client = client.unwrap();
+    let text = v1::Message {
+        conversation_id: CONV.into(),
+        seq: 1,
+        message_id: 101,
+        sender_user: 12,
+        sender_device: 99,
+        kind: v1::MessageKind::Text as i32,
+        body: "oops".as_bytes().to_vec().into(),
+        ..Default::default()
+    };
+    push(&mut ws, 0, SBody::Message(text)).await;
+    push(
+        &mut ws,
+        0,
+        SBody::MessageDeleted(v1::MessageDeleted {
+            conversation_id: CONV.into(),
+            seq: 1,
+            deleted_at_ms: 1_700_000_000_000,
+        }),
+    )
+    .await;
+    push(
+        &mut ws,
+        0,
+        SBody::Announcement(v1::Announcement {
+            id: 7,
+            text: "Maintenance at 22:00 UTC".into(),
+            created_at_ms: 1_700_000_000_001,
+        }),
+    )
+    .await;
+    let mut got = Vec::new();
+    while let Some(ev) = client.recv_timeout(Duration::from_millis(500)).await {
+        got.push(ev);
+    }
+    assert!(
+        matches!(&got[..], [Event::Message(m), _, _] if m.seq == 1),
+        "{got:?}"
+    );
+    assert_eq!(
+        got[1..],
+        [
+            Event::MessageDeleted {
+                conversation_id: CONV.into(),
+                seq: 1,
+            },
+            Event::Announcement {
+                id: 7,
+                text: "Maintenance at 22:00 UTC".into(),
+                created_at_ms: 1_700_000_000_001,
+            },
+        ]
+    );
+}
