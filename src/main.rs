@@ -9,6 +9,7 @@ use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 mod config;
 mod metrics;
+mod openapi;
 mod roles;
 use natter_bus::{Bus, InProcessBus};
 use tokio_util::sync::CancellationToken;
@@ -48,7 +49,7 @@ enum Command {
     /// Run every role in one process: WebSocket edge, accounts and tokens, messages,
     /// groups, people, presence and media, with an in-process bus and embedded stores under the
     /// data directory.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the WebSocket edge role against NATS (and Redis for the session directory).
     Edge(roles::EdgeArgs),
     /// Run the messages role: partitions leased in Redis, store in ScyllaDB (or the
@@ -80,6 +81,10 @@ enum Command {
     /// Run the notifier: push notifications for users with no device online, from the
     /// messages role's jobs (JetStream) to a webhook (an FCM/APNs gateway).
     Notifier(roles::NotifierArgs),
+    /// Run the admin API (`/admin/v1`): users and bans, sessions and kicks, groups,
+    /// moderation, stats and announcements, over NATS, with the session directory in
+    /// Redis. Needs an admin token file.
+    Admin(roles::AdminArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -123,6 +128,10 @@ struct ServeArgs {
     turn: roles::TurnListenArgs,
     #[command(flatten)]
     push: roles::PushConfigArgs,
+    /// File of admin API tokens (`name:token` per line). Default: one token generated on
+    /// first start into <data-dir>/admin.token (mode 0600).
+    #[arg(long, env = "NATTER_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// Pending connections the kernel queues for `accept` (tokio's default is 1,024; a
@@ -176,7 +185,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Edge(args) => roles::edge(args).await,
             Command::Messages(args) => roles::messages(args).await,
             Command::Sessions(args) => roles::sessions(args).await,
@@ -188,6 +197,7 @@ fn main() -> ExitCode {
             Command::Calls(args) => roles::calls(args).await,
             Command::Turn(args) => roles::turn(args).await,
             Command::Notifier(args) => roles::notifier(args).await,
+            Command::Admin(args) => roles::admin(args).await,
         }
     });
     match result {
@@ -278,12 +288,28 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     let turn_config = args.turn.config(&turn_secret)?;
+    let admin_token_file = args
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("admin.token"));
+    let admin_tokens = if args.admin_token_file.is_some() {
+        natter_admin::AdminTokens::from_file(&admin_token_file)
+    } else {
+        natter_admin::AdminTokens::load_or_create(&admin_token_file)
+    }
+    .context("the admin token file")
+    .map_err(Failure::Config)?;
     let mut ice = args.calls.ice(Some(turn_secret))?;
 
     let run = |e: anyhow::Error| Failure::Runtime(e);
     let services_stop = CancellationToken::new();
     let edge_stop = CancellationToken::new();
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+    metrics::report_stats(bus.clone(), "natter-serve");
+    let admin_stats = natter_admin::StatsCollector::start(bus.clone(), services_stop.clone())
+        .await
+        .context("starting the admin API's stats")
+        .map_err(run)?;
 
     let sessions = natter_sessions::Sessions::open(natter_sessions::Config {
         data_dir: args.data_dir.clone(),
@@ -428,6 +454,13 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     };
 
+    let admin = natter_admin::Admin::new(
+        natter_admin::Config::default(),
+        bus.clone(),
+        directory.clone(),
+        admin_tokens,
+        admin_stats,
+    );
     let edge = natter_edge::Edge::new(
         natter_edge::Config {
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
@@ -448,9 +481,15 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .merge(natter_sessions::router(sessions, bus.clone()))
         .merge(natter_media::router(media))
         .merge(natter_calls::ice::router(Arc::new(ice), calls_auth))
-        .merge(edge.router());
+        .merge(natter_admin::router(admin))
+        .merge(edge.router())
+        .merge(openapi::router());
 
     tracing::info!(data_dir = %args.data_dir.display(), "natter starting");
+    tracing::info!(
+        token_file = %admin_token_file.display(),
+        "admin API under /admin/v1 (Authorization: Bearer <token from the file>)"
+    );
     let server = roles::serve_http("serve", args.listen, app, edge_stop.clone()).await?;
 
     shutdown_signal().await;

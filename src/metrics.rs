@@ -79,12 +79,47 @@ pub fn router() -> Router {
     )
 }
 
+/// How often each process publishes its metrics on `natter.stats` for the admin API
+/// (`NATTER_STATS_INTERVAL_MS` overrides it, e.g. in tests).
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Publishes this process's metrics on `natter.stats` every few seconds until the process
+/// ends. `name` is the process's bus name (`natter-<role>-<instance>`, or `natter serve`'s).
+pub fn report_stats(bus: std::sync::Arc<dyn natter_bus::Bus>, name: &str) {
+    let every = std::env::var("NATTER_STATS_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms >= 100)
+        .map_or(STATS_INTERVAL, Duration::from_millis);
+    let role = name
+        .strip_prefix("natter-")
+        .unwrap_or(name)
+        .split('-')
+        .next()
+        .unwrap_or(name)
+        .to_owned();
+    let instance = format!("{name}-{}", std::process::id());
+    natter_admin::stats::spawn_reporter(
+        bus,
+        role,
+        instance,
+        every,
+        || {
+            HANDLE
+                .get()
+                .map(PrometheusHandle::render)
+                .unwrap_or_default()
+        },
+        tokio_util::sync::CancellationToken::new(),
+    );
+}
+
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Middleware: every HTTP request gets an id (the client's `x-request-id` if it sent a
 /// sane one, else a new one), every log line while it is handled carries it, and the
 /// response returns it. Also counts requests by status class and times them.
-pub async fn request_ids(request: Request, next: Next) -> Response {
+pub async fn request_ids(mut request: Request, next: Next) -> Response {
     let id = request
         .headers()
         .get(&REQUEST_ID)
@@ -98,6 +133,10 @@ pub async fn request_ids(request: Request, next: Next) -> Response {
         method = %request.method(),
         path = %request.uri().path()
     );
+    // Handlers and inner middleware (the admin API's audit) read it from the request.
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        request.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
     let started = Instant::now();
     let mut response = next.run(request).instrument(span).await;
     let class = match response.status().as_u16() {

@@ -596,6 +596,29 @@ impl TurnListenArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// Address for the admin API (`/admin/v1`) and health. Keep it off the public
+    /// network: a load balancer in front of the edges must not route `/admin` here.
+    #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8091")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// File of admin tokens: one per line, `name:token` (the name goes in the audit
+    /// log) or a bare token; at least 32 characters each.
+    #[arg(long, env = "NATTER_ADMIN_TOKEN_FILE")]
+    admin_token_file: PathBuf,
+    /// Redis URL of the edges' session directory (who is connected where).
+    #[arg(long, env = "NATTER_REDIS")]
+    redis: String,
+    /// Milliseconds to wait for a service's answer.
+    #[arg(long, env = "NATTER_ADMIN_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
+    request_timeout_ms: u64,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
+    drain_grace_s: u64,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct CallsArgs {
     /// Address for `GET /v1/calls/ice-servers` and health.
     #[arg(long, env = "NATTER_LISTEN", default_value = "127.0.0.1:8088")]
@@ -803,15 +826,18 @@ async fn connect_nats(args: &NatsArgs, name: String) -> Result<NatsBus, Failure>
             "--nats-subscription-capacity must be positive"
         )));
     }
-    NatsBus::connect(NatsConfig {
+    let nats = NatsBus::connect(NatsConfig {
         url: args.nats.clone(),
-        name,
+        name: name.clone(),
         subscription_capacity: args.nats_subscription_capacity,
         ..Default::default()
     })
     .await
     .with_context(|| format!("connecting to NATS at {}", args.nats))
-    .map_err(Failure::Runtime)
+    .map_err(Failure::Runtime)?;
+    // Every role reports its metrics for the admin API's stats.
+    crate::metrics::report_stats(Arc::new(nats.clone()), &name);
+    Ok(nats)
 }
 
 /// `/healthz` (the process is alive) and `/readyz` (it can reach NATS).
@@ -1031,7 +1057,9 @@ pub async fn edge(args: EdgeArgs) -> Result<(), Failure> {
         Some(url) => Ready::with_redis(nats, url)?,
         None => nats.into(),
     };
-    let app = health(ready).merge(edge.router());
+    let app = health(ready)
+        .merge(edge.router())
+        .merge(crate::openapi::router());
     let server = serve_http("edge", args.listen, app, stop.clone()).await?;
     tracing::info!(node = %node, "edge running");
 
@@ -1089,13 +1117,8 @@ pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
     .map_err(config_error)?;
     let http_stop = CancellationToken::new();
     let owned = running.owned.clone();
-    let app = health(Ready::with_redis(nats, &args.redis)?).route(
-        "/v1/partitions",
-        get(move || {
-            let owned = owned.snapshot();
-            async move { axum::Json(owned) }
-        }),
-    );
+    let app =
+        health(Ready::with_redis(nats, &args.redis)?).merge(crate::openapi::partitions(owned));
     let server = serve_http("messages", args.listen, app, http_stop.clone()).await?;
     tracing::info!(instance = %instance, "messages running");
 
@@ -1133,7 +1156,9 @@ pub async fn sessions(args: SessionsArgs) -> Result<(), Failure> {
         .context("starting the sessions bus endpoints")
         .map_err(Failure::Runtime)?;
     let http_stop = CancellationToken::new();
-    let app = health(nats).merge(natter_sessions::router(sessions, bus));
+    let app = health(nats)
+        .merge(natter_sessions::router(sessions, bus))
+        .merge(crate::openapi::router());
     let server = serve_http("sessions", args.listen, app, http_stop.clone()).await?;
 
     shutdown_signal().await;
@@ -1283,7 +1308,7 @@ pub async fn media(args: MediaArgs) -> Result<(), Failure> {
         .await
         .context("starting the media service")
         .map_err(Failure::Runtime)?;
-    let routes = natter_media::router(media);
+    let routes = natter_media::router(media).merge(crate::openapi::router());
     let grace = Duration::from_secs(args.drain_grace_s);
     run_service_with_routes("media", args.listen, nats, routes, stop, service, grace).await
 }
@@ -1322,13 +1347,58 @@ pub async fn calls(args: CallsArgs) -> Result<(), Failure> {
         .await
         .context("starting the calls service")
         .map_err(Failure::Runtime)?;
-    let routes = natter_calls::ice::router(Arc::new(ice), auth);
+    let routes = natter_calls::ice::router(Arc::new(ice), auth).merge(crate::openapi::router());
     let grace = Duration::from_secs(args.drain_grace_s);
     let ready = match &args.redis {
         Some(url) => Ready::with_redis(nats, url)?,
         None => nats.into(),
     };
     run_service_with_routes("calls", args.listen, ready, routes, stop, service, grace).await
+}
+
+pub async fn admin(args: AdminArgs) -> Result<(), Failure> {
+    let tokens = natter_admin::AdminTokens::from_file(&args.admin_token_file)
+        .context("--admin-token-file")
+        .map_err(Failure::Config)?;
+    positive("admin-request-timeout-ms", args.request_timeout_ms)?;
+    let nats = connect_nats(
+        &args.nats,
+        format!("natter-admin-{}", default_name("admin")),
+    )
+    .await?;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let directory = natter_sessions::directory::RedisDirectory::connect_lazy(&args.redis, "natter")
+        .with_context(|| format!("--redis {}", args.redis))
+        .map_err(Failure::Config)?;
+    let stop = CancellationToken::new();
+    let stats = natter_admin::StatsCollector::start(bus.clone(), stop.clone())
+        .await
+        .context("subscribing to natter.stats")
+        .map_err(Failure::Runtime)?;
+    let admin = natter_admin::Admin::new(
+        natter_admin::Config {
+            request_timeout: Duration::from_millis(args.request_timeout_ms),
+        },
+        bus,
+        Arc::new(directory),
+        tokens,
+        stats,
+    );
+    // The admin role holds no state: its "service" is the stats subscription, which
+    // ends with `stop`.
+    let service = tokio::spawn(stop.clone().cancelled_owned());
+    let ready = Ready::with_redis(nats, &args.redis)?;
+    let grace = Duration::from_secs(args.drain_grace_s);
+    run_service_with_routes(
+        "admin",
+        args.listen,
+        ready,
+        natter_admin::router(admin),
+        stop,
+        service,
+        grace,
+    )
+    .await
 }
 
 pub async fn turn(args: TurnArgs) -> Result<(), Failure> {

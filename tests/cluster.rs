@@ -1154,3 +1154,193 @@ async fn push_notifications_go_through_jetstream_and_survive_a_notifier_restart(
     })
     .await;
 }
+
+async fn admin_call(
+    cluster: &Cluster,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let admin = cluster.admin.as_ref().expect("the admin role");
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}{path}", admin.base_url()))
+        .bearer_auth(&cluster.admin_token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("admin request");
+    let status = response.status();
+    let text = response.text().await.expect("admin body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+async fn closed_with(c: &Client, secs: u64) -> u16 {
+    next_matching(c, Duration::from_secs(secs), |e| match e {
+        Event::Closed { code, .. } => Some(*code),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_role_sees_and_acts_across_edges_and_services() {
+    use reqwest::{Method, StatusCode};
+    let cluster = Cluster::start(Shape {
+        admin: true,
+        people: true,
+        presence: true,
+        media: true,
+        ..Shape::default()
+    })
+    .await;
+    bounded(120, async {
+        let no_reconnect = ClientOptions {
+            auto_reconnect: false,
+            ..opts()
+        };
+        // Ann on both edges, Bob on edge 1.
+        let ann = cluster.user("ann").await;
+        let ann2 = cluster.login(&ann.username, "tablet").await;
+        let bob = cluster.user("bob").await;
+        let a0 = cluster.connect(&ann, 0, no_reconnect.clone()).await;
+        let a1 = cluster.connect(&ann2, 1, no_reconnect.clone()).await;
+        let b = cluster.connect(&bob, 1, opts()).await;
+        b.send_text(ann.user_id, "hi ann").await.expect("send");
+
+        // Where everyone is, from the Redis session directory.
+        let (status, edges) = admin_call(&cluster, Method::GET, "/admin/v1/edges", None).await;
+        assert_eq!(status, StatusCode::OK, "{edges}");
+        assert_eq!(edges["edges"].as_array().unwrap().len(), 2, "{edges}");
+        assert!(edges["connections"].as_u64() >= Some(3), "{edges}");
+        let (_, sessions) = admin_call(
+            &cluster,
+            Method::GET,
+            &format!("/admin/v1/sessions?user_id={}", ann.user_id),
+            None,
+        )
+        .await;
+        let mut nodes: Vec<&str> = sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["node"].as_str().unwrap())
+            .collect();
+        nodes.sort();
+        assert_eq!(nodes, ["edge-0", "edge-1"], "{sessions}");
+
+        // Inspect asks sessions, groups, presence and media, each its own process.
+        let (status, detail) = admin_call(
+            &cluster,
+            Method::GET,
+            &format!("/admin/v1/users/{}", ann.user_id),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{detail}");
+        assert_eq!(detail["unavailable"], serde_json::json!([]), "{detail}");
+        assert_eq!(detail["devices"].as_array().unwrap().len(), 2, "{detail}");
+        assert_eq!(detail["presence"]["online"], true, "{detail}");
+
+        // Delete Bob's message for everyone: the owner (a messages process) tells both.
+        let conv = conv(ann.user_id, bob.user_id);
+        let (status, body) = admin_call(
+            &cluster,
+            Method::DELETE,
+            &format!("/admin/v1/conversations/{conv}/messages/1"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let deleted = next_matching(&a0, Duration::from_secs(10), |e| match e {
+            Event::MessageDeleted { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .await;
+        assert_eq!(deleted, 1);
+
+        // A ban closes Ann's devices on both edges at once; neither edge lets her back.
+        let (status, body) = admin_call(
+            &cluster,
+            Method::POST,
+            &format!("/admin/v1/users/{}/ban", ann.user_id),
+            Some(serde_json::json!({"reason": "test"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let close = natter_client::proto::close_code::ACCOUNT_DISABLED;
+        assert_eq!(closed_with(&a0, 10).await, close);
+        assert_eq!(closed_with(&a1, 10).await, close);
+        for edge in &cluster.edges {
+            let again =
+                Client::connect(&edge.ws_url(), &ann.access_token, no_reconnect.clone()).await;
+            assert!(again.is_err(), "{} let a banned user in", edge.name);
+        }
+        let (status, _) = admin_call(
+            &cluster,
+            Method::POST,
+            &format!("/admin/v1/users/{}/unban", ann.user_id),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let back = cluster.connect(&ann, 1, no_reconnect.clone()).await;
+        back.ping().await.expect("Ann is back after the unban");
+
+        // Stats come from every process's reports.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let stats = loop {
+            let (_, stats) = admin_call(&cluster, Method::GET, "/admin/v1/stats", None).await;
+            let roles: HashSet<String> = stats["processes"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .filter_map(|p| p["role"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let ok = ["edge", "messages", "sessions", "groups", "admin"]
+                .iter()
+                .all(|r| roles.contains(*r))
+                && stats["totals"]["messages_sent"].as_u64() >= Some(1)
+                && stats["rates"].is_object();
+            if ok || tokio::time::Instant::now() > deadline {
+                break stats;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert!(
+            stats["totals"]["messages_sent"].as_u64() >= Some(1),
+            "{stats}"
+        );
+        assert!(stats["rates"].is_object(), "{stats}");
+        assert!(stats["processes"].as_array().unwrap().len() >= 8, "{stats}");
+
+        // Delete Ann: every service's part goes, and the username is free again.
+        let (status, body) = admin_call(
+            &cluster,
+            Method::DELETE,
+            &format!("/admin/v1/users/{}", ann.user_id),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(closed_with(&back, 10).await, close);
+        let (status, _) = admin_call(
+            &cluster,
+            Method::GET,
+            &format!("/admin/v1/users/{}", ann.user_id),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        cluster
+            .http
+            .register(&ann.username, common::PASSWORD)
+            .await
+            .expect("the username is free again");
+    })
+    .await;
+}

@@ -108,6 +108,8 @@ impl Role {
             .arg("--listen")
             .arg(&listen)
             .env("NATTER_LOG", "info")
+            // Stats for the admin API twice a second, so tests see rates quickly.
+            .env("NATTER_STATS_INTERVAL_MS", "500")
             .env_remove("NATTER_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -207,6 +209,9 @@ pub struct Cluster {
     pub turn_addr: Option<SocketAddr>,
     /// `natter notifier`, if the shape named a webhook.
     pub notifier: Option<Role>,
+    /// `natter admin`, if the shape asked for it, with its admin token.
+    pub admin: Option<Role>,
+    pub admin_token: String,
     pub http: HttpClient,
     _dir: tempfile::TempDir,
 }
@@ -231,6 +236,8 @@ pub struct Shape {
     pub calls: Option<u64>,
     /// Run `natter notifier` posting to this webhook (and messages with `--notify`).
     pub push_webhook: Option<String>,
+    /// Run `natter admin`.
+    pub admin: bool,
 }
 
 impl Default for Shape {
@@ -246,6 +253,7 @@ impl Default for Shape {
             media: false,
             calls: None,
             push_webhook: None,
+            admin: false,
         }
     }
 }
@@ -397,6 +405,19 @@ impl Cluster {
             ]);
             Role::new("notifier", dir.path(), args)
         });
+        let admin_token = format!("{:032x}", rand::random::<u128>());
+        let mut admin = shape.admin.then(|| {
+            let tokens = dir.path().join("admin.token");
+            std::fs::write(&tokens, format!("ops:{admin_token}\n")).expect("admin token file");
+            let mut args = common("admin");
+            args.extend([
+                "--redis".into(),
+                redis.url(),
+                "--admin-token-file".into(),
+                tokens.display().to_string(),
+            ]);
+            Role::new("admin", dir.path(), args)
+        });
         sessions.start().await;
         store.start().await;
         groups.start().await;
@@ -408,6 +429,7 @@ impl Cluster {
             .chain(calls.iter_mut())
             .chain(turn.iter_mut())
             .chain(notifier.iter_mut())
+            .chain(admin.iter_mut())
         {
             r.start().await;
         }
@@ -433,6 +455,8 @@ impl Cluster {
             turn,
             turn_addr,
             notifier,
+            admin,
+            admin_token,
             http,
             _dir: dir,
         };
