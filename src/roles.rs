@@ -840,16 +840,21 @@ async fn connect_nats(args: &NatsArgs, name: String) -> Result<NatsBus, Failure>
     Ok(nats)
 }
 
-/// `/healthz` (the process is alive) and `/readyz` (it can reach NATS).
-/// What a role's `/readyz` checks: NATS, and Redis for the roles that need it.
+/// What a role's `/readyz` checks: NATS, Redis for the roles that need it, and the
+/// store of the roles that own one.
 pub(crate) struct Ready {
     nats: NatsBus,
     redis: Option<RedisProbe>,
+    store: Option<StoreProbe>,
 }
 
 impl From<NatsBus> for Ready {
     fn from(nats: NatsBus) -> Ready {
-        Ready { nats, redis: None }
+        Ready {
+            nats,
+            redis: None,
+            store: None,
+        }
     }
 }
 
@@ -859,8 +864,43 @@ impl Ready {
         Ok(Ready {
             nats,
             redis: Some(RedisProbe::new(url)?),
+            store: None,
         })
     }
+
+    /// Also the store, by one cheap read (`read` answers whether it succeeded).
+    fn with_store<F, Fut>(mut self, read: F) -> Ready
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        self.store = Some(StoreProbe(Arc::new(move || Box::pin(read()))));
+        self
+    }
+}
+
+/// Answers "is the store reachable?" with one read by primary key of something that need
+/// not exist (ScyllaDB, the store role over NATS, or an embedded file), within 2 s.
+#[derive(Clone)]
+struct StoreProbe(
+    #[allow(clippy::type_complexity)]
+    Arc<
+        dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
+    >,
+);
+
+impl StoreProbe {
+    async fn ok(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), (self.0)())
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// A conversation whose head the messages role's readiness probe reads (it need not
+/// exist: a missing one has head 0).
+fn probe_conversation() -> natter_proto::ConversationId {
+    natter_proto::ConversationId::group(natter_proto::GroupId(1))
 }
 
 /// Answers "is Redis reachable?" with a PING on one kept connection (re-opened after a
@@ -903,7 +943,7 @@ impl RedisProbe {
 }
 
 fn health(ready: impl Into<Ready>) -> Router {
-    let Ready { nats, redis } = ready.into();
+    let Ready { nats, redis, store } = ready.into();
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route(
@@ -911,16 +951,22 @@ fn health(ready: impl Into<Ready>) -> Router {
             get(move || {
                 let nats_up = nats.is_connected();
                 let redis = redis.clone();
+                let store = store.clone();
                 async move {
                     if !nats_up {
                         return (StatusCode::SERVICE_UNAVAILABLE, "nats unreachable\n");
                     }
-                    match redis {
-                        Some(probe) if !probe.ok().await => {
-                            (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n")
-                        }
-                        _ => (StatusCode::OK, "ready\n"),
+                    if let Some(probe) = redis
+                        && !probe.ok().await
+                    {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n");
                     }
+                    if let Some(probe) = store
+                        && !probe.ok().await
+                    {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n");
+                    }
+                    (StatusCode::OK, "ready\n")
                 }
             }),
         )
@@ -1101,6 +1147,7 @@ pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
     };
     let mut lease = natter_messages::LeaseConfig::new(args.redis.clone(), instance.clone());
     lease.ttl = Duration::from_millis(args.lease_ttl_ms);
+    let probe_store = store.clone();
     let stop = CancellationToken::new();
     let running = natter_messages::start(
         natter_messages::Config {
@@ -1117,8 +1164,11 @@ pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
     .map_err(config_error)?;
     let http_stop = CancellationToken::new();
     let owned = running.owned.clone();
-    let app =
-        health(Ready::with_redis(nats, &args.redis)?).merge(crate::openapi::partitions(owned));
+    let ready = Ready::with_redis(nats, &args.redis)?.with_store(move || {
+        let store = probe_store.clone();
+        async move { store.head(&probe_conversation()).await.is_ok() }
+    });
+    let app = health(ready).merge(crate::openapi::partitions(owned));
     let server = serve_http("messages", args.listen, app, http_stop.clone()).await?;
     tracing::info!(instance = %instance, "messages running");
 
@@ -1217,6 +1267,11 @@ pub async fn groups(args: GroupsArgs) -> Result<(), Failure> {
     )
     .await?;
     let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let probe_store = store.clone();
+    let ready = Ready::from(nats).with_store(move || {
+        let store = probe_store.clone();
+        async move { store.load(natter_proto::GroupId(1)).await.is_ok() }
+    });
     let stop = CancellationToken::new();
     let service = natter_groups::start(
         natter_groups::Config {
@@ -1234,7 +1289,7 @@ pub async fn groups(args: GroupsArgs) -> Result<(), Failure> {
     .context("starting the groups service")
     .map_err(Failure::Runtime)?;
     let grace = Duration::from_secs(args.drain_grace_s);
-    run_service("groups", args.listen, nats, stop, service, grace).await
+    run_service("groups", args.listen, ready, stop, service, grace).await
 }
 
 pub async fn people(args: PeopleArgs) -> Result<(), Failure> {
@@ -1264,13 +1319,18 @@ pub async fn people(args: PeopleArgs) -> Result<(), Failure> {
     )
     .await?;
     let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let probe_store = store.clone();
+    let ready = Ready::from(nats).with_store(move || {
+        let store = probe_store.clone();
+        async move { store.profile(natter_proto::UserId(1)).await.is_ok() }
+    });
     let stop = CancellationToken::new();
     let service = natter_people::start(store, bus, config, stop.clone())
         .await
         .context("starting the people service")
         .map_err(Failure::Runtime)?;
     let grace = Duration::from_secs(args.drain_grace_s);
-    run_service("people", args.listen, nats, stop, service, grace).await
+    run_service("people", args.listen, ready, stop, service, grace).await
 }
 
 pub async fn media(args: MediaArgs) -> Result<(), Failure> {
@@ -1301,6 +1361,11 @@ pub async fn media(args: MediaArgs) -> Result<(), Failure> {
     )
     .await?;
     let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let probe_store = store.clone();
+    let ready = Ready::from(nats).with_store(move || {
+        let store = probe_store.clone();
+        async move { store.media("readyz-probe").await.is_ok() }
+    });
     let auth = natter_sessions::DeviceAuth::new(verifier, bus.clone(), config.request_timeout);
     let media = natter_media::Media::new(config, store, objects, bus.clone(), auth);
     let stop = CancellationToken::new();
@@ -1310,7 +1375,7 @@ pub async fn media(args: MediaArgs) -> Result<(), Failure> {
         .map_err(Failure::Runtime)?;
     let routes = natter_media::router(media).merge(crate::openapi::router());
     let grace = Duration::from_secs(args.drain_grace_s);
-    run_service_with_routes("media", args.listen, nats, routes, stop, service, grace).await
+    run_service_with_routes("media", args.listen, ready, routes, stop, service, grace).await
 }
 
 pub async fn calls(args: CallsArgs) -> Result<(), Failure> {

@@ -390,7 +390,7 @@ async fn groups_are_listed_inspected_and_deleted() {
     bounded(60, async {
         let server = Server::start().await;
         let admin = AdminApi::new(&server);
-        let (ann, bob, a, b) = ann_and_bob(&server, "grp").await;
+        let (_ann, bob, a, b) = ann_and_bob(&server, "grp").await;
         let group = a
             .create_group("to be deleted", &[bob.user_id])
             .await
@@ -643,7 +643,7 @@ async fn stats_move_with_traffic() {
     bounded(60, async {
         let server = Server::start_with(&[("NATTER_STATS_INTERVAL_MS", "300")]).await;
         let admin = AdminApi::new(&server);
-        let (ann, bob, a, b) = ann_and_bob(&server, "st").await;
+        let (_ann, bob, a, b) = ann_and_bob(&server, "st").await;
         for i in 0..10 {
             a.send_text(bob.user_id, &format!("m{i}")).await.unwrap();
         }

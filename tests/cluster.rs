@@ -1188,7 +1188,7 @@ async fn closed_with(c: &Client, secs: u64) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_role_sees_and_acts_across_edges_and_services() {
     use reqwest::{Method, StatusCode};
-    let cluster = Cluster::start(Shape {
+    let mut cluster = Cluster::start(Shape {
         admin: true,
         people: true,
         presence: true,
@@ -1341,6 +1341,23 @@ async fn the_admin_role_sees_and_acts_across_edges_and_services() {
             .register(&ann.username, common::PASSWORD)
             .await
             .expect("the username is free again");
+
+        // Readiness covers the store: with the store role gone, the messages instances
+        // say so; back once it is.
+        cluster.store.kill9().await;
+        let readyz = cluster.messages[0].get("/readyz").await.expect("readyz");
+        assert_eq!(readyz.status(), 503);
+        assert_eq!(readyz.text().await.unwrap(), "store unreachable\n");
+        cluster.store.start().await;
+        eventually(Duration::from_secs(10), "messages ready again", || {
+            let role = &cluster.messages[0];
+            async move {
+                role.get("/readyz")
+                    .await
+                    .is_some_and(|r| r.status().as_u16() == 200)
+            }
+        })
+        .await;
     })
     .await;
 }
