@@ -90,10 +90,7 @@ async fn list_groups(
     query: Result<Query<GroupsQuery>, QueryRejection>,
 ) -> Result<Json<GroupPage>, ApiError> {
     let Query(q) = query?;
-    let limit = q.limit.unwrap_or(50);
-    if limit == 0 || limit > 500 {
-        return Err(ApiError::Invalid("limit must be 1 to 500".into()));
-    }
+    let limit = crate::page_limit(q.limit, 50, 500)?;
     let after = match q.after.as_deref() {
         None | Some("") => 0,
         Some(s) => parse_id("after", s)?,

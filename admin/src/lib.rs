@@ -323,6 +323,18 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// A page size from a query: `default` when absent, else 1 to `max`.
+fn page_limit<T>(limit: Option<T>, default: T, max: T) -> Result<T, ApiError>
+where
+    T: Copy + PartialOrd + Default + std::fmt::Display,
+{
+    let limit = limit.unwrap_or(default);
+    if limit <= T::default() || limit > max {
+        return Err(ApiError::Invalid(format!("limit must be 1 to {max}")));
+    }
+    Ok(limit)
+}
+
 /// A decimal id from a path or query (`0` and non-numbers are refused).
 fn parse_id(what: &str, s: &str) -> Result<u64, ApiError> {
     match s.parse::<u64>() {
@@ -338,4 +350,41 @@ pub(crate) fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_limits_and_ids() {
+        assert_eq!(page_limit(None, 50u32, 500).unwrap(), 50);
+        assert_eq!(page_limit(Some(500u32), 50, 500).unwrap(), 500);
+        assert!(page_limit(Some(0u32), 50, 500).is_err());
+        assert!(page_limit(Some(501u32), 50, 500).is_err());
+        assert_eq!(parse_id("id", "42").unwrap(), 42);
+        for bad in ["0", "-1", "x", "", "18446744073709551616"] {
+            assert!(parse_id("id", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn service_errors_keep_their_meaning() {
+        let e = |code: ErrorCode| {
+            ApiError::from_proto(v1::Error {
+                code: code as i32,
+                message: "m".into(),
+            })
+            .into_response()
+            .status()
+        };
+        assert_eq!(e(ErrorCode::InvalidArgument), StatusCode::BAD_REQUEST);
+        assert_eq!(e(ErrorCode::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(e(ErrorCode::Forbidden), StatusCode::FORBIDDEN);
+        assert_eq!(e(ErrorCode::Conflict), StatusCode::CONFLICT);
+        assert_eq!(e(ErrorCode::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e(ErrorCode::Internal), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(check(None).is_ok());
+        assert!(check(Some(v1::Error::default())).is_ok());
+    }
 }

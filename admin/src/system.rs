@@ -217,10 +217,7 @@ async fn audit(
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let Query(q) = query?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::Invalid("limit must be 1 to 1000".into()));
-    }
+    let limit = crate::page_limit(q.limit, 100, 1000)?;
     Ok(Json(AuditPage {
         entries: admin.inner.audit.recent(limit),
     }))

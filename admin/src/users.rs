@@ -108,10 +108,7 @@ async fn search_users(
     query: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Result<Json<UserPage>, ApiError> {
     let Query(q) = query?;
-    let limit = q.limit.unwrap_or(50);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::Invalid(format!("limit must be 1 to {MAX_PAGE}")));
-    }
+    let limit = crate::page_limit(q.limit, 50, MAX_PAGE)?;
     let prefix = q.prefix.unwrap_or_default();
     if prefix.len() > 64 {
         return Err(ApiError::Invalid("prefix is longer than 64 bytes".into()));
