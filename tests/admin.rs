@@ -309,6 +309,18 @@ async fn a_ban_closes_every_device_at_once_and_refuses_logins_until_unbanned() {
             natter_client::Client::connect(&server.ws_url(), &ann.access_token, no_reconnect())
                 .await;
         assert!(reconnect.is_err(), "a banned device reconnected");
+        // The other services' REST endpoints say so too.
+        for path in ["/v1/media/usage", "/v1/calls/ice-servers", "/v1/mutes"] {
+            let r = reqwest::Client::new()
+                .get(format!("{}{path}", server.base_url()))
+                .bearer_auth(&ann.access_token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "account_disabled", "{path}: {body}");
+        }
 
         let detail = admin.get(&format!("/admin/v1/users/{}", ann.user_id)).await;
         assert_eq!(detail["account"]["disabled"], true);

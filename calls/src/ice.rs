@@ -242,6 +242,7 @@ impl IntoResponse for AuthFailure {
             DeviceAuthError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             DeviceAuthError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             DeviceAuthError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            DeviceAuthError::AccountDisabled => (StatusCode::FORBIDDEN, "account_disabled"),
         };
         let body = serde_json::json!({ "error": { "code": code, "message": self.0.to_string() } });
         let mut response = (status, Json(body)).into_response();

@@ -9,8 +9,8 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
+use natter_sessions::DeviceAuthError;
 pub(crate) use natter_sessions::Identity;
-use natter_sessions::{DeviceAuthError, DeviceAuthRefusal};
 
 use crate::Inner;
 
@@ -26,23 +26,23 @@ pub(crate) async fn authenticate(
 ) -> Result<Identity, Response> {
     inner
         .auth
-        .identify(headers, query_token)
+        .authenticate(headers, query_token)
         .await
         .map_err(|e| match e {
-            DeviceAuthRefusal::AccountDisabled => reject(
+            DeviceAuthError::AccountDisabled => reject(
                 StatusCode::FORBIDDEN,
                 "account_disabled",
                 "this account is disabled",
             ),
-            DeviceAuthRefusal::Other(DeviceAuthError::Unauthorized(m)) => {
+            DeviceAuthError::Unauthorized(m) => {
                 reject(StatusCode::UNAUTHORIZED, "unauthorized", &m)
             }
-            DeviceAuthRefusal::Other(DeviceAuthError::Unavailable) => reject(
+            DeviceAuthError::Unavailable => reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "try again shortly",
             ),
-            DeviceAuthRefusal::Other(DeviceAuthError::Internal) => reject(
+            DeviceAuthError::Internal => reject(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "internal error",

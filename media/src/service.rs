@@ -128,6 +128,9 @@ pub enum MediaError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The caller's account is disabled by an administrator.
+    #[error("this account is disabled")]
+    AccountDisabled,
     #[error("{0}")]
     NotFound(String),
     #[error("the upload stands at offset {offset}")]
@@ -159,6 +162,7 @@ impl MediaError {
             MediaError::BadRequest(_) => (400, "invalid_argument"),
             MediaError::Unauthorized(_) => (401, "unauthorized"),
             MediaError::Forbidden(_) => (403, "forbidden"),
+            MediaError::AccountDisabled => (403, "account_disabled"),
             MediaError::NotFound(_) => (404, "not_found"),
             MediaError::OffsetMismatch { .. } => (409, "offset_mismatch"),
             MediaError::Incomplete { .. } => (409, "incomplete"),
@@ -442,6 +446,7 @@ impl Media {
                     MediaError::Unavailable("sessions unavailable, retry".into())
                 }
                 DeviceAuthError::Internal => MediaError::Internal("internal error".into()),
+                DeviceAuthError::AccountDisabled => MediaError::AccountDisabled,
             })
     }
 

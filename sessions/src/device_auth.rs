@@ -33,17 +33,10 @@ pub enum DeviceAuthError {
     /// The sessions service answered nonsense: 500.
     #[error("internal error")]
     Internal,
-}
-
-/// Why [`DeviceAuth::identify`] refused a caller: a [`DeviceAuthError`], or a logged-in
-/// device whose account an administrator disabled.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum DeviceAuthRefusal {
-    /// 403 `account_disabled`: logging in again will not help.
+    /// A logged-in device whose account an administrator disabled: 403
+    /// `account_disabled` (logging in again will not help).
     #[error("this account is disabled")]
     AccountDisabled,
-    #[error(transparent)]
-    Other(#[from] DeviceAuthError),
 }
 
 /// Authenticates devices. Cheap to clone.
@@ -70,31 +63,13 @@ impl DeviceAuth {
     }
 
     /// The caller of a request: the bearer token from `headers`, else `query_token`.
-    /// A disabled account's device is [`DeviceAuthError::Unauthorized`] here; see
-    /// [`DeviceAuth::identify`] to tell it apart.
+    /// A logged-in device of a disabled account is [`DeviceAuthError::AccountDisabled`]
+    /// (403, so the client knows logging in again will not help).
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
         query_token: Option<&str>,
     ) -> Result<Identity, DeviceAuthError> {
-        self.identify(headers, query_token)
-            .await
-            .map_err(|refusal| match refusal {
-                DeviceAuthRefusal::AccountDisabled => {
-                    DeviceAuthError::Unauthorized(refusal.to_string())
-                }
-                DeviceAuthRefusal::Other(e) => e,
-            })
-    }
-
-    /// Like [`DeviceAuth::authenticate`], but a logged-in device of a disabled account
-    /// is [`DeviceAuthRefusal::AccountDisabled`] (the edge answers it with 403, so the
-    /// client knows not to log in again).
-    pub async fn identify(
-        &self,
-        headers: &HeaderMap,
-        query_token: Option<&str>,
-    ) -> Result<Identity, DeviceAuthRefusal> {
         let header_token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -129,12 +104,12 @@ impl DeviceAuth {
             DeviceAuthError::Internal
         })?;
         if status.disabled {
-            return Err(DeviceAuthRefusal::AccountDisabled);
+            return Err(DeviceAuthError::AccountDisabled);
         }
         if !status.active {
-            return Err(DeviceAuthRefusal::Other(DeviceAuthError::Unauthorized(
+            return Err(DeviceAuthError::Unauthorized(
                 "this device is logged out".into(),
-            )));
+            ));
         }
         Ok(Identity {
             user: claims.user,

@@ -37,7 +37,7 @@ use std::{
 
 pub use api::{openapi, router};
 pub use bus_service::start;
-pub use device_auth::{DeviceAuth, DeviceAuthError, DeviceAuthRefusal, Identity};
+pub use device_auth::{DeviceAuth, DeviceAuthError, Identity};
 pub use token::{AuthError, Claims, TokenVerifier};
 pub use users::Users;
 
