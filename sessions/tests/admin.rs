@@ -625,3 +625,48 @@ async fn announcement_pages_are_capped() {
     assert_eq!(count("?limit=1000").await, 200);
     assert_eq!(count("?after=200").await, 5);
 }
+
+/// A connection that passed its device check just before the ban but subscribed to the
+/// user's pushes after the kick went out is closed by the second kick; an account
+/// enabled again in between is not kicked twice.
+#[tokio::test]
+async fn a_ban_kicks_again_once_unless_lifted() {
+    let a = admin().await;
+    let (app, bus) = (&a.h.app, &a.h.bus);
+    let alice = register(app, "alice").await;
+    let bob = register(app, "bob").await;
+
+    ask(bus, set_disabled(alice, true, "spam")).await;
+    // Subscribed after the first kick: only the second reaches it.
+    let mut late = bus
+        .subscribe(&Subject::user(UserId(alice)), 8)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let push = next_push(&mut late).await;
+    assert!(matches!(
+        push.body,
+        Some(user_push::Body::Kick(Kick { disabled: true, .. }))
+    ));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the second kick waits"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(2500), late.next())
+            .await
+            .is_err(),
+        "two kicks in all"
+    );
+
+    let mut pushes = bus.subscribe(&Subject::user(UserId(bob)), 8).await.unwrap();
+    ask(bus, set_disabled(bob, true, "")).await;
+    next_push(&mut pushes).await;
+    ask(bus, set_disabled(bob, false, "")).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(3000), pushes.next())
+            .await
+            .is_err(),
+        "no second kick once enabled"
+    );
+}
