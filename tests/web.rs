@@ -46,12 +46,21 @@ async fn web_client_chats_in_a_real_browser() {
     }
 
     let server = Server::start().await;
+    // The moderation steps call the admin API with the token `natter serve` wrote.
+    let token_file = std::fs::read_to_string(server.data_dir().join("admin.token"))
+        .expect("natter serve writes <data-dir>/admin.token");
+    let admin_token = token_file
+        .trim()
+        .strip_prefix("admin:")
+        .expect("admin:<token>")
+        .to_owned();
     let artifacts = root.join("target/web-artifacts");
     std::fs::create_dir_all(&artifacts).expect("the artifact directory");
     let run = tokio::process::Command::new("node")
         .arg(web.join("tests/browser.mjs"))
         .arg(server.base_url())
         .arg(&artifacts)
+        .env("NATTER_ADMIN_TOKEN", admin_token)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();

@@ -11,9 +11,16 @@
 // arrives as a download link. Then calls: ann places a video call to bo (fake camera and
 // microphone), bo answers from the incoming-call banner, both peer connections connect
 // and bo's page plays ann's video; mute and camera toggles; ann hangs up, both see the
-// call ended and its history line. Saves screenshots.
+// call ended and its history line. Then moderation, through the admin API: a message
+// deleted for everyone turns into "This message was deleted" on both pages (live, and
+// from history after a reload, also one deleted while ann's page was closed); an
+// announcement shows as a banner on both pages and is dismissed; one posted while ann's
+// page was closed is fetched when she comes back, and a seen one is not shown again on
+// a reload. Saves screenshots.
 //
-//   node browser.mjs <base url> <screenshot dir>
+//   NATTER_ADMIN_TOKEN=<admin token> node browser.mjs <base url> <screenshot dir>
+//
+// The admin token is the part after `admin:` in <data dir>/admin.token of `natter serve`.
 //
 // NATTER_WEB_DIR=<clients/web> serves the page and its assets from that directory
 // instead of the server (to try client changes without rebuilding natter).
@@ -25,8 +32,9 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 
 const [base, outDir] = process.argv.slice(2);
-if (!base || !outDir) {
-  console.error("usage: node browser.mjs <base url> <screenshot dir>");
+const ADMIN_TOKEN = process.env.NATTER_ADMIN_TOKEN;
+if (!base || !outDir || !ADMIN_TOKEN) {
+  console.error("usage: NATTER_ADMIN_TOKEN=<admin token> node browser.mjs <base url> <screenshot dir>");
   process.exit(2);
 }
 mkdirSync(outDir, { recursive: true });
@@ -45,6 +53,8 @@ const userB = `bo_${suffix}`;
 const userC = `cy_${suffix}`;
 const GROUP = `Trip ${suffix}`;
 const PASSWORD = "correct horse battery";
+// What a message deleted for everyone by an administrator shows instead.
+const DELETED = "This message was deleted";
 
 let browser;
 const pages = {};
@@ -273,6 +283,8 @@ async function main() {
   await media(a, b);
   if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
   await calls(a, b);
+  if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
+  await moderation(a, b);
   if (pageErrors.length) throw new Error(`errors in the page:\n${pageErrors.join("\n")}`);
 }
 
@@ -913,4 +925,179 @@ async function waitCallLog(page, who, count, re) {
 async function closeCallPanel(page, who) {
   await page.click("#call-close");
   await waitFor(page, `${who}'s call panel to close`, () => document.querySelector("#call").hidden);
+}
+
+// ---- moderation: deleted messages and announcements (admin API) ----
+
+/** Calls natter's admin API: {status, body} (body parsed as JSON when it is). */
+async function admin(method, path, body) {
+  const res = await fetch(`${base}/admin/v1${path}`, {
+    method,
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...(body ? { "content-type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+    signal: AbortSignal.timeout(WAIT_MS),
+  });
+  const text = await res.text();
+  try {
+    return { status: res.status, body: JSON.parse(text) };
+  } catch {
+    return { status: res.status, body: text };
+  }
+}
+
+async function adminDelete(convId, seq) {
+  const res = await admin("DELETE", `/conversations/${convId}/messages/${seq}`);
+  if (res.status !== 200 || Number(res.body?.seq) !== seq) throw new Error(`the admin delete of ${convId}/${seq}: ${JSON.stringify(res)}`);
+}
+
+/** Posts an announcement; its id. */
+async function announce(text) {
+  const res = await admin("POST", "/announcements", { text });
+  if (res.status !== 201 || res.body?.text !== text || !/^\d+$/.test(res.body?.id || "")) {
+    throw new Error(`the admin announcement: ${JSON.stringify(res)}`);
+  }
+  return res.body.id;
+}
+
+/** The seq of `page`'s own message `text` (once the server acked it). */
+async function seqOf(page, who, text) {
+  await waitStatus(page, who, text, ["sent", "delivered", "read"]);
+  return page.$eval(
+    "#messages",
+    (list, text) => Number([...list.querySelectorAll(".msg.mine")].find((e) => e.querySelector(".text").textContent === text).dataset.seq),
+    text,
+  );
+}
+
+/** Waits until message `seq` of `page`'s open chat shows as deleted, and `original` nowhere. */
+async function waitDeleted(page, who, seq, original) {
+  await waitFor(
+    page,
+    `${who} to see message ${seq} ("${original}") as "${DELETED}"`,
+    ([seq, original, deleted]) => {
+      const li = document.querySelector(`#messages .msg[data-seq="${seq}"]`);
+      return (
+        !!li &&
+        li.classList.contains("deleted") &&
+        li.querySelector(".text.deleted")?.textContent === deleted &&
+        !li.textContent.includes(original) &&
+        ![...document.querySelectorAll("#messages .msg .text")].some((e) => e.textContent.includes(original))
+      );
+    },
+    [seq, original, DELETED],
+  );
+}
+
+/** Waits until `page` shows exactly the announcement banners `want` ([id, text], in order). */
+async function waitBanners(page, who, want) {
+  await waitFor(
+    page,
+    `${who} to show the announcement banners ${JSON.stringify(want)}`,
+    (want) => {
+      const box = document.querySelector("#announcements");
+      const got = [...box.querySelectorAll(".announcement")].map((e) => [e.dataset.id, e.querySelector(".announcement-text").textContent]);
+      const shownBox = !box.hidden && box.getBoundingClientRect().height > 0;
+      return JSON.stringify(got) === JSON.stringify(want.map(([id, text]) => [id, `📢 ${text}`])) && shownBox === want.length > 0;
+    },
+    want,
+  );
+}
+
+/** Resolves with the page's next `GET /v1/announcements` response. */
+function announcementsFetch(page, who) {
+  return page
+    .waitForResponse((r) => new URL(r.url()).pathname === "/v1/announcements" && r.request().method() === "GET", { timeout: WAIT_MS })
+    .catch((e) => {
+      throw new Error(`timed out after ${WAIT_MS / 1000} s waiting for: ${who}'s page to fetch GET /v1/announcements\n${e.message.split("\n")[0]}`);
+    });
+}
+
+async function moderation(a, b) {
+  const t0 = Date.now();
+  const idOf = (p) => p.evaluate(() => window.natter.me.userId);
+  const [idA, idB] = [await idOf(a), await idOf(b)];
+  const direct = directId(idA, idB);
+  for (const [who, p] of [["ann", a], ["bo", b]]) {
+    if (!(await p.isHidden("#call"))) await closeCallPanel(p, who);
+  }
+  await openConv(a, "ann", direct);
+  await openConv(b, "bo", direct);
+
+  // ann writes two messages; an administrator deletes the first for everyone: both
+  // pages replace it at once, and the conversation list previews it as deleted.
+  const GONE = `rude words ${suffix}`;
+  const GONE_LATER = `also rude ${suffix}`;
+  await send(a, GONE);
+  const seq = await seqOf(a, "ann", GONE);
+  await send(a, GONE_LATER);
+  const seqLater = await seqOf(a, "ann", GONE_LATER);
+  await waitShown(b, "bo", GONE_LATER);
+  await adminDelete(direct, seq);
+  await waitDeleted(a, "ann", seq, GONE);
+  await waitDeleted(b, "bo", seq, GONE);
+  const kept = (await shown(b)).find((m) => m.text === GONE_LATER);
+  if (!kept) throw new Error(`bo's next message "${GONE_LATER}" went too`);
+  log(`message ${seq} deleted by an administrator: both pages show "${DELETED}"`);
+
+  // An announcement while both are online: pushed, a banner on both pages; ann
+  // dismisses hers, bo's stays.
+  const NEWS1 = `Maintenance tonight ${suffix}`;
+  const id1 = await announce(NEWS1);
+  await waitBanners(a, "ann", [[id1, NEWS1]]);
+  await waitBanners(b, "bo", [[id1, NEWS1]]);
+  await a.screenshot({ path: join(outDir, "announcement-desktop.png") });
+  await b.screenshot({ path: join(outDir, "announcement-phone.png") });
+  await a.click(`#announcements .announcement[data-id="${id1}"] .announcement-close`);
+  await waitBanners(a, "ann", []);
+  await b.waitForTimeout(300);
+  await waitBanners(b, "bo", [[id1, NEWS1]]);
+  log("announcement shown on both pages; ann dismissed hers");
+
+  // ann's page is closed; meanwhile her second message is deleted and a second
+  // announcement is posted (bo gets it pushed).
+  await a.goto("about:blank");
+  await adminDelete(direct, seqLater);
+  await waitDeleted(b, "bo", seqLater, GONE_LATER);
+  const NEWS2 = `Back to normal ${suffix}`;
+  const id2 = await announce(NEWS2);
+  await waitBanners(b, "bo", [[id1, NEWS1], [id2, NEWS2]]);
+
+  // ann comes back: her page asks for the announcements after the last one it showed
+  // her and shows the one she missed (not the one she dismissed).
+  let fetched = announcementsFetch(a, "ann");
+  await a.goto(base, { timeout: WAIT_MS });
+  await waitConn(a, "ann", "online");
+  let res = await fetched;
+  const after = new URL(res.url()).searchParams.get("after");
+  if (res.status() !== 200 || after !== id1) throw new Error(`ann's page fetched the announcements after ${after} (HTTP ${res.status()}), expected after ${id1}`);
+  await waitBanners(a, "ann", [[id2, NEWS2]]);
+  log("ann's page, opened again, shows the announcement she missed");
+
+  // Seen (though not dismissed): not shown again on a reload.
+  fetched = announcementsFetch(a, "ann");
+  await a.reload();
+  await waitConn(a, "ann", "online");
+  res = await fetched;
+  await res.finished();
+  if (new URL(res.url()).searchParams.get("after") !== id2) throw new Error(`ann's page fetched ${res.url()} after the reload, expected after=${id2}`);
+  await a.waitForTimeout(500);
+  await waitBanners(a, "ann", []);
+
+  // After the reload, ann's chat comes from history: both messages are deleted there,
+  // the one deleted while her page was closed too.
+  await openConv(a, "ann", direct);
+  await waitDeleted(a, "ann", seq, GONE);
+  await waitDeleted(a, "ann", seqLater, GONE_LATER);
+  await waitFor(a, `ann's list to preview "${DELETED}"`, ([id, deleted]) =>
+    document.querySelector(`#conversations .conv[data-conv="${id}"] .conv-last`)?.textContent === deleted, [direct, DELETED]);
+  log("after a reload: no banner again, both deleted messages still deleted (from history)");
+
+  // bo dismisses his banners one by one.
+  await b.click(`#announcements .announcement[data-id="${id1}"] .announcement-close`);
+  await waitBanners(b, "bo", [[id2, NEWS2]]);
+  await b.click(`#announcements .announcement[data-id="${id2}"] .announcement-close`);
+  await waitBanners(b, "bo", []);
+  await a.screenshot({ path: join(outDir, "deleted-desktop.png") });
+  await b.screenshot({ path: join(outDir, "deleted-phone.png") });
+  log(`bo dismissed both banners (moderation took ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 }
