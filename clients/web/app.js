@@ -620,7 +620,8 @@ class App {
     return Number(localStorage.getItem(this.announcedKey()) || 0);
   }
 
-  /** Shows an announcement as a banner unless it was shown already (ids above `after` are new). */
+  /** Shows an announcement as a banner unless this page showed it already or its id is
+   *  not above `after` (what this browser had shown when the page connected). */
   showAnnouncement(a, after = this.lastAnnouncement()) {
     const id = Number(a.id || 0);
     if (!this.me || !id || id <= after || this.seenAnnouncements.has(id)) return;
@@ -1635,7 +1636,9 @@ class App {
     } else if (f.messageDeleted) {
       this.onMessageDeleted(f.messageDeleted);
     } else if (f.announcement) {
-      this.showAnnouncement(f.announcement);
+      // Pushed live: new for this page whatever another tab of this browser already
+      // stored as shown (each page still shows an id once).
+      this.showAnnouncement(f.announcement, 0);
     } else if (f.callResult) {
       this.requests.delete(f.id);
       this.onCallResult(f.callResult, req);
