@@ -353,7 +353,7 @@ async fn refresh(
 )]
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     let claims = authenticate(&state.sessions, &headers)?;
-    state.sessions.logout(claims, state.bus.as_ref()).await?;
+    state.sessions.logout(claims, &state.bus).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
