@@ -178,6 +178,12 @@ impl Sessions {
                 "device_name must be 1 to 64 characters without control characters".into(),
             ));
         }
+        // A locked account is refused before its password is looked at: guessing gets
+        // no faster by trying harder.
+        let started = std::time::Instant::now();
+        if let Err(wait) = self.inner.lockout.check(&username, started) {
+            return Err(ApiError::TooManyAttempts(wait));
+        }
         // Names and passwords that could never have been registered take the same path
         // (and time) as unknown users.
         let plausible = valid_username(&username) && valid_password(&password);
@@ -202,8 +208,16 @@ impl Sessions {
             })
             .await?;
         let Some(user) = user else {
+            // Unknown names count too (per name), so probing for accounts locks alike;
+            // names that could never exist are not kept (they would only take memory).
+            if valid_username(&username)
+                && let Some(lock) = self.inner.lockout.failed(&username, started)
+            {
+                tracing::warn!(username = %username, lock_s = lock.as_secs_f64(), "logins locked after repeated wrong passwords");
+            }
             return Err(ApiError::BadCredentials);
         };
+        self.inner.lockout.succeeded(&username);
         // Only after the password: a ban is nobody else's business.
         if self.inner.cache_read().is_disabled(user) {
             return Err(ApiError::AccountDisabled);

@@ -37,6 +37,9 @@ pub(crate) enum ApiError {
     BadRefreshToken,
     /// An administrator disabled the account: 403 `account_disabled`.
     AccountDisabled,
+    /// Too many wrong passwords for this account: 429 `too_many_attempts`, with
+    /// `Retry-After` (whole seconds, rounded up).
+    TooManyAttempts(std::time::Duration),
     NotFound(&'static str),
     Conflict(String),
     /// Details were logged where it happened.
@@ -52,6 +55,11 @@ struct ErrorBody<'a> {
 struct ErrorDetail<'a> {
     code: &'a str,
     message: &'a str,
+}
+
+/// Whole seconds to wait, rounded up (at least 1).
+fn retry_after_s(wait: std::time::Duration) -> u64 {
+    (wait.as_millis().div_ceil(1000) as u64).max(1)
 }
 
 impl IntoResponse for ApiError {
@@ -81,6 +89,14 @@ impl IntoResponse for ApiError {
                 "unauthorized",
                 "invalid or expired refresh token".to_owned(),
             ),
+            ApiError::TooManyAttempts(wait) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                format!(
+                    "too many wrong passwords for this account; try again in {} s",
+                    retry_after_s(*wait)
+                ),
+            ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", (*m).to_owned()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
             ApiError::Internal => (
@@ -96,6 +112,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if let ApiError::TooManyAttempts(wait) = &self
+            && let Ok(value) = HeaderValue::from_str(&retry_after_s(*wait).to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         if status == StatusCode::UNAUTHORIZED && matches!(self, ApiError::Auth(_)) {
             response
                 .headers_mut()
@@ -298,6 +319,7 @@ async fn register(
         (status = 401, description = "`unauthorized`: a bad username or password", body = ErrorSchema),
         (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
         (status = 413, description = "`payload_too_large`: the body is over 16 KiB", body = ErrorSchema),
+        (status = 429, description = "`too_many_attempts`: too many wrong passwords for this account; see `Retry-After`", body = ErrorSchema),
         (status = 500, description = "`internal`", body = ErrorSchema),
     )
 )]

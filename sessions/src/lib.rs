@@ -22,6 +22,7 @@ mod cache;
 mod device_auth;
 pub mod directory;
 mod keyfile;
+mod lockout;
 pub mod openapi;
 mod password;
 mod push;
@@ -38,6 +39,7 @@ use std::{
 pub use api::{openapi, router};
 pub use bus_service::start;
 pub use device_auth::{DeviceAuth, DeviceAuthError, Identity};
+pub use lockout::LoginLimits;
 pub use token::{AuthError, Claims, TokenVerifier};
 pub use users::Users;
 
@@ -68,6 +70,8 @@ pub struct Config {
     pub refresh_ttl: Duration,
     /// Argon2id memory cost in KiB (t=2, p=1).
     pub argon2_memory_kib: u32,
+    /// Wrong passwords allowed per account before its logins lock (see [`LoginLimits`]).
+    pub login_limits: LoginLimits,
 }
 
 impl Default for Config {
@@ -78,6 +82,7 @@ impl Default for Config {
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             argon2_memory_kib: 19_456,
+            login_limits: LoginLimits::default(),
         }
     }
 }
@@ -129,6 +134,8 @@ struct Inner {
     /// Held by an admin change from its commit through its cache update, so the cache
     /// sees concurrent changes of one account in the order the store did.
     admin_lock: std::sync::Mutex<()>,
+    /// Failed logins per account (see [`LoginLimits`]).
+    lockout: lockout::Lockout,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -176,6 +183,7 @@ impl Sessions {
                 access_ttl: config.access_ttl,
                 refresh_ttl: config.refresh_ttl,
                 admin_lock: std::sync::Mutex::new(()),
+                lockout: lockout::Lockout::new(config.login_limits),
             }),
         })
     }

@@ -668,3 +668,64 @@ async fn bus_user_lookup_by_id_and_username() {
     assert!(after.is_err(), "{after:?}");
     drop(h.dir);
 }
+
+/// Wrong passwords lock an account's logins for longer and longer; while locked even the
+/// right password is refused without being checked (429 with Retry-After); once the lock
+/// runs out the right password works and the count starts over.
+#[tokio::test]
+async fn repeated_wrong_passwords_lock_the_account_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let sessions = Sessions::open(Config {
+        login_limits: natter_sessions::LoginLimits {
+            free_failures: 2,
+            base: Duration::from_millis(400),
+            max: Duration::from_secs(60),
+        },
+        ..config(dir.path(), None)
+    })
+    .unwrap();
+    let app = router(sessions, Arc::new(InProcessBus::new()));
+    let (status, _) = register(&app, "locked", "password123").await;
+    assert_eq!(status, StatusCode::CREATED);
+    register(&app, "other", "password123").await;
+
+    for _ in 0..2 {
+        let (status, body) = login(&app, "locked", "wrong-password").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    // The third wrong one starts a lock; the right password is refused while it runs.
+    let (status, _) = login(&app, "locked", "wrong-password").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/sessions")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({"username": "locked", "password": "password123", "device_name": "d"})
+                .to_string(),
+        ))
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(app.clone(), req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    // Other accounts are not affected.
+    let (status, _) = login(&app, "other", "password123").await;
+    assert_eq!(status, StatusCode::OK);
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    // One more wrong one: the next lock is twice as long.
+    let (status, _) = login(&app, "locked", "wrong-password").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let (status, body) = login(&app, "locked", "password123").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(error_code(&body), "too_many_attempts");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, body) = login(&app, "locked", "password123").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The count started over: two free failures again.
+    for _ in 0..2 {
+        let (status, _) = login(&app, "locked", "wrong-password").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+}
