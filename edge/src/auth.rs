@@ -6,46 +6,36 @@
 
 use axum::{
     Json,
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use natter_sessions::DeviceAuthError;
 pub(crate) use natter_sessions::Identity;
-
-use crate::Inner;
 
 pub(crate) fn reject(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
     (status, Json(body)).into_response()
 }
 
-pub(crate) async fn authenticate(
-    inner: &Inner,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> Result<Identity, Response> {
-    inner
-        .auth
-        .authenticate(headers, query_token)
-        .await
-        .map_err(|e| match e {
-            DeviceAuthError::AccountDisabled => reject(
-                StatusCode::FORBIDDEN,
-                "account_disabled",
-                "this account is disabled",
-            ),
-            DeviceAuthError::Unauthorized(m) => {
-                reject(StatusCode::UNAUTHORIZED, "unauthorized", &m)
-            }
-            DeviceAuthError::Unavailable => reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "try again shortly",
-            ),
-            DeviceAuthError::Internal => reject(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            ),
-        })
+/// The HTTP answer to a refused upgrade: 401 for a bad token or a logged-out device, 403
+/// `account_disabled`, 503 when sessions did not answer.
+pub(crate) fn refusal(e: DeviceAuthError) -> Response {
+    match e {
+        DeviceAuthError::AccountDisabled => reject(
+            StatusCode::FORBIDDEN,
+            "account_disabled",
+            "this account is disabled",
+        ),
+        DeviceAuthError::Unauthorized(m) => reject(StatusCode::UNAUTHORIZED, "unauthorized", &m),
+        DeviceAuthError::Unavailable => reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "try again shortly",
+        ),
+        DeviceAuthError::Internal => reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        ),
+    }
 }

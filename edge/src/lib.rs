@@ -28,7 +28,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use natter_bus::Bus;
-use natter_proto::codec::WireFormat;
+use natter_proto::{Subject, codec::WireFormat};
 use natter_sessions::{TokenVerifier, directory::SessionDirectory, openapi::ErrorBody};
 use serde::Deserialize;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -266,9 +266,25 @@ async fn upgrade(
             "this node is draining",
         );
     }
-    let identity = match auth::authenticate(inner, &headers, query.access_token.as_deref()).await {
+    let claims = match inner.auth.verify(&headers, query.access_token.as_deref()) {
+        Ok(claims) => claims,
+        Err(e) => return auth::refusal(e),
+    };
+    // Subscribe to the user's pushes before asking whether the device is still logged in:
+    // a logout, ban or kick committed after that answer publishes its close after it, so
+    // this subscription holds it for the connection. (Subscribing after the check left a
+    // window in which such a close went to nobody.) Whatever is committed from here on
+    // reaches the connection live; whatever was committed before is in the store for Sync.
+    let subscription = inner
+        .bus
+        .subscribe(
+            &Subject::user(claims.user),
+            inner.config.subscription_buffer,
+        )
+        .await;
+    let identity = match inner.auth.check(&claims).await {
         Ok(identity) => identity,
-        Err(response) => return response,
+        Err(e) => return auth::refusal(e),
     };
     // The first subprotocol the client offers that natter speaks; JSON when it offers none,
     // so a generic WebSocket client can talk to natter without knowing about subprotocols.
@@ -305,7 +321,14 @@ async fn upgrade(
             device = %identity.device
         );
         let task = tracing::Instrument::instrument(
-            session::run(edge2.clone(), socket, identity, format, connection_id),
+            session::run(
+                edge2.clone(),
+                socket,
+                identity,
+                subscription,
+                format,
+                connection_id,
+            ),
             span,
         );
         // The tracker lets shutdown wait for every connection to close cleanly.

@@ -11,9 +11,9 @@ use std::{borrow::Cow, pin::pin, time::Duration};
 use axum::extract::ws::WebSocket;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
-use natter_bus::{Bus, BusError, BusEvent};
+use natter_bus::{Bus, BusError, BusEvent, Subscription};
 use natter_proto::{
-    ConversationId, ErrorCode, GroupId, Subject, UserId, bus, close_code,
+    ConversationId, ErrorCode, GroupId, Subject, UserId, bus, close_code, truncate_utf8,
     v1::{
         self, ClientFrame, ServerFrame, client_frame::Body as In, group_request::Op,
         server_frame::Body as Out,
@@ -102,10 +102,13 @@ impl TypingBucket {
     }
 }
 
+/// `subscription` is the user's pushes, subscribed before the device check (see
+/// `upgrade`).
 pub(crate) async fn run(
     edge: Edge,
     ws: WebSocket,
     identity: Identity,
+    subscription: Result<Subscription, BusError>,
     format: natter_proto::codec::WireFormat,
     connection_id: u64,
 ) {
@@ -118,12 +121,6 @@ pub(crate) async fn run(
     let (mut socket, queue) = socket(ws, format, config.outbound_queue, config.send_timeout);
 
     let user = identity.user;
-    // Subscribe before anything else: whatever is committed from here on reaches this
-    // connection live, and whatever was committed before is in the store for Sync.
-    let subscription = inner
-        .bus
-        .subscribe(&Subject::user(user), config.subscription_buffer)
-        .await;
     let mut device = Device {
         identity,
         connection_id,
@@ -301,18 +298,6 @@ async fn kicked(socket: &mut Socket, kick: bus::Kick) -> End {
         let _ = socket.send(&frame).await;
     }
     End(code, reason)
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary.
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 fn reply(id: u64, body: Out) -> ServerFrame {

@@ -9,13 +9,13 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
-use natter_bus::{Bus, InProcessBus};
+use natter_bus::{Bus, BusEvent, InProcessBus};
 use natter_edge::{Config as EdgeConfig, Edge};
 use natter_proto::{
     AdminService, ErrorCode, Subject, UserId,
     bus::{
-        AdminSessionsReply, AdminSessionsRequest, AdminSetDisabled, Kick, UserPush,
-        admin_sessions_request::Op, user_push,
+        AdminSessionsReply, AdminSessionsRequest, AdminSetDisabled, DeviceCheck, DeviceStatus,
+        Kick, UserPush, admin_sessions_request::Op, user_push,
     },
     close_code,
     v1::{ServerFrame, server_frame::Body as Out},
@@ -45,6 +45,12 @@ struct Server {
 }
 
 async fn server() -> Server {
+    server_with(true).await
+}
+
+/// `sessions_on_bus`: whether the sessions service answers on the bus (device checks,
+/// admin requests); without it a test answers the device checks itself.
+async fn server_with(sessions_on_bus: bool) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let sessions = Sessions::open(Config {
         data_dir: dir.path().to_owned(),
@@ -55,9 +61,11 @@ async fn server() -> Server {
     let bus = InProcessBus::new();
     let shared: Arc<dyn Bus> = Arc::new(bus.clone());
     let stop = CancellationToken::new();
-    natter_sessions::start(sessions.clone(), shared.clone(), stop.clone())
-        .await
-        .unwrap();
+    if sessions_on_bus {
+        natter_sessions::start(sessions.clone(), shared.clone(), stop.clone())
+            .await
+            .unwrap();
+    }
     let edge = Edge::new(
         EdgeConfig {
             // No presence service here: its reports fail quickly and quietly.
@@ -324,4 +332,51 @@ async fn announcements_reach_every_connection_once() {
     let (_, _, token) = device(s.addr, "carol").await;
     let mut late = connect(s.addr, &token).await.unwrap();
     alive(&mut late).await;
+}
+
+/// A close published while the edge waits for the device check (a logout, ban or kick
+/// committed just after the check was answered) still reaches the connection: the edge
+/// subscribes to the user's pushes before it asks. Here the check is answered by the
+/// test, which publishes a kick first: an edge that subscribed only after the answer
+/// would miss it and keep the connection open.
+#[tokio::test]
+async fn a_close_published_during_the_device_check_is_not_missed() {
+    let s = server_with(false).await;
+    let (_, _, token) = device(s.addr, "alice").await;
+    let mut checks = s
+        .bus
+        .queue_subscribe(&Subject::sessions_device(), "sessions", 8)
+        .await
+        .unwrap();
+    let bus = s.bus.clone();
+    tokio::spawn(async move {
+        while let Some(BusEvent::Message(m)) = checks.next().await {
+            let check = DeviceCheck::decode(m.payload.clone()).unwrap();
+            let kick = UserPush {
+                body: Some(user_push::Body::Kick(Kick {
+                    device_id: check.device_id,
+                    disabled: false,
+                    reason: "raced".into(),
+                })),
+                ..UserPush::default()
+            };
+            bus.publish(
+                &Subject::user(UserId(check.user_id)),
+                Bytes::from(kick.encode_to_vec()),
+            )
+            .await
+            .unwrap();
+            let status = DeviceStatus {
+                active: true,
+                username: "alice".into(),
+                disabled: false,
+            };
+            natter_bus::reply(&bus, &m, Bytes::from(status.encode_to_vec()))
+                .await
+                .unwrap();
+        }
+    });
+    let mut ws = connect(s.addr, &token).await.unwrap();
+    let (_, code, reason) = closed(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (close_code::KICKED, "raced"));
 }

@@ -75,6 +75,19 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> v1::Error {
     }
 }
 
+/// At most `max` bytes of `s`, cut at a character boundary (for close reasons and other
+/// length-capped text fields).
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -26,10 +26,6 @@ const REFRESH_SECRET_BYTES: usize = 32;
 /// Length of that part, base64url without padding.
 const REFRESH_SECRET_CHARS: usize = 43;
 
-/// How long after a logout its revocation is published again, for a connection that
-/// raced the first one (see [`Sessions::logout`]).
-const REVOKE_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// 3..=32 characters of `[a-z0-9_.-]`.
 pub(crate) fn valid_username(s: &str) -> bool {
     (3..=32).contains(&s.len())
@@ -286,13 +282,8 @@ impl Sessions {
         })
     }
 
-    /// Revokes the caller's device and tells its connections to close (twice, see
-    /// [`REVOKE_AGAIN_AFTER`]).
-    pub(crate) async fn logout(
-        &self,
-        claims: Claims,
-        bus: &std::sync::Arc<dyn Bus>,
-    ) -> Result<(), ApiError> {
+    /// Revokes the caller's device and tells its connections to close.
+    pub(crate) async fn logout(&self, claims: Claims, bus: &dyn Bus) -> Result<(), ApiError> {
         let Claims { user, device, .. } = claims;
         let found = self
             .blocking("revoke device", move |inner| {
@@ -309,22 +300,13 @@ impl Sessions {
             skip_device: 0,
             created_at_ms: 0,
         };
-        // Sent now and once more a little later: a connection of this device whose check
-        // passed just before the logout, but that subscribed to the user's pushes after
-        // the first one went out, is closed by the second. (The device is revoked either
-        // way: its sockets fail their next check.)
-        let payload = Bytes::from(push.encode_to_vec());
-        let bus = bus.clone();
-        tokio::spawn(async move {
-            for round in 0..2 {
-                if round > 0 {
-                    tokio::time::sleep(REVOKE_AGAIN_AFTER).await;
-                }
-                if let Err(e) = bus.publish(&Subject::user(user), payload.clone()).await {
-                    tracing::warn!(error = %e, user = %user, device = %device, "publishing device_revoked failed");
-                }
-            }
-        });
+        if let Err(e) = bus
+            .publish(&Subject::user(user), Bytes::from(push.encode_to_vec()))
+            .await
+        {
+            // The device is revoked either way: its sockets fail their next check.
+            tracing::warn!(error = %e, user = %user, device = %device, "publishing device_revoked failed");
+        }
         tracing::info!(user = %user, device = %device, "logged out");
         Ok(())
     }

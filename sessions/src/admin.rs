@@ -11,8 +11,6 @@
 //! bad input is `INVALID_ARGUMENT`, an unknown user `NOT_FOUND`, a failed store
 //! `INTERNAL` (the detail goes to the log).
 
-use std::{sync::Arc, time::Duration};
-
 use bytes::Bytes;
 use natter_bus::Bus;
 use natter_proto::{
@@ -21,7 +19,7 @@ use natter_proto::{
         AdminAccount, AdminDevice, AdminSessionsReply, AdminSessionsRequest, AdminSetDisabled,
         AdminUserSearch, Kick, UserPush, admin_sessions_request::Op, user_push,
     },
-    error,
+    error, truncate_utf8,
     v1::{self, ServerFrame, server_frame},
 };
 use prost::Message as _;
@@ -50,7 +48,7 @@ const DELETED_REASON: &str = "account deleted";
 /// The reply to one request (its payload as it came off the bus).
 pub(crate) async fn answer(
     sessions: &Sessions,
-    bus: &Arc<dyn Bus>,
+    bus: &dyn Bus,
     payload: &Bytes,
 ) -> AdminSessionsReply {
     let request = match AdminSessionsRequest::decode(payload.clone()) {
@@ -74,7 +72,7 @@ pub(crate) async fn answer(
         Some(Op::Delete(user)) => sessions.admin_delete(user, bus).await,
         Some(Op::Announce(text)) => {
             sessions
-                .announce(&text, bus.as_ref())
+                .announce(&text, bus)
                 .await
                 .map(|a| AdminSessionsReply {
                     announcement: Some(announcement_of(a)),
@@ -106,18 +104,6 @@ fn user_id(raw: u64) -> Result<UserId, v1::Error> {
 
 fn no_such_user() -> v1::Error {
     error(ErrorCode::NotFound, "no such user")
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary.
-pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// The text of an announcement as stored (trimmed), or why it is refused: empty,
@@ -178,15 +164,9 @@ fn one_account(account: Account) -> AdminSessionsReply {
     }
 }
 
-/// How long after a kick it is sent once more if the account is still disabled: a
-/// connection whose device check passed just before the ban, but which subscribed to
-/// the user's pushes only after the first kick went out, is closed by the second.
-const KICK_AGAIN_AFTER: Duration = Duration::from_secs(2);
-
 /// Closes every connection of `user` (on every edge): the account was disabled or
-/// deleted. Sent now and once more after [`KICK_AGAIN_AFTER`] unless the account was
-/// enabled again meanwhile. Best effort: the devices' next checks are refused either way.
-fn kick(sessions: &Sessions, bus: &Arc<dyn Bus>, user: UserId, reason: &str) {
+/// deleted. Best effort: the devices' next checks are refused either way.
+async fn kick(bus: &dyn Bus, user: UserId, reason: &str) {
     let push = UserPush {
         body: Some(user_push::Body::Kick(Kick {
             device_id: 0,
@@ -195,26 +175,12 @@ fn kick(sessions: &Sessions, bus: &Arc<dyn Bus>, user: UserId, reason: &str) {
         })),
         ..UserPush::default()
     };
-    let payload = Bytes::from(push.encode_to_vec());
-    // Weak: a pending second kick must not keep the store open after a shutdown.
-    let (inner, bus) = (Arc::downgrade(&sessions.inner), bus.clone());
-    tokio::spawn(async move {
-        for round in 0..2 {
-            if round > 0 {
-                tokio::time::sleep(KICK_AGAIN_AFTER).await;
-                let kept_out = inner.upgrade().is_some_and(|inner| {
-                    let cache = inner.cache_read();
-                    cache.is_disabled(user) || cache.username(user).is_none()
-                });
-                if !kept_out {
-                    return;
-                }
-            }
-            if let Err(e) = bus.publish(&Subject::user(user), payload.clone()).await {
-                tracing::warn!(error = %e, user = %user, "publishing a kick failed");
-            }
-        }
-    });
+    if let Err(e) = bus
+        .publish(&Subject::user(user), Bytes::from(push.encode_to_vec()))
+        .await
+    {
+        tracing::warn!(error = %e, user = %user, "publishing a kick failed");
+    }
 }
 
 impl Sessions {
@@ -262,7 +228,7 @@ impl Sessions {
     async fn admin_set_disabled(
         &self,
         set: AdminSetDisabled,
-        bus: &Arc<dyn Bus>,
+        bus: &dyn Bus,
     ) -> Result<AdminSessionsReply, v1::Error> {
         let AdminSetDisabled {
             user_id: raw,
@@ -305,7 +271,7 @@ impl Sessions {
             } else {
                 reason.as_str()
             };
-            kick(self, bus, user, shown);
+            kick(bus, user, shown).await;
             tracing::info!(user = %user, "account disabled");
         } else {
             tracing::info!(user = %user, "account enabled");
@@ -317,7 +283,7 @@ impl Sessions {
     async fn admin_delete(
         &self,
         user: u64,
-        bus: &Arc<dyn Bus>,
+        bus: &dyn Bus,
     ) -> Result<AdminSessionsReply, v1::Error> {
         let user = user_id(user)?;
         let deleted = self
@@ -332,7 +298,7 @@ impl Sessions {
             .await
             .map_err(|_| internal())?
             .ok_or_else(no_such_user)?;
-        kick(self, bus, user, DELETED_REASON);
+        kick(bus, user, DELETED_REASON).await;
         tracing::info!(user = %user, devices = deleted.devices.len(), "account deleted");
         Ok(one_account(deleted.account))
     }

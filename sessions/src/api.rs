@@ -375,7 +375,7 @@ async fn refresh(
 )]
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     let claims = authenticate(&state.sessions, &headers)?;
-    state.sessions.logout(claims, &state.bus).await?;
+    state.sessions.logout(claims, state.bus.as_ref()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -103,7 +103,7 @@ async fn serve(
                 };
                 let (sessions, bus) = (sessions.clone(), bus.clone());
                 tokio::spawn(async move {
-                    let reply = crate::admin::answer(&sessions, &bus, &msg.payload)
+                    let reply = crate::admin::answer(&sessions, bus.as_ref(), &msg.payload)
                         .await
                         .encode_to_vec();
                     if let Err(e) = natter_bus::reply(bus.as_ref(), &msg, Bytes::from(reply)).await

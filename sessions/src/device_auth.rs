@@ -11,7 +11,7 @@ use natter_bus::Bus;
 use natter_proto::{DeviceId, Subject, UserId, bus};
 use prost::Message as _;
 
-use crate::TokenVerifier;
+use crate::{Claims, TokenVerifier};
 
 /// A verified, logged-in device.
 #[derive(Debug, Clone)]
@@ -70,6 +70,18 @@ impl DeviceAuth {
         headers: &HeaderMap,
         query_token: Option<&str>,
     ) -> Result<Identity, DeviceAuthError> {
+        let claims = self.verify(headers, query_token)?;
+        self.check(&claims).await
+    }
+
+    /// The first half of [`DeviceAuth::authenticate`], local: the token's signature,
+    /// expiry and issuer. The edge subscribes to the user's pushes between the halves,
+    /// so that a logout or ban committed after the check reaches the connection.
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Claims, DeviceAuthError> {
         let header_token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -79,10 +91,14 @@ impl DeviceAuth {
             .or(query_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| DeviceAuthError::Unauthorized("missing access token".into()))?;
-        let claims = self
-            .verifier
+        self.verifier
             .verify(token)
-            .map_err(|e| DeviceAuthError::Unauthorized(format!("invalid access token: {e}")))?;
+            .map_err(|e| DeviceAuthError::Unauthorized(format!("invalid access token: {e}")))
+    }
+
+    /// The second half of [`DeviceAuth::authenticate`]: asks the sessions service whether
+    /// the token's device is still logged in and its account enabled.
+    pub async fn check(&self, claims: &Claims) -> Result<Identity, DeviceAuthError> {
         let check = bus::DeviceCheck {
             user_id: claims.user.get(),
             device_id: claims.device.get(),
