@@ -1,8 +1,14 @@
-//! What the endpoints do: register, login, refresh, logout and user lookups. Disk and
-//! argon2 work runs in `spawn_blocking`; the cache is updated after each commit. Login
-//! and refresh of a disabled account are refused (403 `account_disabled`).
+//! What the endpoints do: register, login, refresh, logout (of one device or of all of
+//! a user's) and user lookups. Disk and argon2 work runs in `spawn_blocking`; the cache is
+//! updated after each commit. Login and refresh of a disabled account are refused (403
+//! `account_disabled`).
+//!
+//! Refresh tokens rotate: each refresh replaces the device's token, and a replaced token
+//! presented again revokes the device (401 `refresh_token_reused`): either a thief or
+//! the device itself is using a token the other already spent, and the server cannot
+//! tell which, so neither keeps the device.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bytes::Bytes;
@@ -43,8 +49,7 @@ pub(crate) fn valid_device_name(s: &str) -> bool {
     (1..=64).contains(&s.chars().count()) && !s.chars().any(char::is_control)
 }
 
-/// What login and refresh hand out.
-#[derive(Debug)]
+/// What login and refresh hand out. Its `Debug` leaves the tokens out.
 pub(crate) struct Grant {
     pub(crate) user: UserId,
     pub(crate) device: DeviceId,
@@ -52,6 +57,16 @@ pub(crate) struct Grant {
     pub(crate) access_token: String,
     pub(crate) refresh_token: String,
     pub(crate) access_expires_in_s: u64,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("user", &self.user)
+            .field("device", &self.device)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A new refresh token for `device` and the hash of its secret part.
@@ -163,17 +178,48 @@ impl Sessions {
         Ok((id, username))
     }
 
+    /// Logs in from `client` (the caller's address, when the HTTP server knows it): a
+    /// failure counts against that address ([`crate::AddrLimits`]) as well as against
+    /// the account.
     pub(crate) async fn login(
         &self,
         username: String,
         password: String,
         device_name: String,
+        client: Option<IpAddr>,
     ) -> Result<Grant, ApiError> {
         if !valid_device_name(&device_name) {
             return Err(ApiError::InvalidArgument(
                 "device_name must be 1 to 64 characters without control characters".into(),
             ));
         }
+        // An address that failed too often is refused before anything else is looked
+        // at, like a locked account.
+        let attempt = match client {
+            Some(ip) => match self.inner.addr_limiter.begin(ip, std::time::Instant::now()) {
+                Ok(attempt) => attempt,
+                Err(wait) => {
+                    metrics::counter!("natter_limit_rejections_total", "limit" => "login_per_ip")
+                        .increment(1);
+                    return Err(ApiError::TooManyAttemptsFromAddress(wait));
+                }
+            },
+            None => None,
+        };
+        let result = self.login_checked(username, password, device_name).await;
+        if let (Some(attempt), Err(ApiError::BadCredentials)) = (attempt, &result) {
+            attempt.failed();
+        }
+        // Any other outcome drops the attempt, which refunds it.
+        result
+    }
+
+    async fn login_checked(
+        &self,
+        username: String,
+        password: String,
+        device_name: String,
+    ) -> Result<Grant, ApiError> {
         // A locked account is refused before its password is looked at: guessing gets
         // no faster by trying harder.
         let started = std::time::Instant::now();
@@ -235,7 +281,9 @@ impl Sessions {
         self.grant(user, device, username, &secret)
     }
 
-    pub(crate) async fn refresh(&self, token: String) -> Result<Grant, ApiError> {
+    /// Rotates a refresh token. A token this device held before (a refresh already
+    /// replaced it) revokes the device like [`Sessions::logout`] does.
+    pub(crate) async fn refresh(&self, token: String, bus: &dyn Bus) -> Result<Grant, ApiError> {
         let Some((device, secret)) = parse_refresh(&token) else {
             return Err(ApiError::BadRefreshToken);
         };
@@ -254,6 +302,18 @@ impl Sessions {
             Refresh::Rotated { user, username } => self.grant(user, device, username, &secret),
             Refresh::Refused => Err(ApiError::BadRefreshToken),
             Refresh::Disabled => Err(ApiError::AccountDisabled),
+            Refresh::Reused { user } => {
+                metrics::counter!("natter_refresh_token_reuse_total").increment(1);
+                // Never the token: it may still be the thief's way in elsewhere.
+                tracing::warn!(
+                    user = %user,
+                    device = %device,
+                    "a replaced refresh token was presented again: the device is logged out"
+                );
+                self.inner.cache_write().set_device(user, device, false);
+                publish_revoked(bus, user, device).await;
+                Err(ApiError::RefreshTokenReused)
+            }
         }
     }
 
@@ -294,21 +354,36 @@ impl Sessions {
             tracing::warn!(user = %user, device = %device, "logout of an unknown device");
         }
         self.inner.cache_write().set_device(user, device, false);
-        let push = UserPush {
-            only_device: 0,
-            body: Some(user_push::Body::DeviceRevoked(device.get())),
-            skip_device: 0,
-            created_at_ms: 0,
-        };
-        if let Err(e) = bus
-            .publish(&Subject::user(user), Bytes::from(push.encode_to_vec()))
-            .await
-        {
-            // The device is revoked either way: its sockets fail their next check.
-            tracing::warn!(error = %e, user = %user, device = %device, "publishing device_revoked failed");
-        }
+        publish_revoked(bus, user, device).await;
         tracing::info!(user = %user, device = %device, "logged out");
         Ok(())
+    }
+
+    /// Revokes every device of the caller's user (the caller's own included) and tells
+    /// their connections to close; returns how many were logged in.
+    pub(crate) async fn logout_all(&self, claims: Claims, bus: &dyn Bus) -> Result<u32, ApiError> {
+        let user = claims.user;
+        let revoked = self
+            .blocking("revoke every device", move |inner| {
+                inner.store.revoke_all(user)
+            })
+            .await?;
+        {
+            let mut cache = self.inner.cache_write();
+            for device in &revoked {
+                cache.set_device(user, *device, false);
+            }
+        }
+        for device in &revoked {
+            publish_revoked(bus, user, *device).await;
+        }
+        tracing::info!(
+            user = %user,
+            device = %claims.device,
+            devices = revoked.len(),
+            "logged out everywhere"
+        );
+        Ok(u32::try_from(revoked.len()).unwrap_or(u32::MAX))
     }
 
     /// A user by username, from memory.
@@ -321,6 +396,24 @@ impl Sessions {
     /// A user's username by id, from memory.
     pub(crate) fn username_of(&self, user: UserId) -> Option<Arc<str>> {
         self.inner.cache_read().username(user)
+    }
+}
+
+/// Tells the edges holding `device` of `user` that it was revoked: its connections close
+/// with 4001.
+async fn publish_revoked(bus: &dyn Bus, user: UserId, device: DeviceId) {
+    let push = UserPush {
+        only_device: 0,
+        body: Some(user_push::Body::DeviceRevoked(device.get())),
+        skip_device: 0,
+        created_at_ms: 0,
+    };
+    if let Err(e) = bus
+        .publish(&Subject::user(user), Bytes::from(push.encode_to_vec()))
+        .await
+    {
+        // The device is revoked either way: its sockets fail their next check.
+        tracing::warn!(error = %e, user = %user, device = %device, "publishing device_revoked failed");
     }
 }
 

@@ -1,14 +1,15 @@
-//! The REST endpoints: accounts, sessions (login, refresh, logout), user lookup, the
-//! calling device's push token and the calling user's muted conversations. Ids
-//! are decimal strings in JSON; every error is `{"error":{"code","message"}}` and never
-//! carries internal detail (that goes to the log).
+//! The REST endpoints: accounts, sessions (login, refresh, logout, logout everywhere),
+//! user lookup, the calling device's push token and the calling user's muted
+//! conversations. Ids are decimal strings in JSON; every error is
+//! `{"error":{"code","message"}}` and never carries internal detail (that goes to the
+//! log).
 
 use std::sync::Arc;
 
 use axum::{
     Json, Router,
     extract::{
-        DefaultBodyLimit, FromRef, FromRequest, Path, Request, State,
+        DefaultBodyLimit, Extension, FromRef, FromRequest, Path, Request, State,
         rejection::{JsonRejection, PathRejection},
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -21,7 +22,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use natter_proto::{ConversationId, UserId};
 
-use crate::{AuthError, Claims, Sessions, accounts::Grant, openapi::ErrorBody as ErrorSchema};
+use crate::{
+    AuthError, Claims, Sessions, accounts::Grant, client_addr::ClientAddr,
+    openapi::ErrorBody as ErrorSchema,
+};
 
 /// Largest accepted request body.
 pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -34,12 +38,19 @@ pub(crate) enum ApiError {
     /// A bearer token that is missing, invalid, expired or revoked.
     Auth(AuthError),
     BadCredentials,
+    /// Unknown, expired or revoked refresh token: 401 `unauthorized`. Nothing changes.
     BadRefreshToken,
+    /// A refresh token that an earlier refresh replaced: 401 `refresh_token_reused`.
+    /// The device was revoked.
+    RefreshTokenReused,
     /// An administrator disabled the account: 403 `account_disabled`.
     AccountDisabled,
     /// Too many wrong passwords for this account: 429 `too_many_attempts`, with
     /// `Retry-After` (whole seconds, rounded up).
     TooManyAttempts(std::time::Duration),
+    /// Too many failed logins from the caller's address: 429 `too_many_attempts`, with
+    /// `Retry-After`.
+    TooManyAttemptsFromAddress(std::time::Duration),
     NotFound(&'static str),
     Conflict(String),
     /// Details were logged where it happened.
@@ -89,11 +100,26 @@ impl IntoResponse for ApiError {
                 "unauthorized",
                 "invalid or expired refresh token".to_owned(),
             ),
+            ApiError::RefreshTokenReused => (
+                StatusCode::UNAUTHORIZED,
+                "refresh_token_reused",
+                "this refresh token was already used, so it may have been stolen: the device \
+                 is logged out; log in again"
+                    .to_owned(),
+            ),
             ApiError::TooManyAttempts(wait) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_attempts",
                 format!(
                     "too many wrong passwords for this account; try again in {} s",
+                    retry_after_s(*wait)
+                ),
+            ),
+            ApiError::TooManyAttemptsFromAddress(wait) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                format!(
+                    "too many failed logins from this address; try again in {} s",
                     retry_after_s(*wait)
                 ),
             ),
@@ -112,7 +138,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if let ApiError::TooManyAttempts(wait) = &self
+        if let ApiError::TooManyAttempts(wait) | ApiError::TooManyAttemptsFromAddress(wait) = &self
             && let Ok(value) = HeaderValue::from_str(&retry_after_s(*wait).to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -165,7 +191,7 @@ struct AppState {
 
 /// The REST endpoints of the contract (not `/healthz`, not `/v1/ws`):
 /// `POST /v1/accounts`, `POST /v1/sessions`, `POST /v1/sessions/refresh`,
-/// `DELETE /v1/sessions/current`, `GET /v1/users/{username}`,
+/// `DELETE /v1/sessions/current`, `DELETE /v1/sessions/all`, `GET /v1/users/{username}`,
 /// `GET /v1/users/by-id/{user_id}`, `PUT|DELETE /v1/devices/current/push`,
 /// `PUT /v1/conversations/{conversation_id}/mute`, `GET /v1/mutes`,
 /// `GET /v1/announcements`. Bodies are capped at
@@ -191,6 +217,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(login))
         .routes(routes!(refresh))
         .routes(routes!(logout))
+        .routes(routes!(logout_all))
         .routes(routes!(get_user))
         .routes(routes!(get_user_by_id))
         .routes(routes!(set_push_token, clear_push_token))
@@ -235,6 +262,12 @@ struct LoginRequest {
 #[derive(Deserialize, ToSchema)]
 struct RefreshRequest {
     refresh_token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct LogoutAllResponse {
+    /// Devices that were logged in and now are not (the calling one included).
+    devices_logged_out: u32,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -319,23 +352,30 @@ async fn register(
         (status = 401, description = "`unauthorized`: a bad username or password", body = ErrorSchema),
         (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
         (status = 413, description = "`payload_too_large`: the body is over 16 KiB", body = ErrorSchema),
-        (status = 429, description = "`too_many_attempts`: too many wrong passwords for this account; see `Retry-After`", body = ErrorSchema),
+        (status = 429, description = "`too_many_attempts`: too many wrong passwords for this account, or too many failed logins from the caller's address; see `Retry-After`", body = ErrorSchema),
         (status = 500, description = "`internal`", body = ErrorSchema),
     )
 )]
 async fn login(
     State(state): State<AppState>,
+    client: Option<Extension<ClientAddr>>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<SessionResponse>, ApiError> {
     let grant = state
         .sessions
-        .login(req.username, req.password, req.device_name)
+        .login(
+            req.username,
+            req.password,
+            req.device_name,
+            client.map(|Extension(ClientAddr(ip))| ip),
+        )
         .await?;
     Ok(Json(grant.into()))
 }
 
 /// New tokens for the device of a refresh token; the refresh token is rotated (the old
-/// one stops working).
+/// one stops working). Presenting a refresh token that was already rotated away logs the
+/// device out (a stolen copy is in use, or the client lost track of its newest token).
 #[utoipa::path(
     post,
     path = "/v1/sessions/refresh",
@@ -344,7 +384,7 @@ async fn login(
     responses(
         (status = 200, description = "Refreshed", body = SessionResponse),
         (status = 400, description = "`invalid_argument`: a malformed body", body = ErrorSchema),
-        (status = 401, description = "`unauthorized`: the refresh token is unknown, expired or revoked", body = ErrorSchema),
+        (status = 401, description = "`unauthorized`: the refresh token is unknown, expired or revoked. `refresh_token_reused`: it was already used once (rotated away), so the device has been logged out: its tokens stop working and its sockets close with 4001", body = ErrorSchema),
         (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
         (status = 413, description = "`payload_too_large`: the body is over 16 KiB", body = ErrorSchema),
         (status = 500, description = "`internal`", body = ErrorSchema),
@@ -354,9 +394,11 @@ async fn refresh(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> Result<Json<SessionResponse>, ApiError> {
-    Ok(Json(
-        state.sessions.refresh(req.refresh_token).await?.into(),
-    ))
+    let grant = state
+        .sessions
+        .refresh(req.refresh_token, state.bus.as_ref())
+        .await?;
+    Ok(Json(grant.into()))
 }
 
 /// Logs the calling device out: its tokens stop working and its open sockets close
@@ -377,6 +419,33 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Sta
     let claims = authenticate(&state.sessions, &headers)?;
     state.sessions.logout(claims, state.bus.as_ref()).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Logs out every device of the calling user, this one included: their access and
+/// refresh tokens stop working and their open sockets close with 4001. For "I lost my
+/// phone" or "someone else is in my account"; changing the password is a separate step.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/all",
+    tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Logged out everywhere", body = LogoutAllResponse),
+        (status = 401, description = "No token, or a bad, expired or revoked one", body = ErrorSchema),
+        (status = 403, description = "`account_disabled`: an administrator disabled the account", body = ErrorSchema),
+        (status = 500, description = "`internal`", body = ErrorSchema),
+    )
+)]
+async fn logout_all(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<LogoutAllResponse>, ApiError> {
+    let claims = authenticate(&state.sessions, &headers)?;
+    let devices_logged_out = state
+        .sessions
+        .logout_all(claims, state.bus.as_ref())
+        .await?;
+    Ok(Json(LogoutAllResponse { devices_logged_out }))
 }
 
 /// The username of a user id, so clients can name the sender of a message or a group

@@ -14,11 +14,13 @@
 //! (hit on every WebSocket connect) and bearer checks never read the disk.
 
 mod accounts;
+mod addr_limit;
 mod admin;
 mod announce;
 mod api;
 mod bus_service;
 mod cache;
+pub mod client_addr;
 mod device_auth;
 pub mod directory;
 mod keyfile;
@@ -36,6 +38,7 @@ use std::{
     time::Duration,
 };
 
+pub use addr_limit::AddrLimits;
 pub use api::{openapi, router};
 pub use bus_service::start;
 pub use device_auth::{DeviceAuth, DeviceAuthError, Identity};
@@ -56,14 +59,18 @@ pub const ISSUER: &str = "natter";
 /// Shortest accepted HS256 secret, in bytes (RFC 7518 §3.2: at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// How sessions runs.
-#[derive(Debug, Clone)]
+/// How sessions runs. Its `Debug` leaves the secrets out.
+#[derive(Clone)]
 pub struct Config {
     /// Holds `sessions.redb` and, unless `jwt_secret` is given, `jwt.key`.
     pub data_dir: PathBuf,
     /// The HS256 secret (at least [`MIN_SECRET_BYTES`]); when `None` a key is generated
     /// on first start into `<data_dir>/jwt.key` (mode 0600) and reused afterwards.
     pub jwt_secret: Option<Vec<u8>>,
+    /// Secrets of earlier keys (each at least [`MIN_SECRET_BYTES`]): tokens they signed
+    /// are still accepted, by their `kid`, during a key rotation. Nothing is signed with
+    /// them.
+    pub jwt_previous_secrets: Vec<Vec<u8>>,
     /// Lifetime of an access token.
     pub access_ttl: Duration,
     /// Lifetime of a refresh token (each refresh issues a new one with a fresh lifetime).
@@ -72,6 +79,27 @@ pub struct Config {
     pub argon2_memory_kib: u32,
     /// Wrong passwords allowed per account before its logins lock (see [`LoginLimits`]).
     pub login_limits: LoginLimits,
+    /// Failed logins allowed per client address (see [`AddrLimits`]). Applies to
+    /// requests that carry a [`client_addr::ClientAddr`] (the HTTP server adds it).
+    pub addr_limits: AddrLimits,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("jwt_previous_secrets", &self.jwt_previous_secrets.len())
+            .field("access_ttl", &self.access_ttl)
+            .field("refresh_ttl", &self.refresh_ttl)
+            .field("argon2_memory_kib", &self.argon2_memory_kib)
+            .field("login_limits", &self.login_limits)
+            .field("addr_limits", &self.addr_limits)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -79,10 +107,12 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./data"),
             jwt_secret: None,
+            jwt_previous_secrets: Vec::new(),
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             argon2_memory_kib: 19_456,
             login_limits: LoginLimits::default(),
+            addr_limits: AddrLimits::default(),
         }
     }
 }
@@ -136,6 +166,8 @@ struct Inner {
     admin_lock: std::sync::Mutex<()>,
     /// Failed logins per account (see [`LoginLimits`]).
     lockout: lockout::Lockout,
+    /// Failed logins per client address (see [`AddrLimits`]).
+    addr_limiter: addr_limit::AddrLimiter,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -168,7 +200,27 @@ impl Sessions {
             Some(s) => s.clone(),
             None => keyfile::load_or_create(&config.data_dir.join("jwt.key"))?,
         };
-        let (issuer, verifier) = token::keys(&secret, config.access_ttl);
+        for (i, old) in config.jwt_previous_secrets.iter().enumerate() {
+            if old.len() < MIN_SECRET_BYTES {
+                return Err(SessionsError::Key(format!(
+                    "previous secret #{} has {} bytes; at least {MIN_SECRET_BYTES} are needed",
+                    i + 1,
+                    old.len()
+                )));
+            }
+        }
+        let (issuer, verifier) =
+            token::keys(&secret, &config.jwt_previous_secrets, config.access_ttl);
+        if let Some((signing, previous)) = verifier.key_ids().split_first() {
+            tracing::info!(
+                signing_kid = %signing,
+                previous_kids = %previous.join(","),
+                "JWT keys loaded"
+            );
+        }
+        // The configured limit, beside its rejections (`natter_limit_rejections_total`).
+        metrics::gauge!("natter_limit", "limit" => "login_per_ip")
+            .set(f64::from(config.addr_limits.failures));
         let hasher = password::Hasher::new(config.argon2_memory_kib)
             .map_err(|e| SessionsError::Config(format!("argon2 parameters: {e}")))?;
         let store = store::Store::open(&config.data_dir.join("sessions.redb"))?;
@@ -184,6 +236,7 @@ impl Sessions {
                 refresh_ttl: config.refresh_ttl,
                 admin_lock: std::sync::Mutex::new(()),
                 lockout: lockout::Lockout::new(config.login_limits),
+                addr_limiter: addr_limit::AddrLimiter::new(config.addr_limits),
             }),
         })
     }

@@ -6,9 +6,9 @@
 //! instance, and a restart forgetting the counts costs an attacker nothing they could
 //! not get by waiting out `max`.
 //!
-//! Per account only: anyone can lock someone else's logins for a while by failing on
-//! purpose (the exponential cap bounds how long). Limits per client address need the
-//! client's address through the load balancer and are not here yet.
+//! Per account: anyone can lock someone else's logins for a while by failing on purpose
+//! (the exponential cap bounds how long). Guessing across many accounts from one client
+//! is limited per client address instead (`addr_limit.rs`).
 
 use std::{
     collections::HashMap,

@@ -38,6 +38,12 @@ pub(crate) const MAX_MUTES: usize = 10_000;
 /// Ids are random in [1, 2^53) so JavaScript numbers hold them exactly.
 const ID_LIMIT: u64 = 1 << 53;
 
+/// Superseded refresh tokens remembered per device (see [`DeviceRecord::superseded`]): a
+/// token rotated away up to this many refreshes ago is recognised when presented again.
+/// At the default 15-minute access tokens that is about 8 hours of continuous use; an
+/// older one is only refused, like any unknown token.
+pub(crate) const SUPERSEDED_KEPT: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
     #[error(transparent)]
@@ -63,7 +69,7 @@ from_redb!(
     redb::CommitError
 );
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct UserRecord {
     username: String,
     /// PHC string (`$argon2id$v=19$m=...`).
@@ -83,6 +89,17 @@ struct UserRecord {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the password hash: it is for argon2, never for a log.
+        f.debug_struct("UserRecord")
+            .field("username", &self.username)
+            .field("created_at_ms", &self.created_at_ms)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -150,6 +167,13 @@ struct DeviceRecord {
     /// SHA-256 of the secret part of the current refresh token; `None` once revoked.
     refresh_hash: Option<[u8; 32]>,
     refresh_expires_at_ms: u64,
+    /// Fingerprints ([`fingerprint`]) of the refresh tokens this device's refreshes
+    /// replaced, oldest first, at most [`SUPERSEDED_KEPT`]: the rest of the token family.
+    /// One presented again means two parties hold the device's tokens (one of them
+    /// stole it), so the device is revoked. Records written before reuse detection have
+    /// none, and a device without any is written as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    superseded: Vec<String>,
     /// Where to push notifications for this device; records written before push tokens
     /// existed have no such field and decode as `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,8 +221,12 @@ pub(crate) enum SetMute {
 pub(crate) enum Refresh {
     /// The token matched and was replaced by the new one.
     Rotated { user: UserId, username: String },
-    /// Unknown device, revoked, expired, or not the current token.
+    /// Unknown device, revoked, expired, or not a token this device ever had (as far as
+    /// [`SUPERSEDED_KEPT`] reaches back).
     Refused,
+    /// A token of this device that an earlier refresh replaced: reuse, so the device
+    /// was revoked (in the same transaction) like a logout.
+    Reused { user: UserId },
     /// The token is good but an administrator disabled the account; nothing changed,
     /// so the token works again once the account is enabled (if it has not expired).
     Disabled,
@@ -351,6 +379,7 @@ impl Store {
                 revoked: false,
                 refresh_hash: Some(refresh_hash),
                 refresh_expires_at_ms,
+                superseded: Vec::new(),
                 push: None,
             };
             txn.open_table(DEVICES)?
@@ -362,7 +391,10 @@ impl Store {
     }
 
     /// Swaps the device's refresh token for a new one if `presented` is its current,
-    /// unexpired token.
+    /// unexpired token, remembering the old one's fingerprint. A token the device held
+    /// before (one a refresh already replaced) revokes the device instead:
+    /// [`Refresh::Reused`]. Two refreshes racing with the same token therefore end with
+    /// one rotation and one revocation, in the order redb commits them.
     pub(crate) fn rotate_refresh(
         &self,
         device: DeviceId,
@@ -389,11 +421,30 @@ impl Store {
                     )));
                 }
             };
+            if record.revoked {
+                // Dropping the transaction aborts it: nothing was written.
+                return Ok(Refresh::Refused);
+            }
             let matches = record
                 .refresh_hash
                 .is_some_and(|stored| hashes_equal(&stored, &presented));
-            if record.revoked || !matches || record.refresh_expires_at_ms <= now_ms {
-                // Dropping the transaction aborts it: nothing was written.
+            if !matches {
+                let seen = fingerprint(&presented);
+                // Every entry is compared, whichever matched.
+                let reused = record.superseded.iter().fold(false, |acc, old| {
+                    acc | bytes_equal(old.as_bytes(), seen.as_bytes())
+                });
+                if !reused {
+                    return Ok(Refresh::Refused);
+                }
+                // Whatever the token's own expiry or the account's state: someone else
+                // holds this device's tokens.
+                revoke_record(&txn, &mut devices, (user, device.get()), record)?;
+                drop(devices);
+                txn.commit()?;
+                return Ok(Refresh::Reused { user: UserId(user) });
+            }
+            if record.refresh_expires_at_ms <= now_ms {
                 return Ok(Refresh::Refused);
             }
             let owner: UserRecord = {
@@ -409,7 +460,11 @@ impl Store {
                 // Not rotated: the presented token stays the current one.
                 return Ok(Refresh::Disabled);
             }
-            record.refresh_hash = Some(new_hash);
+            if let Some(old) = record.refresh_hash.replace(new_hash) {
+                record.superseded.push(fingerprint(&old));
+                let excess = record.superseded.len().saturating_sub(SUPERSEDED_KEPT);
+                record.superseded.drain(..excess);
+            }
             record.refresh_expires_at_ms = new_expires_at_ms;
             devices.insert((user, device.get()), encode(&record).as_slice())?;
             Refresh::Rotated {
@@ -428,20 +483,39 @@ impl Store {
         {
             let mut devices = txn.open_table(DEVICES)?;
             let key = (user.get(), device.get());
-            let mut record: DeviceRecord = match devices.get(key)? {
+            let record: DeviceRecord = match devices.get(key)? {
                 Some(v) => decode(v.value(), "device")?,
                 None => return Ok(false),
             };
-            record.revoked = true;
-            record.refresh_hash = None;
-            record.refresh_expires_at_ms = 0;
-            if let Some(old) = record.push.take() {
-                unindex_token(&mut txn.open_table(PUSH_TOKENS)?, &old.token, key)?;
-            }
-            devices.insert(key, encode(&record).as_slice())?;
+            revoke_record(&txn, &mut devices, key, record)?;
         }
         txn.commit()?;
         Ok(true)
+    }
+
+    /// Revokes every logged-in device of `user` in one transaction (logout everywhere);
+    /// returns those it revoked (devices already logged out are not counted).
+    pub(crate) fn revoke_all(&self, user: UserId) -> Result<Vec<DeviceId>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let revoked = {
+            let mut devices = txn.open_table(DEVICES)?;
+            let mut active = Vec::new();
+            for row in devices.range((user.get(), 0)..=(user.get(), u64::MAX))? {
+                let (k, v) = row?;
+                let record: DeviceRecord = decode(v.value(), "device")?;
+                if !record.revoked {
+                    active.push((k.value(), record));
+                }
+            }
+            let mut revoked = Vec::with_capacity(active.len());
+            for (key, record) in active {
+                revoke_record(&txn, &mut devices, key, record)?;
+                revoked.push(DeviceId(key.1));
+            }
+            revoked
+        };
+        txn.commit()?;
+        Ok(revoked)
     }
 
     /// Gives a logged-in device this push token, replacing its previous one and taking
@@ -870,10 +944,42 @@ fn unindex_token(
     Ok(())
 }
 
+/// Marks `record` (the device at `key`) revoked inside `txn`: no refresh token, no token
+/// family, no push token.
+fn revoke_record(
+    txn: &redb::WriteTransaction,
+    devices: &mut redb::Table<'_, (u64, u64), &'static [u8]>,
+    key: (u64, u64),
+    mut record: DeviceRecord,
+) -> Result<(), StoreError> {
+    record.revoked = true;
+    record.refresh_hash = None;
+    record.refresh_expires_at_ms = 0;
+    record.superseded.clear();
+    if let Some(old) = record.push.take() {
+        unindex_token(&mut txn.open_table(PUSH_TOKENS)?, &old.token, key)?;
+    }
+    devices.insert(key, encode(&record).as_slice())?;
+    Ok(())
+}
+
+/// What a device remembers of a superseded refresh token: the first 16 bytes of its
+/// hash, in hex. Enough to recognise it (a guess matches with odds of 2^-128) at half the
+/// size of the whole hash, which matters because every device record is read whole.
+fn fingerprint(hash: &[u8; 32]) -> String {
+    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Compares two hashes without stopping at the first difference. (They are hashes of
 /// secrets, so timing would leak little anyway; this removes even that.)
 fn hashes_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bytes_equal(a, b)
+}
+
+/// Byte strings equal, compared without stopping at the first difference (fold of xor),
+/// for anything derived from a secret. Lengths are not secret.
+fn bytes_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -912,7 +1018,7 @@ mod tests {
             store
                 .rotate_refresh(d, [1; 32], [4; 32], u64::MAX, 5)
                 .unwrap(),
-            Refresh::Refused,
+            Refresh::Reused { user: alice },
             "old hash after rotation"
         );
         assert!(store.revoke(alice, d).unwrap());
@@ -1518,10 +1624,235 @@ mod tests {
     }
 
     #[test]
+    fn a_superseded_token_revokes_the_device_and_a_wrong_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let u = store.create_user("alice", "h", 1).unwrap().unwrap();
+        let d = store
+            .create_device(u, "x", [1; 32], u64::MAX, 1)
+            .unwrap()
+            .unwrap();
+        let other = store
+            .create_device(u, "y", [7; 32], u64::MAX, 1)
+            .unwrap()
+            .unwrap();
+        store.set_push(u, d, push("tok", "fcm")).unwrap();
+        let rotated = Refresh::Rotated {
+            user: u,
+            username: "alice".into(),
+        };
+        assert_eq!(
+            store
+                .rotate_refresh(d, [1; 32], [2; 32], u64::MAX, 2)
+                .unwrap(),
+            rotated
+        );
+        assert_eq!(
+            store
+                .rotate_refresh(d, [2; 32], [3; 32], u64::MAX, 3)
+                .unwrap(),
+            rotated
+        );
+        // Guesses, another device's token and an unknown device change nothing.
+        for (device, presented) in [(d, [9; 32]), (d, [7; 32]), (DeviceId(4242), [1; 32])] {
+            assert_eq!(
+                store
+                    .rotate_refresh(device, presented, [5; 32], u64::MAX, 4)
+                    .unwrap(),
+                Refresh::Refused
+            );
+        }
+        assert_eq!(store.load_all().unwrap().1.len(), 2);
+        assert!(
+            store
+                .load_all()
+                .unwrap()
+                .1
+                .iter()
+                .all(|(_, _, active)| *active)
+        );
+
+        // The first token, two rotations old: reuse.
+        assert_eq!(
+            store
+                .rotate_refresh(d, [1; 32], [5; 32], u64::MAX, 5)
+                .unwrap(),
+            Refresh::Reused { user: u }
+        );
+        let mut devices = store.load_all().unwrap().1;
+        devices.sort_by_key(|(_, id, _)| *id == d);
+        assert_eq!(devices, vec![(u, other, true), (u, d, false)]);
+        // The current token died with the family; presenting anything now is refused.
+        for presented in [[3; 32], [1; 32], [2; 32]] {
+            assert_eq!(
+                store
+                    .rotate_refresh(d, presented, [6; 32], u64::MAX, 6)
+                    .unwrap(),
+                Refresh::Refused
+            );
+        }
+        assert!(targets(&store, u).is_empty(), "push token dropped too");
+        // The other device is untouched.
+        assert_eq!(
+            store
+                .rotate_refresh(other, [7; 32], [8; 32], u64::MAX, 7)
+                .unwrap(),
+            rotated
+        );
+    }
+
+    #[test]
+    fn reuse_counts_even_when_disabled_and_history_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let u = store.create_user("alice", "h", 1).unwrap().unwrap();
+        let d = store
+            .create_device(u, "x", [0; 32], u64::MAX, 1)
+            .unwrap()
+            .unwrap();
+        let token = |i: usize| {
+            let mut t = [0u8; 32];
+            t[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            t
+        };
+        let rotations = SUPERSEDED_KEPT + 3;
+        for i in 0..rotations {
+            let outcome = store
+                .rotate_refresh(d, token(i), token(i + 1), u64::MAX, 2)
+                .unwrap();
+            assert!(
+                matches!(outcome, Refresh::Rotated { .. }),
+                "{i}: {outcome:?}"
+            );
+        }
+        // Beyond the history: only refused, the device stays.
+        assert_eq!(
+            store
+                .rotate_refresh(d, token(2), token(99), u64::MAX, 3)
+                .unwrap(),
+            Refresh::Refused
+        );
+        assert_eq!(store.load_all().unwrap().1, vec![(u, d, true)]);
+        // Within it, even on a disabled account (whose current token is merely paused).
+        store.set_disabled(u, true, "spam", 4).unwrap();
+        assert_eq!(
+            store
+                .rotate_refresh(d, token(rotations), token(99), u64::MAX, 5)
+                .unwrap(),
+            Refresh::Disabled
+        );
+        assert_eq!(
+            store
+                .rotate_refresh(
+                    d,
+                    token(rotations - SUPERSEDED_KEPT),
+                    token(99),
+                    u64::MAX,
+                    5
+                )
+                .unwrap(),
+            Refresh::Reused { user: u }
+        );
+        assert_eq!(store.load_all().unwrap().1, vec![(u, d, false)]);
+    }
+
+    #[test]
+    fn device_records_before_reuse_detection_still_decode_and_rotate() {
+        // A record as written before token families were kept.
+        let old = br#"{"name":"phone","created_at_ms":1,"revoked":false,"refresh_hash":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"refresh_expires_at_ms":18446744073709551615}"#;
+        let record: DeviceRecord = decode(old, "device").unwrap();
+        assert!(record.superseded.is_empty());
+        assert!(
+            !String::from_utf8(encode(&record))
+                .unwrap()
+                .contains("superseded"),
+            "written as before while empty"
+        );
+        // Stored as such, it rotates and then recognises its old token.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let u = store.create_user("alice", "h", 1).unwrap().unwrap();
+        {
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(DEVICE_OWNERS)
+                .unwrap()
+                .insert(77, u.get())
+                .unwrap();
+            txn.open_table(DEVICES)
+                .unwrap()
+                .insert((u.get(), 77), old.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let d = DeviceId(77);
+        assert!(matches!(
+            store
+                .rotate_refresh(d, [1; 32], [2; 32], u64::MAX, 2)
+                .unwrap(),
+            Refresh::Rotated { .. }
+        ));
+        assert_eq!(
+            store
+                .rotate_refresh(d, [1; 32], [3; 32], u64::MAX, 3)
+                .unwrap(),
+            Refresh::Reused { user: u }
+        );
+    }
+
+    #[test]
+    fn revoke_all_revokes_every_logged_in_device_of_the_user_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let u = store.create_user("alice", "h", 1).unwrap().unwrap();
+        let v = store.create_user("bob", "h", 1).unwrap().unwrap();
+        let mut mine = Vec::new();
+        for name in ["a", "b", "c"] {
+            mine.push(
+                store
+                    .create_device(u, name, [1; 32], u64::MAX, 1)
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let bobs = store
+            .create_device(v, "b", [2; 32], u64::MAX, 1)
+            .unwrap()
+            .unwrap();
+        store.set_push(u, mine[0], push("t", "fcm")).unwrap();
+        assert!(store.revoke(u, mine[2]).unwrap());
+        let mut revoked = store.revoke_all(u).unwrap();
+        revoked.sort();
+        let mut want = mine[..2].to_vec();
+        want.sort();
+        assert_eq!(
+            revoked, want,
+            "the already logged-out device is not counted"
+        );
+        assert!(store.revoke_all(u).unwrap().is_empty());
+        assert!(targets(&store, u).is_empty());
+        let (_, devices) = store.load_all().unwrap();
+        for (owner, device, active) in devices {
+            assert_eq!(active, owner == v && device == bobs, "{owner} {device}");
+        }
+        for d in &mine {
+            assert_eq!(
+                store
+                    .rotate_refresh(*d, [1; 32], [3; 32], u64::MAX, 2)
+                    .unwrap(),
+                Refresh::Refused
+            );
+        }
+    }
+
+    #[test]
     fn hash_comparison() {
         assert!(hashes_equal(&[9; 32], &[9; 32]));
         let mut b = [9; 32];
         b[31] = 8;
         assert!(!hashes_equal(&[9; 32], &b));
+        assert!(bytes_equal(b"abc", b"abc"));
+        assert!(!bytes_equal(b"abc", b"abd"));
+        assert!(!bytes_equal(b"abc", b"ab"));
+        assert_eq!(fingerprint(&[0xab; 32]), "ab".repeat(16));
     }
 }

@@ -20,7 +20,7 @@ pub struct Account {
 }
 
 /// A logged-in device: its ids and tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Session {
     pub user_id: UserId,
     pub device_id: DeviceId,
@@ -29,6 +29,20 @@ pub struct Session {
     pub refresh_token: String,
     /// Lifetime of the access token, in seconds, when it was issued.
     pub access_expires_in_s: u64,
+}
+
+/// Without the tokens: a session printed in a log or a panic message gives nothing away.
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .field("username", &self.username)
+            .field("access_token", &"<redacted>")
+            .field("refresh_token", &"<redacted>")
+            .field("access_expires_in_s", &self.access_expires_in_s)
+            .finish()
+    }
 }
 
 /// Calls natter's REST API. Cheap to clone (one connection pool).
@@ -270,6 +284,27 @@ impl HttpClient {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Logs out every device of the caller's user, this one included (`DELETE
+    /// /v1/sessions/all`): their tokens stop working and their connections close (4001).
+    /// Returns how many devices were logged in.
+    pub async fn logout_everywhere(&self, access_token: &str) -> Result<u32, HttpError> {
+        #[derive(Deserialize)]
+        struct LogoutAllWire {
+            devices_logged_out: u32,
+        }
+        let (status, wire) = self
+            .call::<LogoutAllWire>(
+                Method::DELETE,
+                &["v1", "sessions", "all"],
+                Some(access_token),
+                None,
+            )
+            .await?;
+        Ok(wire
+            .ok_or_else(|| Self::missing_body(status))?
+            .devices_logged_out)
     }
 
     /// The id of the user called `username`; 404 (`not_found`) if there is none.
