@@ -33,6 +33,12 @@ const MAX_LISTED: usize = 10_000;
 fn directory_error(e: natter_sessions::directory::DirectoryError) -> ApiError {
     if e.is_unavailable() {
         ApiError::Unavailable(e.to_string())
+    } else if matches!(
+        e,
+        natter_sessions::directory::DirectoryError::Invalid { .. }
+    ) {
+        // A node name the directory refuses (e.g. `?edge=|`): the caller's mistake.
+        ApiError::Invalid(e.to_string())
     } else {
         ApiError::Internal(e.to_string())
     }

@@ -66,6 +66,14 @@ impl Default for NatsConfig {
     }
 }
 
+/// How long to wait before reconnect attempt `attempts`: 0, then 100, 200 ... ms capped
+/// at 2 s (quick after a restart, gentle after), each drawn from half to all of that, so
+/// that every process of a cluster does not knock on a restarted server in step.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let full = (attempts as u64).saturating_mul(100).min(2_000);
+    Duration::from_millis(full / 2 + rand::random_range(0..=full / 2))
+}
+
 /// A bus over one NATS connection. Cheap to clone; all clones share the connection.
 #[derive(Clone)]
 pub struct NatsBus {
@@ -96,10 +104,7 @@ impl NatsBus {
             .connection_timeout(config.connect_timeout)
             .retry_on_initial_connect()
             .max_reconnects(None)
-            .reconnect_delay_callback(|attempts| {
-                // 0, 100, 200 ... ms, capped at 2 s: quick after a restart, gentle after.
-                Duration::from_millis((attempts as u64 * 100).min(2_000))
-            })
+            .reconnect_delay_callback(reconnect_delay)
             .event_callback(move |event| {
                 let reconnects_tx = reconnects_tx.clone();
                 let was_down = was_down.clone();
@@ -500,5 +505,24 @@ impl Bus for NatsBus {
             }
         }
         .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_grow_to_two_seconds_with_jitter() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        for attempts in 1..100usize {
+            let full = Duration::from_millis((attempts as u64 * 100).min(2_000));
+            for _ in 0..20 {
+                let d = reconnect_delay(attempts);
+                assert!(d >= full / 2 && d <= full, "{attempts}: {d:?} of {full:?}");
+            }
+        }
+        let longest = reconnect_delay(usize::MAX);
+        assert!(longest >= Duration::from_secs(1) && longest <= Duration::from_secs(2));
     }
 }

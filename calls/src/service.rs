@@ -1557,8 +1557,14 @@ async fn write_log(
                 tracing::debug!(attempt, outcome = ?other.err(), "calls: history entry not written yet");
             }
         }
-        tokio::time::sleep(delay).await;
-        delay *= 2;
+        if attempt < LOG_ATTEMPTS {
+            // Half to all of the delay: the entries of calls that met the same outage
+            // do not all come back at once. Retrying is safe: the owner dedupes by call id.
+            let half = delay / 2;
+            let jitter = rand::random_range(0..=u64::try_from(half.as_millis()).unwrap_or(0));
+            tokio::time::sleep(half + Duration::from_millis(jitter)).await;
+            delay *= 2;
+        }
     }
     tracing::warn!(conversation = %conversation.as_str(), "calls: history entry not written");
 }

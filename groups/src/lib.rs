@@ -5,6 +5,7 @@
 //! place in the conversation's order, and asks it for the members it fans messages out to.
 
 pub mod conformance;
+mod metrics;
 mod redb_store;
 mod rules;
 mod scylla_store;

@@ -1,7 +1,8 @@
 //! Who may do what to a group, and what each operation changes: a pure function from
 //! the stored record, the caller and the request to the new record, the system message
 //! (if the change belongs in the conversation's log) and the answer for the client. No
-//! I/O here, so every rule is tested directly (see the tests at the bottom).
+//! I/O here, so every rule is tested directly (see the tests at the bottom); a refusal
+//! because of a limit is counted (`metrics::rejected`), which is all it does beside.
 
 use natter_proto::{
     ConversationId, ErrorCode, GroupId, UserId,
@@ -29,6 +30,9 @@ pub struct Limits {
     pub max_pending_joins: usize,
     /// Users banned from joining by link per group.
     pub max_banned: usize,
+    /// Groups a user may be a member of (deleted groups do not count). Checked by the
+    /// service, which knows the user's other groups, not by these rules.
+    pub max_groups_per_user: u32,
 }
 
 impl Default for Limits {
@@ -40,6 +44,7 @@ impl Default for Limits {
             max_invites: 16,
             max_pending_joins: 1024,
             max_banned: 4096,
+            max_groups_per_user: 2_000,
         }
     }
 }
@@ -426,6 +431,7 @@ fn create_group(
     others.sort_unstable();
     others.dedup();
     if others.len() + 1 > cx.limits.max_members as usize {
+        crate::metrics::rejected(crate::metrics::GROUP_MEMBERS);
         return Err(error(
             ErrorCode::GroupFull,
             format!("a group has at most {} members", cx.limits.max_members),
@@ -526,6 +532,7 @@ fn join_by_invite(
         let info = next.info();
         if !info.pending_joins.contains(&cx.caller.get()) {
             if info.pending_joins.len() >= cx.limits.max_pending_joins {
+                crate::metrics::rejected(crate::metrics::GROUP_PENDING_JOINS);
                 return Err(error(
                     ErrorCode::GroupFull,
                     "too many requests to join are waiting for approval",
@@ -603,6 +610,7 @@ impl<'a> Draft<'a> {
         let next_seq = self.cx.next_seq;
         let info = self.info();
         if info.members.len() + users.len() > max {
+            crate::metrics::rejected(crate::metrics::GROUP_MEMBERS);
             return Err(error(
                 ErrorCode::GroupFull,
                 format!("the group is full ({max} members)"),
@@ -808,6 +816,7 @@ impl<'a> Draft<'a> {
         let max = self.cx.limits.max_banned;
         let info = self.info();
         if info.banned.len() >= max {
+            crate::metrics::rejected(crate::metrics::GROUP_BANS);
             return Err(invalid(format!("a group bans at most {max} users")));
         }
         info.banned.push(user);
@@ -948,6 +957,7 @@ impl<'a> Draft<'a> {
         info.invites
             .retain(|i| i.expires_at_ms == 0 || i.expires_at_ms > now);
         if info.invites.len() >= max {
+            crate::metrics::rejected(crate::metrics::GROUP_INVITES);
             return Err(invalid(format!(
                 "a group has at most {max} live invite links; revoke one first"
             )));

@@ -89,6 +89,7 @@ pub async fn start(
 ) -> Result<JoinHandle<()>, BusError> {
     let audiences = natter_people::Audiences::start(bus.clone(), config.request_timeout).await?;
     let users = natter_sessions::Users::new(bus.clone(), config.request_timeout);
+    crate::metrics::limits(&config.limits);
     let shared = Arc::new(Shared {
         config,
         store,
@@ -251,7 +252,89 @@ async fn try_apply(shared: &Shared, payload: Bytes) -> Result<bus::GroupApplyRep
     let outcome = rules::apply(record.as_ref(), &op, &cx, &|u| {
         known.get(&u).copied().unwrap_or(false)
     })?;
+    refuse_too_many_groups(shared, caller, group, &admitted(record.as_ref(), &outcome)).await?;
     store_outcome(shared, record, outcome).await
+}
+
+/// The users a change makes members who were not (a create: everyone in it).
+fn admitted(before: Option<&GroupRecord>, outcome: &rules::Outcome) -> Vec<UserId> {
+    let members = |r: Option<&GroupRecord>| -> Vec<u64> {
+        r.and_then(|r| r.info.as_ref())
+            .map(|i| i.members.iter().map(|m| m.user_id).collect())
+            .unwrap_or_default()
+    };
+    let old = members(before);
+    members(outcome.record.as_ref())
+        .into_iter()
+        .filter(|u| !old.contains(u))
+        .map(UserId)
+        .collect()
+}
+
+/// Refuses a change that would put a user in more groups than `max_groups_per_user`
+/// (LIMIT_REACHED). Two changes racing for a user's last place may both pass: the cap
+/// is exact to within the changes in flight, which is all it needs to be.
+async fn refuse_too_many_groups(
+    shared: &Shared,
+    caller: UserId,
+    group: GroupId,
+    users: &[UserId],
+) -> Result<(), v1::Error> {
+    let max = shared.config.limits.max_groups_per_user;
+    for chunk in users.chunks(LOOKUP_CONCURRENCY) {
+        let counts =
+            futures::future::join_all(chunk.iter().map(|&u| groups_of(shared, u, group, max)))
+                .await;
+        for (&u, count) in chunk.iter().zip(counts) {
+            if count? >= max as usize {
+                crate::metrics::rejected(crate::metrics::GROUPS_PER_USER);
+                let message = if u == caller {
+                    format!("you are in {max} groups, the most allowed; leave one first")
+                } else {
+                    format!("user {u} is in {max} groups, the most allowed")
+                };
+                return Err(error(ErrorCode::LimitReached, message));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many groups other than `except` `user` is a current member of, exactly when it
+/// may be `max` or more: the index counts deleted groups too (their members stay listed
+/// and cannot leave), so near the cap the records are read to leave those out.
+async fn groups_of(
+    shared: &Shared,
+    user: UserId,
+    except: GroupId,
+    max: u32,
+) -> Result<usize, v1::Error> {
+    let current: Vec<GroupId> = shared
+        .store
+        .user_groups(user)
+        .await
+        .map_err(|e| store_failure(&e))?
+        .into_iter()
+        .filter(|a| a.left_seq == 0 && a.group_id != except.get())
+        .map(|a| GroupId(a.group_id))
+        .collect();
+    if current.len() < max as usize {
+        return Ok(current.len());
+    }
+    let mut live = 0;
+    for chunk in current.chunks(LIST_CONCURRENCY) {
+        let store = &shared.store;
+        let records = futures::future::join_all(chunk.iter().map(|&g| store.load(g))).await;
+        for record in records {
+            if let Some(r) = record.map_err(|e| store_failure(&e))?
+                && !r.info.as_ref().is_some_and(|i| i.deleted)
+                && rules::access(&r, user).is_some_and(|a| a.left_seq == 0)
+            {
+                live += 1;
+            }
+        }
+    }
+    Ok(live)
 }
 
 /// Stores what a change made of `record` (if anything) and answers with it.

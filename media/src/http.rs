@@ -17,7 +17,7 @@ use natter_sessions::{
     Identity,
     openapi::{Binary, ErrorBody},
 };
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -121,6 +121,21 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, MediaError> {
     }
 }
 
+/// A query string as `Query<T>` reads it, refused like every other bad input: a 400
+/// with a JSON `invalid_argument` (axum's own rejection is plain text).
+struct Params<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = MediaError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, MediaError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Params(q))
+            .map_err(|e| MediaError::BadRequest(e.body_text()))
+    }
+}
+
 /// The caller of a request, authenticated by its bearer token or `?access_token=`
 /// (which the web client's `<img>` and `<video>` use: they cannot set headers).
 struct Caller(Identity);
@@ -200,7 +215,7 @@ struct TokenParam {
 )]
 async fn upload(
     State(media): State<Media>,
-    Query(q): Query<UploadQuery>,
+    Params(q): Params<UploadQuery>,
     Caller(who): Caller,
     request: Request,
 ) -> Result<Response, MediaError> {
@@ -533,7 +548,7 @@ async fn opened(
 async fn info(
     State(media): State<Media>,
     Path(id): Path<String>,
-    Query(q): Query<DownloadQuery>,
+    Params(q): Params<DownloadQuery>,
     Caller(who): Caller,
 ) -> Result<Response, MediaError> {
     let d = opened(&media, &id, &q, &who).await?;
@@ -572,7 +587,7 @@ async fn info(
 async fn download(
     State(media): State<Media>,
     Path(id): Path<String>,
-    Query(q): Query<DownloadQuery>,
+    Params(q): Params<DownloadQuery>,
     Caller(who): Caller,
     headers: HeaderMap,
 ) -> Result<Response, MediaError> {
@@ -606,7 +621,7 @@ async fn download(
 async fn thumbnail(
     State(media): State<Media>,
     Path(id): Path<String>,
-    Query(q): Query<DownloadQuery>,
+    Params(q): Params<DownloadQuery>,
     Caller(who): Caller,
     headers: HeaderMap,
 ) -> Result<Response, MediaError> {

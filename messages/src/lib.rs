@@ -1,7 +1,9 @@
 //! natter-messages: conversation logs, seq assignment, dedupe, per-device cursors
 //! (receipts), sync, history and typing relay. The [`MessageStore`] trait is the durable
 //! state; [`RedbStore`] implements it in one embedded redb file and [`conformance`] is the
-//! suite every implementation must pass. [`start`] serves the bus subjects.
+//! suite every implementation must pass. [`Breaker`] wraps any of them in a circuit
+//! breaker that fails calls fast while the store is down. [`start`] serves the bus
+//! subjects.
 //!
 //! Ordering: each conversation belongs to one [`natter_proto::Partition`], and each
 //! partition has one worker task here. The worker assigns seqs from an in-memory head
@@ -13,6 +15,7 @@
 //! and stored by the groups service, written here as system messages) and fans its
 //! messages out to the members it caches; see `partition.rs` and `groups.rs`.
 
+mod breaker;
 pub mod conformance;
 mod groups;
 mod media;
@@ -32,6 +35,7 @@ use natter_proto::{DeviceId, ErrorCode, Partition, Subject, UserId, bus, error, 
 use tokio::{sync::mpsc, task::JoinHandle, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
+pub use breaker::{Breaker, BreakerConfig};
 pub use ownership::{LeaseConfig, Owned, Placement};
 pub use redb_store::RedbStore;
 pub use scylla_store::{ScyllaConfig, ScyllaStore};
@@ -199,12 +203,23 @@ pub(crate) fn caller_of(caller: Option<bus::Caller>) -> Result<Caller, v1::Error
     }
 }
 
-/// Maps a store failure to a client error without leaking internals (logged here).
+/// Maps a store failure to a client error without leaking internals (logged here). A
+/// call the circuit breaker refused is UNAVAILABLE and logged at debug level only: the
+/// breaker logged its opening once, and every request meets it while it is open.
 pub(crate) fn store_failure(e: &StoreError) -> v1::Error {
-    tracing::error!(error = %e, "message store failure");
     match e {
-        StoreError::Closed => error(ErrorCode::Unavailable, "service shutting down, retry"),
-        _ => error(ErrorCode::Internal, "storage failure, retry"),
+        StoreError::Unavailable(_) => {
+            tracing::debug!(error = %e, "message store call refused");
+            error(ErrorCode::Unavailable, "message store unavailable, retry")
+        }
+        StoreError::Closed => {
+            tracing::error!(error = %e, "message store failure");
+            error(ErrorCode::Unavailable, "service shutting down, retry")
+        }
+        _ => {
+            tracing::error!(error = %e, "message store failure");
+            error(ErrorCode::Internal, "storage failure, retry")
+        }
     }
 }
 

@@ -106,6 +106,9 @@ fn to_wire_error(e: &StoreError) -> bus::StoreError {
         StoreError::Invalid(m) => (StoreErrorKind::Invalid, m.clone()),
         StoreError::Corrupt(m) => (StoreErrorKind::Corrupt, m.clone()),
         StoreError::Closed => (StoreErrorKind::Closed, String::new()),
+        // The wire has no kind of its own for it (a store role runs no breaker): the
+        // client side sees a storage failure, which it also retries.
+        StoreError::Unavailable(m) => (StoreErrorKind::Storage, m.clone()),
     };
     bus::StoreError {
         kind: kind as i32,
@@ -1002,6 +1005,12 @@ mod tests {
             message: "x".into(),
         };
         assert!(matches!(from_wire_error(unknown), StoreError::Storage(_)));
+        // A breaker's refusal has no kind of its own on the wire: a storage failure.
+        let refused = StoreError::Unavailable("breaker open".into());
+        assert_eq!(
+            from_wire_error(to_wire_error(&refused)),
+            StoreError::Storage("breaker open".into())
+        );
     }
 
     #[test]

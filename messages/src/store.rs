@@ -68,6 +68,11 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,
+    /// The call was not attempted: the store has been failing and the circuit breaker in
+    /// front of it ([`crate::Breaker`]) is open. Nothing of the call was stored; retrying
+    /// later is safe.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Durable state of the messages service. All methods are safe to call concurrently; the

@@ -1031,12 +1031,23 @@ struct Flaky {
 const OK: u8 = 0;
 const FAIL_BEFORE: u8 = 1;
 const FAIL_AFTER: u8 = 2;
+/// Every call fails: the store is unreachable.
+const DOWN: u8 = 3;
+
+impl Flaky {
+    fn reachable(&self) -> Result<(), StoreError> {
+        match self.mode.load(Ordering::SeqCst) {
+            DOWN => Err(StoreError::Storage("store role unreachable".into())),
+            _ => Ok(()),
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl MessageStore for Flaky {
     async fn append(&self, batch: Vec<NewMessage>) -> Result<(), StoreError> {
         match self.mode.load(Ordering::SeqCst) {
-            FAIL_BEFORE => Err(StoreError::Storage("disk on fire".into())),
+            FAIL_BEFORE | DOWN => Err(StoreError::Storage("disk on fire".into())),
             FAIL_AFTER => {
                 self.inner.append(batch).await?;
                 Err(StoreError::Storage("lost the answer".into()))
@@ -1045,9 +1056,11 @@ impl MessageStore for Flaky {
         }
     }
     async fn head(&self, c: &ConversationId) -> Result<Seq, StoreError> {
+        self.reachable()?;
         self.inner.head(c).await
     }
     async fn find_dedupe(&self, keys: Vec<DedupeKey>) -> Result<Vec<Option<v1::Ack>>, StoreError> {
+        self.reachable()?;
         self.inner.find_dedupe(keys).await
     }
     async fn read_after(
@@ -1056,6 +1069,7 @@ impl MessageStore for Flaky {
         after: Seq,
         limit: usize,
     ) -> Result<Vec<v1::Message>, StoreError> {
+        self.reachable()?;
         self.inner.read_after(c, after, limit).await
     }
     async fn read_before(
@@ -1064,12 +1078,14 @@ impl MessageStore for Flaky {
         before: Seq,
         limit: usize,
     ) -> Result<Vec<v1::Message>, StoreError> {
+        self.reachable()?;
         self.inner.read_before(c, before, limit).await
     }
     async fn user_conversations(
         &self,
         u: UserId,
     ) -> Result<Vec<(ConversationId, Seq)>, StoreError> {
+        self.reachable()?;
         self.inner.user_conversations(u).await
     }
     async fn advance_cursor(
@@ -1080,6 +1096,7 @@ impl MessageStore for Flaky {
         kind: v1::ReceiptKind,
         seq: Seq,
     ) -> Result<CursorAdvance, StoreError> {
+        self.reachable()?;
         self.inner.advance_cursor(u, d, c, kind, seq).await
     }
     async fn device_cursors(
@@ -1087,9 +1104,11 @@ impl MessageStore for Flaky {
         u: UserId,
         d: DeviceId,
     ) -> Result<Vec<DeviceCursor>, StoreError> {
+        self.reachable()?;
         self.inner.device_cursors(u, d).await
     }
     async fn member_cursors(&self, c: &ConversationId) -> Result<Vec<MemberCursor>, StoreError> {
+        self.reachable()?;
         self.inner.member_cursors(c).await
     }
     async fn redact(
@@ -1097,6 +1116,7 @@ impl MessageStore for Flaky {
         c: &ConversationId,
         seq: Seq,
     ) -> Result<Option<v1::Message>, StoreError> {
+        self.reachable()?;
         self.inner.redact(c, seq).await
     }
 }
@@ -1152,6 +1172,85 @@ async fn failed_appends_leave_no_gap_and_no_duplicate() {
         v
     };
     assert_eq!(pushed, vec![1, 2, 3, 4]);
+}
+
+/// A store that keeps failing opens the circuit breaker: sends are then answered
+/// UNAVAILABLE without reaching the store, and once it works again (after the cooldown's
+/// probe) the retried sends are stored exactly once, the ambiguous one included.
+#[tokio::test]
+async fn an_open_breaker_answers_unavailable_and_retries_are_stored_once() {
+    let mode = Arc::new(AtomicU8::new(OK));
+    let m = mode.clone();
+    let h = harness_with(
+        move |inner| {
+            natter_messages::Breaker::new(
+                Arc::new(Flaky { inner, mode: m }),
+                natter_messages::BreakerConfig {
+                    failures: 2,
+                    cooldown: Duration::from_millis(200),
+                    ..Default::default()
+                },
+            )
+        },
+        Config::default(),
+        true,
+    )
+    .await;
+    let conv = direct(ALICE, BOB);
+    assert_eq!(ack(h.send((ALICE, A1), BOB, "m1").await).seq, 1);
+    // Stored, but the answer is lost (one failure); then the store is unreachable (its
+    // first read fails): two failures in a row open the breaker.
+    mode.store(FAIL_AFTER, Ordering::SeqCst);
+    assert_eq!(
+        code(&h.send((ALICE, A1), BOB, "m2").await),
+        ErrorCode::Internal
+    );
+    mode.store(DOWN, Ordering::SeqCst);
+    assert_eq!(
+        code(&h.send((ALICE, A1), BOB, "m3").await),
+        ErrorCode::Internal
+    );
+    // Open: even a retry of the stored m2 (which needs only a dedupe read) and a sync
+    // are answered UNAVAILABLE, and the store does not fail them: it is not asked.
+    mode.store(OK, Ordering::SeqCst);
+    for cmid in ["m2", "m3"] {
+        assert_eq!(
+            code(&h.send((ALICE, A1), BOB, cmid).await),
+            ErrorCode::Unavailable,
+            "{cmid} while the breaker is open"
+        );
+    }
+    let sync = h
+        .sync(bus::SyncRequest {
+            caller: caller(BOB, B1),
+            cursors: Vec::new(),
+            limit: 10,
+        })
+        .await;
+    let e = sync.error.expect("sync refused while open");
+    assert_eq!(e.code, ErrorCode::Unavailable as i32, "{e:?}");
+
+    // After the cooldown a probe goes through and closes it; the client's retries are
+    // answered: m2 with its original seq, m3 with the next one.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let m2 = loop {
+        let r = h.send((ALICE, A1), BOB, "m2").await;
+        match &r.body {
+            Some(partition_reply::Body::Ack(_)) => break ack(r),
+            _ => assert_eq!(code(&r), ErrorCode::Unavailable),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the breaker closes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        m2.seq, 2,
+        "the ambiguous send was stored; its retry gets that seq"
+    );
+    assert_eq!(ack(h.send((ALICE, A1), BOB, "m3").await).seq, 3);
+    let log = h.log(&conv).await;
+    let ids: Vec<&str> = log.iter().map(|m| m.client_msg_id.as_str()).collect();
+    assert_eq!(ids, vec!["m1", "m2", "m3"]);
+    assert_eq!(seqs(&log), vec![1, 2, 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

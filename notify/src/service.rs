@@ -9,7 +9,9 @@
 //!
 //! A job is acked when every delivery in it finished (sent, refused, or given up). If the
 //! online check or the push targets were unavailable for some recipient, the job is
-//! redelivered in 10 s (`retry_later`) unless it has been delivered 5 times already; the
+//! redelivered later (`retry_later`, [`retry_delay`]: 10 s doubling per delivery, with
+//! jitter so that jobs that met the same outage do not all return at once) unless it has
+//! been delivered 5 times already; the
 //! notifications already sent are not sent again by this process (a bounded set of the
 //! last 100,000 ids), and the gateway sees the same `Idempotency-Key` for a notification
 //! sent again by another one.
@@ -44,7 +46,8 @@ use crate::{
 
 /// The durable consumer's name: every notifier shares the jobs.
 pub const CONSUMER: &str = "notifier";
-/// How long a job waits before it is tried again when a service was unavailable.
+/// How long a job waits before its first retry when a service was unavailable (see
+/// [`retry_delay`]).
 pub const RETRY_DELAY: Duration = Duration::from_secs(10);
 /// Deliveries after which a job that still meets an unavailable service is given up.
 pub const MAX_DELIVERIES: u64 = 5;
@@ -54,6 +57,17 @@ pub const SENT_MEMORY: usize = 100_000;
 const RECIPIENTS_IN_FLIGHT: usize = 16;
 /// Device buckets kept before full ones are pruned.
 const BUCKETS_SOFT_LIMIT: usize = 100_000;
+
+/// How long a job delivered `deliveries` times waits before it is tried again: half to
+/// all of [`RETRY_DELAY`] doubled per earlier delivery (10 s, 20 s, 40 s, 80 s at most
+/// before [`MAX_DELIVERIES`]). Retrying is safe: notifications already sent are not sent
+/// again (the sent set here, the `Idempotency-Key` at the gateway).
+pub fn retry_delay(deliveries: u64) -> Duration {
+    use rand::Rng as _;
+    let doublings = u32::try_from(deliveries.saturating_sub(1).min(4)).unwrap_or(4);
+    let full = RETRY_DELAY * 2u32.pow(doublings);
+    full / 2 + Duration::from_millis(rand::rng().random_range(0..=full.as_millis() as u64 / 2))
+}
 
 /// The notifier's settings.
 #[derive(Debug, Clone)]
@@ -248,7 +262,8 @@ impl Notifier {
                     recipients = outcome.unavailable,
                     "a service was unavailable for a notify job; trying it again later"
                 );
-                if let Err(e) = job.retry_later(RETRY_DELAY).await {
+                let delay = retry_delay(job.deliveries);
+                if let Err(e) = job.retry_later(delay).await {
                     tracing::warn!(error = %e, "cannot ask for a notify job to be redelivered");
                 }
             }
@@ -561,6 +576,23 @@ impl Online for DirectoryOnline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_delays_double_with_jitter_and_stay_bounded() {
+        for deliveries in 0..10u64 {
+            let full = RETRY_DELAY * 2u32.pow(deliveries.saturating_sub(1).min(4) as u32);
+            for _ in 0..50 {
+                let d = retry_delay(deliveries);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "{deliveries}: {d:?} of {full:?}"
+                );
+            }
+        }
+        assert_eq!(retry_delay(1).max(RETRY_DELAY), RETRY_DELAY);
+        assert!(retry_delay(5) >= Duration::from_secs(80));
+        assert!(retry_delay(100) <= Duration::from_secs(160));
+    }
 
     #[test]
     fn sent_ids_are_bounded_and_releasable() {

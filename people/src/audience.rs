@@ -160,6 +160,10 @@ pub struct Audiences {
     cache: Mutex<HashMap<UserId, (Arc<AudienceInfo>, Instant)>>,
     /// `Subject::people_changed()`, drained by every `get`.
     changes: Mutex<Subscription>,
+    /// A people service has answered (or published a change) since this process
+    /// started: from then on "no responders" means it is down, not that none is
+    /// deployed, and blocks must not be ignored for want of an answer.
+    seen: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Audiences {
@@ -177,6 +181,7 @@ impl Audiences {
             timeout,
             cache: Mutex::new(HashMap::new()),
             changes: Mutex::new(changes),
+            seen: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -186,6 +191,7 @@ impl Audiences {
         while let Some(event) = changes.next().now_or_never() {
             match event {
                 Some(BusEvent::Message(msg)) => {
+                    self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
                     if let Ok(c) = bus::PeopleChanged::decode(msg.payload) {
                         self.forget(UserId(c.user_id));
                     }
@@ -236,12 +242,20 @@ impl Audiences {
                     tracing::error!("undecodable Audience from the people service");
                     error(ErrorCode::Internal, "internal error")
                 })?;
+                self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 if let Some(e) = a.error {
                     return Err(e);
                 }
                 (AudienceInfo::from_proto(&a), CACHE_TTL)
             }
-            Err(BusError::NoResponders(_)) => (AudienceInfo::open(user), OPEN_TTL),
+            // No people role deployed at all: nobody has settings or blocks. But once
+            // one has answered, silence means it is down: fail closed below, rather
+            // than deliver from someone a user blocked.
+            Err(BusError::NoResponders(_))
+                if !self.seen.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                (AudienceInfo::open(user), OPEN_TTL)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "people audience request failed");
                 return Err(error(

@@ -6,6 +6,7 @@
 pub mod audience;
 pub mod conformance;
 mod media;
+mod metrics;
 mod redb_store;
 mod rules;
 mod scylla_store;

@@ -114,6 +114,7 @@ pub async fn start(
         .await?;
     let users = natter_sessions::Users::new(bus.clone(), config.request_timeout);
     let media = MediaClient::new(bus.clone(), config.request_timeout);
+    crate::metrics::limits(&config);
     let shared = Arc::new(Shared {
         config,
         store,
@@ -549,6 +550,7 @@ impl Cx<'_> {
         let limit = self.shared.config.max_contacts;
         let stored = match st(self.store().add_contact(self.caller, &record, limit).await)? {
             Added::LimitReached => {
+                crate::metrics::rejected(crate::metrics::CONTACTS);
                 return Err(limit_reached(format!(
                     "contact limit reached: at most {limit} contacts"
                 )));
@@ -642,6 +644,7 @@ impl Cx<'_> {
             .await)?
         {
             Added::LimitReached => {
+                crate::metrics::rejected(crate::metrics::BLOCKS);
                 return Err(limit_reached(format!(
                     "block limit reached: at most {limit} blocked users"
                 )));
@@ -688,6 +691,7 @@ impl Cx<'_> {
             .count_statuses_since(self.caller, since, now)
             .await)?;
         if posted >= limit {
+            crate::metrics::rejected(crate::metrics::STATUSES_PER_DAY);
             return Err(limit_reached(format!(
                 "status limit reached: at most {limit} status updates per 24 hours"
             )));
