@@ -1700,7 +1700,13 @@ class App {
   onError(e, req) {
     const message = readableError(e);
     if (req?.kind === "send") {
-      if (e.code === "ERROR_CODE_UNAVAILABLE" || e.code === "ERROR_CODE_INTERNAL") {
+      // Not stored: sent again (same clientMsgId) by tick(). RATE_LIMITED too: the
+      // server refused it for now, and a later try is stored once.
+      if (
+        e.code === "ERROR_CODE_UNAVAILABLE" ||
+        e.code === "ERROR_CODE_INTERNAL" ||
+        e.code === "ERROR_CODE_RATE_LIMITED"
+      ) {
         const o = this.outbox.find((x) => x.clientMsgId === req.clientMsgId);
         if (o) o.reqId = null; // retried by tick()
         return;

@@ -245,6 +245,11 @@ export class Connection {
         this.attempt = 0;
         this.onState("online");
       }
+      if (frame.reconnect) {
+        // The server is draining (a restart): it closes with 1001 once our requests are
+        // answered. Come back after the delay it picked for us (at most a minute).
+        this.hintMs = Math.min(60_000, Number(frame.reconnect.afterMs) || 0);
+      }
       this.onFrame(frame);
     };
     ws.onclose = (ev) => {
@@ -277,7 +282,12 @@ export class Connection {
       return;
     }
     const base = Math.min(15_000, 500 * 2 ** this.attempt);
-    const delay = Math.round(base / 2 + (Math.random() * base) / 2);
+    let delay = Math.round(base / 2 + (Math.random() * base) / 2);
+    if (this.hintMs !== undefined) {
+      // A draining server's Reconnect frame chose this connection's delay.
+      delay = this.hintMs;
+      this.hintMs = undefined;
+    }
     this.attempt++;
     this.onState("offline", delay);
     this.timer = setTimeout(() => this.connect(), delay);

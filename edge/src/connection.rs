@@ -6,7 +6,7 @@ use std::{borrow::Cow, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::SinkExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use natter_bus::queue;
 use natter_proto::{
     ErrorCode, close_code,
@@ -14,6 +14,9 @@ use natter_proto::{
     v1::{ClientFrame, ServerFrame},
 };
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+
+/// How long a graceful close waits for the client's Close.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// What one read from the socket amounts to.
 pub(crate) enum Inbound {
@@ -231,6 +234,21 @@ impl Socket {
         };
         let frame = Message::Close(Some(CloseFrame { code, reason }));
         if self.write(Some(frame)).await.is_ok() {
+            if graceful {
+                // Finish the closing handshake: read (and drop) what the client sent
+                // meanwhile until its Close. Closing with unread bytes would make the
+                // kernel reset the connection, and the client could lose our Close
+                // frame (and the code telling it why).
+                let deadline =
+                    tokio::time::Instant::now() + CLOSE_HANDSHAKE.min(self.write_timeout);
+                while let Ok(Some(Ok(msg))) =
+                    tokio::time::timeout_at(deadline, self.ws.next()).await
+                {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
             // The peer may already be gone; closing a dead socket has nothing to report.
             tokio::time::timeout(self.write_timeout, self.ws.close())
                 .await

@@ -8,6 +8,7 @@ mod auth;
 mod broadcast;
 mod connection;
 mod directory;
+mod limits;
 mod metrics;
 mod presence;
 mod session;
@@ -22,14 +23,16 @@ use std::{
 };
 
 use axum::{
-    Router,
+    Extension, Router,
     extract::{Query, State, WebSocketUpgrade},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 use natter_bus::Bus;
 use natter_proto::{Subject, codec::WireFormat};
-use natter_sessions::{TokenVerifier, directory::SessionDirectory, openapi::ErrorBody};
+use natter_sessions::{
+    TokenVerifier, client_addr::ClientAddr, directory::SessionDirectory, openapi::ErrorBody,
+};
 use serde::Deserialize;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use utoipa::IntoParams;
@@ -76,6 +79,22 @@ pub struct Config {
     /// Typing indicators a connection may send per second (on average; bursts of twice
     /// this). More are dropped.
     pub typing_per_second: u32,
+    /// Send frames a device may send per second on this node, on average (a token
+    /// bucket shared by the device's connections here, kept across reconnects). More get
+    /// RATE_LIMITED and are not stored; the client retries them later.
+    pub messages_per_second: u32,
+    /// Send frames a device may send at once before `messages_per_second` applies.
+    pub messages_burst: u32,
+    /// Open connections one user may have on this node; past it the upgrade gets 429
+    /// `too_many_connections`. 0: no limit.
+    pub max_connections_per_user: u32,
+    /// Open connections one client address may have on this node (loopback addresses
+    /// excepted: a local proxy or load generator); past it the upgrade gets 429
+    /// `too_many_connections`. 0: no limit.
+    pub max_connections_per_ip: u32,
+    /// On drain, each connection is told to reconnect after a delay drawn uniformly
+    /// from `[0, reconnect_spread)`, so a node's clients come back spread out.
+    pub reconnect_spread: Duration,
 }
 
 impl Default for Config {
@@ -96,6 +115,11 @@ impl Default for Config {
             directory_ttl: Duration::from_secs(15),
             presence_debounce: Duration::from_secs(3),
             typing_per_second: 5,
+            messages_per_second: 200,
+            messages_burst: 20_000,
+            max_connections_per_user: 20,
+            max_connections_per_ip: 1_000,
+            reconnect_spread: Duration::from_secs(5),
         }
     }
 }
@@ -116,6 +140,11 @@ struct Inner {
     tracker: TaskTracker,
     next_connection: AtomicU64,
     open: AtomicUsize,
+    /// Each device's Send token bucket (`messages_per_second`, `messages_burst`).
+    send_buckets: limits::SendBuckets,
+    /// Open connections per user and per client address on this node.
+    per_user: Arc<limits::Counts<natter_proto::UserId>>,
+    per_ip: Arc<limits::Counts<std::net::IpAddr>>,
     directory: directory::DirectoryNotes,
     directory_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     directory_stop: CancellationToken,
@@ -137,6 +166,11 @@ impl Edge {
         shutdown: CancellationToken,
     ) -> Edge {
         let request_timeout = config.request_timeout;
+        metrics::limits(&config);
+        let send_buckets =
+            limits::SendBuckets::new(config.messages_per_second, config.messages_burst);
+        let per_user = limits::Counts::new(config.max_connections_per_user);
+        let per_ip = limits::Counts::new(config.max_connections_per_ip);
         let directory_stop = CancellationToken::new();
         let (notes, task) = directory::start(
             directory,
@@ -165,6 +199,9 @@ impl Edge {
                 tracker: TaskTracker::new(),
                 next_connection: AtomicU64::new(rand::random::<u32>() as u64),
                 open: AtomicUsize::new(0),
+                send_buckets,
+                per_user,
+                per_ip,
                 directory: notes,
                 directory_task: std::sync::Mutex::new(Some(task)),
                 directory_stop,
@@ -211,6 +248,15 @@ impl Edge {
     }
 }
 
+/// 429 `too_many_connections` (the limits are per edge node).
+fn too_many_connections(message: &str) -> Response {
+    auth::reject(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_connections",
+        message,
+    )
+}
+
 /// `/v1/ws`, registered with its OpenAPI operation.
 fn routes() -> OpenApiRouter<Edge> {
     OpenApiRouter::new().routes(routes!(upgrade))
@@ -249,11 +295,13 @@ struct WsQuery {
         (status = 400, description = "Only unsupported subprotocols offered (or not a WebSocket upgrade: then a plain-text body)", body = ErrorBody),
         (status = 401, description = "No token, a bad or expired one, a logged-out device", body = ErrorBody),
         (status = 403, description = "`account_disabled`: an administrator disabled the account (logging in again will not help)", body = ErrorBody),
+        (status = 429, description = "`too_many_connections`: the user, or the client's address, already has the most connections this node allows; close one, or retry later", body = ErrorBody),
         (status = 503, description = "This node is draining, or sessions did not answer; reconnect", body = ErrorBody),
     )
 )]
 async fn upgrade(
     State(edge): State<Edge>,
+    client_addr: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     Query(query): Query<WsQuery>,
     ws: WebSocketUpgrade,
@@ -266,10 +314,29 @@ async fn upgrade(
             "this node is draining",
         );
     }
+    // Before the token is even verified: a flood from one address costs little. A
+    // loopback peer is a local proxy or load generator, not one client.
+    let ip_slot = match client_addr {
+        Some(Extension(ClientAddr(ip))) if !ip.is_loopback() => match inner.per_ip.acquire(ip) {
+            Some(slot) => Some(slot),
+            None => {
+                metrics::rejected(metrics::Limit::ConnectionsPerIp);
+                return too_many_connections("too many connections from this address");
+            }
+        },
+        _ => None,
+    };
     let claims = match inner.auth.verify(&headers, query.access_token.as_deref()) {
         Ok(claims) => claims,
         Err(e) => return auth::refusal(e),
     };
+    let Some(user_slot) = inner.per_user.acquire(claims.user) else {
+        metrics::rejected(metrics::Limit::ConnectionsPerUser);
+        return too_many_connections("too many connections of this user");
+    };
+    // Held by the connection's task (dropped with it, however it ends), or dropped here
+    // if the upgrade goes no further.
+    let slots = limits::Slots::new(user_slot, ip_slot);
     // Subscribe to the user's pushes before asking whether the device is still logged in:
     // a logout, ban or kick committed after that answer publishes its close after it, so
     // this subscription holds it for the connection. (Subscribing after the check left a
@@ -320,15 +387,19 @@ async fn upgrade(
             user = %identity.user,
             device = %identity.device
         );
+        let run = session::run(
+            edge2.clone(),
+            socket,
+            identity,
+            subscription,
+            format,
+            connection_id,
+        );
         let task = tracing::Instrument::instrument(
-            session::run(
-                edge2.clone(),
-                socket,
-                identity,
-                subscription,
-                format,
-                connection_id,
-            ),
+            async move {
+                let _slots = slots;
+                run.await
+            },
             span,
         );
         // The tracker lets shutdown wait for every connection to close cleanly.

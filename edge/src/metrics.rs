@@ -35,7 +35,7 @@ const IN_TYPES: [&str; 14] = [
 
 /// Server frame types, as labelled (index = [`out_index`]); "push" is a pushed frame
 /// passed through encoded.
-const OUT_TYPES: [&str; 22] = [
+const OUT_TYPES: [&str; 23] = [
     "unknown",
     "welcome",
     "ack",
@@ -57,6 +57,7 @@ const OUT_TYPES: [&str; 22] = [
     "call_event",
     "message_deleted",
     "announcement",
+    "reconnect",
     "push",
 ];
 
@@ -67,6 +68,50 @@ const SERVICES: [&str; 6] = [
 
 /// Error codes counted by name (index = the code); others count as UNKNOWN.
 const ERROR_CODES: usize = 18;
+
+/// The limits the edge enforces, as labelled in `natter_limit_rejections_total` and
+/// `natter_limit` (docs/operations.md, "Limits and quotas").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// Send frames per device (token bucket): refused with RATE_LIMITED.
+    MessagesPerDevice,
+    /// Typing frames per connection: dropped (RATE_LIMITED when the frame has an id).
+    TypingPerDevice,
+    /// Frames above the soft size: FRAME_TOO_LARGE, the connection stays.
+    FrameSize,
+    /// Frames above the hard size: the connection is closed (1009).
+    FrameSizeHard,
+    /// Too many undecodable or oversized frames on one connection: closed (4009).
+    BadFrames,
+    /// Connections of one user on this node: the upgrade gets 429.
+    ConnectionsPerUser,
+    /// Connections from one client address on this node: the upgrade gets 429.
+    ConnectionsPerIp,
+}
+
+impl Limit {
+    const ALL: [Limit; 7] = [
+        Limit::MessagesPerDevice,
+        Limit::TypingPerDevice,
+        Limit::FrameSize,
+        Limit::FrameSizeHard,
+        Limit::BadFrames,
+        Limit::ConnectionsPerUser,
+        Limit::ConnectionsPerIp,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Limit::MessagesPerDevice => "messages_per_device",
+            Limit::TypingPerDevice => "typing_per_device",
+            Limit::FrameSize => "frame_size",
+            Limit::FrameSizeHard => "frame_size_hard",
+            Limit::BadFrames => "bad_frames",
+            Limit::ConnectionsPerUser => "connections_per_user",
+            Limit::ConnectionsPerIp => "connections_per_ip",
+        }
+    }
+}
 
 struct Handles {
     connections: Gauge,
@@ -79,6 +124,8 @@ struct Handles {
     ack: Histogram,
     delivery: Histogram,
     bus: Vec<Histogram>,
+    /// `natter_limit_rejections_total`, one per [`Limit`] (index = its place in `ALL`).
+    rejections: Vec<Counter>,
 }
 
 fn handles() -> &'static Handles {
@@ -110,7 +157,57 @@ fn handles() -> &'static Handles {
             .iter()
             .map(|s| metrics::histogram!("natter_bus_request_seconds", "service" => *s))
             .collect(),
+        rejections: Limit::ALL
+            .iter()
+            .map(|l| metrics::counter!("natter_limit_rejections_total", "limit" => l.name()))
+            .collect(),
     })
+}
+
+/// Something was refused (or a connection closed) because of `limit`.
+pub(crate) fn rejected(limit: Limit) {
+    let h = handles();
+    if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
+        h.rejections[i].increment(1);
+    }
+}
+
+/// Publishes the configured limits (`natter_limit{limit=...}`), once at start, so that
+/// operators see the configuration beside the rejections. A limit that is off is 0.
+pub(crate) fn limits(config: &crate::Config) {
+    let values: [(&str, f64); 10] = [
+        (
+            Limit::MessagesPerDevice.name(),
+            config.messages_per_second.into(),
+        ),
+        ("messages_per_device_burst", config.messages_burst.into()),
+        (
+            Limit::TypingPerDevice.name(),
+            config.typing_per_second.into(),
+        ),
+        (
+            "typing_per_device_burst",
+            (2 * u64::from(config.typing_per_second.max(1))) as f64,
+        ),
+        (Limit::FrameSize.name(), config.max_frame_bytes as f64),
+        (
+            Limit::FrameSizeHard.name(),
+            config.hard_max_frame_bytes as f64,
+        ),
+        (Limit::BadFrames.name(), config.max_bad_frames.into()),
+        (
+            Limit::ConnectionsPerUser.name(),
+            config.max_connections_per_user.into(),
+        ),
+        (
+            Limit::ConnectionsPerIp.name(),
+            config.max_connections_per_ip.into(),
+        ),
+        ("in_flight_per_connection", config.max_in_flight as f64),
+    ];
+    for (name, value) in values {
+        metrics::gauge!("natter_limit", "limit" => name).set(value);
+    }
 }
 
 fn in_index(body: Option<&In>) -> usize {
@@ -154,6 +251,7 @@ fn out_index(body: Option<&Out>) -> usize {
         Some(Out::CallEvent(_)) => 18,
         Some(Out::MessageDeleted(_)) => 19,
         Some(Out::Announcement(_)) => 20,
+        Some(Out::Reconnect(_)) => 21,
     }
 }
 
@@ -244,6 +342,10 @@ mod tests {
         assert_eq!(
             out_index(Some(&Out::Announcement(Default::default()))),
             OUT_TYPES.iter().position(|t| *t == "announcement").unwrap()
+        );
+        assert_eq!(
+            out_index(Some(&Out::Reconnect(Default::default()))),
+            OUT_TYPES.iter().position(|t| *t == "reconnect").unwrap()
         );
         assert_eq!(IN_TYPES[IN_TYPES.len() - 1], "bad");
     }

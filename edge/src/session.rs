@@ -6,7 +6,7 @@
 //! `ACCOUNT_DISABLED` (after an error frame saying so) when the account was disabled or
 //! deleted, else with `KICKED`.
 
-use std::{borrow::Cow, pin::pin, time::Duration};
+use std::{borrow::Cow, pin::pin, sync::Arc, time::Duration};
 
 use axum::extract::ws::WebSocket;
 use bytes::Bytes;
@@ -26,6 +26,8 @@ use crate::{
     Edge,
     auth::Identity,
     connection::{Inbound, Queue, SlowConsumer, Socket, classify, socket},
+    limits::TokenBucket,
+    metrics::Limit,
 };
 
 /// Everything that can wake a connection task.
@@ -67,39 +69,13 @@ struct Device {
     queue: Queue,
     request_timeout: Duration,
     bad_frames: u32,
-    typing: TypingBucket,
-}
-
-/// A token bucket for typing indicators: `rate` per second, bursts of `2 × rate`.
-struct TypingBucket {
-    rate: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl TypingBucket {
-    fn new(per_second: u32) -> TypingBucket {
-        let rate = f64::from(per_second.max(1));
-        TypingBucket {
-            rate,
-            tokens: 2.0 * rate,
-            at: Instant::now(),
-        }
-    }
-
-    /// Takes a token if there is one.
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(2.0 * self.rate);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+    /// Typing indicators: `typing_per_second`, bursts of twice that, per connection.
+    typing: TokenBucket,
+    /// Send frames: the device's bucket on this node, shared with its other
+    /// connections here and kept after this one closes (`SendBuckets`).
+    sends: Arc<std::sync::Mutex<TokenBucket>>,
+    /// For the RATE_LIMITED message: the configured rate and burst.
+    send_limit: (u32, u32),
 }
 
 /// `subscription` is the user's pushes, subscribed before the device check (see
@@ -121,6 +97,7 @@ pub(crate) async fn run(
     let (mut socket, queue) = socket(ws, format, config.outbound_queue, config.send_timeout);
 
     let user = identity.user;
+    let identity_device = identity.device;
     let mut device = Device {
         identity,
         connection_id,
@@ -128,7 +105,12 @@ pub(crate) async fn run(
         queue,
         request_timeout: config.request_timeout,
         bad_frames: 0,
-        typing: TypingBucket::new(config.typing_per_second),
+        typing: TokenBucket::new(
+            config.typing_per_second,
+            config.typing_per_second.max(1).saturating_mul(2),
+        ),
+        sends: inner.send_buckets.of(identity_device),
+        send_limit: (config.messages_per_second, config.messages_burst),
     };
     // Before the Welcome: a broadcast sent from here on reaches this connection.
     let mut broadcasts = inner.broadcasts.subscribe();
@@ -213,6 +195,11 @@ pub(crate) async fn run(
                             }
                         }
                         Wake::Shutdown => {
+                            // Tell the client to come back (elsewhere), each connection
+                            // after its own delay, before its last replies and the close.
+                            let reconnect = reconnect_frame(config.reconnect_spread);
+                            // A client that cannot take it reconnects on the close alone.
+                            let _ = socket.send(&reconnect).await;
                             Err(End::new(close_code::GOING_AWAY, "server shutting down"))
                         }
                     };
@@ -265,6 +252,9 @@ pub(crate) async fn run(
         inner.presence.closed(user);
     }
     inner
+        .send_buckets
+        .release(device.identity.device, device.sends);
+    inner
         .open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     crate::metrics::connection(false);
@@ -298,6 +288,20 @@ async fn kicked(socket: &mut Socket, kick: bus::Kick) -> End {
         let _ = socket.send(&frame).await;
     }
     End(code, reason)
+}
+
+/// The Reconnect frame a draining node sends: come back after a random share of
+/// `spread`, so its clients do not all reconnect in the same instant.
+fn reconnect_frame(spread: Duration) -> ServerFrame {
+    let spread_ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX).max(1);
+    let after_ms = rand::random::<u64>() % spread_ms;
+    reply(
+        0,
+        Out::Reconnect(v1::Reconnect {
+            reason: "server restarting".to_owned(),
+            after_ms: u32::try_from(after_ms).unwrap_or(u32::MAX),
+        }),
+    )
 }
 
 fn reply(id: u64, body: Out) -> ServerFrame {
@@ -455,6 +459,11 @@ fn history_reply(id: u64, bytes: Bytes) -> Option<ServerFrame> {
 }
 
 impl Device {
+    /// Takes a token from the device's Send bucket, or says how long until one is due.
+    fn take_send(&self) -> Result<(), Duration> {
+        self.sends.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     fn caller(&self) -> bus::Caller {
         bus::Caller {
             user_id: self.identity.user.get(),
@@ -531,8 +540,12 @@ impl Device {
             Inbound::Frame(frame) => self.on_frame(socket, frame, in_flight).await,
             Inbound::Bad(code, message) => {
                 crate::metrics::bad_frame();
+                if code == ErrorCode::FrameTooLarge {
+                    crate::metrics::rejected(Limit::FrameSize);
+                }
                 self.bad_frames += 1;
                 if self.bad_frames > max_bad_frames {
+                    crate::metrics::rejected(Limit::BadFrames);
                     return Err(End::new(
                         close_code::PROTOCOL_VIOLATION,
                         "too many bad frames",
@@ -545,7 +558,12 @@ impl Device {
             }
             Inbound::Alive => Ok(()),
             Inbound::Closed => Err(End::new(1000, "bye")),
-            Inbound::Fatal(code, reason) => Err(End::new(code, reason)),
+            Inbound::Fatal(code, reason) => {
+                if code == close_code::TOO_BIG {
+                    crate::metrics::rejected(Limit::FrameSizeHard);
+                }
+                Err(End::new(code, reason))
+            }
         }
     }
 
@@ -571,6 +589,20 @@ impl Device {
                     server_time_ms: natter_proto::now_ms(),
                 }),
             )),
+            Some(In::Send(_)) if let Err(wait) = self.take_send() => {
+                crate::metrics::rejected(Limit::MessagesPerDevice);
+                let (rate, burst) = self.send_limit;
+                // Not stored: the client sends it again (same client_msg_id) later.
+                Some(error_frame(
+                    id,
+                    ErrorCode::RateLimited,
+                    format!(
+                        "too many messages: at most {rate} a second (bursts of {burst}); \
+                         retry after {} ms",
+                        wait.as_millis().max(1)
+                    ),
+                ))
+            }
             Some(In::Send(mut send)) => match conversation(me, &send.conversation_id, send.to_user)
             {
                 Err(m) => Some(error_frame(id, ErrorCode::InvalidArgument, m)),
@@ -595,13 +627,16 @@ impl Device {
                     self.partition_request(id, &c, body, in_flight).await
                 }
             },
-            Some(In::Typing(_)) if !self.typing.take() => (id != 0).then(|| {
-                error_frame(
-                    id,
-                    ErrorCode::RateLimited,
-                    "too many typing indicators; send one every few seconds",
-                )
-            }),
+            Some(In::Typing(_)) if self.typing.take().is_err() => {
+                crate::metrics::rejected(Limit::TypingPerDevice);
+                (id != 0).then(|| {
+                    error_frame(
+                        id,
+                        ErrorCode::RateLimited,
+                        "too many typing indicators; send one every few seconds",
+                    )
+                })
+            }
             Some(In::Typing(mut t)) => match conversation(me, &t.conversation_id, t.to_user) {
                 Err(m) => Some(error_frame(id, ErrorCode::InvalidArgument, m)),
                 Ok(c) => {

@@ -584,11 +584,16 @@ impl Sender {
                     "error frame {code:?} for frame {}: {}",
                     frame.id, e.message
                 ));
-                // Unavailable/internal are retried at the request timeout; anything else
-                // is a refusal that retrying cannot fix: give the message up (it stays
+                // Unavailable/internal are retried at the request timeout, and so is
+                // RATE_LIMITED (not stored: the same client_msg_id later is the retry,
+                // and the request timeout is the back-off; the error above shows the
+                // run hit the server's --messages-per-second); anything else is a
+                // refusal that retrying cannot fix: give the message up (it stays
                 // unacked in the tally).
-                if !matches!(code, ErrorCode::Unavailable | ErrorCode::Internal)
-                    && (1..OTHER_IDS).contains(&frame.id)
+                if !matches!(
+                    code,
+                    ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::RateLimited
+                ) && (1..OTHER_IDS).contains(&frame.id)
                 {
                     self.inflight.remove(&((frame.id - 1) as u32));
                 }

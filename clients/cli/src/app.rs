@@ -675,6 +675,12 @@ impl App {
                 self.connected = true;
                 self.status = "reconnected".into();
             }
+            Event::Reconnecting { reason, after_ms } => {
+                self.status = format!(
+                    "{reason}; reconnecting in {:.1} s…",
+                    f64::from(after_ms) / 1000.0
+                );
+            }
             Event::Presence(p) => {
                 self.presence.insert(p.user_id, p);
             }

@@ -249,6 +249,9 @@ async fn listen_loop(
                     eprintln!("natter-cli: connection lost ({code}); reconnecting");
                 }
                 Some(Event::Reconnected(_)) => eprintln!("natter-cli: reconnected"),
+                Some(Event::Reconnecting { reason, after_ms }) => {
+                    eprintln!("natter-cli: {reason}; reconnecting in {after_ms} ms");
+                }
                 Some(Event::MessageDeleted { conversation_id, seq }) => ctx.print(
                     || render::deleted_line(&conversation_id, seq),
                     || render::deleted_json(&conversation_id, seq),

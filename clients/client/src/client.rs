@@ -49,6 +49,8 @@ pub const MAX_FILENAME_BYTES: usize = 255;
 
 /// Frames queued for one connection's writer.
 const WRITE_QUEUE: usize = 1024;
+/// The longest a server's Reconnect hint may delay our reconnect.
+const MAX_RECONNECT_HINT: Duration = Duration::from_secs(60);
 /// Frames queued from the readers to the dispatcher.
 const INCOMING_QUEUE: usize = 1024;
 
@@ -199,6 +201,13 @@ pub enum Event {
     },
     /// A new connection is up (after [`Client::reconnect`] or an automatic reconnect).
     Reconnected(v1::Welcome),
+    /// The server is draining (a restart): this connection closes once its requests
+    /// are answered, and the next connection waits `after_ms` (the server spreads its
+    /// clients' returns). Sends meanwhile wait and go out on the new connection.
+    Reconnecting {
+        reason: String,
+        after_ms: u32,
+    },
 }
 
 /// What the dispatcher queues for [`Client::recv`], in arrival order.
@@ -256,6 +265,8 @@ struct Slot {
     reader: Option<AbortHandle>,
     /// Set by 4001/4002: do not reconnect by ourselves.
     terminal: Option<(u16, String)>,
+    /// A draining server asked us to reconnect no earlier than this (Reconnect frame).
+    reconnect_at: Option<tokio::time::Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -313,8 +324,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Answers after which the same request is tried again (after a backoff). RATE_LIMITED
+/// too: a refused Send was not stored, and sending it again later with the same
+/// `client_msg_id` is how it gets stored, once.
 fn retryable(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::Unavailable | ErrorCode::Internal)
+    matches!(
+        code,
+        ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::RateLimited
+    )
 }
 
 fn disconnected(reason: &str) -> ClientError {
@@ -502,6 +519,12 @@ impl Shared {
         }
         if self.shut.load(Ordering::Relaxed) {
             return Err(Attempt::Fatal(ClientError::Shutdown));
+        }
+        // A draining server's hint: wait out our share of its spread (holding the lock,
+        // so every caller waits for the one reconnect).
+        let hint = lock(&self.slot).reconnect_at.take();
+        if let Some(at) = hint {
+            tokio::time::sleep_until(at).await;
         }
         self.open_connection().await.map_err(|e| match e {
             ConnectionError::Rejected {
@@ -832,6 +855,15 @@ impl Shared {
                     created_at_ms: a.created_at_ms,
                 };
                 let _ = self.events.send(Queued::Event(event)).await;
+            }
+            SBody::Reconnect(r) => {
+                // Bounded: a confused server cannot keep us away for long.
+                let wait = Duration::from_millis(u64::from(r.after_ms)).min(MAX_RECONNECT_HINT);
+                lock(&self.slot).reconnect_at = Some(tokio::time::Instant::now() + wait);
+                self.try_emit(Event::Reconnecting {
+                    reason: r.reason,
+                    after_ms: r.after_ms,
+                });
             }
             SBody::Welcome(_) => {}
             SBody::Error(e) => {
@@ -1303,9 +1335,9 @@ impl Client {
     }
 
     /// Sends a message and waits for its Ack. Retries with the same `client_msg_id`
-    /// (random if `None`) on timeouts, UNAVAILABLE/INTERNAL errors and dropped
-    /// connections (reconnecting first) until acked or `send_deadline` passes, so the
-    /// message is stored exactly once however often it is tried.
+    /// (random if `None`) on timeouts, UNAVAILABLE/INTERNAL errors, RATE_LIMITED (backing
+    /// off) and dropped connections (reconnecting first) until acked or `send_deadline`
+    /// passes, so the message is stored exactly once however often it is tried.
     pub async fn send(
         &self,
         target: impl Into<Target>,
