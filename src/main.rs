@@ -34,6 +34,16 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "NATTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Load balancers and proxies whose `X-Forwarded-For` names the client (addresses or
+    /// CIDR networks, comma-separated). Limits per client address use it; from anyone
+    /// else the header is ignored.
+    #[arg(
+        long,
+        global = true,
+        env = "NATTER_TRUSTED_PROXIES",
+        default_value = ""
+    )]
+    trusted_proxies: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,6 +109,10 @@ struct ServeArgs {
     /// first start as <data-dir>/jwt.key.
     #[arg(long, env = "NATTER_JWT_SECRET_FILE")]
     jwt_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    jwt_previous: roles::JwtPreviousArgs,
+    #[command(flatten)]
+    login_limits: roles::LoginLimitArgs,
     /// Lifetime of access tokens, in seconds.
     #[arg(long, env = "NATTER_ACCESS_TTL_S", default_value_t = 900)]
     access_ttl_s: u64,
@@ -114,10 +128,19 @@ struct ServeArgs {
     /// Most members a group may have.
     #[arg(long, env = "NATTER_MAX_GROUP_MEMBERS", default_value_t = 1024)]
     max_group_members: u32,
+    /// Most groups a user may be a member of (deleted groups do not count).
+    #[arg(long, env = "NATTER_MAX_GROUPS_PER_USER", default_value_t = 2_000)]
+    max_groups_per_user: u32,
+    #[command(flatten)]
+    edge_limits: roles::EdgeLimitArgs,
     /// Milliseconds a user's last connection must stay closed before they show as
     /// offline (a reconnect within it is no change for anyone watching).
     #[arg(long, env = "NATTER_PRESENCE_DEBOUNCE_MS", default_value_t = 3_000)]
     presence_debounce_ms: u64,
+    /// On shutdown each connection is told to reconnect after a random delay below
+    /// this many milliseconds, so clients do not all come back at once.
+    #[arg(long, env = "NATTER_RECONNECT_SPREAD_MS", default_value_t = 5_000)]
+    reconnect_spread_ms: u64,
     #[command(flatten)]
     people: roles::PeopleConfigArgs,
     #[command(flatten)]
@@ -173,6 +196,13 @@ fn main() -> ExitCode {
     if let Err(e) = init_tracing(&cli) {
         eprintln!("natter: {e:#}");
         return ExitCode::from(EXIT_CONFIG);
+    }
+    match natter_sessions::client_addr::TrustedProxies::parse(&cli.trusted_proxies) {
+        Ok(proxies) => crate::metrics::trust_proxies(proxies),
+        Err(e) => {
+            eprintln!("natter: bad configuration: --trusted-proxies: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     }
     // Before anything records: crates cache their metric handles on first use.
     crate::metrics::install();
@@ -261,6 +291,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             natter_sessions::MIN_SECRET_BYTES
         )));
     }
+    let jwt_previous_secrets = args.jwt_previous.secrets()?;
+    let addr_limits = args.login_limits.addr_limits()?;
     if args.max_group_members < 2 {
         return Err(Failure::Config(anyhow::anyhow!(
             "--max-group-members must be at least 2"
@@ -271,6 +303,12 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             "--access-ttl-s and --idle-timeout-s must be positive"
         )));
     }
+    if args.max_groups_per_user == 0 {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "--max-groups-per-user must be positive"
+        )));
+    }
+    let edge_limits = args.edge_limits.config()?;
     let people_config = args.people.config()?;
     let (media_config, media_objects) = args.media.config(&args.data_dir)?;
     let calls_config = args.calls.config()?;
@@ -314,8 +352,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let sessions = natter_sessions::Sessions::open(natter_sessions::Config {
         data_dir: args.data_dir.clone(),
         jwt_secret,
+        jwt_previous_secrets,
         access_ttl: Duration::from_secs(args.access_ttl_s),
         argon2_memory_kib: args.argon2_memory_kib,
+        addr_limits,
         ..Default::default()
     })
     .context("opening the sessions store")
@@ -333,6 +373,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         natter_groups::Config {
             limits: natter_groups::Limits {
                 max_members: args.max_group_members,
+                max_groups_per_user: args.max_groups_per_user,
                 ..Default::default()
             },
             ..Default::default()
@@ -465,7 +506,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         natter_edge::Config {
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
             presence_debounce: Duration::from_millis(args.presence_debounce_ms),
-            ..Default::default()
+            reconnect_spread: Duration::from_millis(args.reconnect_spread_ms),
+            ..edge_limits
         },
         bus.clone(),
         sessions.verifier(),

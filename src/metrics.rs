@@ -116,6 +116,35 @@ pub fn report_stats(bus: std::sync::Arc<dyn natter_bus::Bus>, name: &str) {
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+static TRUSTED_PROXIES: std::sync::OnceLock<natter_sessions::client_addr::TrustedProxies> =
+    std::sync::OnceLock::new();
+
+/// Sets the proxies whose `X-Forwarded-For` is believed (once, at start).
+pub fn trust_proxies(proxies: natter_sessions::client_addr::TrustedProxies) {
+    // Only `main` sets it, once; a second call would change nothing.
+    let _ = TRUSTED_PROXIES.set(proxies);
+}
+
+/// Middleware: puts the client's address ([`ClientAddr`]) into the request's
+/// extensions, from the peer address and, behind a trusted proxy, `X-Forwarded-For`.
+///
+/// [`ClientAddr`]: natter_sessions::client_addr::ClientAddr
+pub async fn client_addr(mut request: Request, next: Next) -> Response {
+    use natter_sessions::client_addr::ClientAddr;
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(peer) = peer {
+        let client = match TRUSTED_PROXIES.get() {
+            Some(proxies) => proxies.client(peer, request.headers()),
+            None => peer,
+        };
+        request.extensions_mut().insert(ClientAddr(client));
+    }
+    next.run(request).await
+}
+
 /// Middleware: every HTTP request gets an id (the client's `x-request-id` if it sent a
 /// sane one, else a new one), every log line while it is handled carries it, and the
 /// response returns it. Also counts requests by status class and times them.

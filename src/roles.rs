@@ -46,6 +46,8 @@ pub struct EdgeArgs {
     /// File holding the JWT secret the sessions role signs with.
     #[arg(long, env = "NATTER_JWT_SECRET_FILE")]
     jwt_secret_file: PathBuf,
+    #[command(flatten)]
+    jwt_previous: JwtPreviousArgs,
     /// Seconds a connection may stay silent before it is closed.
     #[arg(long, env = "NATTER_IDLE_TIMEOUT_S", default_value_t = 90)]
     idle_timeout_s: u64,
@@ -59,6 +61,56 @@ pub struct EdgeArgs {
     /// offline.
     #[arg(long, env = "NATTER_PRESENCE_DEBOUNCE_MS", default_value_t = 3_000)]
     presence_debounce_ms: u64,
+    /// On shutdown each connection is told to reconnect after a random delay below
+    /// this many milliseconds, so clients do not all come back at once.
+    #[arg(long, env = "NATTER_RECONNECT_SPREAD_MS", default_value_t = 5_000)]
+    reconnect_spread_ms: u64,
+    #[command(flatten)]
+    limits: EdgeLimitArgs,
+}
+
+/// The edge's limits per device, user and client address, shared by `natter edge` and
+/// `natter serve`. Each holds per edge node (docs/operations.md, "Limits and quotas").
+#[derive(clap::Args, Debug)]
+pub struct EdgeLimitArgs {
+    /// Messages (Send frames) a device may send per second, on average; more get
+    /// RATE_LIMITED (not stored; clients retry them later).
+    #[arg(long, env = "NATTER_MESSAGES_PER_SECOND", default_value_t = 200)]
+    messages_per_second: u32,
+    /// Messages a device may send at once before --messages-per-second applies.
+    #[arg(long, env = "NATTER_MESSAGES_BURST", default_value_t = 20_000)]
+    messages_burst: u32,
+    /// Typing indicators a connection may send per second (bursts of twice this); more
+    /// are dropped.
+    #[arg(long, env = "NATTER_TYPING_PER_SECOND", default_value_t = 5)]
+    typing_per_second: u32,
+    /// Open connections one user may have on this node (0: no limit); more get 429
+    /// `too_many_connections`.
+    #[arg(long, env = "NATTER_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    max_connections_per_user: u32,
+    /// Open connections one client address may have on this node (0: no limit;
+    /// loopback addresses are not limited); more get 429 `too_many_connections`. Behind
+    /// a load balancer, list it in --trusted-proxies, or every client is its address.
+    #[arg(long, env = "NATTER_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    max_connections_per_ip: u32,
+}
+
+impl EdgeLimitArgs {
+    /// An edge config with these limits (and defaults for the rest); rates and bursts
+    /// must be positive.
+    pub(crate) fn config(&self) -> Result<natter_edge::Config, Failure> {
+        positive("messages-per-second", self.messages_per_second.into())?;
+        positive("messages-burst", self.messages_burst.into())?;
+        positive("typing-per-second", self.typing_per_second.into())?;
+        Ok(natter_edge::Config {
+            messages_per_second: self.messages_per_second,
+            messages_burst: self.messages_burst,
+            typing_per_second: self.typing_per_second,
+            max_connections_per_user: self.max_connections_per_user,
+            max_connections_per_ip: self.max_connections_per_ip,
+            ..Default::default()
+        })
+    }
 }
 
 /// Where a service keeps its data in ScyllaDB.
@@ -127,6 +179,9 @@ pub struct GroupsArgs {
     /// Most members a group may have.
     #[arg(long, env = "NATTER_MAX_GROUP_MEMBERS", default_value_t = 1024)]
     max_group_members: u32,
+    /// Most groups a user may be a member of (deleted groups do not count).
+    #[arg(long, env = "NATTER_MAX_GROUPS_PER_USER", default_value_t = 2_000)]
+    max_groups_per_user: u32,
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
     drain_grace_s: u64,
@@ -629,6 +684,8 @@ pub struct CallsArgs {
     #[arg(long, env = "NATTER_JWT_SECRET_FILE")]
     jwt_secret_file: PathBuf,
     #[command(flatten)]
+    jwt_previous: JwtPreviousArgs,
+    #[command(flatten)]
     calls: CallsConfigArgs,
     /// Redis URL of the edges' session directory: devices in calls are looked up there
     /// every `--call-liveness-interval-ms`, so one whose edge died drops out of its call.
@@ -662,6 +719,8 @@ pub struct MediaArgs {
     /// The HS256 secret access tokens are signed with (the sessions role's).
     #[arg(long, env = "NATTER_JWT_SECRET_FILE")]
     jwt_secret_file: PathBuf,
+    #[command(flatten)]
+    jwt_previous: JwtPreviousArgs,
     /// Without `--scylla`, media records are kept in an embedded store under
     /// `--data-dir`: then run exactly one media instance.
     #[command(flatten)]
@@ -733,6 +792,26 @@ pub struct MessagesArgs {
     /// Seconds to let in-progress batches finish on shutdown.
     #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
     drain_grace_s: u64,
+    /// Consecutive failed message store calls that open the store's circuit breaker:
+    /// calls then fail fast (clients get UNAVAILABLE and retry) until a probe after the
+    /// cooldown succeeds. 0 turns the breaker off.
+    #[arg(long, env = "NATTER_STORE_BREAKER_FAILURES", default_value_t = 5)]
+    store_breaker_failures: u32,
+    /// The breaker also opens when this percentage of the last 20 store calls failed
+    /// (0: only consecutive failures count).
+    #[arg(
+        long,
+        env = "NATTER_STORE_BREAKER_FAILURE_PERCENT",
+        default_value_t = 50
+    )]
+    store_breaker_failure_percent: u32,
+    /// Milliseconds the open breaker refuses calls before it lets one probe through.
+    #[arg(
+        long,
+        env = "NATTER_STORE_BREAKER_COOLDOWN_MS",
+        default_value_t = 2_000
+    )]
+    store_breaker_cooldown_ms: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -748,12 +827,16 @@ pub struct SessionsArgs {
     /// File holding the JWT signing secret (at least 32 bytes; edges read the same).
     #[arg(long, env = "NATTER_JWT_SECRET_FILE")]
     jwt_secret_file: PathBuf,
+    #[command(flatten)]
+    jwt_previous: JwtPreviousArgs,
     /// Lifetime of access tokens, in seconds.
     #[arg(long, env = "NATTER_ACCESS_TTL_S", default_value_t = 900)]
     access_ttl_s: u64,
     /// Memory cost of password hashing (argon2id), in KiB.
     #[arg(long, env = "NATTER_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
     argon2_memory_kib: u32,
+    #[command(flatten)]
+    login_limits: LoginLimitArgs,
     /// Seconds to let in-flight requests finish on shutdown.
     #[arg(long, env = "NATTER_DRAIN_GRACE_S", default_value_t = 10)]
     drain_grace_s: u64,
@@ -791,13 +874,19 @@ fn rand_u32() -> u32 {
     t ^ std::process::id().rotate_left(16)
 }
 
-fn read_secret(path: &PathBuf) -> Result<Vec<u8>, Failure> {
+fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
+    read_secret_of("jwt-secret-file", path)
+}
+
+/// A JWT secret from the file `path`, given by `--<flag>`: at least
+/// [`natter_sessions::MIN_SECRET_BYTES`].
+fn read_secret_of(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, Failure> {
     let secret = std::fs::read(path)
-        .with_context(|| format!("reading --jwt-secret-file {}", path.display()))
+        .with_context(|| format!("reading --{flag} {}", path.display()))
         .map_err(Failure::Config)?;
     if secret.len() < natter_sessions::MIN_SECRET_BYTES {
         return Err(config_error(anyhow::anyhow!(
-            "--jwt-secret-file {} must hold at least {} bytes",
+            "--{flag} {} must hold at least {} bytes",
             path.display(),
             natter_sessions::MIN_SECRET_BYTES
         )));
@@ -805,12 +894,73 @@ fn read_secret(path: &PathBuf) -> Result<Vec<u8>, Failure> {
     Ok(secret)
 }
 
+/// Earlier JWT keys, accepted while a rotation is under way (docs/operations.md,
+/// "Authentication"). Every role that verifies tokens takes it.
+#[derive(clap::Args, Debug, Default)]
+pub struct JwtPreviousArgs {
+    /// Files holding previous JWT secrets, comma-separated: tokens they signed are still
+    /// accepted (each token names its key by `kid`); nothing new is signed with them.
+    /// Set during a key rotation, then removed once those tokens have expired.
+    //
+    // Strings, not paths: clap refuses an empty path, and an empty variable (or a
+    // trailing comma) should mean "none".
+    #[arg(long, env = "NATTER_JWT_PREVIOUS_SECRET_FILES", value_delimiter = ',')]
+    jwt_previous_secret_files: Vec<String>,
+}
+
+impl JwtPreviousArgs {
+    /// The previous secrets, read and checked (empty names from a trailing comma or an
+    /// empty variable are skipped).
+    pub(crate) fn secrets(&self) -> Result<Vec<Vec<u8>>, Failure> {
+        self.jwt_previous_secret_files
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(|p| read_secret_of("jwt-previous-secret-files", std::path::Path::new(p)))
+            .collect()
+    }
+}
+
+/// Failed logins allowed per client address (the sessions role and `natter serve`).
+#[derive(clap::Args, Debug)]
+pub struct LoginLimitArgs {
+    /// Failed logins one client address (an IPv6 /64) may make per window before its
+    /// logins are refused (429) until the window ends; 0 turns the limit off. Behind a
+    /// load balancer, set --trusted-proxies so the address is the client's.
+    #[arg(long, env = "NATTER_LOGIN_FAILURES_PER_IP", default_value_t = 20)]
+    login_failures_per_ip: u32,
+    /// The window of --login-failures-per-ip, in seconds, from an address's first failure.
+    #[arg(long, env = "NATTER_LOGIN_FAILURES_WINDOW_S", default_value_t = 600)]
+    login_failures_window_s: u64,
+}
+
+impl LoginLimitArgs {
+    pub(crate) fn addr_limits(&self) -> Result<natter_sessions::AddrLimits, Failure> {
+        positive("login-failures-window-s", self.login_failures_window_s)?;
+        Ok(natter_sessions::AddrLimits {
+            failures: self.login_failures_per_ip,
+            window: Duration::from_secs(self.login_failures_window_s),
+        })
+    }
+}
+
 /// The access-token verifier of the roles that check tokens (edge, media, calls), from
-/// the sessions role's `--jwt-secret-file`.
-fn read_verifier(path: &PathBuf) -> Result<natter_sessions::TokenVerifier, Failure> {
+/// the sessions role's `--jwt-secret-file` and the `--jwt-previous-secret-files`.
+fn read_verifier(
+    path: &std::path::Path,
+    previous: &JwtPreviousArgs,
+) -> Result<natter_sessions::TokenVerifier, Failure> {
     let secret = read_secret(path)?;
-    natter_sessions::TokenVerifier::from_secret(&secret)
-        .map_err(|e| config_error(anyhow::anyhow!("--jwt-secret-file: {e}")))
+    let verifier = natter_sessions::TokenVerifier::from_secrets(&secret, &previous.secrets()?)
+        .map_err(|e| config_error(anyhow::anyhow!("--jwt-secret-file: {e}")))?;
+    if let Some((signing, previous)) = verifier.key_ids().split_first() {
+        tracing::info!(
+            signing_kid = %signing,
+            previous_kids = %previous.join(","),
+            "accepting access tokens of these JWT keys"
+        );
+    }
+    Ok(verifier)
 }
 
 fn positive(name: &str, value: u64) -> Result<(), Failure> {
@@ -989,7 +1139,8 @@ pub(crate) async fn serve_http(
     tracing::info!(role, addr = %local, "natter serving");
     let app = app
         .merge(crate::metrics::router())
-        .layer(axum::middleware::from_fn(crate::metrics::request_ids));
+        .layer(axum::middleware::from_fn(crate::metrics::request_ids))
+        .layer(axum::middleware::from_fn(crate::metrics::client_addr));
     // Tests and scripts read this line to learn the port.
     println!("natter listening on http://{local}");
     Ok(tokio::spawn(async move {
@@ -999,9 +1150,12 @@ pub(crate) async fn serve_http(
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
     }))
 }
 
@@ -1064,13 +1218,14 @@ async fn wait(name: &str, task: JoinHandle<impl Sized>, grace: Duration) {
 }
 
 pub async fn edge(args: EdgeArgs) -> Result<(), Failure> {
-    let verifier = read_verifier(&args.jwt_secret_file)?;
+    let verifier = read_verifier(&args.jwt_secret_file, &args.jwt_previous)?;
     positive("idle-timeout-s", args.idle_timeout_s)?;
     if args.directory_ttl_ms < 300 {
         return Err(config_error(anyhow::anyhow!(
             "--directory-ttl-ms must be at least 300"
         )));
     }
+    let edge_limits = args.limits.config()?;
     let node = args.node_id.clone().unwrap_or_else(|| default_name("edge"));
     let directory: Arc<dyn natter_sessions::directory::SessionDirectory> = match &args.redis {
         // Lazy: the edge serves while Redis is still starting; the directory catches up.
@@ -1092,7 +1247,8 @@ pub async fn edge(args: EdgeArgs) -> Result<(), Failure> {
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
             directory_ttl: Duration::from_millis(args.directory_ttl_ms),
             presence_debounce: Duration::from_millis(args.presence_debounce_ms),
-            ..Default::default()
+            reconnect_spread: Duration::from_millis(args.reconnect_spread_ms),
+            ..edge_limits
         },
         bus,
         verifier,
@@ -1127,6 +1283,17 @@ pub async fn edge(args: EdgeArgs) -> Result<(), Failure> {
 pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
     positive("lease-ttl-ms", args.lease_ttl_ms)?;
     positive("store-timeout-ms", args.scylla.store_timeout_ms)?;
+    positive("store-breaker-cooldown-ms", args.store_breaker_cooldown_ms)?;
+    if args.store_breaker_failure_percent > 100 {
+        return Err(config_error(anyhow::anyhow!(
+            "--store-breaker-failure-percent must be at most 100"
+        )));
+    }
+    let breaker = natter_messages::BreakerConfig {
+        failures: args.store_breaker_failures,
+        failure_percent: args.store_breaker_failure_percent,
+        cooldown: Duration::from_millis(args.store_breaker_cooldown_ms),
+    };
     let instance = args
         .instance_id
         .clone()
@@ -1147,7 +1314,10 @@ pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
     };
     let mut lease = natter_messages::LeaseConfig::new(args.redis.clone(), instance.clone());
     lease.ttl = Duration::from_millis(args.lease_ttl_ms);
+    // Readiness asks the store itself, not the breaker's opinion of it.
     let probe_store = store.clone();
+    let store: Arc<dyn natter_messages::MessageStore> =
+        natter_messages::Breaker::new(store, breaker);
     let stop = CancellationToken::new();
     let running = natter_messages::start(
         natter_messages::Config {
@@ -1185,6 +1355,8 @@ pub async fn messages(args: MessagesArgs) -> Result<(), Failure> {
 
 pub async fn sessions(args: SessionsArgs) -> Result<(), Failure> {
     let secret = read_secret(&args.jwt_secret_file)?;
+    let jwt_previous_secrets = args.jwt_previous.secrets()?;
+    let addr_limits = args.login_limits.addr_limits()?;
     positive("access-ttl-s", args.access_ttl_s)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))
@@ -1192,8 +1364,10 @@ pub async fn sessions(args: SessionsArgs) -> Result<(), Failure> {
     let sessions = natter_sessions::Sessions::open(natter_sessions::Config {
         data_dir: args.data_dir.clone(),
         jwt_secret: Some(secret),
+        jwt_previous_secrets,
         access_ttl: Duration::from_secs(args.access_ttl_s),
         argon2_memory_kib: args.argon2_memory_kib,
+        addr_limits,
         ..Default::default()
     })
     .context("opening the sessions store")
@@ -1247,6 +1421,7 @@ pub async fn groups(args: GroupsArgs) -> Result<(), Failure> {
             "--max-group-members must be at least 2"
         )));
     }
+    positive("max-groups-per-user", args.max_groups_per_user.into())?;
     let sc = &args.scylla;
     let store: Arc<dyn natter_groups::GroupStore> = match sc.config() {
         None => natter_groups::RedbGroupStore::open(&embedded(
@@ -1277,6 +1452,7 @@ pub async fn groups(args: GroupsArgs) -> Result<(), Failure> {
         natter_groups::Config {
             limits: natter_groups::Limits {
                 max_members: args.max_group_members,
+                max_groups_per_user: args.max_groups_per_user,
                 ..Default::default()
             },
             ..Default::default()
@@ -1335,7 +1511,7 @@ pub async fn people(args: PeopleArgs) -> Result<(), Failure> {
 
 pub async fn media(args: MediaArgs) -> Result<(), Failure> {
     positive("store-timeout-ms", args.scylla.store_timeout_ms)?;
-    let verifier = read_verifier(&args.jwt_secret_file)?;
+    let verifier = read_verifier(&args.jwt_secret_file, &args.jwt_previous)?;
     let (config, objects) = args.media.config(&args.data_dir)?;
     let sc = &args.scylla;
     let store: Arc<dyn natter_media::MediaStore> = match sc.config() {
@@ -1379,7 +1555,7 @@ pub async fn media(args: MediaArgs) -> Result<(), Failure> {
 }
 
 pub async fn calls(args: CallsArgs) -> Result<(), Failure> {
-    let verifier = read_verifier(&args.jwt_secret_file)?;
+    let verifier = read_verifier(&args.jwt_secret_file, &args.jwt_previous)?;
     let config = args.calls.config()?;
     let ice = args.calls.ice(args.calls.turn_secret()?)?;
     let nats = connect_nats(

@@ -403,45 +403,6 @@ async fn the_cluster_recovers_from_nats_and_redis_restarts() {
     .await;
 }
 
-/// `natter-loadtest` of the same build: next to `natter`, or built now when it is
-/// missing or older than `natter`.
-fn loadtest_bin() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_BIN_EXE_natter"))
-        .parent()
-        .expect("binary has a directory")
-        .to_owned();
-    let bin = dir.join("natter-loadtest");
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let stale = match (
-        modified(&bin),
-        modified(std::path::Path::new(env!("CARGO_BIN_EXE_natter"))),
-    ) {
-        (Some(lt), Some(n)) => lt < n,
-        _ => true,
-    };
-    if stale {
-        // `cargo test -p natter` alone does not build the load test (or leaves an old one).
-        let mut cmd =
-            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args([
-            "build",
-            "--locked",
-            "-p",
-            "natter-loadtest",
-            "--bin",
-            "natter-loadtest",
-        ]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("running cargo build --bin natter-loadtest");
-        assert!(status.success(), "cargo build --bin natter-loadtest failed");
-    }
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_tests_direct_scenario_audits_clean_while_a_messages_instance_dies() {
     let mut cluster = Cluster::start(Shape::default()).await;
@@ -451,7 +412,7 @@ async fn the_load_tests_direct_scenario_audits_clean_while_a_messages_instance_d
         .map(|e| e.ws_url())
         .collect::<Vec<_>>()
         .join(",");
-    let mut loadtest = tokio::process::Command::new(loadtest_bin());
+    let mut loadtest = tokio::process::Command::new(common::cluster::loadtest_bin());
     loadtest
         .args(["--url", &cluster.sessions.base_url(), "--ws-url", &edges])
         // Short retry timer and a long drain: sends caught by the crash are retried

@@ -36,6 +36,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("POST", "/v1/sessions"),
     ("POST", "/v1/sessions/refresh"),
     ("DELETE", "/v1/sessions/current"),
+    ("DELETE", "/v1/sessions/all"),
     ("GET", "/v1/users/{username}"),
     ("GET", "/v1/users/by-id/{user_id}"),
     ("PUT", "/v1/devices/current/push"),

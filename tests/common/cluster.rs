@@ -268,12 +268,14 @@ impl Cluster {
         let secret = secret.display().to_string();
         let common = |role: &str| vec![role.to_owned(), "--nats".into(), nats.url()];
 
-        // Sessions takes its settings from a TOML file, as an operator might.
+        // Sessions takes its settings from a TOML file, as an operator might. Access
+        // tokens last a day: the load test does not refresh its tokens, and a soak
+        // (tests/chaos.rs with NATTER_CHAOS_S) outlasts the default 15 minutes.
         let config = dir.path().join("natter.toml");
         std::fs::write(
             &config,
             format!(
-                "[sessions]\ndata-dir = {:?}\njwt_secret_file = {:?}\nargon2-memory-kib = 256\n",
+                "[sessions]\ndata-dir = {:?}\njwt_secret_file = {:?}\nargon2-memory-kib = 256\naccess-ttl-s = 86400\n",
                 dir.path().join("sessions").display().to_string(),
                 secret,
             ),
@@ -574,4 +576,43 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("connect {} to edge {i}: {e}", session.username))
     }
+}
+
+/// `natter-loadtest` of the same build: next to `natter`, or built now when it is
+/// missing or older than `natter`.
+pub fn loadtest_bin() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_BIN_EXE_natter"))
+        .parent()
+        .expect("binary has a directory")
+        .to_owned();
+    let bin = dir.join("natter-loadtest");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stale = match (
+        modified(&bin),
+        modified(std::path::Path::new(env!("CARGO_BIN_EXE_natter"))),
+    ) {
+        (Some(lt), Some(n)) => lt < n,
+        _ => true,
+    };
+    if stale {
+        // `cargo test -p natter` alone does not build the load test (or leaves an old one).
+        let mut cmd =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args([
+            "build",
+            "--locked",
+            "-p",
+            "natter-loadtest",
+            "--bin",
+            "natter-loadtest",
+        ]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo build --bin natter-loadtest");
+        assert!(status.success(), "cargo build --bin natter-loadtest failed");
+    }
+    bin
 }
