@@ -11,131 +11,12 @@ use common::{
     bounded,
     cluster::{Cluster, Pair, Shape},
     conv, eventually, next_matching, opts,
+    traffic::{
+        Sender, assert_all_acked_stored, cluster_opts, history, receive_from, send_numbered,
+    },
 };
 use natter_client::{Client, ClientOptions, Event, Seq, UserId, v1, v1::MessageKind};
 use natter_sessions::directory::{RedisDirectory, SessionDirectory};
-use tokio::sync::Mutex;
-
-/// Options for cluster clients: reconnect by themselves (to another edge when theirs
-/// is gone) and keep retrying sends long enough to outlast a lease hand-over.
-fn cluster_opts() -> ClientOptions {
-    ClientOptions {
-        auto_reconnect: true,
-        request_timeout: Duration::from_secs(3),
-        send_deadline: Duration::from_secs(60),
-        ..opts()
-    }
-}
-
-/// Sends `n` numbered messages from `from` to `to`, one after another, each retried with
-/// its own client_msg_id until acked. Returns the acks in order.
-async fn send_numbered(from: &Client, to: UserId, tag: &str, n: usize) -> Vec<v1::Ack> {
-    let mut acks = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = format!("{tag}-{i:04}");
-        let ack = from
-            .send(
-                to,
-                MessageKind::Text,
-                format!("{tag} {i}"),
-                Some(id.clone()),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("send {id} was never acked: {e}"));
-        assert_eq!(ack.client_msg_id, id);
-        acks.push(ack);
-    }
-    acks
-}
-
-/// A device sending `n` numbered messages (`m-0000`, ...) in the background, one after
-/// another, each retried with its own client_msg_id until acked.
-struct Sender {
-    task: tokio::task::JoinHandle<()>,
-    acks: Arc<Mutex<Vec<v1::Ack>>>,
-}
-
-impl Sender {
-    fn start(from: Arc<Client>, to: UserId, n: usize) -> Sender {
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let task = {
-            let acks = acks.clone();
-            tokio::spawn(async move {
-                for i in 0..n {
-                    let id = format!("m-{i:04}");
-                    let ack = from
-                        .send(to, MessageKind::Text, format!("m {i}"), Some(id.clone()))
-                        .await
-                        .unwrap_or_else(|e| panic!("{id} never acked: {e}"));
-                    acks.lock().await.push(ack);
-                }
-            })
-        };
-        Sender { task, acks }
-    }
-
-    /// Waits until at least `n` messages are acked.
-    async fn acked(&self, n: usize) {
-        eventually(Duration::from_secs(60), &format!("{n} acks"), || {
-            let acks = self.acks.clone();
-            async move { acks.lock().await.len() >= n }
-        })
-        .await
-    }
-
-    /// Waits for every send to be acked; the acks in order.
-    async fn finish(self) -> Vec<v1::Ack> {
-        self.task.await.expect("every send is acked");
-        self.acks.lock().await.clone()
-    }
-}
-
-/// Messages from `sender` as the device yields them, until `n` have arrived; asserts
-/// none is yielded twice.
-async fn receive_from(client: &Client, sender: UserId, n: usize, secs: u64) -> Vec<v1::Message> {
-    let mut got: Vec<v1::Message> = Vec::new();
-    let mut seen = HashSet::new();
-    bounded(secs, async {
-        while got.len() < n {
-            match client.recv().await {
-                Some(Event::Message(m)) if m.sender_user == sender.get() => {
-                    assert!(seen.insert(m.seq), "seq {} shown twice", m.seq);
-                    got.push(m);
-                }
-                Some(_) => {}
-                None => panic!("the client shut down"),
-            }
-        }
-    })
-    .await;
-    got
-}
-
-/// The conversation's whole history as `client` reads it from the server.
-async fn history(client: &Client, a: UserId, b: UserId) -> Vec<v1::Message> {
-    client
-        .full_history(&conv(a, b), 100)
-        .await
-        .expect("history is readable")
-}
-
-/// Every acked message is in the history, once, at its acked seq, and the history is
-/// 1..=n with no gap.
-fn assert_all_acked_stored(history: &[v1::Message], acks: &[v1::Ack]) {
-    let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
-    let expected: Vec<u64> = (1..=history.len() as u64).collect();
-    assert_eq!(seqs, expected, "history must be gap-free");
-    let ids: HashSet<&str> = history.iter().map(|m| m.client_msg_id.as_str()).collect();
-    assert_eq!(ids.len(), history.len(), "a client_msg_id was stored twice");
-    for ack in acks {
-        let m = history
-            .iter()
-            .find(|m| m.seq == ack.seq)
-            .unwrap_or_else(|| panic!("acked seq {} is not stored", ack.seq));
-        assert_eq!(m.client_msg_id, ack.client_msg_id, "seq {}", ack.seq);
-        assert_eq!(m.message_id, ack.message_id, "seq {}", ack.seq);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_on_different_edges_chat_with_every_guarantee() {
@@ -406,32 +287,9 @@ async fn the_cluster_recovers_from_nats_and_redis_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_tests_direct_scenario_audits_clean_while_a_messages_instance_dies() {
     let mut cluster = Cluster::start(Shape::default()).await;
-    let edges = cluster
-        .edges
-        .iter()
-        .map(|e| e.ws_url())
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut loadtest = tokio::process::Command::new(common::cluster::loadtest_bin());
-    loadtest
-        .args(["--url", &cluster.sessions.base_url(), "--ws-url", &edges])
-        // Short retry timer and a long drain: sends caught by the crash are retried
-        // every 2 s until the partitions have moved (the drain ends once all is settled).
-        .args([
-            "--workers",
-            "2",
-            "--request-timeout",
-            "2s",
-            "--drain",
-            "40s",
-            "direct",
-            "--users",
-            "40",
-            "--duration",
-            "8s",
-        ])
-        .kill_on_drop(true);
-    let run = loadtest.output();
+    // A long drain: sends caught by the crash are retried every 2 s until the
+    // partitions have moved (the drain ends once all is settled).
+    let run = common::cluster::direct_load(&cluster, 40, 8, 40).output();
     // Mid-run, a messages instance dies (kill -9) with half the partitions: their
     // conversations stall until the leases run out, then carry on at the other one.
     let crash = async {
@@ -439,28 +297,7 @@ async fn the_load_tests_direct_scenario_audits_clean_while_a_messages_instance_d
         cluster.messages[0].kill9().await;
     };
     let (out, ()) = bounded(150, async { tokio::join!(run, crash) }).await;
-    let out = out.expect("natter-loadtest runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("summary is JSON ({e}): {stdout}\n{stderr}"));
-    eprintln!("cluster direct summary: {summary}");
-    for key in [
-        "lost",
-        "duplicated",
-        "misordered",
-        "gaps",
-        "corrupted",
-        "unacked",
-    ] {
-        assert_eq!(summary[key].as_u64(), Some(0), "{key} in {summary}");
-    }
-    assert!(
-        summary["delivered"].as_u64().unwrap_or(0) > 100,
-        "messages flowed: {summary}"
-    );
-    assert_eq!(summary["ok"], true, "{summary}\n{stderr}");
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    common::cluster::audited_clean(out.expect("natter-loadtest runs"), "cluster direct");
 }
 
 /// The next message of `conv` on `c` (waits up to `secs`).

@@ -17,113 +17,17 @@
 
 mod common;
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use common::{
     bounded,
     cluster::{Cluster, Role, Shape},
     code, conv, eventually, next_matching, opts,
+    traffic::{Sender, assert_all_acked_stored, cluster_opts, receive_from},
 };
 use natter_client::{
-    Client, ClientOptions, ErrorCode, Event, UserId, v1, v1::MessageKind, v1::PresenceState,
+    Client, ClientOptions, ErrorCode, Event, UserId, v1::MessageKind, v1::PresenceState,
 };
-use tokio::sync::Mutex;
-
-/// Clients that reconnect by themselves and retry sends for a minute.
-fn cluster_opts() -> ClientOptions {
-    ClientOptions {
-        auto_reconnect: true,
-        request_timeout: Duration::from_secs(3),
-        send_deadline: Duration::from_secs(60),
-        ..opts()
-    }
-}
-
-/// A device sending `n` numbered messages (`m-0000`, ...) in the background, one after
-/// another, each retried with its own client_msg_id until acked.
-struct Sender {
-    task: tokio::task::JoinHandle<()>,
-    acks: Arc<Mutex<Vec<v1::Ack>>>,
-}
-
-impl Sender {
-    fn start(from: Arc<Client>, to: UserId, n: usize) -> Sender {
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let task = {
-            let acks = acks.clone();
-            tokio::spawn(async move {
-                for i in 0..n {
-                    let id = format!("m-{i:04}");
-                    let ack = from
-                        .send(to, MessageKind::Text, format!("m {i}"), Some(id.clone()))
-                        .await
-                        .unwrap_or_else(|e| panic!("{id} never acked: {e}"));
-                    assert_eq!(ack.client_msg_id, id);
-                    acks.lock().await.push(ack);
-                }
-            })
-        };
-        Sender { task, acks }
-    }
-
-    async fn count(&self) -> usize {
-        self.acks.lock().await.len()
-    }
-
-    /// Waits until at least `n` messages are acked.
-    async fn acked(&self, n: usize) {
-        eventually(
-            Duration::from_secs(60),
-            &format!("{n} acks"),
-            || async move { self.count().await >= n },
-        )
-        .await
-    }
-
-    /// Waits for every send to be acked; the acks in order.
-    async fn finish(self) -> Vec<v1::Ack> {
-        self.task.await.expect("every send is acked");
-        self.acks.lock().await.clone()
-    }
-}
-
-/// Every acked message is in the history once, at its acked seq, and the history is
-/// `1..=n` with no gap and no client_msg_id twice.
-fn assert_all_acked_stored(history: &[v1::Message], acks: &[v1::Ack]) {
-    let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
-    let expected: Vec<u64> = (1..=history.len() as u64).collect();
-    assert_eq!(seqs, expected, "history must be gap-free");
-    let ids: HashSet<&str> = history.iter().map(|m| m.client_msg_id.as_str()).collect();
-    assert_eq!(ids.len(), history.len(), "a client_msg_id was stored twice");
-    for ack in acks {
-        let m = history
-            .iter()
-            .find(|m| m.seq == ack.seq)
-            .unwrap_or_else(|| panic!("acked seq {} is not stored", ack.seq));
-        assert_eq!(m.client_msg_id, ack.client_msg_id, "seq {}", ack.seq);
-        assert_eq!(m.message_id, ack.message_id, "seq {}", ack.seq);
-    }
-}
-
-/// Messages from `sender` as the device yields them until `n` have arrived; none twice.
-async fn receive_from(client: &Client, sender: UserId, n: usize, secs: u64) -> Vec<v1::Message> {
-    let mut got: Vec<v1::Message> = Vec::new();
-    let mut seen = HashSet::new();
-    bounded(secs, async {
-        while got.len() < n {
-            match client.recv().await {
-                Some(Event::Message(m)) if m.sender_user == sender.get() => {
-                    assert!(seen.insert(m.seq), "seq {} shown twice", m.seq);
-                    got.push(m);
-                }
-                Some(_) => {}
-                None => panic!("the client shut down"),
-            }
-        }
-    })
-    .await;
-    got
-}
 
 /// The value of an unlabelled metric on a role's `/metrics` (0 when not there yet).
 async fn metric(role: &Role, name: &str) -> f64 {

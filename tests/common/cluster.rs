@@ -616,3 +616,55 @@ pub fn loadtest_bin() -> std::path::PathBuf {
     }
     bin
 }
+
+/// `natter-loadtest direct` against every edge of `cluster` for `secs`, as a child.
+pub fn direct_load(
+    cluster: &Cluster,
+    users: u32,
+    secs: u64,
+    drain_s: u64,
+) -> tokio::process::Command {
+    let edges = cluster
+        .edges
+        .iter()
+        .map(|e| e.ws_url())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut loadtest = tokio::process::Command::new(loadtest_bin());
+    loadtest
+        .args(["--url", &cluster.sessions.base_url(), "--ws-url", &edges])
+        // A short retry timer: sends caught by a fault are retried every 2 s until the
+        // cluster has recovered; the drain ends once everything is settled.
+        .args(["--workers", "2", "--request-timeout", "2s"])
+        .args(["--drain", &format!("{drain_s}s")])
+        .args(["direct", "--users", &users.to_string()])
+        .args(["--duration", &format!("{secs}s")])
+        .kill_on_drop(true);
+    loadtest
+}
+
+/// The load test's JSON summary, checked for a clean audit.
+pub fn audited_clean(out: std::process::Output, what: &str) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{what}: summary is JSON ({e}): {stdout}\n{stderr}"));
+    eprintln!("{what} summary: {summary}");
+    for key in [
+        "lost",
+        "duplicated",
+        "misordered",
+        "gaps",
+        "corrupted",
+        "unacked",
+    ] {
+        assert_eq!(summary[key].as_u64(), Some(0), "{what}: {key} in {summary}");
+    }
+    assert!(
+        summary["delivered"].as_u64().unwrap_or(0) > 100,
+        "{what}: messages flowed: {summary}"
+    );
+    assert_eq!(summary["ok"], true, "{what}: {summary}\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{what}: {stderr}");
+    summary
+}

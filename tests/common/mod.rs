@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses part of this module
 
 pub mod cluster;
+pub mod traffic;
 pub mod webhook;
 
 use std::{
