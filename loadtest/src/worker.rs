@@ -67,6 +67,8 @@ struct Ctx {
     retries: AtomicU64,
     reconnects: AtomicU64,
     errors: Mutex<(u64, Vec<String>)>,
+    /// A draining edge's Reconnect frame, by user: reconnect no earlier than this.
+    hints: Mutex<std::collections::HashMap<u64, Instant>>,
 }
 
 impl Ctx {
@@ -138,8 +140,26 @@ impl Ctx {
         Err(last.unwrap_or_else(|| ConnectionError::Request("no WebSocket URL".into())))
     }
 
+    /// A Reconnect frame for `cred`: its next reconnect waits `after_ms` (at most a
+    /// minute), as a real client spreads its return after a restart.
+    fn hint(&self, cred: &Cred, after_ms: u32) {
+        let wait = Duration::from_millis(u64::from(after_ms)).min(Duration::from_secs(60));
+        self.hints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cred.user_id, Instant::now() + wait);
+    }
+
     /// Connects again after a drop, with backoff; `None` when it keeps failing.
     async fn reconnect(&self, cred: &Cred, why: &ConnectionError) -> Option<Connection> {
+        let hint = self
+            .hints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&cred.user_id);
+        if let Some(at) = hint {
+            tokio::time::sleep_until(at.into()).await;
+        }
         self.connected.fetch_sub(1, Relaxed);
         self.reconnects.fetch_add(1, Relaxed);
         self.error(format_args!("connection dropped: {why}"));
@@ -246,6 +266,7 @@ pub async fn main() -> std::process::ExitCode {
         retries: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
         errors: Mutex::new((0, Vec::new())),
+        hints: Mutex::new(std::collections::HashMap::new()),
     });
     let ticker = {
         let ctx = ctx.clone();
@@ -598,6 +619,7 @@ impl Sender {
                     self.inflight.remove(&((frame.id - 1) as u32));
                 }
             }
+            Some(server_frame::Body::Reconnect(r)) => ctx.hint(&self.cred, r.after_ms),
             // Receipts, pongs and the like.
             _ => {}
         }
@@ -683,6 +705,7 @@ impl Receiver {
                     self.sync_id = None;
                 }
             }
+            Some(server_frame::Body::Reconnect(r)) => ctx.hint(&self.cred, r.after_ms),
             _ => {}
         }
         let new = conv.arrivals().len() - before;
