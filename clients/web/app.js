@@ -131,6 +131,7 @@ class App {
       tab: "status",
       profile: null,
       profileFresh: false, // the profile form is filled once per answer
+      profileDirty: false, // the user has typed into the profile form since it was filled
       privacy: null,
       statuses: [], // contacts' UserStatuses, newest first
       mine: [], // my Status list
@@ -1456,7 +1457,10 @@ class App {
       case "profileUpdate":
         p.profile = res.profiles?.[0] || {};
         p.profileFresh = true;
-        if (op === "profileUpdate") p.info = "Profile saved.";
+        if (op === "profileUpdate") {
+          p.info = "Profile saved.";
+          p.profileDirty = false; // the form now shows what was saved
+        }
         break;
       case "privacyGet":
       case "privacySet":

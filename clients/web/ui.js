@@ -517,6 +517,8 @@ export class UI {
       const input = $("#block-username");
       if (input.value.trim()) app.blockUsername(input.value);
     });
+    // What the user typed is theirs: a profile answer arriving later does not overwrite it.
+    $("#profile-form").addEventListener("input", () => (app.people.profileDirty = true));
     $("#profile-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       app.updateProfile({
@@ -776,7 +778,7 @@ export class UI {
     if (p.tab === "status") this.drawStatus();
     if (p.tab === "contacts") this.drawContacts();
     if (p.tab === "blocked") this.drawBlocked();
-    if (p.tab === "profile" && p.profileFresh && p.profile) {
+    if (p.tab === "profile" && p.profileFresh && p.profile && !p.profileDirty) {
       p.profileFresh = false;
       $("#profile-name").value = p.profile.displayName || "";
       $("#profile-about").value = p.profile.about || "";
