@@ -54,6 +54,11 @@ impl TokenBucket {
         }
     }
 
+    /// Its rate (tokens a second) and burst.
+    pub(crate) fn limits(&self) -> (f64, f64) {
+        (self.rate, self.burst)
+    }
+
     /// Whether the bucket is full again by now (it then says nothing a new one would not).
     fn full(&self, now: Instant) -> bool {
         let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;

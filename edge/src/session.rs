@@ -74,8 +74,6 @@ struct Device {
     /// Send frames: the device's bucket on this node, shared with its other
     /// connections here and kept after this one closes (`SendBuckets`).
     sends: Arc<std::sync::Mutex<TokenBucket>>,
-    /// For the RATE_LIMITED message: the configured rate and burst.
-    send_limit: (u32, u32),
 }
 
 /// `subscription` is the user's pushes, subscribed before the device check (see
@@ -97,8 +95,9 @@ pub(crate) async fn run(
     let (mut socket, queue) = socket(ws, format, config.outbound_queue, config.send_timeout);
 
     let user = identity.user;
-    let identity_device = identity.device;
     let mut device = Device {
+        // Before `identity` moves in.
+        sends: inner.send_buckets.of(identity.device),
         identity,
         connection_id,
         bus: inner.bus.clone(),
@@ -109,8 +108,6 @@ pub(crate) async fn run(
             config.typing_per_second,
             config.typing_per_second.max(1).saturating_mul(2),
         ),
-        sends: inner.send_buckets.of(identity_device),
-        send_limit: (config.messages_per_second, config.messages_burst),
     };
     // Before the Welcome: a broadcast sent from here on reaches this connection.
     let mut broadcasts = inner.broadcasts.subscribe();
@@ -464,6 +461,14 @@ impl Device {
         self.sends.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// The Send bucket's rate and burst, for the RATE_LIMITED message.
+    fn send_limit(&self) -> (f64, f64) {
+        self.sends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .limits()
+    }
+
     fn caller(&self) -> bus::Caller {
         bus::Caller {
             user_id: self.identity.user.get(),
@@ -591,7 +596,7 @@ impl Device {
             )),
             Some(In::Send(_)) if let Err(wait) = self.take_send() => {
                 crate::metrics::rejected(Limit::MessagesPerDevice);
-                let (rate, burst) = self.send_limit;
+                let (rate, burst) = self.send_limit();
                 // Not stored: the client sends it again (same client_msg_id) later.
                 Some(error_frame(
                     id,

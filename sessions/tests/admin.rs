@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 
-use common::{Harness, call, error_code, harness};
+use common::{Harness, call, error_code, harness, refresh};
 
 const WAIT: Duration = Duration::from_secs(5);
 const PASSWORD: &str = "password123";
@@ -94,17 +94,6 @@ async fn login(app: &Router, username: &str) -> (StatusCode, Value) {
         "/v1/sessions",
         None,
         Some(json!({"username": username, "password": PASSWORD, "device_name": "phone"})),
-    )
-    .await
-}
-
-async fn refresh(app: &Router, token: &str) -> (StatusCode, Value) {
-    call(
-        app,
-        Method::POST,
-        "/v1/sessions/refresh",
-        None,
-        Some(json!({ "refresh_token": token })),
     )
     .await
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 
-use common::{call, config, error_code, harness, send};
+use common::{call, config, error_code, harness, refresh, send};
 
 const SECRET: &[u8] = b"test secret, thirty-two bytes or more";
 const WAIT: Duration = Duration::from_secs(5);
@@ -46,17 +46,6 @@ async fn login(app: &Router, username: &str, password: &str) -> (StatusCode, Val
         "/v1/sessions",
         None,
         Some(json!({"username": username, "password": password, "device_name": "phone"})),
-    )
-    .await
-}
-
-async fn refresh(app: &Router, token: &str) -> (StatusCode, Value) {
-    call(
-        app,
-        Method::POST,
-        "/v1/sessions/refresh",
-        None,
-        Some(json!({ "refresh_token": token })),
     )
     .await
 }

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::{call, config, error_code, harness};
+use common::{call, config, error_code, harness, refresh};
 
 const PASSWORD: &str = "password123";
 const KEY_A: &[u8] = b"key A: thirty-two bytes or longer, ok";
@@ -91,17 +91,6 @@ async fn login_with_headers(
         .to_bytes();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (status, retry_after, body)
-}
-
-async fn refresh(app: &Router, token: &str) -> (StatusCode, Value) {
-    call(
-        app,
-        Method::POST,
-        "/v1/sessions/refresh",
-        None,
-        Some(json!({ "refresh_token": token })),
-    )
-    .await
 }
 
 /// The refreshed session; panics unless 200.

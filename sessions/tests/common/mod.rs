@@ -80,3 +80,15 @@ pub async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
 pub fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("<none>")
 }
+
+/// `POST /v1/sessions/refresh` with `token`.
+pub async fn refresh(app: &Router, token: &str) -> (StatusCode, Value) {
+    call(
+        app,
+        Method::POST,
+        "/v1/sessions/refresh",
+        None,
+        Some(serde_json::json!({ "refresh_token": token })),
+    )
+    .await
+}
